@@ -1,0 +1,1 @@
+"""bot4: a trading kernel whose risk policy lives in files a person can edit."""

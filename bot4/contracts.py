@@ -1,0 +1,159 @@
+"""The contracts a plugin implements: an exchange, a strategy, a risk-rule pack.
+
+Plugins hand the kernel objects of these types through the registration hooks
+in :mod:`bot4.hookspecs`. The hooks are synchronous and cheap (pluggy has no
+async support); the objects they register have the async interface below,
+which the kernel awaits inside trio. The kernel cannot tell a paper exchange
+from a live one: both implement :class:`Exchange`.
+
+An exchange raises :class:`bot4.errors.ExchangeRefused` (never retried) when
+the venue says no, and :class:`bot4.errors.ExchangeFailed` (may be retried,
+with the same client order id) when the request may not have arrived.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from bot4.model import Balance, Fill, MarketData, Order, OrderState, Portfolio, Position, Signal
+
+# Bumped when a contract here changes incompatibly. A plugin module declares the
+# version it targets as ``BOT4_API = 1``; the plugin manager refuses others.
+API_VERSION = 1
+
+
+class Capability(enum.Enum):
+    """What an exchange claims to support. The conformance kit tests every
+    claimed capability and skips, with the reason, those not claimed."""
+
+    MARKET_ORDERS = "market_orders"
+    LIMIT_ORDERS = "limit_orders"
+    STOP_ORDERS = "stop_orders"
+    TAKE_PROFIT_ORDERS = "take_profit_orders"
+    MARGIN = "margin"
+    POSITIONS = "positions"
+    STREAMING = "streaming"
+    PARTIAL_FILLS = "partial_fills"
+
+
+@attrs.frozen(slots=True)
+class MarketInfo:
+    """Trading rules of one symbol: quantities and prices are rounded to these."""
+
+    symbol: str
+    price_increment: Decimal
+    qty_increment: Decimal
+    min_qty: Decimal
+    quote_currency: str = "USDT"
+
+
+ExchangeEvent = MarketData | Fill | OrderState
+
+
+class Exchange(abc.ABC):
+    """A venue. Every method may raise ExchangeRefused or ExchangeFailed."""
+
+    name: str
+    capabilities: frozenset[Capability] = frozenset()
+
+    async def connect(self) -> None:  # noqa: B027 - optional hook, default is no-op
+        """Open connections; called once before anything else."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, default is no-op
+        """Release connections; called once at shutdown, also after errors."""
+
+    @abc.abstractmethod
+    async def fetch_markets(self) -> Mapping[str, MarketInfo]:
+        """Symbols traded here with their precision."""
+
+    @abc.abstractmethod
+    async def place_order(self, order: Order) -> OrderState:
+        """Place an order. Idempotent on ``order.client_order_id``: placing the
+        same id again returns the existing order's state, never a second order."""
+
+    @abc.abstractmethod
+    async def cancel_order(self, symbol: str, client_order_id: str) -> OrderState:
+        """Cancel an open order; cancelling a filled or unknown order is refused
+        (OrderNotFound for unknown, InvalidOrder for one no longer open)."""
+
+    @abc.abstractmethod
+    async def fetch_order(self, symbol: str, client_order_id: str) -> OrderState:
+        """The current state of one order (OrderNotFound if unknown)."""
+
+    @abc.abstractmethod
+    async def fetch_open_orders(self, symbol: str | None = None) -> Sequence[OrderState]:
+        """Orders still open, oldest first."""
+
+    @abc.abstractmethod
+    async def fetch_fills(self, since: datetime | None = None) -> Sequence[Fill]:
+        """Fills at or after ``since`` (all when None), in execution order."""
+
+    @abc.abstractmethod
+    async def fetch_balance(self) -> Balance:
+        """Balance in the quote currency."""
+
+    @abc.abstractmethod
+    async def fetch_positions(self) -> Sequence[Position]:
+        """Open positions (non-zero quantity)."""
+
+    @abc.abstractmethod
+    def stream(self, symbols: Sequence[str]) -> AsyncIterator[ExchangeEvent]:
+        """Market data, fills and order updates as they happen, in venue order.
+        Ends when the venue's feed ends (a replay or a paper session's data)."""
+
+
+class Strategy(abc.ABC):
+    """Turns market data into signals. It never places orders: the kernel sends
+    every signal through the risk policy first. It must be deterministic given
+    the same events (replay depends on it)."""
+
+    name: str
+
+    @abc.abstractmethod
+    async def on_market_data(self, tick: MarketData) -> Sequence[Signal]:
+        """Signals in response to one tick (usually none)."""
+
+    async def on_fill(self, fill: Fill) -> Sequence[Signal]:
+        """Signals in response to one of our fills (default: none)."""
+        return ()
+
+
+@attrs.frozen(slots=True)
+class FactContext:
+    """What a risk-rule plugin sees when it adds facts for an order."""
+
+    order: Order
+    portfolio: Portfolio
+    market: MarketData | None
+
+
+class RiskRules(abc.ABC):
+    """A risk-rule pack: facts for the rule files, and optionally rule files.
+    Plugins add facts and actions; rule files decide."""
+
+    name: str
+
+    def rule_files(self) -> Sequence[Path]:
+        """Extra rule files this pack ships (default: none)."""
+        return ()
+
+    @abc.abstractmethod
+    def fact_names(self) -> frozenset[str]:
+        """Names of the facts :meth:`facts` returns, declared up front so a rule
+        file that uses an unknown fact fails to compile."""
+
+    @abc.abstractmethod
+    def facts(self, ctx: FactContext) -> Mapping[str, Any]:
+        """Facts about one order (numbers, booleans, strings). Synchronous and
+        cheap: it runs on the pre-trade path. Raising rejects the order."""
+
+    def on_market_data(self, tick: MarketData) -> None:  # noqa: B027 - optional hook, default ignores ticks
+        """Observe market data (e.g. to keep a price history)."""
