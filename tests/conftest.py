@@ -1,0 +1,64 @@
+"""Shared fixtures. Tests that need PostgreSQL or Redis use the real servers
+named by BOT4_TEST_PG_URL / BOT4_TEST_REDIS_URL (loopback defaults); when one
+is missing they skip with the reason locally and fail under CI=true."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_plugin_dist(
+    site: Path,
+    *,
+    dist: str,
+    module: str,
+    source: str,
+    entry_name: str,
+    version: str = "0.1.0",
+) -> Path:
+    """Write an installed distribution (module + dist-info with a ``bot4``
+    entry point) into ``site``, as ``pip install --target`` would."""
+    site.mkdir(parents=True, exist_ok=True)
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[bot4]\n{entry_name} = {module}\n")
+    (info / "RECORD").write_text("")
+    return site
+
+
+def run_bot4(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``bot4`` command (as ``python -m bot4``) in a subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "bot4", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or REPO,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def service_missing(what: str, reason: str) -> None:
+    """Skip locally, fail under CI=true: a missing service is never silent on CI."""
+    message = f"{what} not reachable: {reason}"
+    if in_ci():
+        pytest.fail(f"{message} (CI=true: services are required)")
+    pytest.skip(message)

@@ -1,0 +1,38 @@
+"""Everything CI checks, in one command: lint, types, then every test.
+
+Run through ``python3 dev.py test`` (which sets up the venv first). Extra
+arguments go to pytest. pytest runs last so its summary line closes the output.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(pytest_args: list[str]) -> int:
+    py = sys.executable
+    plugin_src = sorted(str(p) for p in ROOT.glob("plugins/*/*/src"))
+    plugin_tests = sorted(str(p) for p in ROOT.glob("plugins/*/*/tests"))
+    steps = [
+        ("ruff", [py, "-m", "ruff", "check", "bot4", "tests", "benchmarks", "tools", "plugins", "dev.py"]),
+        ("mypy", [py, "-m", "mypy", "bot4", *plugin_src]),
+    ]
+    failed = []
+    for name, cmd in steps:
+        print(f"== {name}", flush=True)
+        if subprocess.call(cmd, cwd=ROOT) != 0:
+            failed.append(name)
+    print("== pytest", flush=True)
+    code = subprocess.call([py, "-m", "pytest", "tests", *plugin_tests, *pytest_args], cwd=ROOT)
+    if failed:
+        print(f"failed before pytest: {', '.join(failed)}", flush=True)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
