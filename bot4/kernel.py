@@ -1,0 +1,418 @@
+"""The kernel: one trio task that turns exchange events into decisions.
+
+Data flow, for every event the exchange streams (ticks, fills, order updates)::
+
+    exchange.stream ──► portfolio marks ──► risk monitor (ladder, breaker) ──► risk actions
+                   └──► strategies ──► signals ──► RiskGate ──► exchange.place_order
+                                                       └──► rejected (rule, reason, numbers)
+
+The decision path runs in this one task, in event order, so a session is
+deterministic: replaying its input events reproduces every decision and fill.
+Every step is also published on the event bus (``market.<SYMBOL>``,
+``signal.<strategy>``, ``risk.approved``, ``risk.rejected``, ``risk.action``,
+``order.placed``, ``order.update``, ``fill.<SYMBOL>``, ``kernel.error``) for the
+observers: recorder, journal, metrics, dashboards. Observers never decide.
+
+Fail closed: no order reaches the exchange without an Approved from the gate;
+a strategy that raises is reported and skipped; a risk component that raises
+or hangs rejects the order. Protective orders: after every fill the kernel
+keeps one reduce-only stop-loss (and take-profit, when the signal had one)
+covering the whole position, and cancels them when the position is flat.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from decimal import ROUND_DOWN, Decimal
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from bot4.bus import Bus
+from bot4.contracts import Exchange, MarketInfo, RiskRules, Strategy
+from bot4.errors import ExchangeFailed, ExchangeRefused
+from bot4.gate import RiskGate
+from bot4.model import (
+    ZERO,
+    Approved,
+    Fill,
+    MarketData,
+    Order,
+    OrderState,
+    OrderType,
+    Portfolio,
+    Position,
+    Rejected,
+    RiskAction,
+    RiskActionKind,
+    Side,
+    Signal,
+)
+from bot4.secrets import redact
+
+# How often (in ticks) the kernel looks at the wall clock to decide whether to
+# poll the rule files for edits; reading the clock every tick costs more.
+_RELOAD_POLL_TICKS = 256
+_RELOAD_POLL_SECONDS = 1.0
+_RETRIES = 3
+
+
+class Policy(Protocol):
+    """What the kernel needs of :class:`bot4.risk.RiskPolicy` besides the gate."""
+
+    def on_market_data(self, tick: MarketData, portfolio: Portfolio, now_ns: int) -> list[RiskAction]: ...
+
+    def on_fill(self, fill: Fill, portfolio: Portfolio, now_ns: int, stop_out: bool) -> list[RiskAction]: ...
+
+    def reload_if_changed(self) -> object | None: ...
+
+
+class Tracker(Protocol):
+    """What the kernel needs of :class:`bot4.portfolio.PortfolioTracker`."""
+
+    def apply(self, fill: Fill) -> Any: ...
+
+    def mark(self, symbol: str, price: Decimal) -> None: ...
+
+    def snapshot(self) -> Portfolio: ...
+
+    def position(self, symbol: str) -> Position | None: ...
+
+
+@attrs.define
+class KernelStats:
+    """Counters for the session summary and metrics."""
+
+    ticks: int = 0
+    signals: int = 0
+    approved: int = 0
+    rejected: int = 0
+    resized: int = 0
+    fills: int = 0
+    exchange_refusals: int = 0
+    strategy_errors: int = 0
+    breaker_trips: int = 0
+    reloads: int = 0
+    reload_failures: int = 0
+    rejections_by_rule: Counter[str] = attrs.field(factory=Counter)
+    actions: Counter[str] = attrs.field(factory=Counter)
+
+
+@attrs.define
+class _Protection:
+    """The protective levels wanted for a symbol, from the last entry signal."""
+
+    stop_loss: Decimal | None
+    take_profit: Decimal | None
+    stop_id: str | None = None
+    take_id: str | None = None
+
+
+def _ns(tick: MarketData | Fill) -> int:
+    ts = tick.timestamp
+    return int(ts.timestamp()) * 1_000_000_000 + ts.microsecond * 1000
+
+
+class Kernel:
+    """Runs one session against one exchange. Use :meth:`run` inside trio."""
+
+    def __init__(
+        self,
+        *,
+        exchange: Exchange,
+        strategies: Sequence[Strategy],
+        gate: RiskGate,
+        policy: Policy,
+        tracker: Tracker,
+        bus: Bus,
+        packs: Sequence[RiskRules] = (),
+        session_id: str = "s1",
+        on_tick: Callable[[MarketData], None] | None = None,
+    ) -> None:
+        self.exchange = exchange
+        self.strategies = tuple(strategies)
+        self.gate = gate
+        self.policy = policy
+        self.tracker = tracker
+        self.bus = bus
+        self.packs = tuple(packs)
+        self.session_id = session_id
+        self.stats = KernelStats()
+        self._on_tick = on_tick
+        self._markets: dict[str, MarketInfo] = {}
+        self._last: dict[str, MarketData] = {}
+        self._next_id = 0
+        self._protection: dict[str, _Protection] = {}
+        self._protective_ids: dict[str, str] = {}  # client id -> "stop" | "take"
+        self._now_ns = 0
+        self._reload_checked = time.monotonic()
+
+    # -- the loop ----------------------------------------------------------
+
+    async def run(self, symbols: Sequence[str]) -> KernelStats:
+        await self.exchange.connect()
+        try:
+            self._markets = dict(await self.exchange.fetch_markets())
+            async for event in self.exchange.stream(symbols):
+                if isinstance(event, MarketData):
+                    await self._tick(event)
+                elif isinstance(event, Fill):
+                    await self._fill(event)
+                elif isinstance(event, OrderState):
+                    await self._order_update(event)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.exchange.close()
+        return self.stats
+
+    async def _tick(self, tick: MarketData) -> None:
+        self.stats.ticks += 1
+        self._now_ns = now = _ns(tick)
+        self._last[tick.symbol] = tick
+        self.tracker.mark(tick.symbol, tick.last)
+        await self.bus.publish(f"market.{tick.symbol}", tick, ts=now)
+        if self._on_tick is not None:
+            self._on_tick(tick)
+        for pack in self.packs:
+            try:
+                pack.on_market_data(tick)
+            except Exception as exc:  # noqa: BLE001 - a plugin error must not stop the session
+                # The pack's facts are now suspect; its next facts() call
+                # decides (and a raise there rejects the order).
+                await self._error(f"risk pack {pack.name} failed on market data", exc)
+        if self.stats.ticks % _RELOAD_POLL_TICKS == 0:
+            self._maybe_reload()
+        actions = self.policy.on_market_data(tick, self.tracker.snapshot(), now)
+        for action in actions:
+            await self._act(action)
+        for strategy in self.strategies:
+            try:
+                signals = await strategy.on_market_data(tick)
+            except Exception as exc:  # noqa: BLE001 - a plugin error must not stop the session
+                self.stats.strategy_errors += 1
+                await self._error(f"strategy {strategy.name} failed on {tick.symbol}", exc)
+                continue
+            for signal in signals:
+                await self._signal(signal)
+
+    async def _fill(self, fill: Fill) -> None:
+        self.stats.fills += 1
+        now = _ns(fill)
+        self.tracker.apply(fill)
+        await self.bus.publish(f"fill.{fill.symbol}", fill, ts=now, correlation_id=fill.client_order_id)
+        kind = self._protective_ids.get(fill.client_order_id)
+        actions = self.policy.on_fill(fill, self.tracker.snapshot(), now, kind == "stop")
+        for action in actions:
+            await self._act(action)
+        for strategy in self.strategies:
+            try:
+                signals = await strategy.on_fill(fill)
+            except Exception as exc:  # noqa: BLE001 - a plugin error must not stop the session
+                self.stats.strategy_errors += 1
+                await self._error(f"strategy {strategy.name} failed on a fill", exc)
+                continue
+            for signal in signals:
+                await self._signal(signal)
+        await self._protect(fill.symbol)
+
+    async def _order_update(self, state: OrderState) -> None:
+        await self.bus.publish("order.update", state, ts=self._now_ns, correlation_id=state.order.client_order_id)
+        if not state.status.is_open:
+            kind = self._protective_ids.pop(state.order.client_order_id, None)
+            protection = self._protection.get(state.order.symbol)
+            if kind and protection is not None:
+                if protection.stop_id == state.order.client_order_id:
+                    protection.stop_id = None
+                if protection.take_id == state.order.client_order_id:
+                    protection.take_id = None
+
+    # -- signals and orders --------------------------------------------------
+
+    def _client_id(self, tag: str) -> str:
+        self._next_id += 1
+        return f"{self.session_id}-{tag}-{self._next_id}"
+
+    async def _signal(self, signal: Signal) -> None:
+        self.stats.signals += 1
+        await self.bus.publish(f"signal.{signal.strategy}", signal, ts=self._now_ns)
+        qty = self._round_qty(signal.symbol, signal.size)
+        cid = self._client_id("e")
+        if qty <= 0:
+            await self._rejected_signal(signal, cid)
+            return
+        order = Order(
+            client_order_id=cid,
+            symbol=signal.symbol,
+            side=signal.side,
+            type=OrderType.MARKET,
+            qty=qty,
+            stop_loss=signal.stop_loss,
+            take_profit=signal.take_profit,
+            leverage=signal.leverage,
+            strategy=signal.strategy,
+            correlation_id=cid,
+        )
+        state = await self._submit(order, resize=True)
+        if state is not None:
+            self._protection[order.symbol] = _Protection(signal.stop_loss, signal.take_profit)
+
+    async def _rejected_signal(self, signal: Signal, cid: str) -> None:
+        market = self._markets[signal.symbol]
+        self.stats.rejected += 1
+        self.stats.rejections_by_rule["min-qty"] += 1
+        decision = Rejected(
+            rule="min-qty",
+            reason=f"size {signal.size} rounds below the market minimum {market.min_qty}",
+            values={"size": str(signal.size), "min_qty": str(market.min_qty)},
+        )
+        await self.bus.publish("risk.rejected", decision, ts=self._now_ns, correlation_id=cid)
+
+    async def _submit(self, order: Order, *, resize: bool = False) -> OrderState | None:
+        """Gate, then place. Returns the exchange's state, or None if refused."""
+        decision = await self.gate.check(order, self.tracker.snapshot(), self._last.get(order.symbol), self._now_ns)
+        if isinstance(decision, Rejected) and resize and ZERO < decision.suggested_size < order.qty:
+            # The policy said how large an order would pass: try that once
+            # ("size cut"). The smaller order goes through the whole gate again.
+            await self._rejected(order, decision)
+            smaller = self._round_qty(order.symbol, decision.suggested_size)
+            if smaller <= 0:
+                return None
+            order = attrs.evolve(order, qty=smaller, client_order_id=self._client_id("r"))
+            self.stats.resized += 1
+            decision = await self.gate.check(
+                order, self.tracker.snapshot(), self._last.get(order.symbol), self._now_ns
+            )
+        if not isinstance(decision, Approved):
+            await self._rejected(order, decision)
+            return None
+        self.stats.approved += 1
+        await self.bus.publish("risk.approved", decision, ts=self._now_ns, correlation_id=order.correlation_id)
+        return await self._place(order)
+
+    async def _rejected(self, order: Order, decision: Rejected) -> None:
+        self.stats.rejected += 1
+        self.stats.rejections_by_rule[decision.rule] += 1
+        if decision.order is None:
+            decision = attrs.evolve(decision, order=order)
+        await self.bus.publish("risk.rejected", decision, ts=self._now_ns, correlation_id=order.correlation_id)
+
+    async def _place(self, order: Order) -> OrderState | None:
+        for attempt in range(_RETRIES):
+            try:
+                state = await self.exchange.place_order(order)
+            except ExchangeRefused as exc:
+                self.stats.exchange_refusals += 1
+                await self._error(f"exchange refused {order.client_order_id}", exc)
+                return None
+            except ExchangeFailed as exc:
+                # The same client order id makes the retry idempotent.
+                if attempt == _RETRIES - 1:
+                    await self._error(f"giving up on {order.client_order_id} after {_RETRIES} tries", exc)
+                    return None
+                await trio.sleep(0.2 * 2**attempt)
+                continue
+            await self.bus.publish("order.placed", state, ts=self._now_ns, correlation_id=order.correlation_id)
+            return state
+        return None
+
+    def _round_qty(self, symbol: str, qty: Decimal) -> Decimal:
+        market = self._markets.get(symbol)
+        if market is None or market.qty_increment <= 0:
+            return qty
+        rounded = (qty / market.qty_increment).to_integral_value(rounding=ROUND_DOWN) * market.qty_increment
+        return rounded if rounded >= market.min_qty else ZERO
+
+    # -- protective orders -----------------------------------------------------
+
+    async def _protect(self, symbol: str) -> None:
+        """Keep one reduce-only stop (and take-profit) covering the position."""
+        position = self.tracker.position(symbol)
+        protection = self._protection.get(symbol)
+        await self._cancel_protection(symbol)
+        if position is None or position.qty == 0 or protection is None:
+            return
+        side = Side.SELL if position.qty > 0 else Side.BUY
+        qty = self._round_qty(symbol, abs(position.qty))
+        if qty <= 0:
+            return
+        for kind, level, order_type in (
+            ("stop", protection.stop_loss, OrderType.STOP_LOSS),
+            ("take", protection.take_profit, OrderType.TAKE_PROFIT),
+        ):
+            if level is None:
+                continue
+            cid = self._client_id("s" if kind == "stop" else "t")
+            order = Order(cid, symbol, side, order_type, qty, price=level, reduce_only=True,
+                          strategy="kernel", correlation_id=cid)
+            state = await self._submit(order)
+            if state is not None and state.status.is_open:
+                self._protective_ids[cid] = kind
+                if kind == "stop":
+                    protection.stop_id = cid
+                else:
+                    protection.take_id = cid
+
+    async def _cancel_protection(self, symbol: str) -> None:
+        protection = self._protection.get(symbol)
+        if protection is None:
+            return
+        for cid in (protection.stop_id, protection.take_id):
+            if cid is None:
+                continue
+            try:
+                await self.exchange.cancel_order(symbol, cid)
+            except ExchangeRefused:
+                pass  # already filled or cancelled: nothing left to protect
+            except ExchangeFailed as exc:
+                await self._error(f"could not cancel protective order {cid}", exc)
+            self._protective_ids.pop(cid, None)
+        protection.stop_id = protection.take_id = None
+
+    # -- risk actions ------------------------------------------------------------
+
+    async def _act(self, action: RiskAction) -> None:
+        self.stats.actions[action.kind.value] += 1
+        await self.bus.publish("risk.action", action, ts=self._now_ns)
+        if action.kind is RiskActionKind.TRIP_BREAKER:
+            self.stats.breaker_trips += 1
+            return
+        if action.symbol is None or action.kind is RiskActionKind.ADD_MARGIN:
+            # Adding margin needs an exchange that moves collateral between
+            # positions; none of the bundled ones does, so the action is
+            # published for a person (or a plugin) to act on.
+            return
+        position = self.tracker.position(action.symbol)
+        if position is None or position.qty == 0:
+            return
+        fraction = ZERO + 1 if action.kind is RiskActionKind.EMERGENCY_CLOSE else action.fraction
+        qty = self._round_qty(action.symbol, abs(position.qty) * fraction)
+        if qty <= 0:
+            return
+        if action.kind is RiskActionKind.EMERGENCY_CLOSE:
+            await self._cancel_protection(action.symbol)
+        cid = self._client_id("x")
+        order = Order(cid, action.symbol, Side.SELL if position.qty > 0 else Side.BUY, OrderType.MARKET,
+                      qty, reduce_only=True, strategy="kernel", correlation_id=cid)
+        await self._submit(order)
+
+    # -- housekeeping -----------------------------------------------------------
+
+    def _maybe_reload(self) -> None:
+        now = time.monotonic()
+        if now - self._reload_checked < _RELOAD_POLL_SECONDS:
+            return
+        self._reload_checked = now
+        outcome = self.policy.reload_if_changed()
+        if outcome is not None:
+            if getattr(outcome, "error", None) is None:
+                self.stats.reloads += 1
+            else:
+                self.stats.reload_failures += 1
+
+    async def _error(self, what: str, exc: BaseException) -> None:
+        await self.bus.publish(
+            "kernel.error", redact(f"{what}: {type(exc).__name__}: {exc}"), ts=self._now_ns
+        )
