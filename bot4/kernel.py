@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from decimal import ROUND_DOWN, Decimal
 from typing import Any, Protocol
 
@@ -130,7 +130,7 @@ class Kernel:
         bus: Bus,
         packs: Sequence[RiskRules] = (),
         session_id: str = "s1",
-        on_tick: Callable[[MarketData], None] | None = None,
+        on_tick: Callable[[MarketData], Awaitable[None]] | None = None,
     ) -> None:
         self.exchange = exchange
         self.strategies = tuple(strategies)
@@ -175,7 +175,7 @@ class Kernel:
         self.tracker.mark(tick.symbol, tick.last)
         await self.bus.publish(f"market.{tick.symbol}", tick, ts=now)
         if self._on_tick is not None:
-            self._on_tick(tick)
+            await self._on_tick(tick)  # progress display, real-time pacing
         for pack in self.packs:
             try:
                 pack.on_market_data(tick)

@@ -1,0 +1,101 @@
+"""``bot4 run`` (a session: paper on bundled data by default) and ``bot4 replay``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bot4.errors import Bot4Error
+from bot4.secrets import redact
+
+
+def add_commands(sub: Any) -> None:
+    run = sub.add_parser(
+        "run",
+        help="run a trading session (default: paper trading on the bundled sample data)",
+        description="Run a session. With no options: the paper exchange on the bundled sample "
+        "data, the sma_cross strategy and the default rules; no server needed.",
+    )
+    run.add_argument("--data", help="tick or candle file (CSV, .csv.gz); default: bundled sample")
+    run.add_argument("--strategy", help="strategy plugin name (default: sma_cross)")
+    run.add_argument("--exchange", help="exchange plugin name (default: paper)")
+    run.add_argument("--rules", action="append", help="rule file or folder (repeatable); default: the default policy")
+    run.add_argument("--config", type=Path, help="YAML session config; options given here override it")
+    run.add_argument("--speed", type=float, help="0 = as fast as possible (default); 1 = real time; 60 = 60x")
+    run.add_argument("--out", help="output folder for summary, chart and recording (default: bot4-out)")
+    run.add_argument("--json", action="store_true", help="print the summary as JSON")
+    run.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
+    run.set_defaults(func=cmd_run)
+
+    rep = sub.add_parser("replay", help="re-run a recorded session and check every decision matches")
+    rep.add_argument("recording", type=Path, help="recording.jsonl written by bot4 run")
+    rep.add_argument("--out", type=Path, help="keep the replay's own recording here")
+    rep.set_defaults(func=cmd_replay)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bot4 import data
+    from bot4.session import load_config, progress_bar, run_session
+
+    try:
+        config = load_config(
+            args.config,
+            {
+                "data": args.data,
+                "strategy": args.strategy,
+                "exchange": args.exchange,
+                "rules": args.rules,
+                "speed": args.speed,
+                "out": args.out,
+            },
+        )
+        total = data.count_ticks(Path(config.data) if config.data else data.sample_path())
+        progress = progress_bar(total)
+        result = trio.run(lambda: run_session(config, progress=progress))
+    except Bot4Error as exc:
+        print(f"bot4 run: {redact(str(exc))}", file=sys.stderr)
+        return 1
+    if progress is not None:
+        sys.stderr.write("\n")
+    summary = result.report.finish(result.stats)
+    summary.wall_seconds = result.wall_seconds
+    out = Path(config.out)
+    (out / "summary.json").write_text(json.dumps(summary.as_dict(), indent=2) + "\n")
+    chart_path = None
+    if not args.no_chart:
+        from bot4.chart import write_chart
+
+        try:
+            chart_path = write_chart(result.report, out / "chart.png")
+        except ImportError as exc:
+            print(f"chart skipped: {exc}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary.as_dict(), indent=2))
+    else:
+        print(summary.as_text())
+        print(f"summary: {out / 'summary.json'}")
+        if chart_path is not None:
+            print(f"chart:   {chart_path}")
+        if result.recording is not None:
+            print(f"replay:  bot4 replay {result.recording}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from bot4.replay import replay
+
+    try:
+        result = trio.run(replay, args.recording, args.out)
+    except Bot4Error as exc:
+        print(f"bot4 replay: {redact(str(exc))}", file=sys.stderr)
+        return 1
+    if result.matched:
+        print(f"replay matched: {result.compared} decisions, orders and fills identical")
+        return 0
+    print(f"replay differs after {result.compared} matching events: {result.mismatch}")
+    return 1

@@ -1,0 +1,284 @@
+"""Build a session from configuration and run it: the body of ``bot4 run``.
+
+A session is: one exchange (a registered plugin; ``paper`` by default, fed
+from a data file), one or more strategies, every loaded risk-rule pack, the
+rule files, a portfolio tracker, the event bus with a recorder (for
+``bot4 replay``) and a report. With no configuration at all it is a paper
+session on the bundled sample data with the default rules and sma_cross.
+
+The recording's first event, ``session.start``, carries everything needed to
+run the session again: the configuration and the text of every rule file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+import yaml
+
+from bot4 import codec
+from bot4.bus import EventRecorder, open_bus
+from bot4.contracts import RiskRules, Strategy
+from bot4.errors import ConfigError
+from bot4.gate import RiskGate
+from bot4.kernel import Kernel, KernelStats
+from bot4.model import MarketData
+from bot4.plugins import PluginManager
+from bot4.portfolio import PortfolioTracker
+
+DEFAULT_STRATEGY = "sma_cross"
+DEFAULT_EXCHANGE = "paper"
+RECORDING = "recording.jsonl"
+
+
+@attrs.frozen
+class StrategyConfig:
+    name: str
+    params: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class SessionConfig:
+    """Everything a session needs; JSON-able so a recording can carry it."""
+
+    data: str | None = None  # a tick/candle file; None = the bundled sample
+    exchange: str = DEFAULT_EXCHANGE
+    exchange_params: Mapping[str, Any] = attrs.field(factory=dict)
+    strategies: tuple[StrategyConfig, ...] = (StrategyConfig(DEFAULT_STRATEGY),)
+    rules: tuple[str, ...] = ()  # files/dirs; () = the default policy
+    speed: float = 0.0  # 0 = as fast as possible; 1.0 = real time; 60 = a minute per second
+    out: str = "bot4-out"
+    record: bool = True
+    session_id: str = "s1"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "data": self.data,
+            "exchange": self.exchange,
+            "exchange_params": dict(self.exchange_params),
+            "strategies": [{"name": s.name, "params": dict(s.params)} for s in self.strategies],
+            "rules": list(self.rules),
+            "speed": self.speed,
+            "session_id": self.session_id,
+        }
+
+
+def _need(cond: bool, where: str, what: str) -> None:
+    if not cond:
+        raise ConfigError(f"{where}: {what}")
+
+
+def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfig:
+    """Read a YAML config file (optional) and apply command-line overrides.
+    Every bad key or value is a ConfigError that names the file and the key."""
+    raw: dict[str, Any] = {}
+    where = str(path) if path else "command line"
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+        _need(isinstance(loaded, dict) or loaded is None, where, "the config must be a mapping of keys")
+        raw = dict(loaded or {})
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    known = {"data", "exchange", "strategy", "strategies", "rules", "speed", "out", "record", "session_id"}
+    unknown = sorted(set(raw) - known)
+    _need(not unknown, where, f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+    exchange = raw.get("exchange", DEFAULT_EXCHANGE)
+    exchange_params: dict[str, Any] = {}
+    if isinstance(exchange, dict):
+        exchange_params = {k: v for k, v in exchange.items() if k != "name"}
+        exchange = exchange.get("name", DEFAULT_EXCHANGE)
+    _need(isinstance(exchange, str) and bool(exchange), where, "exchange: must be a plugin name")
+
+    strategies: list[StrategyConfig] = []
+    items = raw.get("strategies", raw.get("strategy", DEFAULT_STRATEGY))
+    for i, item in enumerate(items if isinstance(items, list) else [items]):
+        key = f"strategies[{i}]"
+        if isinstance(item, str):
+            strategies.append(StrategyConfig(item))
+        else:
+            _need(isinstance(item, dict) and isinstance(item.get("name"), str), where,
+                  f"{key}: expected a name or a mapping with name and params")
+            params = item.get("params", {})
+            _need(isinstance(params, dict), where, f"{key}.params: expected a mapping")
+            strategies.append(StrategyConfig(item["name"], params))
+    _need(bool(strategies), where, "strategies: at least one strategy is needed")
+
+    rules = raw.get("rules", ())
+    rules = (rules,) if isinstance(rules, str) else tuple(rules)
+    _need(all(isinstance(r, str) for r in rules), where, "rules: expected a path or a list of paths")
+    speed = raw.get("speed", 0.0)
+    _need(isinstance(speed, int | float) and not isinstance(speed, bool) and speed >= 0, where,
+          f"speed: expected a number >= 0 (0 = as fast as possible), got {speed!r}")
+    data = raw.get("data")
+    _need(data is None or isinstance(data, str), where, "data: expected a file path")
+    return SessionConfig(
+        data=data,
+        exchange=exchange,
+        exchange_params=exchange_params,
+        strategies=tuple(strategies),
+        rules=rules,
+        speed=float(speed),
+        out=str(raw.get("out", "bot4-out")),
+        record=bool(raw.get("record", True)),
+        session_id=str(raw.get("session_id", "s1")),
+    )
+
+
+def rule_sources(paths: Sequence[Path]) -> dict[str, str]:
+    """The text of every rule file the policy will load, by file name."""
+    sources: dict[str, str] = {}
+    for path in paths:
+        files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+        for f in files:
+            sources[f.name] = f.read_text(encoding="utf-8")
+    return sources
+
+
+@attrs.define
+class SessionResult:
+    stats: KernelStats
+    report: Any  # bot4.report.SessionReport
+    recording: Path | None
+    wall_seconds: float
+    rules_digest: str
+
+
+ProgressHook = Callable[[MarketData], Awaitable[None]]
+
+
+def _feed(config: SessionConfig) -> tuple[Iterator[MarketData], int | None]:
+    from bot4 import data
+
+    if config.data is None:
+        path = data.sample_path()
+    else:
+        path = Path(config.data)
+    return data.iter_ticks(path), data.count_ticks(path)
+
+
+async def run_session(
+    config: SessionConfig,
+    *,
+    manager: PluginManager | None = None,
+    feed: Iterator[MarketData] | None = None,
+    rule_paths: Sequence[Path] | None = None,
+    progress: ProgressHook | None = None,
+) -> SessionResult:
+    """Run one session to the end of its data and return what happened."""
+    from bot4.report import SessionReport
+    from bot4.risk import RiskPolicy, default_rules_path
+
+    manager = manager or PluginManager.load()
+    if feed is None:
+        feed, _ = _feed(config)
+    exchange = manager.registry.exchange(config.exchange).factory({**config.exchange_params, "feed": feed})
+    strategies: list[Strategy] = [
+        manager.registry.strategy(s.name).factory(s.params) for s in config.strategies
+    ]
+    packs: list[RiskRules] = [
+        manager.registry.risk_rules[name].factory({}) for name in sorted(manager.registry.risk_rules)
+    ]
+    paths = list(rule_paths) if rule_paths is not None else (
+        [Path(p) for p in config.rules] if config.rules else [default_rules_path()]
+    )
+    sources = rule_sources(paths)
+    policy = RiskPolicy.load(paths, packs)
+    balance = Decimal(str(config.exchange_params.get("balance", "10000")))
+    tracker = PortfolioTracker(balance)
+    symbols = sorted({sym for s in config.strategies for sym in s.params.get("symbols", ())})
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    recording = out / RECORDING if config.record else None
+    digest = hashlib.sha256(repr(sorted(sources.items())).encode()).hexdigest()[:16]
+
+    started = time.perf_counter()
+    async with open_bus() as bus:
+        report = SessionReport(tracker)
+        report.attach(bus)
+        kernel = Kernel(
+            exchange=exchange,
+            strategies=strategies,
+            gate=RiskGate(policy),
+            policy=policy,
+            tracker=tracker,
+            bus=bus,
+            packs=packs,
+            session_id=config.session_id,
+            on_tick=_pacer(config.speed, progress),
+        )
+        header = {"config": config.as_dict(), "rules": sources, "balance": str(balance)}
+        if recording is not None:
+            async with EventRecorder(bus, recording, encode=codec.encode):
+                await bus.publish("session.start", header, ts=0)
+                stats = await kernel.run(symbols)
+                await bus.drain()
+        else:
+            stats = await kernel.run(symbols)
+        await bus.drain()
+    return SessionResult(stats, report, recording, time.perf_counter() - started, digest)
+
+
+def _pacer(speed: float, progress: ProgressHook | None) -> ProgressHook | None:
+    """Per-tick hook: progress display, and sleeping to replay event time at
+    ``speed`` x real time (0 = no pacing)."""
+    if speed <= 0:
+        return progress
+    state: dict[str, float] = {}
+
+    async def pace(tick: MarketData) -> None:
+        event_s = tick.timestamp.timestamp()
+        if "t0" not in state:
+            state["t0"], state["w0"] = event_s, time.monotonic()
+        due = state["w0"] + (event_s - state["t0"]) / speed
+        delay = due - time.monotonic()
+        if delay > 0:
+            await trio.sleep(delay)
+        if progress is not None:
+            await progress(tick)
+
+    return pace
+
+
+def progress_bar(total: int | None, stream: Any = sys.stderr) -> ProgressHook | None:
+    """A one-line progress bar with ticks/s and ETA; None when not a terminal."""
+    if not getattr(stream, "isatty", lambda: False)():
+        return None
+    state = {"n": 0, "t0": time.monotonic(), "shown": 0.0}
+
+    async def show(tick: MarketData) -> None:
+        state["n"] += 1
+        if state["n"] & 1023:
+            return
+        now = time.monotonic()
+        if now - state["shown"] < 0.2:
+            return
+        state["shown"] = now
+        n, rate = state["n"], state["n"] / max(now - state["t0"], 1e-9)
+        if total:
+            frac = min(n / total, 1.0)
+            bar = "#" * int(frac * 30)
+            eta = (total - n) / rate if rate else 0
+            line = f"\r[{bar:<30}] {frac:6.1%} {n:,}/{total:,} ticks  {rate:,.0f} ticks/s  ETA {eta:4.0f}s"
+        else:
+            line = f"\r{n:,} ticks  {rate:,.0f} ticks/s"
+        stream.write(line)
+        stream.flush()
+
+    return show
