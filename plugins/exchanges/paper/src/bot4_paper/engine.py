@@ -1,0 +1,569 @@
+"""The paper matching engine: synchronous, deterministic, no I/O, no trio.
+
+:class:`PaperEngine` holds orders, matches them against market data ticks and
+books the fills in a :class:`bot4.portfolio.PortfolioTracker`. The async
+:class:`bot4_paper.exchange.PaperExchange` wraps it for the kernel; a test kit
+or a fake REST server can drive it directly::
+
+    engine = PaperEngine(markets, balance=Decimal(10000))
+    events = engine.on_tick(tick)        # fills and order updates, in order
+    state = engine.place(order)          # may fill at once against the last tick
+    events += engine.drain()             # what place()/cancel() produced
+
+Execution rules (all documented behaviour, relied on by tests):
+
+* **Prices.** A buy executes at the ask, a sell at the bid. Taker executions
+  (market orders, triggered stops and take-profits, limit orders that are
+  marketable when placed) pay ``slippage_bps`` on top: ``ask * (1 + bps/1e4)``
+  for a buy, ``bid * (1 - bps/1e4)`` for a sell, rounded half-even to the price
+  increment; a marketable limit never executes beyond its limit price. A limit
+  order resting when a later tick crosses it (buy: ask <= limit; sell: bid >=
+  limit) fills at its limit price as maker, without slippage.
+* **Fees.** ``fee = qty * price * rate`` (taker or maker rate), exact Decimal,
+  never rounded.
+* **Size.** A tick's ``volume`` is the size at the best bid and at the best
+  ask. Orders of one symbol take from it in time priority (buys from the ask,
+  sells from the bid); what does not fit stays open and fills on later ticks
+  (status PARTIALLY_FILLED). A market order placed between ticks executes
+  against what is left of the last tick's size.
+* **Triggers.** STOP_LOSS: a sell triggers when bid <= price, a buy when
+  ask >= price. TAKE_PROFIT: a sell triggers when bid >= price, a buy when
+  ask <= price. Once triggered the order executes as a market order. Placing
+  one that would trigger at once (stop on the wrong side) is InvalidOrder.
+* **Brackets.** An order with ``stop_loss``/``take_profit`` gets reduce-only
+  child orders ``<id>.sl`` (STOP_LOSS) and ``<id>.tp`` (TAKE_PROFIT) for the
+  quantity filled so far; they are published as order updates.
+* **Reduce-only.** Never opens or grows a position: the executed size is
+  capped at the opposite position; with none left the order is cancelled. When
+  a position goes flat, its open reduce-only orders are cancelled (so one
+  bracket leg cancels the other).
+* **Rounding.** Quantities round DOWN to the market's ``qty_increment``
+  (never trade more than asked); prices round HALF-EVEN to its
+  ``price_increment``. An order whose rounded quantity is below ``min_qty`` is
+  InvalidOrder.
+* **Margin.** Perpetual-style: a fill that opens or grows a position reserves
+  ``notional / leverage`` from the free balance. Open orders reserve the
+  margin of the part that would open a position (against the position at the
+  time). Placing an order whose margin plus estimated taker fee exceeds free
+  margin is InsufficientFunds; at fill time the check is repeated and an order
+  that no longer fits is cancelled (reason ``insufficient margin``).
+  Liquidation is not simulated: risk rules are expected to act first.
+* **Time.** Fills carry the timestamp of the tick they executed on; fills
+  between ticks carry ``now`` (default: the latest tick time seen).
+
+Memory grows with orders and fills, never with ticks.
+"""
+
+from __future__ import annotations
+
+import decimal
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import attrs
+
+from bot4.contracts import MarketInfo
+from bot4.errors import InsufficientFunds, InvalidOrder, OrderNotFound
+from bot4.model import (
+    ZERO,
+    Balance,
+    Fill,
+    MarketData,
+    Order,
+    OrderState,
+    OrderStatus,
+    OrderType,
+    Position,
+    Side,
+)
+from bot4.portfolio import PortfolioTracker
+
+__all__ = ["DEFAULT_MARKETS", "EngineEvent", "PaperEngine", "round_price", "round_qty"]
+
+EngineEvent = Fill | OrderState
+
+_BPS = Decimal(10000)
+
+DEFAULT_MARKETS: Mapping[str, MarketInfo] = {
+    "BTC-USDT": MarketInfo("BTC-USDT", Decimal("0.01"), Decimal("0.0001"), Decimal("0.0001")),
+    "ETH-USDT": MarketInfo("ETH-USDT", Decimal("0.01"), Decimal("0.001"), Decimal("0.001")),
+}
+
+
+def round_qty(qty: Decimal, increment: Decimal) -> Decimal:
+    """Round a quantity DOWN to a multiple of ``increment``."""
+    return (qty / increment).to_integral_value(decimal.ROUND_DOWN) * increment
+
+
+def round_price(price: Decimal, increment: Decimal) -> Decimal:
+    """Round a price HALF-EVEN to a multiple of ``increment``."""
+    return (price / increment).to_integral_value(decimal.ROUND_HALF_EVEN) * increment
+
+
+@attrs.define(slots=True, eq=False)
+class _Live:
+    """Mutable engine record of one order."""
+
+    order: Order  # rounded; what the engine executes
+    placed: Order  # as the caller sent it; idempotency compares against this
+    seq: int
+    exchange_order_id: str
+    status: OrderStatus = OrderStatus.NEW
+    filled: Decimal = ZERO
+    notional: Decimal = ZERO
+    triggered: bool = False
+    reason: str = ""
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.order.qty - self.filled
+
+    def state(self) -> OrderState:
+        return OrderState(
+            order=self.order,
+            status=self.status,
+            filled_qty=self.filled,
+            avg_price=self.notional / self.filled if self.filled else None,
+            exchange_order_id=self.exchange_order_id,
+            reason=self.reason,
+        )
+
+
+class PaperEngine:
+    """Orders, matching and the account of one simulated venue."""
+
+    def __init__(
+        self,
+        markets: Mapping[str, MarketInfo] | None = None,
+        *,
+        balance: Decimal = Decimal(10000),
+        currency: str = "USDT",
+        taker_fee: Decimal = Decimal("0.0004"),
+        maker_fee: Decimal = Decimal("0.0002"),
+        slippage_bps: Decimal = Decimal(1),
+        max_leverage: Decimal = Decimal(100),
+        infer_markets: bool | None = None,
+        exchange: str = "paper",
+    ) -> None:
+        self.currency = currency
+        self.taker_fee = taker_fee
+        self.maker_fee = maker_fee
+        self.slippage = slippage_bps / _BPS
+        self.max_leverage = max_leverage
+        self.exchange = exchange
+        self._markets: dict[str, MarketInfo] = dict(DEFAULT_MARKETS if markets is None else markets)
+        # Without an explicit market list, symbols first seen in the feed are
+        # added so that users' own data works without configuration.
+        self._infer = markets is None if infer_markets is None else infer_markets
+        self.tracker = PortfolioTracker(balance)
+        self._orders: dict[str, _Live] = {}
+        self._open: dict[str, dict[str, _Live]] = {}
+        self._fills: list[Fill] = []
+        self._last: dict[str, MarketData] = {}
+        # Size left at the best ask (buys) and bid (sells) of each symbol's last tick.
+        self._avail: dict[str, dict[Side, Decimal]] = {}
+        self._outbox: list[EngineEvent] = []
+        self._now: datetime | None = None
+        self._seq = 0
+        self._fill_seq = 0
+
+    # --- queries ----------------------------------------------------------------
+
+    @property
+    def markets(self) -> dict[str, MarketInfo]:
+        return dict(self._markets)
+
+    @property
+    def now(self) -> datetime:
+        """Simulated time: the latest tick seen, or the wall clock before any."""
+        return self._now if self._now is not None else datetime.now(UTC)
+
+    def last_tick(self, symbol: str) -> MarketData | None:
+        return self._last.get(symbol)
+
+    def order_state(self, client_order_id: str, symbol: str | None = None) -> OrderState:
+        live = self._orders.get(client_order_id)
+        if live is None or (symbol is not None and live.order.symbol != symbol):
+            raise OrderNotFound(
+                f"no order {client_order_id!r}" + (f" on {symbol}" if symbol else "")
+            )
+        return live.state()
+
+    def open_orders(self, symbol: str | None = None) -> list[OrderState]:
+        """Open orders, oldest first."""
+        if symbol is not None:
+            return [o.state() for o in self._open.get(symbol, {}).values()]
+        lives = [o for book in self._open.values() for o in book.values()]
+        lives.sort(key=lambda o: o.seq)
+        return [o.state() for o in lives]
+
+    def fills(self, since: datetime | None = None) -> list[Fill]:
+        if since is None:
+            return list(self._fills)
+        return [f for f in self._fills if f.timestamp >= since]
+
+    def positions(self) -> list[Position]:
+        return list(self.tracker.positions().values())
+
+    def balance(self) -> Balance:
+        """``total`` is equity (cash plus unrealised PnL), ``used`` the margin of
+        positions and open orders, ``free = total - used`` (negative when the
+        account is under water)."""
+        total = self.tracker.equity
+        used = self.tracker.margin_used() + self._reserved()
+        return Balance(currency=self.currency, total=total, free=total - used, used=used)
+
+    # --- commands ---------------------------------------------------------------
+
+    def place(self, order: Order, now: datetime | None = None) -> OrderState:
+        """Accept an order (or refuse it with InvalidOrder/InsufficientFunds).
+
+        Idempotent on ``client_order_id``: the same order again returns the
+        current state of the first; a different order under a used id is
+        InvalidOrder. A market order (or a marketable limit) executes at once
+        against the last tick of its symbol.
+        """
+        known = self._orders.get(order.client_order_id)
+        if known is not None:
+            if known.placed != order:
+                raise InvalidOrder(
+                    f"client_order_id {order.client_order_id!r} is already used by another order"
+                )
+            return known.state()
+        when = now if now is not None else self.now
+        rounded = self._validate(order)
+        self._check_funds(rounded)
+        live = self._accept(rounded, placed=order)
+        self._outbox.append(live.state())
+        self._execute_now(live, when)
+        return live.state()
+
+    def cancel(self, client_order_id: str, symbol: str | None = None) -> OrderState:
+        live = self._orders.get(client_order_id)
+        if live is None or (symbol is not None and live.order.symbol != symbol):
+            raise OrderNotFound(
+                f"no order {client_order_id!r}" + (f" on {symbol}" if symbol else "")
+            )
+        if not live.status.is_open:
+            raise InvalidOrder(
+                f"order {client_order_id!r} is {live.status.value}, it can no longer be cancelled"
+            )
+        self._close(live, OrderStatus.CANCELED, "cancelled by request")
+        state = live.state()
+        self._outbox.append(state)
+        return state
+
+    def drain(self) -> list[EngineEvent]:
+        """Events produced by place() and cancel() since the last drain/tick."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    def on_tick(self, tick: MarketData) -> list[EngineEvent]:
+        """Take a tick: mark positions, match the symbol's open orders against
+        it. Returns pending place()/cancel() events first, then what this tick
+        caused, in execution order (each Fill followed by its order's update)."""
+        symbol = tick.symbol
+        if symbol not in self._markets and self._infer:
+            self._markets[symbol] = _infer_market(tick)
+        self._last[symbol] = tick
+        if self._now is None or tick.timestamp > self._now:
+            self._now = tick.timestamp
+        self._avail[symbol] = {Side.BUY: tick.volume, Side.SELL: tick.volume}
+        self.tracker.on_market_data(tick)
+        book = self._open.get(symbol)
+        if book:
+            # A snapshot: orders created while matching (brackets) wait for the next tick.
+            for live in list(book.values()):
+                if live.status.is_open:
+                    self._match(live, tick, tick.timestamp, resting=True)
+        return self.drain()
+
+    # --- validation ---------------------------------------------------------------
+
+    def _validate(self, order: Order) -> Order:
+        market = self._markets.get(order.symbol)
+        if market is None:
+            raise InvalidOrder(f"unknown symbol {order.symbol!r}; markets: {sorted(self._markets)}")
+        if order.leverage > self.max_leverage:
+            raise InvalidOrder(f"leverage {order.leverage} above the maximum {self.max_leverage}")
+        qty = round_qty(order.qty, market.qty_increment)
+        if qty <= 0 or qty < market.min_qty:
+            raise InvalidOrder(
+                f"quantity {order.qty} of {order.symbol} is below the minimum {market.min_qty} "
+                f"(after rounding down to {market.qty_increment})"
+            )
+        changes: dict[str, Decimal | None] = {"qty": qty}
+        for field in ("price", "stop_loss", "take_profit"):
+            value: Decimal | None = getattr(order, field)
+            if value is not None:
+                rounded = round_price(value, market.price_increment)
+                if rounded <= 0:
+                    raise InvalidOrder(
+                        f"{field} {value} rounds to zero at {market.price_increment}"
+                    )
+                changes[field] = rounded
+        out = attrs.evolve(order, **changes)  # type: ignore[arg-type]
+        self._check_sides(out)
+        return out
+
+    def _check_sides(self, order: Order) -> None:
+        tick = self._last.get(order.symbol)
+        buy = order.side is Side.BUY
+        if tick is not None and order.price is not None:
+            if order.type is OrderType.STOP_LOSS and (
+                order.price <= tick.ask if buy else order.price >= tick.bid
+            ):
+                where = f"above the ask {tick.ask}" if buy else f"below the bid {tick.bid}"
+                raise InvalidOrder(
+                    f"{order.side.value} stop at {order.price} would trigger at once: "
+                    f"it must be {where}"
+                )
+            if order.type is OrderType.TAKE_PROFIT and (
+                order.price >= tick.ask if buy else order.price <= tick.bid
+            ):
+                where = f"below the ask {tick.ask}" if buy else f"above the bid {tick.bid}"
+                raise InvalidOrder(
+                    f"{order.side.value} take-profit at {order.price} would trigger at once: "
+                    f"it must be {where}"
+                )
+        if order.stop_loss is None and order.take_profit is None:
+            return
+        if order.type in (OrderType.LIMIT, OrderType.STOP_LOSS, OrderType.TAKE_PROFIT):
+            ref = order.price
+        else:
+            ref = None if tick is None else (tick.ask if buy else tick.bid)
+        if ref is None:
+            return
+        sign = 1 if buy else -1
+        if order.stop_loss is not None and (order.stop_loss - ref) * sign >= 0:
+            raise InvalidOrder(
+                f"stop_loss {order.stop_loss} must be {'below' if buy else 'above'} "
+                f"the entry {ref} of a {order.side.value}"
+            )
+        if order.take_profit is not None and (order.take_profit - ref) * sign <= 0:
+            raise InvalidOrder(
+                f"take_profit {order.take_profit} must be {'above' if buy else 'below'} "
+                f"the entry {ref} of a {order.side.value}"
+            )
+
+    def _reference_price(self, order: Order) -> Decimal | None:
+        if order.price is not None:
+            return order.price
+        tick = self._last.get(order.symbol)
+        if tick is None:
+            return None
+        return self._taker_price(order.side, tick, self._markets[order.symbol])
+
+    def _opening_qty(self, order: Order, qty: Decimal) -> Decimal:
+        """The part of ``qty`` that would open or grow a position now."""
+        if order.reduce_only:
+            return ZERO
+        held = self.tracker.qty(order.symbol)
+        reducible = max(ZERO, -held * order.side.sign)
+        return max(ZERO, qty - reducible)
+
+    def _order_margin(self, live: _Live) -> Decimal:
+        price = self._reference_price(live.order)
+        if price is None:
+            return ZERO
+        return self._opening_qty(live.order, live.remaining) * price / live.order.leverage
+
+    def _reserved(self, exclude: _Live | None = None) -> Decimal:
+        return sum(
+            (
+                self._order_margin(o)
+                for book in self._open.values()
+                for o in book.values()
+                if o is not exclude
+            ),
+            ZERO,
+        )
+
+    def _check_funds(self, order: Order) -> None:
+        if order.type is OrderType.MARKET and order.symbol not in self._last:
+            raise InvalidOrder(
+                f"no market data for {order.symbol} yet: a market order needs a price"
+            )
+        price = self._reference_price(order)
+        assert price is not None  # only market orders lack a price, checked above
+        opening = self._opening_qty(order, order.qty)
+        if not opening:
+            return
+        need = opening * price / order.leverage + opening * price * self.taker_fee
+        free = self.balance().free
+        if need > free:
+            raise InsufficientFunds(
+                f"order {order.client_order_id!r} needs {need} {self.currency} of margin "
+                f"({opening} {order.symbol} at {price} / leverage {order.leverage} plus fee), "
+                f"free is {free}"
+            )
+
+    # --- matching -------------------------------------------------------------------
+
+    def _accept(self, order: Order, *, placed: Order) -> _Live:
+        self._seq += 1
+        live = _Live(order=order, placed=placed, seq=self._seq, exchange_order_id=f"P{self._seq}")
+        self._orders[order.client_order_id] = live
+        self._open.setdefault(order.symbol, {})[order.client_order_id] = live
+        return live
+
+    def _execute_now(self, live: _Live, when: datetime) -> None:
+        """Execute a just-placed market or marketable limit order against the
+        last tick (a resting limit does not fill until a later tick)."""
+        tick = self._last.get(live.order.symbol)
+        if tick is not None and live.order.type in (OrderType.MARKET, OrderType.LIMIT):
+            self._match(live, tick, when, resting=False)
+
+    def _taker_price(self, side: Side, tick: MarketData, market: MarketInfo) -> Decimal:
+        if side is Side.BUY:
+            return round_price(tick.ask * (1 + self.slippage), market.price_increment)
+        return round_price(tick.bid * (1 - self.slippage), market.price_increment)
+
+    def _match(self, live: _Live, tick: MarketData, when: datetime, *, resting: bool) -> None:
+        order = live.order
+        market = self._markets[order.symbol]
+        buy = order.side is Side.BUY
+        kind = order.type
+        if kind in (OrderType.STOP_LOSS, OrderType.TAKE_PROFIT) and not live.triggered:
+            assert order.price is not None
+            if kind is OrderType.STOP_LOSS:
+                hit = tick.ask >= order.price if buy else tick.bid <= order.price
+            else:
+                hit = tick.ask <= order.price if buy else tick.bid >= order.price
+            if not hit:
+                return
+            live.triggered = True
+
+        if kind is OrderType.LIMIT:
+            assert order.price is not None
+            if resting:
+                # Crossed by a later tick: the order was in the book, it filled at
+                # its own price as maker.
+                if not (tick.ask <= order.price if buy else tick.bid >= order.price):
+                    return
+                price, rate, liquidity = order.price, self.maker_fee, "maker"
+            else:
+                price = self._taker_price(order.side, tick, market)
+                if not (price <= order.price if buy else price >= order.price):
+                    # Slippage would cross the limit: execute at the limit if the
+                    # book itself is marketable, otherwise rest.
+                    if not (tick.ask <= order.price if buy else tick.bid >= order.price):
+                        return
+                    price = order.price
+                rate, liquidity = self.taker_fee, "taker"
+        else:
+            price, rate, liquidity = (
+                self._taker_price(order.side, tick, market),
+                self.taker_fee,
+                "taker",
+            )
+
+        avail = self._avail[order.symbol]
+        qty = min(live.remaining, avail[order.side])
+        if order.reduce_only:
+            reducible = max(ZERO, -self.tracker.qty(order.symbol) * order.side.sign)
+            if not reducible:
+                self._close(live, OrderStatus.CANCELED, "reduce-only: no position to reduce")
+                self._outbox.append(live.state())
+                return
+            qty = min(qty, reducible)
+        qty = round_qty(qty, market.qty_increment)
+        if qty <= 0:
+            return  # no size left on this tick; try again on the next one
+
+        fee = qty * price * rate
+        opening = self._opening_qty(order, qty)
+        if opening:
+            need = opening * price / order.leverage + fee
+            free = self.tracker.equity - self.tracker.margin_used() - self._reserved(exclude=live)
+            if need > free:
+                self._close(live, OrderStatus.CANCELED, "insufficient margin")
+                self._outbox.append(live.state())
+                return
+
+        self._fill_seq += 1
+        fill = Fill(
+            fill_id=f"paper-{self._fill_seq}",
+            client_order_id=order.client_order_id,
+            symbol=order.symbol,
+            side=order.side,
+            qty=qty,
+            price=price,
+            fee=fee,
+            timestamp=when,
+            liquidity=liquidity,
+        )
+        self.tracker.apply(
+            fill,
+            leverage=order.leverage if opening else None,
+            stop_loss=order.stop_loss if opening else None,
+        )
+        self._fills.append(fill)
+        avail[order.side] -= qty
+        live.filled += qty
+        live.notional += qty * price
+        if live.remaining == 0:
+            self._close(live, OrderStatus.FILLED, "")
+        else:
+            live.status = OrderStatus.PARTIALLY_FILLED
+        self._outbox.append(fill)
+        self._outbox.append(live.state())
+
+        if order.stop_loss is not None or order.take_profit is not None:
+            self._brackets(live)
+        if self.tracker.qty(order.symbol) == 0:
+            self._cancel_reduce_only(order.symbol)
+
+    def _brackets(self, parent: _Live) -> None:
+        """Create or grow the reduce-only exit legs of ``parent``."""
+        order = parent.order
+        for suffix, kind, level in (
+            ("sl", OrderType.STOP_LOSS, order.stop_loss),
+            ("tp", OrderType.TAKE_PROFIT, order.take_profit),
+        ):
+            if level is None:
+                continue
+            coid = f"{order.client_order_id}.{suffix}"
+            child = self._orders.get(coid)
+            if child is None:
+                leg = Order(
+                    client_order_id=coid,
+                    symbol=order.symbol,
+                    side=order.side.opposite,
+                    type=kind,
+                    qty=parent.filled,
+                    price=level,
+                    leverage=order.leverage,
+                    reduce_only=True,
+                    strategy=order.strategy,
+                    correlation_id=order.correlation_id,
+                )
+                self._outbox.append(self._accept(leg, placed=leg).state())
+            elif child.status.is_open and child.order.qty < parent.filled:
+                child.order = attrs.evolve(child.order, qty=parent.filled)
+                child.placed = child.order
+                self._outbox.append(child.state())
+
+    def _cancel_reduce_only(self, symbol: str) -> None:
+        for live in list(self._open.get(symbol, {}).values()):
+            if live.order.reduce_only:
+                self._close(live, OrderStatus.CANCELED, "position closed")
+                self._outbox.append(live.state())
+
+    def _close(self, live: _Live, status: OrderStatus, reason: str) -> None:
+        live.status = status
+        live.reason = reason
+        book = self._open.get(live.order.symbol)
+        if book is not None:
+            book.pop(live.order.client_order_id, None)
+
+
+def _infer_market(tick: MarketData) -> MarketInfo:
+    """Trading rules for a symbol not configured: price increment from the
+    quote's decimals (at least 0.01, at most 1e-8), qty increment 1e-6."""
+    exponents = [int(p.as_tuple().exponent) for p in (tick.bid, tick.ask, tick.last)]
+    exp = max(-8, min([-2, *exponents]))
+    step = Decimal(1).scaleb(exp)
+    quote = tick.symbol.split("-")[1]
+    return MarketInfo(tick.symbol, step, Decimal("0.000001"), Decimal("0.000001"), quote)

@@ -1,0 +1,248 @@
+"""The paper venue as a :class:`bot4.contracts.Exchange`: the kernel cannot tell
+it from a live one.
+
+It wraps a :class:`~bot4_paper.engine.PaperEngine` (the matching rules are
+documented there) and a market-data feed. ``stream(symbols)`` walks the feed;
+for every tick it yields, in this order:
+
+1. events caused by ``place_order``/``cancel_order`` since the previous tick
+   (the accepted order's state, immediate fills, cancellations);
+2. fills and order updates caused by matching the tick against resting orders
+   (each Fill followed by the updated OrderState of its order);
+3. the tick itself (only when its symbol is among ``symbols``; an empty
+   ``symbols`` means all). Orders of every symbol are matched regardless.
+
+So a strategy reacting to tick *n* sees its market order filled against tick
+*n* (``place_order`` returns the filled state at once) and the Fill arrives
+from the stream before tick *n+1*.
+
+Config (values may be strings, as they come from YAML)::
+
+    feed: Iterable[MarketData] or a path for bot4.data.iter_ticks   (required)
+    balance: "10000"        currency: "USDT"
+    taker_fee: "0.0004"     maker_fee: "0.0002"     slippage_bps: "1"
+    max_leverage: "100"
+    markets: {BTC-USDT: {price_increment: "0.01", qty_increment: "0.0001",
+                         min_qty: "0.0001"}, ...}
+      (default: BTC-USDT and ETH-USDT, plus any symbol first seen in the feed,
+       see bot4_paper.engine)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import trio
+
+from bot4.contracts import Capability, Exchange, ExchangeEvent, MarketInfo
+from bot4.errors import ConfigError
+from bot4.model import Balance, Fill, MarketData, Order, OrderState, Position
+from bot4_paper.engine import PaperEngine
+
+__all__ = ["CONFIG_KEYS", "PaperExchange"]
+
+CONFIG_KEYS = frozenset(
+    {
+        "feed",
+        "balance",
+        "currency",
+        "taker_fee",
+        "maker_fee",
+        "slippage_bps",
+        "max_leverage",
+        "markets",
+    }
+)
+
+
+class PaperExchange(Exchange):
+    """A simulated venue fed by recorded or generated market data."""
+
+    name = "paper"
+    capabilities = frozenset(Capability)
+
+    def __init__(self, feed: Iterable[MarketData], engine: PaperEngine | None = None) -> None:
+        self.engine = engine if engine is not None else PaperEngine()
+        self._feed = feed
+        self._ticks: Iterator[MarketData] | None = None
+        self._closed = False
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> PaperExchange:
+        """Build from a config mapping; a bad field raises ConfigError naming it."""
+        unknown = sorted(set(config) - CONFIG_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"paper: unknown config field(s) {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(sorted(CONFIG_KEYS))}"
+            )
+        if "feed" not in config:
+            raise ConfigError("paper: config field 'feed' is required (market data or a path)")
+        feed = _feed(config["feed"])
+        currency = config.get("currency", "USDT")
+        if not isinstance(currency, str) or not currency.strip():
+            raise ConfigError(
+                f"paper: config field 'currency': {currency!r} is not a currency name"
+            )
+        markets = _markets(config["markets"]) if "markets" in config else None
+        engine = PaperEngine(
+            markets,
+            balance=_number(config, "balance", "10000", positive=True),
+            currency=currency.strip(),
+            taker_fee=_number(config, "taker_fee", "0.0004", below_one=True),
+            maker_fee=_number(config, "maker_fee", "0.0002", below_one=True),
+            slippage_bps=_number(config, "slippage_bps", "1"),
+            max_leverage=_number(config, "max_leverage", "100", positive=True),
+        )
+        return cls(feed, engine)
+
+    async def connect(self) -> None:
+        self._closed = False
+
+    async def close(self) -> None:
+        self._closed = True
+
+    async def fetch_markets(self) -> Mapping[str, MarketInfo]:
+        await trio.lowlevel.checkpoint()
+        return self.engine.markets
+
+    async def place_order(self, order: Order) -> OrderState:
+        await trio.lowlevel.checkpoint()
+        return self.engine.place(order)
+
+    async def cancel_order(self, symbol: str, client_order_id: str) -> OrderState:
+        await trio.lowlevel.checkpoint()
+        return self.engine.cancel(client_order_id, symbol)
+
+    async def fetch_order(self, symbol: str, client_order_id: str) -> OrderState:
+        await trio.lowlevel.checkpoint()
+        return self.engine.order_state(client_order_id, symbol)
+
+    async def fetch_open_orders(self, symbol: str | None = None) -> Sequence[OrderState]:
+        await trio.lowlevel.checkpoint()
+        return self.engine.open_orders(symbol)
+
+    async def fetch_fills(self, since: datetime | None = None) -> Sequence[Fill]:
+        await trio.lowlevel.checkpoint()
+        return self.engine.fills(since)
+
+    async def fetch_balance(self) -> Balance:
+        await trio.lowlevel.checkpoint()
+        return self.engine.balance()
+
+    async def fetch_positions(self) -> Sequence[Position]:
+        await trio.lowlevel.checkpoint()
+        return self.engine.positions()
+
+    async def stream(self, symbols: Sequence[str]) -> AsyncIterator[ExchangeEvent]:
+        """Replay the feed; see the module docstring for the event order. A
+        second call continues where the first stopped (the feed is read once)."""
+        wanted = frozenset(symbols)
+        if self._ticks is None:
+            self._ticks = iter(self._feed)
+        engine = self.engine
+        for tick in self._ticks:
+            if self._closed:
+                break
+            if not isinstance(tick, MarketData):
+                raise ConfigError(f"paper: the feed yielded {type(tick).__name__}, not MarketData")
+            for event in engine.on_tick(tick):
+                yield event
+            if not wanted or tick.symbol in wanted:
+                yield tick
+            # Let other tasks run even when the consumer never blocks.
+            await trio.lowlevel.checkpoint()
+        for event in engine.drain():
+            yield event
+
+
+def _number(
+    config: Mapping[str, Any],
+    key: str,
+    default: str,
+    *,
+    positive: bool = False,
+    below_one: bool = False,
+    prefix: str = "",
+) -> Decimal:
+    raw = config.get(key, default)
+    key = prefix + key
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str, Decimal)):
+        raise ConfigError(f"paper: config field {key!r}: {raw!r} is not a number")
+    try:
+        value = Decimal(repr(raw) if isinstance(raw, float) else str(raw).strip())
+    except InvalidOperation:
+        raise ConfigError(f"paper: config field {key!r}: {raw!r} is not a number") from None
+    if not value.is_finite():
+        raise ConfigError(f"paper: config field {key!r}: {raw!r} is not a finite number")
+    if value < 0 or (positive and value == 0):
+        need = "greater than zero" if positive else "zero or more"
+        raise ConfigError(f"paper: config field {key!r}: {raw!r} must be {need}")
+    if below_one and value >= 1:
+        raise ConfigError(f"paper: config field {key!r}: {raw!r} must be a fraction below 1")
+    return value
+
+
+def _markets(raw: object) -> dict[str, MarketInfo]:
+    entries: list[tuple[str, object]]
+    if isinstance(raw, Mapping):
+        entries = [(str(k), v) for k, v in raw.items()]
+    elif isinstance(raw, (list, tuple)):
+        entries = []
+        for i, item in enumerate(raw):
+            if isinstance(item, MarketInfo):
+                entries.append((item.symbol, item))
+            elif isinstance(item, Mapping) and isinstance(item.get("symbol"), str):
+                entries.append((item["symbol"], item))
+            else:
+                raise ConfigError(f"paper: config field 'markets[{i}]' needs a 'symbol'")
+    else:
+        raise ConfigError(f"paper: config field 'markets': {raw!r} is not a mapping or list")
+    out: dict[str, MarketInfo] = {}
+    for symbol, spec in entries:
+        where = f"markets.{symbol}"
+        if isinstance(spec, MarketInfo):
+            out[symbol] = spec
+            continue
+        if not isinstance(spec, Mapping):
+            raise ConfigError(f"paper: config field {where!r}: {spec!r} is not a mapping")
+        if "price_increment" not in spec or "qty_increment" not in spec:
+            raise ConfigError(
+                f"paper: config field {where!r} needs 'price_increment' and 'qty_increment'"
+            )
+        price_inc = _number(spec, "price_increment", "0", positive=True, prefix=where + ".")
+        qty_inc = _number(spec, "qty_increment", "0", positive=True, prefix=where + ".")
+        min_qty = _number(spec, "min_qty", str(qty_inc), positive=True, prefix=where + ".")
+        quote = spec.get("quote_currency", symbol.split("-")[1] if "-" in symbol else "USDT")
+        out[symbol] = MarketInfo(symbol, price_inc, qty_inc, min_qty, str(quote))
+    return out
+
+
+def _feed(raw: object) -> Iterable[MarketData]:
+    if isinstance(raw, (str, os.PathLike)):
+        if not os.path.exists(raw):
+            raise ConfigError(f"paper: config field 'feed': no such file or directory {raw!r}")
+        # Imported here: the loader is only needed when the feed is a file.
+        from bot4.data import iter_ticks
+
+        path = raw
+        return _lazy(lambda: iter_ticks(path))
+    if isinstance(raw, Iterable):
+        return raw
+    raise ConfigError(f"paper: config field 'feed': {raw!r} is neither market data nor a path")
+
+
+class _lazy(Iterable[MarketData]):
+    """Opens the file only when the stream starts, so a config check does not
+    hold a file handle."""
+
+    def __init__(self, make: Any) -> None:
+        self._make = make
+
+    def __iter__(self) -> Iterator[MarketData]:
+        it: Iterator[MarketData] = self._make()
+        return it
