@@ -1,0 +1,59 @@
+"""bot4's risk policy: rule files compiled for durable-rules, a pre-trade gate
+that fails closed, and position monitoring.
+
+Modules, one job each:
+
+* :mod:`bot4.risk.yamlsrc`  — YAML with line numbers (every error says file:line)
+* :mod:`bot4.risk.expr`     — the condition language and its vetted translation
+* :mod:`bot4.risk.facts`    — the facts rules can name, built from bot4's types
+* :mod:`bot4.risk.windows`  — event-time counters for temporal rules
+* :mod:`bot4.risk.compiler` — rule files -> compiled policy (the file format)
+* :mod:`bot4.risk.engine`   — a guarded, thread-free handle on durable-rules
+* :mod:`bot4.risk.breaker`  — the circuit breaker
+* :mod:`bot4.risk.policy`   — :class:`RiskPolicy`, what the kernel calls
+* :mod:`bot4.risk.scenario` — scenario files for ``bot4 rules eval/test``
+* :mod:`bot4.risk.packs`    — finding installed risk-rule packs
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import bot4
+from bot4.risk.breaker import Breaker
+from bot4.risk.policy import (
+    FAIL_CLOSED,
+    Explanation,
+    ReloadOutcome,
+    RiskPolicy,
+    TraceEntry,
+)
+
+
+def default_rules_path() -> Path:
+    """Where the default policy lives when no path is given: ``$BOT4_RULES``,
+    else ``./rules`` if it exists, else the copy installed with the wheel
+    (``bot4/default_rules``), else the source checkout's ``rules/``."""
+    env = os.environ.get("BOT4_RULES")
+    if env:
+        return Path(env)
+    local = Path("rules")
+    if local.is_dir():
+        return local
+    package = Path(bot4.__file__).parent
+    wheel_copy = package / "default_rules"
+    if wheel_copy.is_dir():
+        return wheel_copy
+    return package.parent / "rules"
+
+
+__all__ = [
+    "FAIL_CLOSED",
+    "Breaker",
+    "Explanation",
+    "ReloadOutcome",
+    "RiskPolicy",
+    "TraceEntry",
+    "default_rules_path",
+]

@@ -1,0 +1,575 @@
+"""Rule files -> a compiled policy (durable-rules rulesets plus what Python
+needs around them). Every refusal is a RuleFileError naming file and line.
+
+A rule file::
+
+    description: Position size limit.        # optional, for people
+    params:                                  # thresholds shared by the rules below
+      max_position_fraction: 0.02
+    rules:
+      - name: max-position-size              # unique in the whole policy
+        description: A position may not exceed 2% of equity.
+        on: order                            # order (default) | tick | fill, or a list
+        priority: 50                         # lower decides first (default 100)
+        params: {}                           # rule-only thresholds (override the file's)
+        when: position.notional_after > portfolio.equity * max_position_fraction
+        reject:
+          reason: "position {position.notional_after:,.2f} above {max_position_fraction:.0%}"
+          suggested_size: >
+            portfolio.equity * max_position_fraction / order.price - position.qty_along
+
+Outcomes: ``approve: true`` | ``reject: {reason, suggested_size}`` (orders) or
+``action: {kind, reason, fraction}`` (ticks and fills; kind is one of
+emergency_close, reduce_position, add_margin, trip_breaker).
+
+Optional top-level sections: ``settings`` (``maintenance_margin_rate``, needed
+by the liquidation facts; one file may set it) and ``windows`` (event-time
+counters, see :mod:`bot4.risk.windows`), each window becoming a fact
+``window.<name>``.
+
+How a decision is made (documented here because it is the policy's meaning):
+on an order, every rule for ``order`` is evaluated by the engine; among those
+that fire, the one with the lowest ``(priority, file, position in file)``
+decides. If none fires there is no verdict and the order is rejected (fail
+closed), so a policy states its default explicitly with a last ``approve``
+rule. On ticks and fills every firing rule yields its action; per position the
+most severe of emergency_close > reduce_position > add_margin is kept.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from bot4.errors import RuleFileError
+from bot4.model import RiskActionKind
+from bot4.risk import expr
+from bot4.risk.engine import MAX_FIELDS
+from bot4.risk.expr import BOOL, NUMBER, ExprError, Node, Value
+from bot4.risk.facts import BUILTIN_FACTS, FILL, LIQUIDATION_FACTS, ORDER, STAGES, TICK
+from bot4.risk.windows import WindowSpec
+from bot4.risk.yamlsrc import YList, YMap, load_yaml
+
+RULE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+WINDOW_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_TEMPLATE = re.compile(r"\{([^{}:]*)(?::([^{}]*))?\}")
+MAX_RULES = 500
+DEFAULT_PRIORITY = 100
+SEVERITY = {
+    RiskActionKind.EMERGENCY_CLOSE: 3,
+    RiskActionKind.REDUCE_POSITION: 2,
+    RiskActionKind.ADD_MARGIN: 1,
+    RiskActionKind.TRIP_BREAKER: 0,
+}
+_FILE_KEYS = {"description", "params", "settings", "windows", "rules"}
+_RULE_KEYS = {
+    "name",
+    "description",
+    "on",
+    "priority",
+    "params",
+    "when",
+    "approve",
+    "reject",
+    "action",
+}
+_SETTINGS = {"maintenance_margin_rate"}
+# Fact namespaces bot4 itself fills; a pack may not add facts under them.
+RESERVED_ROOTS = frozenset(
+    {"order", "portfolio", "position", "market", "breaker", "liquidation", "fill", "window"}
+)
+
+
+@attrs.frozen(slots=True)
+class Rule:
+    name: str
+    description: str
+    path: str
+    line: int
+    stages: frozenset[str]
+    rank: tuple[int, int, int]
+    when: Node
+    when_source: str
+    outcome: str  # "approve" | "reject" | "action"
+    reason: str
+    suggested: Node | None
+    action: RiskActionKind | None
+    fraction: Decimal
+    params: Mapping[str, Value]
+    facts: tuple[str, ...]  # named by the condition, the reason and the suggestion
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+@attrs.frozen(slots=True)
+class StagePlan:
+    """What the engine holds for one stage: its rules, ranked, and the short
+    field key of every fact those conditions read."""
+
+    stage: str
+    rules: tuple[Rule, ...]
+    keys: Mapping[str, str]  # fact name -> message field
+    by_key: Mapping[str, Rule]  # ruleset rule name -> rule
+    definition: Mapping[str, Any]  # the durable-rules ruleset
+
+
+@attrs.frozen(slots=True)
+class CompiledPolicy:
+    files: tuple[str, ...]
+    rules: tuple[Rule, ...]
+    stages: Mapping[str, StagePlan]
+    windows: Mapping[str, WindowSpec]
+    mmr: Decimal | None
+    pack_facts: Mapping[str, str]  # fact -> pack name
+
+    def facts_used(self, stage: str) -> frozenset[str]:
+        return frozenset(self.stages[stage].keys)
+
+
+@attrs.frozen(slots=True)
+class _Raw:
+    """One rule file after parsing, before names are checked across files."""
+
+    path: str
+    data: YMap
+
+
+def _err(path: str, line: int | None, message: str) -> RuleFileError:
+    return RuleFileError(path, line, message)
+
+
+def _expr_err(path: str, line: int, exc: ExprError, what: str, source: object) -> RuleFileError:
+    # Block scalars start on the line after the key; for a one-line expression
+    # the node line is right.
+    return _err(path, line + exc.line - 1, f"{what}: {exc.message} in {source!r}")
+
+
+def _mapping(value: object, path: str, line: int, what: str) -> YMap:
+    if not isinstance(value, YMap):
+        raise _err(path, line, f"{what} must be a mapping")
+    return value
+
+
+def _unknown_keys(m: YMap, allowed: set[str], path: str, what: str) -> None:
+    for key in m:
+        if key not in allowed:
+            raise _err(
+                path,
+                m.lines[key],
+                f"unknown key {key!r} in {what} (allowed: {', '.join(sorted(allowed))})",
+            )
+
+
+def _params(value: object, path: str, line: int, what: str) -> dict[str, Value]:
+    if value is None:
+        return {}
+    m = _mapping(value, path, line, what)
+    out: dict[str, Value] = {}
+    for key, v in m.items():
+        where = m.lines[key]
+        if not expr.PARAM_NAME.match(key) or key in ("true", "false"):
+            raise _err(path, where, f"parameter name {key!r} must be lower_case_with_underscores")
+        if isinstance(v, bool) or (isinstance(v, str) and len(v) <= 100 and v.isprintable()):
+            out[key] = v
+        elif isinstance(v, (int, float)):
+            try:
+                out[key] = expr.check_number(float(v), f"parameter {key}")
+            except ExprError as exc:
+                raise _err(path, where, exc.message) from None
+        else:
+            raise _err(
+                path, where, f"parameter {key} must be a number, true/false or a short string"
+            )
+    return out
+
+
+def read_file(path: Path, text: str | None = None) -> tuple[_Raw, str]:
+    data, text = load_yaml(path, text)
+    name = str(path)
+    if not isinstance(data, YMap):
+        raise _err(name, 1, "a rule file is a mapping with a 'rules' list")
+    _unknown_keys(data, _FILE_KEYS, name, "a rule file")
+    if "rules" not in data:
+        raise _err(name, data.line, "missing 'rules' (a list of rules)")
+    return _Raw(name, data), text
+
+
+def _stages(value: object, path: str, line: int) -> frozenset[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise _err(path, line, f"'on' must be one of {', '.join(STAGES)} or a list of them")
+    for item in items:
+        if item not in STAGES:
+            raise _err(path, line, f"'on' names {item!r}; expected one of {', '.join(STAGES)}")
+    return frozenset(items)
+
+
+def _template_names(template: str, path: str, line: int) -> list[tuple[str, str]]:
+    if not isinstance(template, str) or not template.strip():
+        raise _err(path, line, "reason must be a non-empty string")
+    if len(template) > 500:
+        raise _err(path, line, "reason longer than 500 characters")
+    out = []
+    for match in _TEMPLATE.finditer(template):
+        out.append((match.group(1).strip(), match.group(2) or ""))
+    stripped = _TEMPLATE.sub("", template)
+    if "{" in stripped or "}" in stripped:
+        raise _err(path, line, "reason has an unmatched { or }")
+    return out
+
+
+_SAMPLE: dict[str, Value] = {NUMBER: 1.5, BOOL: True, expr.STRING: "buy"}
+
+
+class Compiler:
+    """Compiles a set of rule files against the facts available to them."""
+
+    def __init__(self, pack_facts: Mapping[str, str]) -> None:
+        self.pack_facts = dict(pack_facts)
+
+    def fact_kind(self, windows: Mapping[str, WindowSpec]) -> Callable[[str], str | None]:
+        def lookup(name: str) -> str | None:
+            spec = BUILTIN_FACTS.get(name)
+            if spec is not None:
+                return spec.kind
+            if name.startswith("window.") and name[len("window.") :] in windows:
+                return NUMBER
+            if name in self.pack_facts:
+                return NUMBER  # packs provide numbers (RiskRules.facts contract, see docs)
+            return None
+
+        return lookup
+
+    def stages_of(self, name: str) -> frozenset[str]:
+        spec = BUILTIN_FACTS.get(name)
+        if spec is not None:
+            return spec.stages
+        if name.startswith("window."):
+            return frozenset(STAGES)
+        return frozenset({ORDER})  # pack facts need an order (FactContext)
+
+    def compile(self, raws: Sequence[_Raw]) -> CompiledPolicy:
+        windows: dict[str, WindowSpec] = {}
+        mmr: Decimal | None = None
+        mmr_where = ""
+        for raw in raws:
+            path, data = raw.path, raw.data
+            if "settings" in data:
+                settings = _mapping(data["settings"], path, data.lines["settings"], "settings")
+                _unknown_keys(settings, _SETTINGS, path, "settings")
+                if "maintenance_margin_rate" in settings:
+                    line = settings.lines["maintenance_margin_rate"]
+                    value = settings["maintenance_margin_rate"]
+                    if mmr is not None:
+                        raise _err(
+                            path, line, f"maintenance_margin_rate is already set at {mmr_where}"
+                        )
+                    if (
+                        isinstance(value, bool)
+                        or not isinstance(value, (int, float))
+                        or not 0 <= value < 1
+                    ):
+                        raise _err(path, line, "maintenance_margin_rate must be a number in [0, 1)")
+                    mmr = Decimal(repr(float(value)))
+                    mmr_where = f"{path}:{line}"
+            if "windows" in data:
+                wmap = _mapping(data["windows"], path, data.lines["windows"], "windows")
+                for wname, wdef in wmap.items():
+                    line = wmap.lines[wname]
+                    if not WINDOW_NAME.match(wname):
+                        raise _err(
+                            path, line, f"window name {wname!r} must be lower_case_with_underscores"
+                        )
+                    if wname in windows:
+                        first = windows[wname]
+                        raise _err(
+                            path,
+                            line,
+                            f"window {wname!r} already defined at {first.path}:{first.line}",
+                        )
+                    windows[wname] = WindowSpec.parse(wname, wdef, path, line)
+
+        lookup = self.fact_kind(windows)
+        rules: list[Rule] = []
+        seen: dict[str, Rule] = {}
+        for file_index, raw in enumerate(raws):
+            path, data = raw.path, raw.data
+            file_params = _params(
+                data.get("params"), path, data.lines.get("params", data.line), "params"
+            )
+            items = data["rules"]
+            if not isinstance(items, YList):
+                raise _err(path, data.lines["rules"], "'rules' must be a list")
+            for index, item in enumerate(items):
+                rule = self._rule(
+                    item, path, items.lines[index], file_params, lookup, (file_index, index)
+                )
+                if rule.name in seen:
+                    raise _err(
+                        path,
+                        rule.line,
+                        f"rule name {rule.name!r} already used at {seen[rule.name].where}",
+                    )
+                seen[rule.name] = rule
+                if mmr is None:
+                    for fact in rule.facts:
+                        if fact in LIQUIDATION_FACTS:
+                            raise _err(
+                                path,
+                                rule.line,
+                                f"rule {rule.name!r} uses {fact}, which needs "
+                                "settings: maintenance_margin_rate in one rule file",
+                            )
+                rules.append(rule)
+                if len(rules) > MAX_RULES:
+                    raise _err(path, rule.line, f"more than {MAX_RULES} rules")
+        rules.sort(key=lambda r: r.rank)
+        stages = {
+            stage: self._plan(stage, [r for r in rules if stage in r.stages]) for stage in STAGES
+        }
+        return CompiledPolicy(
+            files=tuple(raw.path for raw in raws),
+            rules=tuple(rules),
+            stages=stages,
+            windows=windows,
+            mmr=mmr,
+            pack_facts=dict(self.pack_facts),
+        )
+
+    def _rule(
+        self,
+        item: object,
+        path: str,
+        line: int,
+        file_params: Mapping[str, Value],
+        lookup: Callable[[str], str | None],
+        position: tuple[int, int],
+    ) -> Rule:
+        m = _mapping(item, path, line, "a rule")
+        _unknown_keys(m, _RULE_KEYS, path, "a rule")
+        name = m.get("name")
+        if not isinstance(name, str) or not RULE_NAME.match(name):
+            raise _err(
+                path,
+                m.lines.get("name", line),
+                "a rule needs a name: lower-case letters, digits, - or _",
+            )
+        label = f"rule {name!r}"
+        description = m.get("description")
+        if not isinstance(description, str) or not description.strip():
+            raise _err(path, m.lines.get("description", line), f"{label} needs a description")
+        stages = _stages(m.get("on", ORDER), path, m.lines.get("on", line))
+        priority = m.get("priority", DEFAULT_PRIORITY)
+        if (
+            isinstance(priority, bool)
+            or not isinstance(priority, int)
+            or not 0 <= priority <= 1_000_000
+        ):
+            raise _err(
+                path,
+                m.lines.get("priority", line),
+                f"{label}: priority must be an integer 0..1000000",
+            )
+        params = {
+            **file_params,
+            **_params(m.get("params"), path, m.lines.get("params", line), f"{label} params"),
+        }
+
+        if "when" not in m:
+            raise _err(path, line, f"{label} needs a 'when' condition")
+        when_line = m.lines["when"]
+        source = m["when"]
+        try:
+            when = expr.parse(source, lookup, params)
+        except ExprError as exc:
+            raise _expr_err(path, when_line, exc, f"{label} when", source) from None
+
+        outcomes = [k for k in ("approve", "reject", "action") if k in m]
+        if len(outcomes) != 1:
+            raise _err(path, line, f"{label} needs exactly one outcome: approve, reject or action")
+        outcome = outcomes[0]
+        out_line = m.lines[outcome]
+        body = m[outcome]
+        if outcome in ("approve", "reject") and stages != {ORDER}:
+            raise _err(path, out_line, f"{label}: {outcome} applies to orders only ('on: order')")
+        if outcome == "action" and ORDER in stages:
+            raise _err(path, out_line, f"{label}: actions apply to ticks and fills, not orders")
+
+        reason = ""
+        suggested: Node | None = None
+        action: RiskActionKind | None = None
+        fraction = Decimal(1)
+        template_names: list[tuple[str, str]] = []
+        if outcome == "approve":
+            if body is True:
+                reason = "within the policy"
+            else:
+                body = _mapping(body, path, out_line, f"{label} approve")
+                _unknown_keys(body, {"reason"}, path, "approve")
+                reason = body.get("reason", "within the policy")
+                template_names = _template_names(reason, path, body.lines.get("reason", out_line))
+        elif outcome == "reject":
+            body = _mapping(body, path, out_line, f"{label} reject")
+            _unknown_keys(body, {"reason", "suggested_size"}, path, "reject")
+            if "reason" not in body:
+                raise _err(path, out_line, f"{label}: reject needs a reason")
+            reason = body["reason"]
+            template_names = _template_names(reason, path, body.lines["reason"])
+            if "suggested_size" in body:
+                sline = body.lines["suggested_size"]
+                ssrc = body["suggested_size"]
+                try:
+                    suggested = expr.parse(ssrc, lookup, params, expect=NUMBER, allow_division=True)
+                except ExprError as exc:
+                    raise _expr_err(path, sline, exc, f"{label} suggested_size", ssrc) from None
+        else:
+            body = _mapping(body, path, out_line, f"{label} action")
+            _unknown_keys(body, {"kind", "reason", "fraction"}, path, "action")
+            kind = body.get("kind")
+            kinds = [k.value for k in RiskActionKind]
+            if kind not in kinds:
+                raise _err(
+                    path,
+                    body.lines.get("kind", out_line),
+                    f"{label}: action kind must be one of {', '.join(kinds)}",
+                )
+            action = RiskActionKind(kind)
+            if "reason" not in body:
+                raise _err(path, out_line, f"{label}: action needs a reason")
+            reason = body["reason"]
+            template_names = _template_names(reason, path, body.lines["reason"])
+            if "fraction" in body:
+                fline = body.lines["fraction"]
+                raw_fraction = body["fraction"]
+                if isinstance(raw_fraction, str) and raw_fraction in params:
+                    raw_fraction = params[raw_fraction]
+                if (
+                    isinstance(raw_fraction, bool)
+                    or not isinstance(raw_fraction, (int, float))
+                    or not 0 < raw_fraction <= 1
+                ):
+                    raise _err(
+                        path,
+                        fline,
+                        f"{label}: fraction must be a number in (0, 1] or a parameter holding one",
+                    )
+                fraction = Decimal(repr(float(raw_fraction)))
+
+        facts = expr.facts_of(when) + (expr.facts_of(suggested) if suggested is not None else [])
+        for fname, spec in template_names:
+            reason_line = out_line
+            if fname == "suggested_size":
+                sample: Value = 1.5
+            elif fname in params:
+                sample = params[fname]
+            else:
+                fk = lookup(fname)
+                if fk is None:
+                    raise _err(
+                        path,
+                        reason_line,
+                        f"{label}: reason names {fname!r}, which is neither a fact nor a parameter",
+                    )
+                facts.append(fname)
+                sample = _SAMPLE[fk]
+            try:
+                format(sample, spec)
+            except (ValueError, TypeError) as exc:
+                raise _err(
+                    path, reason_line, f"{label}: reason format {{{fname}:{spec}}}: {exc}"
+                ) from None
+        unique = list(dict.fromkeys(facts))
+        for fact in unique:
+            available = self.stages_of(fact)
+            missing = stages - available
+            if missing:
+                raise _err(
+                    path,
+                    when_line,
+                    f"{label}: fact {fact} is not available on {', '.join(sorted(missing))} "
+                    f"(available on: {', '.join(sorted(available))})",
+                )
+        priority_int = int(priority)
+        return Rule(
+            name=name,
+            description=description.strip(),
+            path=path,
+            line=line,
+            stages=stages,
+            rank=(priority_int, position[0], position[1]),
+            when=when,
+            when_source=str(source),
+            outcome=outcome,
+            reason=reason,
+            suggested=suggested,
+            action=action,
+            fraction=fraction,
+            params=params,
+            facts=tuple(unique),
+        )
+
+    def _plan(self, stage: str, rules: list[Rule]) -> StagePlan:
+        used: dict[str, None] = {}
+        for rule in rules:
+            for fact in expr.facts_of(rule.when):
+                used.setdefault(fact, None)
+        keys = {fact: f"f{i}" for i, fact in enumerate(used)}
+        if len(keys) + 3 > MAX_FIELDS:  # + _z, id, sid
+            first = rules[0]
+            raise _err(
+                first.path,
+                first.line,
+                f"the {stage} rules read {len(keys)} facts; at most {MAX_FIELDS - 3}",
+            )
+        definition: dict[str, Any] = {}
+        by_key: dict[str, Rule] = {}
+        for index, rule in enumerate(rules):
+            key = f"r{index}"
+            try:
+                test = expr.to_durable(rule.when, keys.__getitem__)
+            except ExprError as exc:
+                raise _err(rule.path, rule.line, f"rule {rule.name!r}: {exc.message}") from None
+            definition[key] = {"all": [{"m": test}]}
+            by_key[key] = rule
+        return StagePlan(stage, tuple(rules), keys, by_key, definition)
+
+
+def render(template: str, values: Mapping[str, Any]) -> str:
+    """Fill a reason template. Names were checked at compile time; a value
+    that is somehow missing shows as ``?`` rather than failing the decision."""
+    from bot4.risk.facts import describe
+
+    def one(match: re.Match[str]) -> str:
+        name, spec = match.group(1).strip(), match.group(2) or ""
+        if name not in values:
+            return "?"
+        value = values[name]
+        if not spec:
+            return describe(value)
+        try:
+            return format(value, spec)
+        except (ValueError, TypeError):
+            return describe(value)
+
+    return _TEMPLATE.sub(one, template)
+
+
+__all__ = [
+    "FILL",
+    "ORDER",
+    "SEVERITY",
+    "TICK",
+    "CompiledPolicy",
+    "Compiler",
+    "Rule",
+    "StagePlan",
+    "read_file",
+    "render",
+]

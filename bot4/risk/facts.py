@@ -1,0 +1,341 @@
+"""The facts rule files can name, and how they are built from bot4's types.
+
+Three kinds of evaluation ("stages"), each with its own facts:
+
+* ``order`` — pre-trade, in :meth:`RiskPolicy.check_order`;
+* ``tick``  — an open position on a price update, in ``on_market_data``;
+* ``fill``  — one of our fills, in ``on_fill`` (stop-out counting).
+
+Conversion (documented because the engine only takes JSON numbers):
+``Decimal`` becomes a binary64 ``float`` by Python's ``float()``, i.e. rounded
+to the nearest double, ties to even (relative error at most 2**-53); a
+``datetime`` becomes seconds since the Unix epoch as a float; NaN, infinities
+and magnitudes above 1e15 are refused (the order is then rejected, fail
+closed); booleans stay booleans; strings must be short and printable.
+
+Derived ratios (``portfolio.drawdown``, ``portfolio.leverage_after``,
+``liquidation.distance``) are computed here only after checking the divisor is
+non-zero; the default policy prefers multiplications in the conditions anyway
+(``gross_after > equity * max_leverage``), which need no division at all.
+
+A missing value has a defined stand-in, never NaN: no stop loss gives
+``order.has_stop_loss = false`` and ``order.stop_loss = 0``; no market data
+gives ``market.available = false`` and zero prices; no position gives zeros.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import attrs
+
+from bot4.errors import RiskError
+from bot4.model import Fill, MarketData, Order, Portfolio, Position
+from bot4.risk.expr import BOOL, MAX_MAGNITUDE, NUMBER, STRING, Value
+
+ORDER = "order"
+TICK = "tick"
+FILL = "fill"
+STAGES = (ORDER, TICK, FILL)
+
+# With no equity every exposure is unbounded leverage; the engine cannot take
+# infinity, so this large finite stand-in is used (it is below MAX_MAGNITUDE).
+NO_EQUITY_LEVERAGE = 1e12
+
+
+@attrs.frozen(slots=True)
+class FactSpec:
+    name: str
+    kind: str
+    stages: frozenset[str]
+    doc: str
+
+
+_ALL = frozenset(STAGES)
+_O = frozenset({ORDER})
+_T = frozenset({TICK})
+_F = frozenset({FILL})
+_OT = frozenset({ORDER, TICK})
+
+BUILTIN_FACTS: dict[str, FactSpec] = {
+    spec.name: spec
+    for spec in [
+        FactSpec("order.qty", NUMBER, _O, "order quantity"),
+        FactSpec("order.price", NUMBER, _O, "entry price: the order's price, else the market mid"),
+        FactSpec("order.notional", NUMBER, _O, "qty x entry price"),
+        FactSpec("order.side", STRING, _O, '"buy" or "sell"'),
+        FactSpec("order.leverage", NUMBER, _O, "leverage the order asks for"),
+        FactSpec("order.has_stop_loss", BOOL, _O, "the order carries a stop loss"),
+        FactSpec("order.stop_loss", NUMBER, _O, "stop-loss price, 0 when none"),
+        FactSpec("order.reduce_only", BOOL, _O, "flagged reduce-only"),
+        FactSpec(
+            "order.reducing",
+            BOOL,
+            _O,
+            "reduce-only, or against the open position and no larger than it",
+        ),
+        FactSpec("portfolio.cash", NUMBER, _ALL, "cash balance"),
+        FactSpec("portfolio.equity", NUMBER, _ALL, "cash + unrealised PnL"),
+        FactSpec("portfolio.peak_equity", NUMBER, _ALL, "high-water mark of equity"),
+        FactSpec("portfolio.drawdown", NUMBER, _ALL, "(peak - equity) / peak, 0 when peak <= 0"),
+        FactSpec("portfolio.gross_exposure", NUMBER, _ALL, "sum of |qty| x mark over positions"),
+        FactSpec("portfolio.free_margin", NUMBER, _ALL, "equity - initial margin of positions"),
+        FactSpec(
+            "portfolio.gross_after",
+            NUMBER,
+            _O,
+            "gross exposure if the order filled at its entry price",
+        ),
+        FactSpec(
+            "portfolio.leverage_after",
+            NUMBER,
+            _O,
+            f"gross_after / equity ({NO_EQUITY_LEVERAGE:g} when equity <= 0 and exposure > 0)",
+        ),
+        FactSpec("position.qty", NUMBER, _OT, "signed quantity held in the symbol (long > 0)"),
+        FactSpec(
+            "position.qty_along",
+            NUMBER,
+            _O,
+            "position quantity in the order's direction (negative when opposite)",
+        ),
+        FactSpec("position.notional", NUMBER, _OT, "|qty| x mark"),
+        FactSpec(
+            "position.notional_after",
+            NUMBER,
+            _O,
+            "|position after the order| x entry price",
+        ),
+        FactSpec("position.entry_price", NUMBER, _OT, "average entry price, 0 when flat"),
+        FactSpec("position.leverage", NUMBER, _T, "leverage of the open position"),
+        FactSpec("market.available", BOOL, _OT, "a quote for the symbol is known"),
+        FactSpec("market.bid", NUMBER, _OT, "best bid, 0 when unknown"),
+        FactSpec("market.ask", NUMBER, _OT, "best ask, 0 when unknown"),
+        FactSpec("market.last", NUMBER, _OT, "last trade, 0 when unknown"),
+        FactSpec("market.mid", NUMBER, _OT, "(bid + ask) / 2, 0 when unknown"),
+        FactSpec("breaker.tripped", BOOL, _ALL, "the circuit breaker is tripped"),
+        FactSpec(
+            "liquidation.price",
+            NUMBER,
+            _OT,
+            "isolated-margin liquidation price (order: of the new position at entry; "
+            "tick: of the open position)",
+        ),
+        FactSpec(
+            "liquidation.distance",
+            NUMBER,
+            _OT,
+            "|price - liquidation| / price (order: at entry; tick: at the last price)",
+        ),
+        FactSpec("fill.qty", NUMBER, _F, "filled quantity"),
+        FactSpec("fill.price", NUMBER, _F, "fill price"),
+        FactSpec("fill.notional", NUMBER, _F, "qty x price"),
+        FactSpec("fill.side", STRING, _F, '"buy" or "sell"'),
+        FactSpec("fill.stop_out", BOOL, _F, "the fill closed a position at its stop loss"),
+    ]
+}
+
+LIQUIDATION_FACTS = frozenset({"liquidation.price", "liquidation.distance"})
+
+
+# --- conversion ----------------------------------------------------------------------
+
+
+def to_fact(name: str, value: object) -> Value:
+    """Convert one value for the engine, or raise RiskError naming the fact."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise RiskError(f"fact {name} is {value} (not a finite number)")
+        number = float(value)
+    elif isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, datetime):
+        if value.utcoffset() is None:
+            raise RiskError(f"fact {name} is a naive datetime (needs a time zone)")
+        number = value.timestamp()
+    elif isinstance(value, str):
+        if len(value) > 100 or not value.isprintable():
+            raise RiskError(f"fact {name} is not a short printable string")
+        return value
+    else:
+        raise RiskError(f"fact {name} has unsupported type {type(value).__name__}")
+    if not math.isfinite(number):
+        raise RiskError(f"fact {name} is {number} (not a finite number)")
+    if abs(number) > MAX_MAGNITUDE:
+        raise RiskError(f"fact {name} = {number:g} is beyond +/-{MAX_MAGNITUDE:g}")
+    return number
+
+
+def kind_of_value(value: Value) -> str:
+    if isinstance(value, bool):
+        return BOOL
+    if isinstance(value, float):
+        return NUMBER
+    return STRING
+
+
+# --- builders ---------------------------------------------------------------------------
+
+
+def liquidation_price(entry: Decimal, leverage: Decimal, mmr: Decimal, long: bool) -> Decimal:
+    """Isolated-margin, linear contract: long = entry x (1 - 1/lev + mmr),
+    short = entry x (1 + 1/lev - mmr). Exact in Decimal; leverage is > 0."""
+    if leverage <= 0:
+        raise RiskError(f"leverage {leverage} must be greater than zero")
+    inverse = 1 / leverage
+    factor = (1 - inverse + mmr) if long else (1 + inverse - mmr)
+    return entry * factor
+
+
+def _distance(price: Decimal, liq: Decimal) -> Decimal:
+    if price <= 0:
+        raise RiskError(f"price {price} must be greater than zero for a liquidation distance")
+    return abs(price - liq) / price
+
+
+def _portfolio(p: Portfolio) -> dict[str, object]:
+    equity = p.equity
+    margin = sum((pos.margin() for pos in p.positions.values()), Decimal(0))
+    return {
+        "portfolio.cash": p.cash,
+        "portfolio.equity": equity,
+        "portfolio.peak_equity": p.peak_equity,
+        "portfolio.drawdown": p.drawdown,
+        "portfolio.gross_exposure": p.gross_exposure,
+        "portfolio.free_margin": equity - margin,
+    }
+
+
+def _market(m: MarketData | None) -> dict[str, object]:
+    if m is None:
+        return {
+            "market.available": False,
+            "market.bid": 0,
+            "market.ask": 0,
+            "market.last": 0,
+            "market.mid": 0,
+        }
+    return {
+        "market.available": True,
+        "market.bid": m.bid,
+        "market.ask": m.ask,
+        "market.last": m.last,
+        "market.mid": m.mid,
+    }
+
+
+def entry_price(order: Order, market: MarketData | None) -> Decimal:
+    if order.price is not None:
+        return order.price
+    if market is not None and market.symbol == order.symbol:
+        return market.mid
+    raise RiskError(f"market order for {order.symbol} and no market data: no entry price")
+
+
+def order_facts(
+    order: Order,
+    portfolio: Portfolio,
+    market: MarketData | None,
+    breaker_tripped: bool,
+    mmr: Decimal | None,
+) -> dict[str, object]:
+    """Raw (unconverted) facts for one order."""
+    if market is not None and market.symbol != order.symbol:
+        market = None  # a quote for another symbol says nothing about this order
+    entry = entry_price(order, market)
+    sign = order.side.sign
+    position = portfolio.positions.get(order.symbol)
+    pos_qty = position.qty if position is not None else Decimal(0)
+    mark = portfolio.mark(order.symbol) if position is not None else entry
+    along = pos_qty * sign
+    after = pos_qty + sign * order.qty
+    reducing = order.reduce_only or (along < 0 and order.qty <= -along)
+    gross = portfolio.gross_exposure
+    gross_after = gross - abs(pos_qty) * mark + abs(after) * entry
+    equity = portfolio.equity
+    if equity > 0:
+        leverage_after: object = gross_after / equity
+    else:
+        leverage_after = 0 if gross_after == 0 else NO_EQUITY_LEVERAGE
+    facts: dict[str, object] = {
+        "order.qty": order.qty,
+        "order.price": entry,
+        "order.notional": order.qty * entry,
+        "order.side": order.side.value,
+        "order.leverage": order.leverage,
+        "order.has_stop_loss": order.stop_loss is not None,
+        "order.stop_loss": order.stop_loss if order.stop_loss is not None else 0,
+        "order.reduce_only": order.reduce_only,
+        "order.reducing": reducing,
+        **_portfolio(portfolio),
+        "portfolio.gross_after": gross_after,
+        "portfolio.leverage_after": leverage_after,
+        "position.qty": pos_qty,
+        "position.qty_along": along,
+        "position.notional": abs(pos_qty) * mark,
+        "position.notional_after": abs(after) * entry,
+        "position.entry_price": position.entry_price if position is not None else 0,
+        **_market(market),
+        "breaker.tripped": breaker_tripped,
+    }
+    if mmr is not None:
+        liq = liquidation_price(entry, order.leverage, mmr, long=sign > 0)
+        facts["liquidation.price"] = liq
+        facts["liquidation.distance"] = _distance(entry, liq)
+    return facts
+
+
+def tick_facts(
+    tick: MarketData,
+    position: Position,
+    portfolio: Portfolio,
+    breaker_tripped: bool,
+    mmr: Decimal | None,
+) -> dict[str, object]:
+    facts: dict[str, object] = {
+        **_portfolio(portfolio),
+        "position.qty": position.qty,
+        "position.notional": abs(position.qty) * tick.last,
+        "position.entry_price": position.entry_price,
+        "position.leverage": position.leverage,
+        **_market(tick),
+        "breaker.tripped": breaker_tripped,
+    }
+    if mmr is not None and position.entry_price > 0:
+        liq = liquidation_price(position.entry_price, position.leverage, mmr, long=position.qty > 0)
+        facts["liquidation.price"] = liq
+        facts["liquidation.distance"] = _distance(tick.last, liq)
+    return facts
+
+
+def fill_facts(
+    fill: Fill, portfolio: Portfolio, breaker_tripped: bool, stop_out: bool
+) -> dict[str, object]:
+    return {
+        **_portfolio(portfolio),
+        "fill.qty": fill.qty,
+        "fill.price": fill.price,
+        "fill.notional": fill.notional,
+        "fill.side": fill.side.value,
+        "fill.stop_out": stop_out,
+        "breaker.tripped": breaker_tripped,
+    }
+
+
+def convert_all(raw: Mapping[str, object]) -> dict[str, Value]:
+    return {name: to_fact(name, value) for name, value in raw.items()}
+
+
+def describe(value: Any) -> str:
+    """A number as people read it in a reason: no float noise."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.10g}" if abs(value) < 1e6 else f"{value:,.2f}"
+    return str(value)

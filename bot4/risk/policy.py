@@ -1,0 +1,677 @@
+"""RiskPolicy: the kernel's pre-trade gate and position monitor.
+
+It never raises from the trading path. Anything that goes wrong while
+deciding an order (a bad fact, a pack that raises, an engine error, no rule
+deciding) becomes ``Rejected(rule="fail-closed")`` with the reason and the
+rule files involved, and is logged. On ticks and fills a failure trips the
+breaker, for the same reason: when the policy cannot see, it stops trading.
+
+Reducing orders: the default policy approves ``order.reducing`` orders first
+(reduce-only, or against the open position and no larger than it), so an
+emergency close goes through even when the breaker is tripped or a rate limit
+is hit; entry rules (size, stop loss, liquidation distance) make no sense for
+an order that only shrinks exposure. This lives in ``rules/00-exits.yaml``,
+not in code, so a person can see and change it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from decimal import ROUND_DOWN, Decimal
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from bot4.contracts import FactContext, RiskRules
+from bot4.errors import RiskError, RuleFileError
+from bot4.model import (
+    Approved,
+    Decision,
+    Fill,
+    MarketData,
+    Order,
+    Portfolio,
+    Rejected,
+    RiskAction,
+    RiskActionKind,
+)
+from bot4.risk import expr
+from bot4.risk.breaker import Breaker
+from bot4.risk.compiler import (
+    RESERVED_ROOTS,
+    SEVERITY,
+    CompiledPolicy,
+    Compiler,
+    Rule,
+    StagePlan,
+    read_file,
+    render,
+)
+from bot4.risk.engine import EngineRuleset
+from bot4.risk.expr import Value
+from bot4.risk.facts import (
+    FILL,
+    ORDER,
+    STAGES,
+    TICK,
+    convert_all,
+    fill_facts,
+    order_facts,
+    tick_facts,
+    to_fact,
+)
+from bot4.risk.windows import ORDERS, STOP_OUTS, EventLog
+
+log = logging.getLogger("bot4.risk")
+
+FAIL_CLOSED = "fail-closed"
+SIZE_QUANTUM = Decimal("0.00000001")
+
+
+@attrs.frozen(slots=True)
+class ReloadOutcome:
+    """What a reload did. ``error`` is set when the new files were refused
+    (the previous policy stays in force)."""
+
+    reloaded: bool
+    files: tuple[str, ...]
+    error: RuleFileError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@attrs.frozen(slots=True)
+class TraceEntry:
+    rule: str
+    where: str
+    outcome: str
+    fired: bool
+    decided: bool
+    condition: str
+    values: Mapping[str, Value]
+
+
+@attrs.frozen(slots=True)
+class Explanation:
+    """Everything ``bot4 rules eval`` prints: the outcome, the rule that
+    decided, every rule evaluated (fired or not) and all facts."""
+
+    stage: str
+    decision: Decision | None
+    actions: tuple[RiskAction, ...]
+    decided_by: str | None
+    trace: tuple[TraceEntry, ...]
+    facts: Mapping[str, Value]
+
+
+# --- rule sources ------------------------------------------------------------------------
+
+
+def _resolve(paths: Sequence[Path], packs: Sequence[RiskRules]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            found = sorted(p for p in path.glob("*.yaml") if p.is_file())
+            if not found:
+                raise RuleFileError(str(path), None, "no *.yaml rule files in this directory")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise RuleFileError(str(path), None, "no such file or directory")
+    for pack in packs:
+        try:
+            extra = list(pack.rule_files())
+        except Exception as exc:  # a pack is third-party code
+            raise RuleFileError(
+                f"risk pack {pack.name!r}", None, f"rule_files() failed: {exc}"
+            ) from None
+        for path in extra:
+            if not Path(path).is_file():
+                raise RuleFileError(
+                    str(path), None, f"rule file of risk pack {pack.name!r} not found"
+                )
+            files.append(Path(path))
+    if not files:
+        raise RuleFileError("<policy>", None, "no rule files given")
+    seen: set[Path] = set()
+    unique = []
+    for f in files:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+def _signature(paths: Sequence[Path], packs: Sequence[RiskRules]) -> tuple[Any, ...]:
+    """Cheap fingerprint (names, mtimes, sizes) to notice edits without
+    reading files; contents are hashed only when it changes."""
+    try:
+        files = _resolve(paths, packs)
+    except RuleFileError as exc:
+        return ("error", str(exc))
+    out: list[Any] = []
+    for f in files:
+        try:
+            st = f.stat()
+            out.append((str(f), st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((str(f), None, None))
+    return tuple(out)
+
+
+def _pack_facts(packs: Sequence[RiskRules]) -> dict[str, str]:
+    owners: dict[str, str] = {}
+    for pack in packs:
+        try:
+            names = pack.fact_names()
+        except Exception as exc:
+            raise RuleFileError(
+                f"risk pack {pack.name!r}", None, f"fact_names() failed: {exc}"
+            ) from None
+        for name in names:
+            where = f"risk pack {pack.name!r}"
+            if not isinstance(name, str) or not expr.FACT_NAME.match(name):
+                raise RuleFileError(
+                    where,
+                    None,
+                    f"fact name {name!r} is not lower-case dotted (e.g. correlation.max)",
+                )
+            if name.split(".", 1)[0] in RESERVED_ROOTS:
+                raise RuleFileError(
+                    where, None, f"fact {name!r} is in a namespace bot4 fills itself"
+                )
+            if name in owners:
+                raise RuleFileError(
+                    where, None, f"fact {name!r} is also provided by risk pack {owners[name]!r}"
+                )
+            owners[name] = pack.name
+    return owners
+
+
+@attrs.frozen(slots=True)
+class _Active:
+    """One loaded policy: compiled rules, live engines, and what it was built from."""
+
+    compiled: CompiledPolicy
+    engines: Mapping[str, EngineRuleset]
+    signature: tuple[Any, ...]
+    digest: str
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            engine.close()
+
+
+def _build(paths: Sequence[Path], packs: Sequence[RiskRules]) -> _Active:
+    signature = _signature(paths, packs)
+    files = _resolve(paths, packs)
+    raws = []
+    digest = hashlib.sha256()
+    for f in files:
+        raw, text = read_file(f)
+        raws.append(raw)
+        digest.update(str(f).encode() + b"\0" + text.encode() + b"\0")
+    compiled = Compiler(_pack_facts(packs)).compile(raws)
+    engines: dict[str, EngineRuleset] = {}
+    try:
+        for stage, plan in compiled.stages.items():
+            if plan.rules:
+                engines[stage] = EngineRuleset(stage, plan.definition)
+    except RiskError as exc:
+        for engine in engines.values():
+            engine.close()
+        raise RuleFileError(
+            ", ".join(compiled.files), None, f"the engine refused the compiled rules: {exc}"
+        ) from None
+    return _Active(compiled, engines, signature, digest.hexdigest())
+
+
+# --- the policy -----------------------------------------------------------------------------
+
+
+class RiskPolicy:
+    """The loaded risk policy. Construct with :meth:`load`."""
+
+    def __init__(self, active: _Active, paths: Sequence[Path], packs: Sequence[RiskRules]) -> None:
+        self._active = active
+        self._paths = tuple(Path(p) for p in paths)
+        self._packs = tuple(packs)
+        self._failed_signature: tuple[Any, ...] | None = None
+        self._breaker = Breaker()
+        self._events = EventLog()
+        self._breaker.on_reset(lambda: self._events.clear(STOP_OUTS))
+        self._set_horizon()
+
+    @classmethod
+    def load(cls, paths: Sequence[Path], packs: Sequence[RiskRules] = ()) -> RiskPolicy:
+        """Compile rule files (files, or directories: every ``*.yaml`` directly
+        inside, sorted) plus each pack's ``rule_files()``. Raises RuleFileError."""
+        return cls(_build(paths, packs), paths, packs)
+
+    def spawn(self) -> RiskPolicy:
+        """A new policy from the same files, with its own breaker, counters and
+        engine sessions (used to run scenarios side by side)."""
+        return RiskPolicy(_build(self._paths, self._packs), self._paths, self._packs)
+
+    def close(self) -> None:
+        self._active.close()
+
+    def _set_horizon(self) -> None:
+        for spec in self._active.compiled.windows.values():
+            self._events.set_horizon(spec.seconds)
+
+    # --- properties ---
+
+    @property
+    def breaker(self) -> Breaker:
+        return self._breaker
+
+    @property
+    def compiled(self) -> CompiledPolicy:
+        return self._active.compiled
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return self._active.compiled.files
+
+    @property
+    def rule_names(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self._active.compiled.rules)
+
+    @property
+    def packs(self) -> tuple[RiskRules, ...]:
+        return self._packs
+
+    # --- hot reload ---
+
+    def reload_if_changed(self) -> ReloadOutcome | None:
+        """Recompile if a rule file changed (by mtime/size, confirmed by content
+        hash). A file that fails to compile is refused whole; the last good
+        policy stays in force and the error is returned (and logged) once per
+        distinct broken state."""
+        signature = _signature(self._paths, self._packs)
+        if signature == self._active.signature or signature == self._failed_signature:
+            return None
+        try:
+            fresh = _build(self._paths, self._packs)
+        except RuleFileError as exc:
+            self._failed_signature = signature
+            # A refused file is an expected outcome, not a crash: no traceback.
+            log.error("rule reload refused, keeping the previous policy: %s", exc)  # noqa: TRY400
+            return ReloadOutcome(reloaded=False, files=self.files, error=exc)
+        self._failed_signature = None
+        if fresh.digest == self._active.digest:
+            fresh.close()
+            self._active = attrs.evolve(self._active, signature=signature)
+            return None
+        old, self._active = self._active, fresh
+        old.close()
+        self._set_horizon()
+        log.info("risk policy reloaded from %s", ", ".join(fresh.compiled.files))
+        return ReloadOutcome(reloaded=True, files=fresh.compiled.files)
+
+    # --- orders ---
+
+    def check_order(
+        self, order: Order, portfolio: Portfolio, market: MarketData | None, now_ns: int
+    ) -> Decision:
+        """Approve or reject one order. Never raises."""
+        try:
+            decision, _ = self._order(order, portfolio, market, now_ns, None, trace=False)
+        except Exception as exc:  # fail closed: whatever went wrong, the order is refused
+            return self._fail_closed(order, exc)
+        return decision
+
+    def _fail_closed(self, order: Order | None, exc: BaseException) -> Rejected:
+        files = ", ".join(self._active.compiled.files)
+        reason = (
+            f"{exc} (rule files: {files})"
+            if isinstance(exc, RiskError)
+            else (f"internal error {type(exc).__name__}: {exc} (rule files: {files})")
+        )
+        log.error("order rejected, fail closed: %s", reason)
+        return Rejected(rule=FAIL_CLOSED, reason=reason, suggested_size=Decimal(0), order=order)
+
+    def _window_facts(self, facts: dict[str, Value], names: Any, symbol: str, now_ns: int) -> None:
+        windows = self._active.compiled.windows
+        for name in names:
+            if name.startswith("window."):
+                spec = windows[name[7:]]
+                facts[name] = float(self._events.count(spec, symbol, now_ns))
+
+    def _order(
+        self,
+        order: Order,
+        portfolio: Portfolio,
+        market: MarketData | None,
+        now_ns: int,
+        overrides: Mapping[str, object] | None,
+        trace: bool,
+    ) -> tuple[Decision, Explanation | None]:
+        active = self._active
+        compiled = active.compiled
+        plan = compiled.stages[ORDER]
+        engine = active.engines.get(ORDER)
+        facts = convert_all(
+            order_facts(order, portfolio, market, self._breaker.tripped, compiled.mmr)
+        )
+        needed: set[str] = set(plan.keys)
+        for rule in plan.rules:
+            needed.update(rule.facts)
+        self._window_facts(facts, needed, order.symbol, now_ns)
+        if compiled.pack_facts:
+            pack_reject = self._pack_values(facts, needed, order, portfolio, market, overrides)
+            if pack_reject is not None:
+                return Rejected(rule=FAIL_CLOSED, reason=pack_reject, order=order), None
+        if overrides:
+            for name, value in overrides.items():
+                facts[name] = to_fact(name, value)
+        if engine is None:
+            raise RiskError("the policy has no rules for orders: no verdict")
+        fired = self._fire(engine, plan, facts)
+        explanation = None
+        if not fired:
+            no_verdict = Rejected(
+                rule=FAIL_CLOSED,
+                reason="no rule approved or rejected the order: no verdict "
+                f"(rule files: {', '.join(compiled.files)})",
+                order=order,
+            )
+            log.error("order rejected, fail closed: %s", no_verdict.reason)
+            decision: Decision = no_verdict
+            decider: Rule | None = None
+        else:
+            decider = fired[0]
+            if decider.outcome == "approve":
+                if any(s.count == ORDERS for s in compiled.windows.values()):
+                    self._events.record(ORDERS, order.symbol, now_ns)
+                decision = Approved(order=order, rules=tuple(r.name for r in plan.rules))
+            else:
+                decision = self._reject(decider, facts, order)
+        if trace:
+            explanation = self._explain(ORDER, plan, fired, decider, facts, decision, ())
+        return decision, explanation
+
+    def _pack_values(
+        self,
+        facts: dict[str, Value],
+        needed: set[str],
+        order: Order,
+        portfolio: Portfolio,
+        market: MarketData | None,
+        overrides: Mapping[str, object] | None,
+    ) -> str | None:
+        owners = self._active.compiled.pack_facts
+        ctx = FactContext(order=order, portfolio=portfolio, market=market)
+        for pack in self._packs:
+            wanted = [n for n in needed if owners.get(n) == pack.name]
+            if not wanted or (overrides and all(n in overrides for n in wanted)):
+                continue
+            try:
+                values = pack.facts(ctx)
+            except Exception as exc:  # third-party code on the trading path
+                return f"risk pack {pack.name!r} failed to give facts: {type(exc).__name__}: {exc}"
+            for name in wanted:
+                if not isinstance(values, Mapping) or name not in values:
+                    return f"risk pack {pack.name!r} did not give fact {name}"
+                try:
+                    value = to_fact(name, values[name])
+                except RiskError as exc:
+                    return f"risk pack {pack.name!r}: {exc}"
+                if not isinstance(value, float):
+                    return f"risk pack {pack.name!r}: fact {name} must be a number"
+                facts[name] = value
+        return None
+
+    def _fire(
+        self, engine: EngineRuleset, plan: StagePlan, facts: Mapping[str, Value]
+    ) -> list[Rule]:
+        fields: dict[str, Any] = {"_z": 0.0}
+        for name, key in plan.keys.items():
+            try:
+                fields[key] = facts[name]
+            except KeyError:
+                raise RiskError(f"fact {name} has no value here") from None
+        keys = engine.fire(fields)
+        fired = []
+        for key in keys:
+            rule = plan.by_key.get(key)
+            if rule is None:
+                raise RiskError(f"engine fired unknown rule {key!r}")
+            fired.append(rule)
+        fired.sort(key=lambda r: r.rank)
+        return fired
+
+    def _reject(self, rule: Rule, facts: Mapping[str, Value], order: Order) -> Rejected:
+        values: dict[str, Any] = {name: facts[name] for name in rule.facts if name in facts}
+        suggested = Decimal(0)
+        if rule.suggested is not None:
+            raw = expr.evaluate(rule.suggested, facts)
+            if isinstance(raw, float) and raw > 0:
+                # Round down so the suggestion passes the limit it came from.
+                suggested = min(
+                    Decimal(repr(raw)).quantize(SIZE_QUANTUM, rounding=ROUND_DOWN), order.qty
+                )
+                suggested = max(suggested, Decimal(0))
+        reason = render(rule.reason, {**rule.params, **facts, "suggested_size": suggested})
+        return Rejected(
+            rule=rule.name, reason=reason, suggested_size=suggested, values=values, order=order
+        )
+
+    def _explain(
+        self,
+        stage: str,
+        plan: StagePlan,
+        fired: list[Rule],
+        decider: Rule | None,
+        facts: Mapping[str, Value],
+        decision: Decision | None,
+        actions: tuple[RiskAction, ...],
+    ) -> Explanation:
+        fired_names = {r.name for r in fired}
+        entries = tuple(
+            TraceEntry(
+                rule=r.name,
+                where=r.where,
+                outcome=r.action.value if r.action is not None else r.outcome,
+                fired=r.name in fired_names,
+                decided=decider is not None and r.name == decider.name,
+                condition=r.when_source,
+                values={n: facts[n] for n in r.facts if n in facts},
+            )
+            for r in plan.rules
+        )
+        return Explanation(
+            stage=stage,
+            decision=decision,
+            actions=actions,
+            decided_by=decider.name if decider is not None else None,
+            trace=entries,
+            facts=dict(facts),
+        )
+
+    # --- monitoring ---
+
+    def on_market_data(
+        self, tick: MarketData, portfolio: Portfolio, now_ns: int
+    ) -> list[RiskAction]:
+        """Liquidation ladder and drawdown for the open position in
+        ``tick.symbol``. Returns at once when there is none: only a held
+        symbol's price moves equity or a liquidation distance. Risk packs are
+        fed ticks by the kernel (``RiskRules.on_market_data``), not here, so a
+        pack never sees a tick twice."""
+        position = portfolio.positions.get(tick.symbol)
+        if position is None or position.qty == 0 or TICK not in self._active.engines:
+            return []
+        try:
+            actions, _ = self._tick(tick, portfolio, now_ns, None, trace=False)
+        except Exception as exc:  # monitoring blind: trip the breaker
+            return self._monitor_failed("tick", tick.symbol, exc, now_ns)
+        return actions
+
+    def _monitor_failed(
+        self, stage: str, symbol: str, exc: BaseException, now_ns: int
+    ) -> list[RiskAction]:
+        files = ", ".join(self._active.compiled.files)
+        reason = f"risk monitoring failed on a {stage} for {symbol}: {exc} (rule files: {files})"
+        log.error("%s", reason)
+        if self._breaker.trip(reason, now_ns):
+            return [
+                RiskAction(
+                    kind=RiskActionKind.TRIP_BREAKER, symbol=None, rule=FAIL_CLOSED, reason=reason
+                )
+            ]
+        return []
+
+    def _tick(
+        self,
+        tick: MarketData,
+        portfolio: Portfolio,
+        now_ns: int,
+        overrides: Mapping[str, object] | None,
+        trace: bool,
+    ) -> tuple[list[RiskAction], Explanation | None]:
+        active = self._active
+        position = portfolio.positions[tick.symbol]
+        facts = convert_all(
+            tick_facts(tick, position, portfolio, self._breaker.tripped, active.compiled.mmr)
+        )
+        return self._monitor(TICK, facts, tick.symbol, now_ns, overrides, trace)
+
+    def _monitor(
+        self,
+        stage: str,
+        facts: dict[str, Value],
+        symbol: str,
+        now_ns: int,
+        overrides: Mapping[str, object] | None,
+        trace: bool,
+    ) -> tuple[list[RiskAction], Explanation | None]:
+        active = self._active
+        plan = active.compiled.stages[stage]
+        needed: set[str] = set(plan.keys)
+        for rule in plan.rules:
+            needed.update(rule.facts)
+        self._window_facts(facts, needed, symbol, now_ns)
+        if overrides:
+            for name, value in overrides.items():
+                facts[name] = to_fact(name, value)
+        engine = active.engines.get(stage)
+        fired = self._fire(engine, plan, facts) if engine is not None else []
+        actions: list[RiskAction] = []
+        worst: RiskAction | None = None
+        for rule in fired:
+            assert rule.action is not None
+            values = {n: facts[n] for n in rule.facts if n in facts}
+            reason = render(rule.reason, {**rule.params, **facts})
+            if rule.action is RiskActionKind.TRIP_BREAKER:
+                if self._breaker.trip(f"{rule.name}: {reason}", now_ns):
+                    actions.append(
+                        RiskAction(
+                            kind=rule.action,
+                            symbol=None,
+                            rule=rule.name,
+                            reason=reason,
+                            fraction=rule.fraction,
+                            values=values,
+                        )
+                    )
+                continue
+            action = RiskAction(
+                kind=rule.action,
+                symbol=symbol,
+                rule=rule.name,
+                reason=reason,
+                fraction=rule.fraction,
+                values=values,
+            )
+            if worst is None or SEVERITY[action.kind] > SEVERITY[worst.kind]:
+                worst = action
+        if worst is not None:
+            actions.insert(0, worst)
+        explanation = None
+        if trace:
+            decider = None
+            if worst is not None:
+                decider = next(r for r in fired if r.name == worst.rule)
+            explanation = self._explain(stage, plan, fired, decider, facts, None, tuple(actions))
+        return actions, explanation
+
+    def on_fill(
+        self, fill: Fill, portfolio: Portfolio, now_ns: int, stop_out: bool
+    ) -> list[RiskAction]:
+        """Count stop-outs (event time) and run the ``fill`` rules, e.g.
+        "M stop-outs within a window trips the breaker"."""
+        try:
+            actions, _ = self._fill(fill, portfolio, now_ns, stop_out, None, trace=False)
+        except Exception as exc:  # monitoring blind: trip the breaker
+            return self._monitor_failed("fill", fill.symbol, exc, now_ns)
+        return actions
+
+    def _fill(
+        self,
+        fill: Fill,
+        portfolio: Portfolio,
+        now_ns: int,
+        stop_out: bool,
+        overrides: Mapping[str, object] | None,
+        trace: bool,
+    ) -> tuple[list[RiskAction], Explanation | None]:
+        if stop_out:
+            self._events.record(STOP_OUTS, fill.symbol, now_ns)
+        facts = convert_all(fill_facts(fill, portfolio, self._breaker.tripped, stop_out))
+        return self._monitor(FILL, facts, fill.symbol, now_ns, overrides, trace)
+
+    # --- explanations ---
+
+    def explain(
+        self,
+        stage: str,
+        *,
+        portfolio: Portfolio,
+        now_ns: int,
+        order: Order | None = None,
+        market: MarketData | None = None,
+        fill: Fill | None = None,
+        stop_out: bool = False,
+        overrides: Mapping[str, object] | None = None,
+    ) -> Explanation:
+        """Evaluate like the trading path and return the full trace. Unlike the
+        trading path this raises (RiskError) so a caller can show the error."""
+        if stage == ORDER:
+            if order is None:
+                raise RiskError("an order scenario needs an order")
+            decision, explanation = self._order(
+                order, portfolio, market, now_ns, overrides, trace=True
+            )
+            if explanation is None:  # a pack refused before the engine ran
+                return Explanation(ORDER, decision, (), FAIL_CLOSED, (), {})
+            return explanation
+        if stage == TICK:
+            if market is None:
+                raise RiskError("a tick scenario needs market data")
+            position = portfolio.positions.get(market.symbol)
+            if position is None or position.qty == 0:
+                return Explanation(TICK, None, (), None, (), {})
+            _, explanation = self._tick(market, portfolio, now_ns, overrides, trace=True)
+            assert explanation is not None
+            return explanation
+        if stage == FILL:
+            if fill is None:
+                raise RiskError("a fill scenario needs a fill")
+            _, explanation = self._fill(fill, portfolio, now_ns, stop_out, overrides, trace=True)
+            assert explanation is not None
+            return explanation
+        raise RiskError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+
+    def record_order(self, symbol: str, now_ns: int) -> None:
+        """Count an order approved elsewhere (scenario history replay)."""
+        self._events.record(ORDERS, symbol, now_ns)

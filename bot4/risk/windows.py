@@ -1,0 +1,124 @@
+"""Event-time counting windows for temporal rules.
+
+A rule file declares windows::
+
+    windows:
+      orders_per_symbol:               # becomes the fact window.orders_per_symbol
+        count: orders                  # orders (approved orders) | stop_outs
+        seconds: 60
+        per_symbol: true               # count only events of the decision's symbol
+
+The count is the number of such events with a time in ``(now - seconds, now]``
+where ``now`` is the event time the kernel passes in (``now_ns``), never the
+wall clock: a replay of the same events gives the same counts and the same
+decisions. Events are kept only as long as the longest window needs them, and
+at most ``MAX_EVENTS`` per symbol, so memory stays bounded.
+
+Durable-rules has timers of its own, but they run on the wall clock and on
+background threads; counting here keeps the rule (the threshold and its
+condition) in the file and the engine, and the clock in the caller's hands.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+
+import attrs
+
+from bot4.errors import RuleFileError
+from bot4.risk.yamlsrc import YMap
+
+ORDERS = "orders"
+STOP_OUTS = "stop_outs"
+EVENT_KINDS = (ORDERS, STOP_OUTS)
+MAX_EVENTS = 100_000
+MAX_SECONDS = 366 * 24 * 3600
+_ALL = "*"
+
+
+@attrs.frozen(slots=True)
+class WindowSpec:
+    name: str
+    count: str
+    seconds: float
+    per_symbol: bool
+    path: str
+    line: int
+
+    @classmethod
+    def parse(cls, name: str, value: object, path: str, line: int) -> WindowSpec:
+        if not isinstance(value, YMap):
+            raise RuleFileError(
+                path, line, f"window {name!r} must be a mapping (count, seconds, per_symbol)"
+            )
+        for key in value:
+            if key not in ("count", "seconds", "per_symbol"):
+                raise RuleFileError(
+                    path, value.lines[key], f"unknown key {key!r} in window {name!r}"
+                )
+        count = value.get("count")
+        if count not in EVENT_KINDS:
+            raise RuleFileError(
+                path,
+                value.lines.get("count", line),
+                f"window {name!r}: count must be one of {', '.join(EVENT_KINDS)}",
+            )
+        seconds = value.get("seconds")
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, (int, float))
+            or not 0 < seconds <= MAX_SECONDS
+        ):
+            raise RuleFileError(
+                path,
+                value.lines.get("seconds", line),
+                f"window {name!r}: seconds must be a number in (0, {MAX_SECONDS}]",
+            )
+        per_symbol = value.get("per_symbol", False)
+        if not isinstance(per_symbol, bool):
+            raise RuleFileError(
+                path,
+                value.lines.get("per_symbol", line),
+                f"window {name!r}: per_symbol must be true or false",
+            )
+        return cls(name, str(count), float(seconds), per_symbol, path, line)
+
+
+class EventLog:
+    """Times (ns) of counted events, per kind and symbol, in time order."""
+
+    def __init__(self) -> None:
+        self._times: dict[tuple[str, str], list[int]] = defaultdict(list)
+        self.horizon_ns = 0
+
+    def set_horizon(self, seconds: float) -> None:
+        self.horizon_ns = max(self.horizon_ns, int(seconds * 1e9))
+
+    def record(self, kind: str, symbol: str, now_ns: int) -> None:
+        for key in ((kind, symbol), (kind, _ALL)):
+            times = self._times[key]
+            if times and times[-1] > now_ns:
+                bisect.insort(times, now_ns)  # out-of-order event (replay merge)
+            else:
+                times.append(now_ns)
+            self._prune(times, now_ns)
+
+    def _prune(self, times: list[int], now_ns: int) -> None:
+        cutoff = now_ns - self.horizon_ns
+        drop = bisect.bisect_right(times, cutoff)
+        if len(times) - drop > MAX_EVENTS:
+            drop = len(times) - MAX_EVENTS
+        if drop:
+            del times[:drop]
+
+    def count(self, spec: WindowSpec, symbol: str, now_ns: int) -> int:
+        times = self._times.get((spec.count, symbol if spec.per_symbol else _ALL))
+        if not times:
+            return 0
+        start = now_ns - int(spec.seconds * 1e9)
+        return bisect.bisect_right(times, now_ns) - bisect.bisect_right(times, start)
+
+    def clear(self, kind: str) -> None:
+        for key in [k for k in self._times if k[0] == kind]:
+            del self._times[key]
