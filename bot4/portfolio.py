@@ -17,9 +17,9 @@ realised PnL and fees do.
 Exactness. Each position carries its *cost basis* (signed ``qty * price``
 summed over the fills that opened it) rather than an average price. When part
 of a position is closed, the share of the cost that leaves with it is
-``cost * closed / |qty|``: that one division may round (to 34 significant
-digits), but the rounded amount is both booked as realised and removed from
-the cost, so nothing is lost. Hence, exactly, for every sequence of fills::
+``cost * closed / |qty|``: that one division may round (half-even, to 12
+decimal places), but the rounded amount is both booked as realised and removed
+from the cost, so nothing is lost. Hence, exactly, for every sequence of fills::
 
     realised + unrealised(mark) == sum(sell qty*price) - sum(buy qty*price) + qty*mark
 
@@ -43,6 +43,10 @@ __all__ = ["PortfolioTracker"]
 # thread's decimal context. 34 digits (IEEE decimal128) leaves room for
 # quantities and prices with 8 decimals each without rounding a product.
 _CTX = decimal.Context(prec=34, rounding=decimal.ROUND_HALF_EVEN)
+# The cost share leaving with a partial close is rounded to this step, so that
+# realised PnL keeps a short, fixed number of decimals and sums of it stay
+# exact even in the default 28-digit context callers use.
+_SHARE_STEP = Decimal("1e-12")
 
 
 def _money(value: object, name: str) -> Decimal:
@@ -220,7 +224,9 @@ class PortfolioTracker:
             if closing == held:
                 share = book.cost  # the whole basis leaves: no division, no rounding
             else:
-                share = _CTX.divide(_CTX.multiply(book.cost, closing), held)
+                share = _CTX.divide(_CTX.multiply(book.cost, closing), held).quantize(
+                    _SHARE_STEP, context=_CTX
+                )
             # Value received for the closed part minus its share of the cost:
             # a long sells (sign -1) and receives closing*price; a short buys
             # back (sign +1) and pays it.

@@ -146,8 +146,9 @@ def symbol_from_filename(path: StrPath) -> str | None:
     stem = Path(path).name.upper()
     for suffix in (".GZ", ".CSV", ".TXT"):
         stem = stem.removesuffix(suffix)
-    if _SYMBOL.match(stem) and all(part.isalpha() for part in stem.split("-")):
-        return stem
+    parts = stem.split("-")
+    if _SYMBOL.match(stem) and parts[1] in _QUOTES and all(p.isalpha() for p in parts[2:]):
+        return stem  # already BASE-QUOTE or BASE-QUOTE-KIND
     tokens = [t for t in re.split(r"[-_. ]", stem) if t]
     if len(tokens) >= 2 and tokens[0].isalnum() and tokens[1] in _QUOTES:
         return f"{tokens[0]}-{tokens[1]}"
