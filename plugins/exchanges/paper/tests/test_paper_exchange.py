@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -42,7 +43,7 @@ def make(feed: object, **extra: Any) -> PaperExchange:
     return bot4_paper.create(config)
 
 
-def kinds(events: list[object]) -> list[str]:
+def kinds(events: Sequence[object]) -> list[str]:
     out = []
     for e in events:
         if isinstance(e, Fill):
@@ -252,3 +253,18 @@ def test_plugin_registers_paper() -> None:
     assert name == "paper"
     assert description
     assert isinstance(factory({"feed": []}), PaperExchange)
+
+
+@pytest.mark.trio
+async def test_stopping_early_needs_no_cleanup_and_close_ends_the_stream() -> None:
+    ex = make(ticks(*[("100", "101", "1")] * 10))
+    seen = 0
+    async for _ in ex.stream([]):
+        seen += 1
+        if seen == 3:
+            break
+    gc.collect()  # an unfinished async generator would warn here (warnings are errors)
+    rest = ex.stream([])  # continues the same feed
+    assert isinstance(await rest.__anext__(), MarketData)
+    await ex.close()
+    assert [e async for e in rest] == []

@@ -31,6 +31,7 @@ Config (values may be strings, as they come from YAML)::
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -138,26 +139,56 @@ class PaperExchange(Exchange):
         await trio.lowlevel.checkpoint()
         return self.engine.positions()
 
-    async def stream(self, symbols: Sequence[str]) -> AsyncIterator[ExchangeEvent]:
+    def stream(self, symbols: Sequence[str]) -> AsyncIterator[ExchangeEvent]:
         """Replay the feed; see the module docstring for the event order. A
         second call continues where the first stopped (the feed is read once)."""
-        wanted = frozenset(symbols)
         if self._ticks is None:
             self._ticks = iter(self._feed)
-        engine = self.engine
-        for tick in self._ticks:
-            if self._closed:
+        return _Stream(self, frozenset(symbols), self._ticks)
+
+
+class _Stream(AsyncIterator[ExchangeEvent]):
+    """The stream as a plain async iterator rather than an async generator:
+    a consumer may stop reading at any point without ``aclosing`` and without
+    trio warning that a generator was garbage collected unfinished."""
+
+    def __init__(
+        self, exchange: PaperExchange, wanted: frozenset[str], ticks: Iterator[MarketData]
+    ) -> None:
+        self._exchange = exchange
+        self._wanted = wanted
+        self._ticks = ticks
+        self._buffer: deque[ExchangeEvent] = deque()
+        self._done = False
+
+    def __aiter__(self) -> _Stream:
+        return self
+
+    async def __anext__(self) -> ExchangeEvent:
+        engine = self._exchange.engine
+        while not self._buffer:
+            # What place_order/cancel_order did since the last event goes out
+            # before the next tick is read.
+            self._buffer.extend(engine.drain())
+            if self._buffer:
                 break
+            if self._done or self._exchange._closed:
+                raise StopAsyncIteration
+            tick = next(self._ticks, None)
+            if tick is None:
+                self._done = True
+                continue  # one last drain, then stop
             if not isinstance(tick, MarketData):
                 raise ConfigError(f"paper: the feed yielded {type(tick).__name__}, not MarketData")
-            for event in engine.on_tick(tick):
-                yield event
-            if not wanted or tick.symbol in wanted:
-                yield tick
+            self._buffer.extend(engine.on_tick(tick))
+            if not self._wanted or tick.symbol in self._wanted:
+                self._buffer.append(tick)
             # Let other tasks run even when the consumer never blocks.
             await trio.lowlevel.checkpoint()
-        for event in engine.drain():
-            yield event
+        return self._buffer.popleft()
+
+    async def aclose(self) -> None:
+        self._done = True
 
 
 def _number(
