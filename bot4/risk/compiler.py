@@ -118,6 +118,7 @@ class StagePlan:
     keys: Mapping[str, str]  # fact name -> message field
     by_key: Mapping[str, Rule]  # ruleset rule name -> rule
     definition: Mapping[str, Any]  # the durable-rules ruleset
+    fields: tuple[tuple[str, str], ...]  # (fact name, its JSON key text), message order
 
 
 @attrs.frozen(slots=True)
@@ -505,7 +506,9 @@ class Compiler:
             stages=stages,
             rank=(priority_int, position[0], position[1]),
             when=when,
-            when_source=str(source),
+            when_source=("true" if source else "false")
+            if isinstance(source, bool)
+            else str(source),
             outcome=outcome,
             reason=reason,
             suggested=suggested,
@@ -538,7 +541,8 @@ class Compiler:
                 raise _err(rule.path, rule.line, f"rule {rule.name!r}: {exc.message}") from None
             definition[key] = {"all": [{"m": test}]}
             by_key[key] = rule
-        return StagePlan(stage, tuple(rules), keys, by_key, definition)
+        fields = tuple((name, f',"{key}":') for name, key in keys.items())
+        return StagePlan(stage, tuple(rules), keys, by_key, definition, fields)
 
 
 def render(template: str, values: Mapping[str, Any]) -> str:

@@ -143,17 +143,17 @@ class EngineRuleset:
             with contextlib.suppress(_dre.error):
                 _dre.delete_ruleset(handle)
 
-    def fire(self, fields: dict[str, Any]) -> list[str]:
-        """Assert ``fields`` as one fact; return the names of the rules that
-        matched it, in the engine's order. Raises RiskError on any failure."""
+    def fire(self, body: str) -> list[str]:
+        """Assert one fact whose JSON text, without its closing brace, is
+        ``body`` (built by the caller from pre-encoded field names: cheaper
+        than json.dumps on the hot path). Returns the names of the rules that
+        matched, in the engine's order. Raises RiskError on any failure."""
         if self._handle is None:
             self._create()
         handle = self._handle
         assert handle is not None
         self._seq += 1
-        fields["id"] = self._seq
-        fields["sid"] = _SID
-        message = to_json(fields)
+        message = f'{body},"id":{self._seq},"sid":"{_SID}"}}'
         try:
             return self._run(handle, message)
         except _dre.error as exc:
@@ -162,6 +162,11 @@ class EngineRuleset:
         except RiskError:
             self._rebuild()
             raise
+
+    def fire_fields(self, fields: dict[str, Any]) -> list[str]:
+        """:meth:`fire` for a plain mapping of fields (tests, fuzzing)."""
+        text = to_json(fields)
+        return self.fire(text[:-1]) if len(text) > 2 else self.fire('{"_z":0.0')
 
     @staticmethod
     def _run(handle: int, message: str) -> list[str]:

@@ -25,8 +25,9 @@ gives ``market.available = false`` and zero prices; no position gives zeros.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -34,7 +35,8 @@ from typing import Any
 import attrs
 
 from bot4.errors import RiskError
-from bot4.model import Fill, MarketData, Order, Portfolio, Position
+from bot4.model import ZERO, Fill, MarketData, Order, Portfolio, Position
+from bot4.risk.engine import number
 from bot4.risk.expr import BOOL, MAX_MAGNITUDE, NUMBER, STRING, Value
 
 ORDER = "order"
@@ -147,6 +149,13 @@ LIQUIDATION_FACTS = frozenset({"liquidation.price", "liquidation.distance"})
 
 def to_fact(name: str, value: object) -> Value:
     """Convert one value for the engine, or raise RiskError naming the fact."""
+    kind = type(value)
+    if kind is Decimal or kind is float or kind is int:
+        # Fast path (every decision converts a dozen numbers). NaN fails both
+        # comparisons, so it is refused here too.
+        number = float(value)  # type: ignore[arg-type]
+        if -MAX_MAGNITUDE <= number <= MAX_MAGNITUDE:
+            return number
     if isinstance(value, bool):
         return value
     if isinstance(value, Decimal):
@@ -200,14 +209,25 @@ def _distance(price: Decimal, liq: Decimal) -> Decimal:
 
 
 def _portfolio(p: Portfolio) -> dict[str, object]:
-    equity = p.equity
-    margin = sum((pos.margin() for pos in p.positions.values()), Decimal(0))
+    """Portfolio facts in one pass over the positions. Same definitions as
+    ``Portfolio.equity`` / ``gross_exposure`` / ``drawdown`` (a test holds
+    them equal), without walking the positions once per property."""
+    upnl = gross = margin = ZERO
+    marks = p.marks
+    for symbol, pos in p.positions.items():
+        mark = marks.get(symbol, pos.entry_price)
+        size = abs(pos.qty)
+        upnl += (mark - pos.entry_price) * pos.qty
+        gross += size * mark
+        margin += size * pos.entry_price / pos.leverage
+    equity = p.cash + upnl
+    peak = max(p.peak_equity, equity)
     return {
         "portfolio.cash": p.cash,
         "portfolio.equity": equity,
         "portfolio.peak_equity": p.peak_equity,
-        "portfolio.drawdown": p.drawdown,
-        "portfolio.gross_exposure": p.gross_exposure,
+        "portfolio.drawdown": ZERO if peak <= 0 else (peak - equity) / peak,
+        "portfolio.gross_exposure": gross,
         "portfolio.free_margin": equity - margin,
     }
 
@@ -256,9 +276,12 @@ def order_facts(
     along = pos_qty * sign
     after = pos_qty + sign * order.qty
     reducing = order.reduce_only or (along < 0 and order.qty <= -along)
-    gross = portfolio.gross_exposure
+    book = _portfolio(portfolio)
+    gross = book["portfolio.gross_exposure"]
+    equity = book["portfolio.equity"]
+    assert isinstance(gross, Decimal)
+    assert isinstance(equity, Decimal)
     gross_after = gross - abs(pos_qty) * mark + abs(after) * entry
-    equity = portfolio.equity
     if equity > 0:
         leverage_after: object = gross_after / equity
     else:
@@ -273,7 +296,7 @@ def order_facts(
         "order.stop_loss": order.stop_loss if order.stop_loss is not None else 0,
         "order.reduce_only": order.reduce_only,
         "order.reducing": reducing,
-        **_portfolio(portfolio),
+        **book,
         "portfolio.gross_after": gross_after,
         "portfolio.leverage_after": leverage_after,
         "position.qty": pos_qty,
@@ -287,7 +310,8 @@ def order_facts(
     if mmr is not None:
         liq = liquidation_price(entry, order.leverage, mmr, long=sign > 0)
         facts["liquidation.price"] = liq
-        facts["liquidation.distance"] = _distance(entry, liq)
+        # |entry - liq| / entry simplifies to |1/leverage - mmr| on both sides.
+        facts["liquidation.distance"] = abs(1 / order.leverage - mmr)
     return facts
 
 
@@ -330,6 +354,24 @@ def fill_facts(
 
 def convert_all(raw: Mapping[str, object]) -> dict[str, Value]:
     return {name: to_fact(name, value) for name, value in raw.items()}
+
+
+def convert(raw: Mapping[str, object], names: Iterable[str]) -> dict[str, Value]:
+    """Convert only ``names`` (those present): the decision path converts
+    what the engine and the deciding rule read, not every fact."""
+    return {name: to_fact(name, raw[name]) for name in names if name in raw}
+
+
+def encode(name: str, value: object) -> str:
+    """One fact as engine JSON text (see :func:`bot4.risk.engine.number`)."""
+    converted = to_fact(name, value)
+    if converted is True:
+        return "true"
+    if converted is False:
+        return "false"
+    if isinstance(converted, float):
+        return number(converted)
+    return json.dumps(converted, ensure_ascii=False)
 
 
 def describe(value: Any) -> str:

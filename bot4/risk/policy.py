@@ -51,13 +51,16 @@ from bot4.risk.compiler import (
     render,
 )
 from bot4.risk.engine import EngineRuleset
-from bot4.risk.expr import Value
+from bot4.risk.engine import number as engine_number
+from bot4.risk.expr import MAX_MAGNITUDE, Value
 from bot4.risk.facts import (
     FILL,
     ORDER,
     STAGES,
     TICK,
+    convert,
     convert_all,
+    encode,
     fill_facts,
     order_facts,
     tick_facts,
@@ -340,7 +343,7 @@ class RiskPolicy:
         log.error("order rejected, fail closed: %s", reason)
         return Rejected(rule=FAIL_CLOSED, reason=reason, suggested_size=Decimal(0), order=order)
 
-    def _window_facts(self, facts: dict[str, Value], names: Any, symbol: str, now_ns: int) -> None:
+    def _window_facts(self, facts: dict[str, object], names: Any, symbol: str, now_ns: int) -> None:
         windows = self._active.compiled.windows
         for name in names:
             if name.startswith("window."):
@@ -360,8 +363,8 @@ class RiskPolicy:
         compiled = active.compiled
         plan = compiled.stages[ORDER]
         engine = active.engines.get(ORDER)
-        facts = convert_all(
-            order_facts(order, portfolio, market, self._breaker.tripped, compiled.mmr)
+        facts: dict[str, object] = order_facts(
+            order, portfolio, market, self._breaker.tripped, compiled.mmr
         )
         needed: set[str] = set(plan.keys)
         for rule in plan.rules:
@@ -402,7 +405,7 @@ class RiskPolicy:
 
     def _pack_values(
         self,
-        facts: dict[str, Value],
+        facts: dict[str, object],
         needed: set[str],
         order: Order,
         portfolio: Portfolio,
@@ -432,15 +435,34 @@ class RiskPolicy:
         return None
 
     def _fire(
-        self, engine: EngineRuleset, plan: StagePlan, facts: Mapping[str, Value]
+        self, engine: EngineRuleset, plan: StagePlan, facts: Mapping[str, object]
     ) -> list[Rule]:
-        fields: dict[str, Any] = {"_z": 0.0}
-        for name, key in plan.keys.items():
+        # Every value is validated and converted on its way into the message
+        # (encode -> to_fact): NaN, infinities and huge numbers never reach C.
+        parts = ['{"_z":0.0']
+        for name, prefix in plan.fields:
             try:
-                fields[key] = facts[name]
+                value = facts[name]
             except KeyError:
                 raise RiskError(f"fact {name} has no value here") from None
-        keys = engine.fire(fields)
+            # Inline fast path of facts.encode for plain numbers and booleans.
+            kind = type(value)
+            if kind is Decimal or kind is float or kind is int:
+                number = float(value)  # type: ignore[arg-type]
+                if not -MAX_MAGNITUDE <= number <= MAX_MAGNITUDE:  # also refuses NaN
+                    raise RiskError(f"fact {name} = {value} is not a finite number within range")
+                text = repr(number)
+                if "e" in text:
+                    text = engine_number(number)
+            elif value is True:
+                text = "true"
+            elif value is False:
+                text = "false"
+            else:
+                text = encode(name, value)
+            parts.append(prefix)
+            parts.append(text)
+        keys = engine.fire("".join(parts))
         fired = []
         for key in keys:
             rule = plan.by_key.get(key)
@@ -450,17 +472,25 @@ class RiskPolicy:
         fired.sort(key=lambda r: r.rank)
         return fired
 
-    def _reject(self, rule: Rule, facts: Mapping[str, Value], order: Order) -> Rejected:
-        values: dict[str, Any] = {name: facts[name] for name in rule.facts if name in facts}
+    def _reject(self, rule: Rule, raw: Mapping[str, object], order: Order) -> Rejected:
+        facts = convert(raw, rule.facts)
+        values: dict[str, Any] = dict(facts)
         suggested = Decimal(0)
         if rule.suggested is not None:
-            raw = expr.evaluate(rule.suggested, facts)
-            if isinstance(raw, float) and raw > 0:
-                # Round down so the suggestion passes the limit it came from.
-                suggested = min(
-                    Decimal(repr(raw)).quantize(SIZE_QUANTUM, rounding=ROUND_DOWN), order.qty
+            value = expr.evaluate(rule.suggested, facts)
+            if isinstance(value, float) and value > 0:
+                size = Decimal(repr(value))
+                if size >= order.qty:
+                    suggested = order.qty
+                else:
+                    # Round down so the suggestion passes the limit it came from.
+                    suggested = size.quantize(SIZE_QUANTUM, rounding=ROUND_DOWN)
+                # 0.04000000 reads as 0.04; never as 4E-2 or 1E+2.
+                suggested = (
+                    suggested.normalize()
+                    if suggested != suggested.to_integral()
+                    else suggested.quantize(Decimal(1))
                 )
-                suggested = max(suggested, Decimal(0))
         reason = render(rule.reason, {**rule.params, **facts, "suggested_size": suggested})
         return Rejected(
             rule=rule.name, reason=reason, suggested_size=suggested, values=values, order=order
@@ -472,10 +502,11 @@ class RiskPolicy:
         plan: StagePlan,
         fired: list[Rule],
         decider: Rule | None,
-        facts: Mapping[str, Value],
+        raw: Mapping[str, object],
         decision: Decision | None,
         actions: tuple[RiskAction, ...],
     ) -> Explanation:
+        facts = convert_all(raw)
         fired_names = {r.name for r in fired}
         entries = tuple(
             TraceEntry(
@@ -541,15 +572,13 @@ class RiskPolicy:
     ) -> tuple[list[RiskAction], Explanation | None]:
         active = self._active
         position = portfolio.positions[tick.symbol]
-        facts = convert_all(
-            tick_facts(tick, position, portfolio, self._breaker.tripped, active.compiled.mmr)
-        )
+        facts = tick_facts(tick, position, portfolio, self._breaker.tripped, active.compiled.mmr)
         return self._monitor(TICK, facts, tick.symbol, now_ns, overrides, trace)
 
     def _monitor(
         self,
         stage: str,
-        facts: dict[str, Value],
+        facts: dict[str, object],
         symbol: str,
         now_ns: int,
         overrides: Mapping[str, object] | None,
@@ -570,8 +599,8 @@ class RiskPolicy:
         worst: RiskAction | None = None
         for rule in fired:
             assert rule.action is not None
-            values = {n: facts[n] for n in rule.facts if n in facts}
-            reason = render(rule.reason, {**rule.params, **facts})
+            values = convert(facts, rule.facts)
+            reason = render(rule.reason, {**rule.params, **values})
             if rule.action is RiskActionKind.TRIP_BREAKER:
                 if self._breaker.trip(f"{rule.name}: {reason}", now_ns):
                     actions.append(
@@ -627,7 +656,7 @@ class RiskPolicy:
     ) -> tuple[list[RiskAction], Explanation | None]:
         if stop_out:
             self._events.record(STOP_OUTS, fill.symbol, now_ns)
-        facts = convert_all(fill_facts(fill, portfolio, self._breaker.tripped, stop_out))
+        facts = fill_facts(fill, portfolio, self._breaker.tripped, stop_out)
         return self._monitor(FILL, facts, fill.symbol, now_ns, overrides, trace)
 
     # --- explanations ---

@@ -1,0 +1,285 @@
+"""``bot4 rules check | eval | test`` (modelled on OPA's check / eval / test).
+
+* ``check [PATH...]`` compiles the policy; on error prints ``file:line: what``
+  and exits 1.
+* ``eval --scenario FILE`` (or a scenario / facts as JSON or YAML on stdin)
+  prints the decision, the rule that decided and the trace of every rule
+  evaluated; ``--json`` for machines.
+* ``test [PATH...]`` runs the scenario files beside the rule files
+  (``PATH/tests/*.yaml``) and exits 1 if any fails.
+
+PATH defaults to :func:`bot4.risk.default_rules_path`. Installed risk-rule
+packs are loaded (their facts and rule files) unless ``--no-packs``.
+Exit codes: 0 ok, 1 a check or test failed, 2 bad input (unreadable
+scenario, policy that does not compile for eval).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from bot4.contracts import RiskRules
+from bot4.errors import RiskError, RuleFileError
+from bot4.model import Approved, Rejected
+from bot4.risk import Explanation, RiskPolicy, default_rules_path
+from bot4.risk.facts import describe
+from bot4.risk.scenario import (
+    Scenario,
+    check_expected,
+    load_scenarios,
+    outcome_dict,
+    run_scenario,
+    scenario_files,
+)
+
+
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rules = subparsers.add_parser("rules", help="check, evaluate and test the risk rule files")
+    sub = rules.add_subparsers(dest="rules_command", metavar="SUBCOMMAND")
+    rules.set_defaults(func=lambda args: _usage(rules))
+
+    check = sub.add_parser("check", help="compile the rule files; report file:line errors")
+    _paths(check)
+    check.set_defaults(func=cmd_check)
+
+    ev = sub.add_parser("eval", help="evaluate a scenario and print the decision and trace")
+    ev.add_argument(
+        "--rules",
+        dest="paths",
+        action="append",
+        type=Path,
+        metavar="PATH",
+        help="rule file or directory (repeatable; default: the default policy)",
+    )
+    ev.add_argument(
+        "--scenario",
+        type=Path,
+        metavar="FILE",
+        help="scenario file (YAML or JSON); default: read one from stdin",
+    )
+    ev.add_argument("--json", action="store_true", help="print JSON instead of text")
+    ev.add_argument("--no-packs", action="store_true", help="do not load installed risk-rule packs")
+    ev.set_defaults(func=cmd_eval)
+
+    test = sub.add_parser("test", help="run the scenario tests beside the rule files")
+    _paths(test)
+    test.add_argument(
+        "--scenarios",
+        type=Path,
+        action="append",
+        metavar="PATH",
+        help="scenario file or directory (default: PATH/tests/*.yaml)",
+    )
+    test.add_argument("-v", "--verbose", action="store_true", help="print every scenario")
+    test.set_defaults(func=cmd_test)
+
+
+def _paths(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        metavar="PATH",
+        help="rule file or directory (default: the default policy)",
+    )
+    parser.add_argument(
+        "--no-packs", action="store_true", help="do not load installed risk-rule packs"
+    )
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _packs(args: argparse.Namespace) -> list[RiskRules]:
+    if getattr(args, "no_packs", False):
+        return []
+    from bot4.risk.packs import installed_packs
+
+    return installed_packs()
+
+
+def _rule_paths(args: argparse.Namespace) -> list[Path]:
+    return list(args.paths) if args.paths else [default_rules_path()]
+
+
+def _quiet() -> None:
+    # Scenarios trip breakers on purpose; the outcome is printed, the
+    # warning log line would only repeat it. Errors still show.
+    logging.getLogger("bot4.risk").setLevel(logging.ERROR)
+
+
+def _load(args: argparse.Namespace, err: TextIO) -> RiskPolicy | None:
+    try:
+        return RiskPolicy.load(_rule_paths(args), _packs(args))
+    except RuleFileError as exc:
+        print(str(exc), file=err)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    policy = _load(args, sys.stderr)
+    if policy is None:
+        return 1
+    try:
+        stages = {s: len(p.rules) for s, p in policy.compiled.stages.items()}
+        print(
+            f"ok: {len(policy.rule_names)} rules in {len(policy.files)} files "
+            f"({', '.join(f'{n} on {s}' for s, n in stages.items())})"
+        )
+    finally:
+        policy.close()
+    return 0
+
+
+def _read_scenarios(args: argparse.Namespace) -> list[Scenario]:
+    if args.scenario is not None:
+        return load_scenarios(args.scenario)
+    text = sys.stdin.read()
+    return load_scenarios(Path("<stdin>"), text)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    _quiet()
+    policy = _load(args, sys.stderr)
+    if policy is None:
+        return 2
+    try:
+        try:
+            scenarios = _read_scenarios(args)
+        except RuleFileError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
+        outputs: list[dict[str, Any]] = []
+        for scenario in scenarios:
+            try:
+                result = run_scenario(policy, scenario)
+            except (RuleFileError, RiskError) as exc:
+                print(
+                    f"{scenario.path}:{scenario.line}: {exc}"
+                    if isinstance(exc, RiskError)
+                    else str(exc),
+                    file=sys.stderr,
+                )
+                return 2
+            if args.json:
+                outputs.append(outcome_dict(scenario, result))
+            else:
+                print_explanation(scenario, result, sys.stdout)
+        if args.json:
+            json.dump(
+                outputs[0] if len(outputs) == 1 else outputs, sys.stdout, indent=2, default=str
+            )
+            print()
+    finally:
+        policy.close()
+    return 0
+
+
+def print_explanation(scenario: Scenario | None, result: Explanation, out: TextIO) -> None:
+    if scenario is not None:
+        print(f"scenario: {scenario.name}  ({scenario.path}:{scenario.line})", file=out)
+    decision = result.decision
+    if isinstance(decision, Approved):
+        print(f"decision: APPROVE  (decided by {result.decided_by})", file=out)
+    elif isinstance(decision, Rejected):
+        print(f"decision: REJECT  (decided by {decision.rule})", file=out)
+        print(f"reason: {decision.reason}", file=out)
+        print(f"suggested size: {decision.suggested_size}", file=out)
+    else:
+        print(f"event: {result.stage}", file=out)
+        if not result.actions:
+            print("actions: none", file=out)
+        for action in result.actions:
+            target = action.symbol or "book"
+            print(
+                f"action: {action.kind.value} {target} fraction={action.fraction} "
+                f"(rule {action.rule}): {action.reason}",
+                file=out,
+            )
+    print("trace (every rule evaluated, in decision order):", file=out)
+    width = max((len(t.rule) for t in result.trace), default=10)
+    for t in result.trace:
+        mark = "=>" if t.decided else ("x " if t.fired else "  ")
+        values = ", ".join(f"{k}={describe(v)}" for k, v in t.values.items())
+        state = "fired" if t.fired else "-"
+        print(f"  {mark} {t.rule:<{width}}  {state:<5}  {t.outcome:<15} {t.where}", file=out)
+        print(f"       when: {' '.join(t.condition.split())}", file=out)
+        if values:
+            print(f"       with: {values}", file=out)
+    interesting = (
+        "liquidation.price",
+        "liquidation.distance",
+        "order.notional",
+        "portfolio.equity",
+    )
+    shown = [f"{k}={describe(result.facts[k])}" for k in interesting if k in result.facts]
+    if shown:
+        print(f"facts: {', '.join(shown)}", file=out)
+    print(file=out)
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    _quiet()
+    policy = _load(args, sys.stderr)
+    if policy is None:
+        return 1
+    try:
+        files: list[Path] = []
+        if args.scenarios:
+            for p in args.scenarios:
+                files.extend(sorted(p.glob("*.yaml")) if p.is_dir() else [p])
+        else:
+            for p in _rule_paths(args):
+                files.extend(scenario_files(p))
+        if not files:
+            print("no scenario files found (looked in PATH/tests/*.yaml)", file=sys.stderr)
+            return 1
+        passed = failed = 0
+        for f in files:
+            try:
+                scenarios = load_scenarios(f)
+            except RuleFileError as exc:
+                print(f"ERROR {exc}")
+                failed += 1
+                continue
+            for scenario in scenarios:
+                try:
+                    result = run_scenario(policy, scenario)
+                    problems = check_expected(scenario, result)
+                except (RuleFileError, RiskError) as exc:
+                    problems = [str(exc)]
+                where = f"{scenario.path}:{scenario.line}"
+                if problems:
+                    failed += 1
+                    print(f"FAIL {where}: {scenario.name}")
+                    for problem in problems:
+                        print(f"     {problem}")
+                else:
+                    passed += 1
+                    if args.verbose:
+                        print(f"PASS {where}: {scenario.name}")
+        print(f"{passed} passed, {failed} failed")
+        return 1 if failed else 0
+    finally:
+        policy.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bot4.cli.rules ...``: the same commands without the main CLI."""
+    parser = argparse.ArgumentParser(prog="bot4")
+    add_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["rules", *(sys.argv[1:] if argv is None else argv)])
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
