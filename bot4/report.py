@@ -1,0 +1,637 @@
+"""What a session did, in numbers and in samples for a chart.
+
+:class:`SessionReport` is a bus observer: :meth:`SessionReport.attach` makes
+one subscription (``BLOCK``, so it never misses an event) whose plain-function
+handler takes the kernel's topics apart::
+
+    market.<SYMBOL>   price samples, equity and drawdown, exposure time
+    fill.<SYMBOL>     the fill list, round-trip trades, positions for exposure
+    risk.approved     approved orders
+    risk.rejected     rejections by rule
+    risk.action       risk actions and breaker trips, with their times
+
+It runs for every tick of runs of half a million ticks, so the work per event
+is constant (a handful of Decimal operations, plus a loop over the symbols
+with an open position) and memory grows only with the number of samples,
+fills, trades and risk actions, never with the number of ticks.
+
+Sampling. Time is cut into buckets of ``sample_every_s`` seconds of *event*
+time (the ``ts`` of the bus events, not the wall clock), so a replay at any
+speed gives the same samples. Each bucket keeps the last, lowest and highest
+price per symbol, and the last, lowest and highest equity with the worst
+drawdown seen inside it. Choose ``sample_every_s`` so that the run's span
+divided by it is a number of points a chart can show (a few thousand).
+
+Drawdown is not taken from the samples alone: equity and the tracker's peak
+are read on *every* market, fill and risk-action event, and the worst
+``(peak - equity) / peak`` is kept, so a crash and recovery inside one bucket
+still counts. The tracker updates its peak on every mark, so its peak is the
+true high-water mark. Both are read from the tracker at the same moment (when
+the event is delivered; with the kernel that is at the end of the tick that
+published it), so each drawdown figure describes one real state of the book.
+
+Trades. A trade is a round trip per symbol from flat to flat. Its PnL is the
+sum of its fills' cash flows (sells minus buys) minus their fees; a fill that
+flips the position closes one trip and opens the next, with its fee split in
+proportion to the quantity on each side. A trade is a win when that net PnL is
+above zero. A position still open at the end is not a trade (yet).
+
+Exposure is time-weighted between consecutive events: the fraction of the
+run's event-time span during which any position was open, and the average of
+``gross notional / equity`` over the whole span (zero while flat, and while
+equity is not positive, where the ratio means nothing).
+
+Counters that the bus carries (ticks, fills, approvals, rejections, risk
+actions, breaker trips) are counted from the events, so they agree with the
+samples and trades; ``orders_resized``, ``strategy_errors`` and
+``exchange_refusals`` come from the kernel's :class:`KernelStats` because the
+bus carries those only as free text.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+import attrs
+
+from bot4.bus import Backpressure, Bus, Event, Subscription
+from bot4.kernel import KernelStats
+from bot4.model import ZERO, Fill, MarketData, Rejected, RiskAction, RiskActionKind, Side
+
+__all__ = [
+    "ActionRecord",
+    "EquitySample",
+    "FillRecord",
+    "PriceSample",
+    "SessionReport",
+    "Summary",
+    "TradeRecord",
+]
+
+_NS = 1_000_000_000
+
+
+class Book(Protocol):
+    """What the report reads of :class:`bot4.portfolio.PortfolioTracker`."""
+
+    @property
+    def equity(self) -> Decimal: ...
+
+    @property
+    def peak_equity(self) -> Decimal: ...
+
+    @property
+    def starting_cash(self) -> Decimal: ...
+
+    @property
+    def fees(self) -> Decimal: ...
+
+
+def ns_to_datetime(ts: int) -> datetime:
+    """Event time (int ns since the epoch) as an aware UTC datetime."""
+    seconds, ns = divmod(ts, _NS)
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=ns // 1000)
+
+
+# --- records kept for the chart and for inspection -------------------------------
+# Samples are floats: they only feed a plot, and a float is a quarter of the
+# memory of a Decimal. Fills, trades and every figure of the Summary stay exact.
+
+
+@attrs.frozen(slots=True)
+class PriceSample:
+    """One bucket of one symbol: ``ts`` is the time of its last tick."""
+
+    ts: int
+    last: float
+    low: float
+    high: float
+
+
+@attrs.frozen(slots=True)
+class EquitySample:
+    """One bucket of the account. ``drawdown`` is the worst in the bucket, as a
+    fraction of the peak (0.1 is 10 % below the high-water mark)."""
+
+    ts: int
+    equity: float
+    low: float
+    high: float
+    drawdown: float
+
+
+@attrs.frozen(slots=True)
+class FillRecord:
+    ts: int
+    symbol: str
+    side: Side
+    qty: Decimal
+    price: Decimal
+    fee: Decimal
+
+
+@attrs.frozen(slots=True)
+class ActionRecord:
+    """A risk action; ``price`` is the symbol's last price when it was taken
+    (None for book-wide actions or a symbol not yet seen)."""
+
+    ts: int
+    kind: RiskActionKind
+    symbol: str | None
+    rule: str
+    reason: str
+    price: Decimal | None
+
+
+@attrs.frozen(slots=True)
+class TradeRecord:
+    """A closed round trip; ``pnl`` is net of fees."""
+
+    symbol: str
+    opened: int
+    closed: int
+    pnl: Decimal
+
+
+# --- accumulators ----------------------------------------------------------------
+
+
+class _Bucket:
+    """The open bucket of one series. Mutable and slotted: it changes on every
+    tick, and allocating a fresh object per tick is what we must not do."""
+
+    __slots__ = ("drawdown", "high", "index", "last", "low", "ts")
+
+    def __init__(self, index: int, ts: int, value: Decimal, drawdown: Decimal = ZERO) -> None:
+        self.index = index
+        self.ts = ts
+        self.last = self.low = self.high = value
+        self.drawdown = drawdown
+
+    def add(self, ts: int, value: Decimal) -> None:
+        self.ts = ts
+        self.last = value
+        if value < self.low:
+            self.low = value
+        elif value > self.high:
+            self.high = value
+
+    def price(self) -> PriceSample:
+        return PriceSample(self.ts, float(self.last), float(self.low), float(self.high))
+
+    def equity(self) -> EquitySample:
+        return EquitySample(
+            self.ts, float(self.last), float(self.low), float(self.high), float(self.drawdown)
+        )
+
+
+class _Trip:
+    """The open round trip of one symbol."""
+
+    __slots__ = ("cash", "fees", "opened", "qty")
+
+    def __init__(self) -> None:
+        self.qty = ZERO  # signed net quantity
+        self.cash = ZERO  # sells minus buys since the trip opened
+        self.fees = ZERO
+        self.opened = 0
+
+
+# --- the summary -------------------------------------------------------------------
+
+
+def _money(value: Decimal) -> str:
+    return f"{value:,.2f}"
+
+
+def _pct(fraction: float) -> str:
+    return f"{fraction * 100:.2f}%"
+
+
+def _span(seconds: float) -> str:
+    whole = round(seconds)
+    days, rest = divmod(whole, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, secs = divmod(rest, 60)
+    clock = f"{hours:02d}:{minutes:02d}:{secs:02d}"
+    return f"{days}d {clock}" if days else clock
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    if not counts:
+        return "none"
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+@attrs.define(kw_only=True)
+class Summary:
+    """The session in figures. Money is Decimal (quote currency); ``win_rate``,
+    ``max_drawdown`` and ``exposure`` are fractions; ``return_pct`` is in
+    percent; ``duration`` and ``wall_seconds`` are seconds. Mutable so that a
+    caller can fill in ``wall_seconds`` after :meth:`SessionReport.finish`."""
+
+    ticks: int
+    fills: int
+    trades: int
+    wins: int
+    win_rate: float
+    pnl: Decimal
+    return_pct: float
+    max_drawdown: float
+    fees: Decimal
+    starting_cash: Decimal
+    final_equity: Decimal
+    exposure: float
+    avg_gross_exposure: float
+    orders_approved: int
+    orders_rejected: int
+    orders_resized: int
+    rejections_by_rule: dict[str, int]
+    risk_actions: dict[str, int]
+    breaker_trips: int
+    strategy_errors: int
+    exchange_refusals: int
+    start: datetime | None
+    end: datetime | None
+    duration: float
+    wall_seconds: float = 0.0
+
+    @property
+    def ticks_per_second(self) -> float:
+        return self.ticks / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able: Decimals as strings (exact), datetimes as ISO 8601."""
+        out: dict[str, Any] = {}
+        for field in attrs.fields(Summary):
+            value = getattr(self, field.name)
+            if isinstance(value, Decimal):
+                value = str(value)
+            elif isinstance(value, datetime):
+                value = value.isoformat()
+            elif isinstance(value, dict):
+                value = dict(sorted(value.items()))
+            out[field.name] = value
+        out["ticks_per_second"] = self.ticks_per_second
+        return out
+
+    def as_text(self) -> str:
+        """A block for the terminal: one figure per line, labels aligned."""
+        if self.start is not None and self.end is not None:
+            period = (
+                f"{self.start:%Y-%m-%d %H:%M} to {self.end:%Y-%m-%d %H:%M} UTC"
+                f" ({_span(self.duration)})"
+            )
+        else:
+            period = "no market data"
+        speed = (
+            f" ({self.ticks_per_second:,.0f} ticks/s, {self.wall_seconds:.2f} s wall)"
+            if self.wall_seconds > 0
+            else ""
+        )
+        win = f"{self.wins} won, win rate {_pct(self.win_rate)}" if self.trades else "none closed"
+        rows = [
+            ("period", period),
+            ("ticks", f"{self.ticks:,}{speed}"),
+            ("starting cash", _money(self.starting_cash)),
+            ("final equity", _money(self.final_equity)),
+            ("PnL", f"{self.pnl:+,.2f} ({self.return_pct:+.2f}%)"),
+            ("fees", _money(self.fees)),
+            ("max drawdown", _pct(self.max_drawdown)),
+            ("trades", f"{self.trades:,} ({win})"),
+            ("fills", f"{self.fills:,}"),
+            (
+                "exposure",
+                f"{_pct(self.exposure)} of the time, "
+                f"average gross {self.avg_gross_exposure:.2f}x equity",
+            ),
+            (
+                "orders",
+                f"{self.orders_approved:,} approved, {self.orders_rejected:,} rejected, "
+                f"{self.orders_resized:,} resized",
+            ),
+            ("rejections", _counts(self.rejections_by_rule)),
+            ("risk actions", _counts(self.risk_actions)),
+            ("breaker trips", f"{self.breaker_trips:,}"),
+            (
+                "errors",
+                f"{self.strategy_errors:,} strategy, {self.exchange_refusals:,} exchange refusals",
+            ),
+        ]
+        width = max(len(label) for label, _ in rows)
+        return "\n".join(["bot4 session summary"] + [f"  {k:<{width}}  {v}" for k, v in rows])
+
+
+# --- the report ------------------------------------------------------------------
+
+
+class SessionReport:
+    """Observes one session on the bus; see the module docstring."""
+
+    def __init__(self, tracker: Book, *, sample_every_s: float = 60.0) -> None:
+        if not sample_every_s > 0:
+            raise ValueError(f"sample_every_s must be positive, not {sample_every_s!r}")
+        self.tracker = tracker
+        self.sample_every_s = sample_every_s
+        self._bucket_ns = max(1, int(sample_every_s * _NS))
+        self._subscription: Subscription | None = None
+
+        self._prices: dict[str, list[PriceSample]] = {}
+        self._price_open: dict[str, _Bucket] = {}
+        self._last_price: dict[str, Decimal] = {}
+        self._equity: list[EquitySample] = []
+        self._equity_open: _Bucket | None = None
+
+        self._fills: list[FillRecord] = []
+        self._actions: list[ActionRecord] = []
+        self._trades: list[TradeRecord] = []
+        self._trips: dict[str, _Trip] = {}
+        # Open positions as floats, only to weigh gross exposure.
+        self._open: dict[str, float] = {}
+        self._last_float: dict[str, float] = {}
+
+        self._ticks = 0
+        self._approved = 0
+        self._rejected = 0
+        self._rejections: Counter[str] = Counter()
+        self._action_counts: Counter[str] = Counter()
+        self._breaker_trips = 0
+
+        self._first_ts: int | None = None
+        self._last_ts = 0
+        self._exposed_ns = 0
+        self._gross_ns = 0.0  # integral of gross/equity over time, in ns
+        self._gross_ratio = 0.0
+        self._max_drawdown = ZERO
+
+        self._by_head: dict[str, Callable[[Event], None]] = {
+            "market": self._on_market,
+            "fill": self._on_fill,
+        }
+        self._by_topic: dict[str, Callable[[Event], None]] = {
+            "risk.approved": self._on_approved,
+            "risk.rejected": self._on_rejected,
+            "risk.action": self._on_action,
+        }
+
+    # -- wiring ---------------------------------------------------------------
+
+    def attach(self, bus: Bus, *, capacity: int = 4096) -> Subscription:
+        """Subscribe to the kernel's topics. One subscription for all of them,
+        because the bus keeps order only within a subscription, and a fill must
+        be seen in its place among the ticks."""
+        if self._subscription is not None:
+            raise RuntimeError("this SessionReport is already attached to a bus")
+        self._subscription = bus.subscribe(
+            "#",
+            self.handle,
+            policy=Backpressure.BLOCK,
+            capacity=capacity,
+            name="session-report",
+        )
+        return self._subscription
+
+    def handle(self, event: Event) -> None:
+        """Take one event (the bus handler; also usable without a bus)."""
+        handler = self._by_topic.get(event.topic)
+        if handler is None:
+            handler = self._by_head.get(event.topic.partition(".")[0])
+        if handler is not None:
+            handler(event)
+
+    # -- handlers -------------------------------------------------------------
+
+    def _on_market(self, event: Event) -> None:
+        tick = event.payload
+        if not isinstance(tick, MarketData):
+            return
+        self._ticks += 1
+        ts = self._advance(event.ts)
+        symbol, price = tick.symbol, tick.last
+        self._last_price[symbol] = price
+        self._last_float[symbol] = float(price)
+        index = ts // self._bucket_ns
+        bucket = self._price_open.get(symbol)
+        if bucket is None:
+            self._price_open[symbol] = _Bucket(index, ts, price)
+            self._prices[symbol] = []
+        elif index > bucket.index:
+            self._prices[symbol].append(bucket.price())
+            self._price_open[symbol] = _Bucket(index, ts, price)
+        else:
+            # Same bucket, or an event time that went backwards: fold it into
+            # the open bucket rather than reopen a closed one.
+            bucket.add(ts, price)
+        self._observe_book(ts)
+
+    def _on_fill(self, event: Event) -> None:
+        fill = event.payload
+        if not isinstance(fill, Fill):
+            return
+        ts = self._advance(event.ts)
+        self._fills.append(FillRecord(ts, fill.symbol, fill.side, fill.qty, fill.price, fill.fee))
+        if fill.symbol not in self._last_float:
+            self._last_float[fill.symbol] = float(fill.price)
+        self._trade(fill, ts)
+        self._observe_book(ts)
+
+    def _on_approved(self, event: Event) -> None:
+        self._approved += 1
+
+    def _on_rejected(self, event: Event) -> None:
+        decision = event.payload
+        self._rejected += 1
+        rule = decision.rule if isinstance(decision, Rejected) else "unknown"
+        self._rejections[rule] += 1
+
+    def _on_action(self, event: Event) -> None:
+        action = event.payload
+        if not isinstance(action, RiskAction):
+            return
+        ts = self._advance(event.ts)
+        price = self._last_price.get(action.symbol) if action.symbol is not None else None
+        self._actions.append(
+            ActionRecord(ts, action.kind, action.symbol, action.rule, action.reason, price)
+        )
+        self._action_counts[action.kind.value] += 1
+        if action.kind is RiskActionKind.TRIP_BREAKER:
+            self._breaker_trips += 1
+        self._observe_book(ts)
+
+    # -- accounting -------------------------------------------------------------
+
+    def _advance(self, ts: int) -> int:
+        """Move event time to ``ts``, crediting exposure for the interval just
+        ended (the book was as the previous event left it). Returns the time
+        to stamp the event with: events published before any tick carry ts 0,
+        and time never runs backwards."""
+        if self._first_ts is None:
+            if ts <= 0:
+                return 0
+            self._first_ts = self._last_ts = ts
+            return ts
+        if ts <= self._last_ts:
+            return self._last_ts
+        dt = ts - self._last_ts
+        if self._open:
+            self._exposed_ns += dt
+            self._gross_ns += self._gross_ratio * dt
+        self._last_ts = ts
+        return ts
+
+    def _observe_book(self, ts: int) -> None:
+        """Read equity and peak from the tracker: drawdown, equity bucket,
+        gross exposure. Runs for every market, fill and risk-action event."""
+        equity = self.tracker.equity
+        peak = self.tracker.peak_equity
+        if equity > peak:  # a tracker whose peak lags its equity
+            peak = equity
+        drawdown = (peak - equity) / peak if peak > 0 and equity < peak else ZERO
+        if drawdown > self._max_drawdown:
+            self._max_drawdown = drawdown
+        index = ts // self._bucket_ns
+        bucket = self._equity_open
+        if bucket is None:
+            self._equity_open = _Bucket(index, ts, equity, drawdown)
+        elif index > bucket.index:
+            self._equity.append(bucket.equity())
+            self._equity_open = _Bucket(index, ts, equity, drawdown)
+        else:
+            bucket.add(ts, equity)
+            if drawdown > bucket.drawdown:
+                bucket.drawdown = drawdown
+        if self._open:
+            gross = 0.0
+            for symbol, qty in self._open.items():
+                gross += abs(qty) * self._last_float[symbol]
+            self._gross_ratio = gross / float(equity) if equity > 0 else 0.0
+        else:
+            self._gross_ratio = 0.0
+
+    def _trade(self, fill: Fill, ts: int) -> None:
+        trip = self._trips.get(fill.symbol)
+        if trip is None:
+            trip = self._trips[fill.symbol] = _Trip()
+        sign = fill.side.sign
+        qty, price, fee = fill.qty, fill.price, fill.fee
+        if trip.qty == 0 or (trip.qty > 0) == (sign > 0):
+            if trip.qty == 0:
+                trip.opened = ts
+            trip.qty += sign * qty
+            trip.cash -= sign * qty * price
+            trip.fees += fee
+        else:
+            closing = min(qty, abs(trip.qty))
+            closing_fee = fee if closing == qty else fee * closing / qty
+            trip.qty += sign * closing
+            trip.cash -= sign * closing * price
+            trip.fees += closing_fee
+            if trip.qty == 0:
+                self._trades.append(
+                    TradeRecord(fill.symbol, trip.opened, ts, trip.cash - trip.fees)
+                )
+                rest = qty - closing
+                if rest:
+                    # A flip: the rest of the fill opens the next trip.
+                    trip.qty = sign * rest
+                    trip.cash = -sign * rest * price
+                    trip.fees = fee - closing_fee
+                    trip.opened = ts
+                else:
+                    trip.cash = trip.fees = ZERO
+        if trip.qty:
+            self._open[fill.symbol] = float(trip.qty)
+        else:
+            self._open.pop(fill.symbol, None)
+
+    # -- reading ----------------------------------------------------------------
+
+    @property
+    def symbols(self) -> list[str]:
+        """Symbols with market data, sorted."""
+        return sorted(self._price_open)
+
+    def price_samples(self, symbol: str) -> list[PriceSample]:
+        """Closed buckets plus the open one (a copy; reading never closes one)."""
+        bucket = self._price_open.get(symbol)
+        if bucket is None:
+            return []
+        return [*self._prices[symbol], bucket.price()]
+
+    def equity_samples(self) -> list[EquitySample]:
+        bucket = self._equity_open
+        return [*self._equity, bucket.equity()] if bucket is not None else []
+
+    @property
+    def fills(self) -> Sequence[FillRecord]:
+        return tuple(self._fills)
+
+    @property
+    def trades(self) -> Sequence[TradeRecord]:
+        return tuple(self._trades)
+
+    @property
+    def risk_actions(self) -> Sequence[ActionRecord]:
+        return tuple(self._actions)
+
+    @property
+    def breaker_trips(self) -> list[int]:
+        """Event times (ns) of the breaker trips."""
+        return [a.ts for a in self._actions if a.kind is RiskActionKind.TRIP_BREAKER]
+
+    @property
+    def pnl(self) -> Decimal:
+        return self.tracker.equity - self.tracker.starting_cash
+
+    @property
+    def return_pct(self) -> float:
+        start = self.tracker.starting_cash
+        return float(self.pnl / start * 100) if start > 0 else 0.0
+
+    @property
+    def max_drawdown(self) -> float:
+        """Worst drawdown seen, including the book as it is now."""
+        worst = self._max_drawdown
+        equity, peak = self.tracker.equity, self.tracker.peak_equity
+        if peak > 0 and equity < peak:
+            worst = max(worst, (peak - equity) / peak)
+        return float(worst)
+
+    def finish(self, stats: KernelStats, *, wall_seconds: float = 0.0) -> Summary:
+        """The summary as of now. Reading only: the report can go on observing
+        and be finished again."""
+        trades = len(self._trades)
+        wins = sum(1 for t in self._trades if t.pnl > 0)
+        span = self._last_ts - self._first_ts if self._first_ts is not None else 0
+        tracker = self.tracker
+        return Summary(
+            ticks=self._ticks,
+            fills=len(self._fills),
+            trades=trades,
+            wins=wins,
+            win_rate=wins / trades if trades else 0.0,
+            pnl=self.pnl,
+            return_pct=self.return_pct,
+            max_drawdown=self.max_drawdown,
+            fees=tracker.fees,
+            starting_cash=tracker.starting_cash,
+            final_equity=tracker.equity,
+            exposure=self._exposed_ns / span if span else 0.0,
+            avg_gross_exposure=self._gross_ns / span if span else 0.0,
+            orders_approved=self._approved,
+            orders_rejected=self._rejected,
+            orders_resized=stats.resized,
+            rejections_by_rule=dict(self._rejections),
+            risk_actions=dict(self._action_counts),
+            breaker_trips=self._breaker_trips,
+            strategy_errors=stats.strategy_errors,
+            exchange_refusals=stats.exchange_refusals,
+            start=ns_to_datetime(self._first_ts) if self._first_ts is not None else None,
+            end=ns_to_datetime(self._last_ts) if self._first_ts is not None else None,
+            duration=span / _NS,
+            wall_seconds=wall_seconds,
+        )
