@@ -116,8 +116,14 @@ def load_yaml(path: Path, text: str | None = None) -> tuple[Any, str]:
         line = int(mark.line) + 1 if mark is not None else None
         what = exc.problem or exc.context or "invalid YAML"
         raise RuleFileError(name, line, f"YAML syntax: {what}") from None
+    except yaml.reader.ReaderError as exc:
+        # Raised for control characters; it carries a character offset, not a line.
+        line = text.count("\n", 0, max(0, int(exc.position))) + 1
+        raise RuleFileError(
+            name, line, f"control character U+{int(exc.character):04X} is not allowed in YAML"
+        ) from None
     except yaml.YAMLError as exc:
-        raise RuleFileError(name, None, f"YAML error: {exc}") from None
+        raise RuleFileError(name, None, f"YAML error: {' '.join(str(exc).split())}") from None
     except RecursionError:
         raise RuleFileError(name, None, "YAML nested too deeply") from None
     if len(nodes) != 1 or nodes[0] is None:
