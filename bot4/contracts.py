@@ -42,6 +42,10 @@ class Capability(enum.Enum):
     POSITIONS = "positions"
     STREAMING = "streaming"
     PARTIAL_FILLS = "partial_fills"
+    # The exchange turns an order's stop_loss/take_profit into reduce-only exit
+    # orders and keeps them sized to the position (brackets). Without it the
+    # kernel places and maintains the protective orders itself.
+    ATTACHED_EXITS = "attached_exits"
 
 
 @attrs.frozen(slots=True)

@@ -15,9 +15,14 @@ observers: recorder, journal, metrics, dashboards. Observers never decide.
 
 Fail closed: no order reaches the exchange without an Approved from the gate;
 a strategy that raises is reported and skipped; a risk component that raises
-or hangs rejects the order. Protective orders: after every fill the kernel
-keeps one reduce-only stop-loss (and take-profit, when the signal had one)
-covering the whole position, and cancels them when the position is flat.
+or hangs rejects the order.
+
+Protective orders: an exchange that claims ``Capability.ATTACHED_EXITS`` turns
+an order's stop loss and take profit into reduce-only exit orders itself (the
+paper exchange does). For any other exchange the kernel does it: after every
+fill it keeps one reduce-only stop-loss (and take-profit, when the signal had
+one) covering the whole position, and cancels them when the position is flat.
+Either way a fill of a stop-loss order is a stop-out for the breaker rules.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import attrs
 import trio
 
 from bot4.bus import Bus
-from bot4.contracts import Exchange, MarketInfo, RiskRules, Strategy
+from bot4.contracts import Capability, Exchange, MarketInfo, RiskRules, Strategy
 from bot4.errors import ExchangeFailed, ExchangeRefused
 from bot4.gate import RiskGate
 from bot4.model import (
@@ -58,6 +63,14 @@ from bot4.secrets import redact
 _RELOAD_POLL_TICKS = 256
 _RELOAD_POLL_SECONDS = 1.0
 _RETRIES = 3
+# The liquidation ladder escalates: a rung acts once per position, and only a
+# more severe rung acts after it (halving "again" on every tick would empty the
+# position in a few ticks although its liquidation price has not moved).
+_LADDER = {
+    RiskActionKind.ADD_MARGIN: 1,
+    RiskActionKind.REDUCE_POSITION: 2,
+    RiskActionKind.EMERGENCY_CLOSE: 3,
+}
 
 
 class Policy(Protocol):
@@ -147,6 +160,12 @@ class Kernel:
         self._next_id = 0
         self._protection: dict[str, _Protection] = {}
         self._protective_ids: dict[str, str] = {}  # client id -> "stop" | "take"
+        self._open_stops: set[str] = set()  # open stop-loss orders, wherever placed
+        self._own_exits = Capability.ATTACHED_EXITS not in exchange.capabilities
+        self._ladder: dict[str, tuple[int, Side]] = {}  # symbol -> (rung acted on, position side)
+        # Orders this kernel placed that are still open: a fill needs its
+        # order's leverage and stop loss for the position. Bounded by open orders.
+        self._placed: dict[str, Order] = {}
         self._now_ns = 0
         self._reload_checked = time.monotonic()
 
@@ -201,10 +220,19 @@ class Kernel:
     async def _fill(self, fill: Fill) -> None:
         self.stats.fills += 1
         now = _ns(fill)
-        self.tracker.apply(fill)
+        placed = self._placed.get(fill.client_order_id)
+        if placed is not None and not placed.reduce_only:
+            self.tracker.apply(fill, leverage=placed.leverage, stop_loss=placed.stop_loss)
+        else:
+            self.tracker.apply(fill)
+        latch = self._ladder.get(fill.symbol)
+        if latch is not None:
+            position = self.tracker.position(fill.symbol)
+            if position is None or position.side is not latch[1]:
+                del self._ladder[fill.symbol]  # flat or flipped: a new position, a new ladder
         await self.bus.publish(f"fill.{fill.symbol}", fill, ts=now, correlation_id=fill.client_order_id)
-        kind = self._protective_ids.get(fill.client_order_id)
-        actions = self.policy.on_fill(fill, self.tracker.snapshot(), now, kind == "stop")
+        stop_out = fill.client_order_id in self._open_stops
+        actions = self.policy.on_fill(fill, self.tracker.snapshot(), now, stop_out)
         for action in actions:
             await self._act(action)
         for strategy in self.strategies:
@@ -216,11 +244,17 @@ class Kernel:
                 continue
             for signal in signals:
                 await self._signal(signal)
-        await self._protect(fill.symbol)
+        if self._own_exits:
+            await self._protect(fill.symbol)
 
     async def _order_update(self, state: OrderState) -> None:
         await self.bus.publish("order.update", state, ts=self._now_ns, correlation_id=state.order.client_order_id)
+        cid = state.order.client_order_id
+        if state.order.type is OrderType.STOP_LOSS and state.status.is_open:
+            self._open_stops.add(cid)
         if not state.status.is_open:
+            self._open_stops.discard(cid)
+            self._placed.pop(cid, None)
             kind = self._protective_ids.pop(state.order.client_order_id, None)
             protection = self._protection.get(state.order.symbol)
             if kind and protection is not None:
@@ -256,7 +290,7 @@ class Kernel:
             correlation_id=cid,
         )
         state = await self._submit(order, resize=True)
-        if state is not None:
+        if state is not None and self._own_exits:
             self._protection[order.symbol] = _Protection(signal.stop_loss, signal.take_profit)
 
     async def _rejected_signal(self, signal: Signal, cid: str) -> None:
@@ -300,16 +334,22 @@ class Kernel:
         await self.bus.publish("risk.rejected", decision, ts=self._now_ns, correlation_id=order.correlation_id)
 
     async def _place(self, order: Order) -> OrderState | None:
+        # Known before the call: a market order's fill may come back from the
+        # stream right after, and the fill needs this order's leverage. The
+        # entry goes when the order's final state arrives.
+        self._placed[order.client_order_id] = order
         for attempt in range(_RETRIES):
             try:
                 state = await self.exchange.place_order(order)
             except ExchangeRefused as exc:
+                self._placed.pop(order.client_order_id, None)
                 self.stats.exchange_refusals += 1
                 await self._error(f"exchange refused {order.client_order_id}", exc)
                 return None
             except ExchangeFailed as exc:
                 # The same client order id makes the retry idempotent.
                 if attempt == _RETRIES - 1:
+                    # Unknown outcome: keep the entry, a late fill still needs it.
                     await self._error(f"giving up on {order.client_order_id} after {_RETRIES} tries", exc)
                     return None
                 await trio.sleep(0.2 * 2**attempt)
@@ -374,6 +414,15 @@ class Kernel:
     # -- risk actions ------------------------------------------------------------
 
     async def _act(self, action: RiskAction) -> None:
+        rung = _LADDER.get(action.kind)
+        if rung is not None and action.symbol is not None:
+            position = self.tracker.position(action.symbol)
+            if position is None or position.side is None:
+                return
+            latch = self._ladder.get(action.symbol)
+            if latch is not None and latch[0] >= rung:
+                return
+            self._ladder[action.symbol] = (rung, position.side)
         self.stats.actions[action.kind.value] += 1
         await self.bus.publish("risk.action", action, ts=self._now_ns)
         if action.kind is RiskActionKind.TRIP_BREAKER:

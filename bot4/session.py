@@ -35,6 +35,18 @@ from bot4.plugins import PluginManager
 from bot4.portfolio import PortfolioTracker
 
 DEFAULT_STRATEGY = "sma_cross"
+# The demo session's strategy settings: one- and ten-minute averages on the
+# one-second sample, 10x leverage and a 3% stop, so that in the sample's crash
+# the default rules visibly act (size cut, correlation, liquidation ladder,
+# stop-outs tripping the breaker).
+DEFAULT_STRATEGY_PARAMS = {
+    "fast": 60,
+    "slow": 600,
+    "size": "0.01",
+    "leverage": "10",
+    "stop_loss_pct": "3",
+    "take_profit_pct": "6",
+}
 DEFAULT_EXCHANGE = "paper"
 RECORDING = "recording.jsonl"
 
@@ -52,7 +64,7 @@ class SessionConfig:
     data: str | None = None  # a tick/candle file; None = the bundled sample
     exchange: str = DEFAULT_EXCHANGE
     exchange_params: Mapping[str, Any] = attrs.field(factory=dict)
-    strategies: tuple[StrategyConfig, ...] = (StrategyConfig(DEFAULT_STRATEGY),)
+    strategies: tuple[StrategyConfig, ...] = (StrategyConfig(DEFAULT_STRATEGY, DEFAULT_STRATEGY_PARAMS),)
     rules: tuple[str, ...] = ()  # files/dirs; () = the default policy
     speed: float = 0.0  # 0 = as fast as possible; 1.0 = real time; 60 = a minute per second
     out: str = "bot4-out"
@@ -110,7 +122,9 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
     items = raw.get("strategies", raw.get("strategy", DEFAULT_STRATEGY))
     for i, item in enumerate(items if isinstance(items, list) else [items]):
         key = f"strategies[{i}]"
-        if isinstance(item, str):
+        if item == DEFAULT_STRATEGY:
+            strategies.append(StrategyConfig(item, DEFAULT_STRATEGY_PARAMS))
+        elif isinstance(item, str):
             strategies.append(StrategyConfig(item))
         else:
             _need(isinstance(item, dict) and isinstance(item.get("name"), str), where,
@@ -163,14 +177,25 @@ class SessionResult:
 ProgressHook = Callable[[MarketData], Awaitable[None]]
 
 
-def _feed(config: SessionConfig) -> tuple[Iterator[MarketData], int | None]:
+def data_path(config: SessionConfig) -> Path:
     from bot4 import data
 
-    if config.data is None:
-        path = data.sample_path()
-    else:
-        path = Path(config.data)
-    return data.iter_ticks(path), data.count_ticks(path)
+    return data.sample_path() if config.data is None else Path(config.data)
+
+
+def count_rows(path: Path) -> int | None:
+    """Rows in a data file (less a header line), for the progress bar's ETA.
+    A candle file yields several ticks per row, so this is a lower bound."""
+    import gzip
+
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            first = f.readline()
+            rows = sum(1 for _ in f)
+    except OSError:
+        return None
+    return rows + (0 if first[:1].isalpha() else 1)
 
 
 async def run_session(
@@ -187,7 +212,9 @@ async def run_session(
 
     manager = manager or PluginManager.load()
     if feed is None:
-        feed, _ = _feed(config)
+        from bot4.data import iter_ticks
+
+        feed = iter_ticks(data_path(config))
     exchange = manager.registry.exchange(config.exchange).factory({**config.exchange_params, "feed": feed})
     strategies: list[Strategy] = [
         manager.registry.strategy(s.name).factory(s.params) for s in config.strategies
@@ -258,7 +285,7 @@ def _pacer(speed: float, progress: ProgressHook | None) -> ProgressHook | None:
 
 def progress_bar(total: int | None, stream: Any = sys.stderr) -> ProgressHook | None:
     """A one-line progress bar with ticks/s and ETA; None when not a terminal."""
-    if not getattr(stream, "isatty", lambda: False)():
+    if not stream.isatty():
         return None
     state = {"n": 0, "t0": time.monotonic(), "shown": 0.0}
 

@@ -39,8 +39,7 @@ def add_commands(sub: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bot4 import data
-    from bot4.session import load_config, progress_bar, run_session
+    from bot4.session import count_rows, data_path, load_config, progress_bar, run_session
 
     try:
         config = load_config(
@@ -54,8 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "out": args.out,
             },
         )
-        total = data.count_ticks(Path(config.data) if config.data else data.sample_path())
-        progress = progress_bar(total)
+        progress = progress_bar(count_rows(data_path(config)) if sys.stderr.isatty() else None)
         result = trio.run(lambda: run_session(config, progress=progress))
     except Bot4Error as exc:
         print(f"bot4 run: {redact(str(exc))}", file=sys.stderr)

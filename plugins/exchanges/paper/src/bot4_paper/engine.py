@@ -512,8 +512,7 @@ class PaperEngine:
 
         if order.stop_loss is not None or order.take_profit is not None:
             self._brackets(live)
-        if self.tracker.qty(order.symbol) == 0:
-            self._cancel_reduce_only(order.symbol)
+        self._cancel_stale_exits(order.symbol)
 
     def _brackets(self, parent: _Live) -> None:
         """Create or grow the reduce-only exit legs of ``parent``."""
@@ -545,10 +544,19 @@ class PaperEngine:
                 child.placed = child.order
                 self._outbox.append(child.state())
 
-    def _cancel_reduce_only(self, symbol: str) -> None:
+    def _cancel_stale_exits(self, symbol: str) -> None:
+        """Cancel reduce-only orders that can no longer reduce the position:
+        all of them when it is flat, and those on the position's own side after
+        a flip (a sell stop left over from a long would otherwise rest forever
+        under a short, and the open book would grow with every flip)."""
+        qty = self.tracker.qty(symbol)
         for live in list(self._open.get(symbol, {}).values()):
-            if live.order.reduce_only:
-                self._close(live, OrderStatus.CANCELED, "position closed")
+            if not live.order.reduce_only:
+                continue
+            side = live.order.side
+            if qty == 0 or (qty > 0 and side is Side.BUY) or (qty < 0 and side is Side.SELL):
+                reason = "position closed" if qty == 0 else "position flipped"
+                self._close(live, OrderStatus.CANCELED, reason)
                 self._outbox.append(live.state())
 
     def _close(self, live: _Live, status: OrderStatus, reason: str) -> None:

@@ -17,6 +17,7 @@ Config (values may be strings, as they come from YAML)::
     stop_loss_pct: "1"     stop this many percent away from entry
     take_profit_pct: "2"   take profit this many percent away
     symbols: [BTC-USDT]    symbols to trade (empty or absent: every symbol)
+    leverage: "1"          leverage asked for each position (the rules decide if it passes)
 
 Each tick costs O(1): running sums over two deques, no re-summing.
 """
@@ -86,8 +87,9 @@ class SmaCross(Strategy):
         stop_loss_pct: Decimal = Decimal(1),
         take_profit_pct: Decimal = Decimal(2),
         symbols: Sequence[str] = (),
+        leverage: Decimal = Decimal(1),
     ) -> None:
-        self.fast, self.slow, self.size = fast, slow, size
+        self.fast, self.slow, self.size, self.leverage = fast, slow, size, leverage
         self.stop_loss = stop_loss_pct / _HUNDRED
         self.take_profit = take_profit_pct / _HUNDRED
         self.symbols = frozenset(symbols)
@@ -95,7 +97,7 @@ class SmaCross(Strategy):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SmaCross:
-        known = {"fast", "slow", "size", "stop_loss_pct", "take_profit_pct", "symbols"}
+        known = {"fast", "slow", "size", "stop_loss_pct", "take_profit_pct", "symbols", "leverage"}
         unknown = sorted(set(config) - known)
         if unknown:
             raise ConfigError(f"sma_cross: unknown config field(s) {', '.join(map(repr, unknown))}")
@@ -117,6 +119,7 @@ class SmaCross(Strategy):
             stop_loss_pct=_pct_or_size(config, "stop_loss_pct", "1", upper=_HUNDRED),
             take_profit_pct=_pct_or_size(config, "take_profit_pct", "2", upper=None),
             symbols=list(symbols),
+            leverage=_pct_or_size(config, "leverage", "1", upper=Decimal(125)),
         )
 
     async def on_market_data(self, tick: MarketData) -> Sequence[Signal]:
@@ -155,6 +158,7 @@ class SmaCross(Strategy):
             stop_loss=stop,
             take_profit=target,
             strategy=self.name,
+            leverage=self.leverage,
             metadata={"fast": self.fast, "slow": self.slow},
         )
 
