@@ -46,7 +46,7 @@ def _run(cmd: list[str], **kwargs: object) -> None:
 
 
 def setup() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py runs under whatever python3 is
         sys.exit(f"bot4 needs Python >= 3.11; this is {sys.version.split()[0]}")
     if not PY.exists():
         print(f"creating {VENV.relative_to(ROOT)} ...", flush=True)
@@ -75,9 +75,13 @@ def main(argv: list[str]) -> int:
     if command == "run":
         return subprocess.call([str(BIN / "bot4"), "run", *rest], cwd=ROOT, env=env)
     if command == "test":
-        return subprocess.call([str(PY), str(ROOT / "tools" / "check.py"), *rest], cwd=ROOT, env=env)
+        return subprocess.call(
+            [str(PY), str(ROOT / "tools" / "check.py"), *rest], cwd=ROOT, env=env
+        )
     if command == "bench":
-        return subprocess.call([str(PY), str(ROOT / "benchmarks" / "run.py"), *rest], cwd=ROOT, env=env)
+        return subprocess.call(
+            [str(PY), str(ROOT / "benchmarks" / "run.py"), *rest], cwd=ROOT, env=env
+        )
     exe = BIN / command
     if exe.exists():
         return subprocess.call([str(exe), *rest], cwd=ROOT, env=env)

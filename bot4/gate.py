@@ -49,7 +49,9 @@ class RiskGate:
         timeout: float = 2.0,
     ) -> None:
         if not (timeout > 0 and math.isfinite(timeout)):
-            raise ValueError(f"risk gate timeout must be a positive number of seconds, not {timeout!r}")
+            raise ValueError(
+                f"risk gate timeout must be a positive number of seconds, not {timeout!r}"
+            )
         self.policy = policy
         self.checks = tuple(checks)
         self.timeout = timeout
@@ -60,22 +62,27 @@ class RiskGate:
         if self.policy is None:
             return _fail_closed(order, "no risk policy is loaded")
         try:
-            decision = self.policy.check_order(order, portfolio, market, now_ns)
-        except Exception as exc:  # noqa: BLE001 - any error in the risk path means reject
+            # Typed as a Decision, but a plugin-built policy may answer anything.
+            decision: object = self.policy.check_order(order, portfolio, market, now_ns)
+        except Exception as exc:  # any error in the risk path means reject
             return _fail_closed(order, f"risk policy raised {type(exc).__name__}: {exc}")
         if isinstance(decision, Rejected):
             return decision
         if not isinstance(decision, Approved):
-            return _fail_closed(order, f"risk policy answered {type(decision).__name__}, not a decision")
+            return _fail_closed(
+                order, f"risk policy answered {type(decision).__name__}, not a decision"
+            )
         for check in self.checks:
             name = getattr(check, "name", type(check).__name__)
             try:
                 with trio.move_on_after(self.timeout) as scope:
-                    verdict = await check.check(order, portfolio)
-            except Exception as exc:  # noqa: BLE001 - any error in the risk path means reject
+                    verdict: object = await check.check(order, portfolio)
+            except Exception as exc:  # any error in the risk path means reject
                 return _fail_closed(order, f"risk check {name} raised {type(exc).__name__}: {exc}")
             if scope.cancelled_caught:
-                return _fail_closed(order, f"risk check {name} gave no answer within {self.timeout:g}s")
+                return _fail_closed(
+                    order, f"risk check {name} gave no answer within {self.timeout:g}s"
+                )
             if verdict is not None:
                 if isinstance(verdict, Rejected):
                     return verdict

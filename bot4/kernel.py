@@ -76,9 +76,13 @@ _LADDER = {
 class Policy(Protocol):
     """What the kernel needs of :class:`bot4.risk.RiskPolicy` besides the gate."""
 
-    def on_market_data(self, tick: MarketData, portfolio: Portfolio, now_ns: int) -> list[RiskAction]: ...
+    def on_market_data(
+        self, tick: MarketData, portfolio: Portfolio, now_ns: int
+    ) -> list[RiskAction]: ...
 
-    def on_fill(self, fill: Fill, portfolio: Portfolio, now_ns: int, stop_out: bool) -> list[RiskAction]: ...
+    def on_fill(
+        self, fill: Fill, portfolio: Portfolio, now_ns: int, stop_out: bool
+    ) -> list[RiskAction]: ...
 
     def reload_if_changed(self) -> object | None: ...
 
@@ -86,7 +90,9 @@ class Policy(Protocol):
 class Tracker(Protocol):
     """What the kernel needs of :class:`bot4.portfolio.PortfolioTracker`."""
 
-    def apply(self, fill: Fill) -> Any: ...
+    def apply(
+        self, fill: Fill, *, leverage: Decimal | None = None, stop_loss: Decimal | None = None
+    ) -> Any: ...
 
     def mark(self, symbol: str, price: Decimal) -> None: ...
 
@@ -198,7 +204,7 @@ class Kernel:
         for pack in self.packs:
             try:
                 pack.on_market_data(tick)
-            except Exception as exc:  # noqa: BLE001 - a plugin error must not stop the session
+            except Exception as exc:  # a plugin error must not stop the session
                 # The pack's facts are now suspect; its next facts() call
                 # decides (and a raise there rejects the order).
                 await self._error(f"risk pack {pack.name} failed on market data", exc)
@@ -210,7 +216,7 @@ class Kernel:
         for strategy in self.strategies:
             try:
                 signals = await strategy.on_market_data(tick)
-            except Exception as exc:  # noqa: BLE001 - a plugin error must not stop the session
+            except Exception as exc:  # a plugin error must not stop the session
                 self.stats.strategy_errors += 1
                 await self._error(f"strategy {strategy.name} failed on {tick.symbol}", exc)
                 continue
@@ -230,7 +236,9 @@ class Kernel:
             position = self.tracker.position(fill.symbol)
             if position is None or position.side is not latch[1]:
                 del self._ladder[fill.symbol]  # flat or flipped: a new position, a new ladder
-        await self.bus.publish(f"fill.{fill.symbol}", fill, ts=now, correlation_id=fill.client_order_id)
+        await self.bus.publish(
+            f"fill.{fill.symbol}", fill, ts=now, correlation_id=fill.client_order_id
+        )
         stop_out = fill.client_order_id in self._open_stops
         actions = self.policy.on_fill(fill, self.tracker.snapshot(), now, stop_out)
         for action in actions:
@@ -238,7 +246,7 @@ class Kernel:
         for strategy in self.strategies:
             try:
                 signals = await strategy.on_fill(fill)
-            except Exception as exc:  # noqa: BLE001 - a plugin error must not stop the session
+            except Exception as exc:  # a plugin error must not stop the session
                 self.stats.strategy_errors += 1
                 await self._error(f"strategy {strategy.name} failed on a fill", exc)
                 continue
@@ -248,7 +256,9 @@ class Kernel:
             await self._protect(fill.symbol)
 
     async def _order_update(self, state: OrderState) -> None:
-        await self.bus.publish("order.update", state, ts=self._now_ns, correlation_id=state.order.client_order_id)
+        await self.bus.publish(
+            "order.update", state, ts=self._now_ns, correlation_id=state.order.client_order_id
+        )
         cid = state.order.client_order_id
         if state.order.type is OrderType.STOP_LOSS and state.status.is_open:
             self._open_stops.add(cid)
@@ -306,7 +316,9 @@ class Kernel:
 
     async def _submit(self, order: Order, *, resize: bool = False) -> OrderState | None:
         """Gate, then place. Returns the exchange's state, or None if refused."""
-        decision = await self.gate.check(order, self.tracker.snapshot(), self._last.get(order.symbol), self._now_ns)
+        decision = await self.gate.check(
+            order, self.tracker.snapshot(), self._last.get(order.symbol), self._now_ns
+        )
         if isinstance(decision, Rejected) and resize and ZERO < decision.suggested_size < order.qty:
             # The policy said how large an order would pass: try that once
             # ("size cut"). The smaller order goes through the whole gate again.
@@ -323,7 +335,9 @@ class Kernel:
             await self._rejected(order, decision)
             return None
         self.stats.approved += 1
-        await self.bus.publish("risk.approved", decision, ts=self._now_ns, correlation_id=order.correlation_id)
+        await self.bus.publish(
+            "risk.approved", decision, ts=self._now_ns, correlation_id=order.correlation_id
+        )
         return await self._place(order)
 
     async def _rejected(self, order: Order, decision: Rejected) -> None:
@@ -331,7 +345,9 @@ class Kernel:
         self.stats.rejections_by_rule[decision.rule] += 1
         if decision.order is None:
             decision = attrs.evolve(decision, order=order)
-        await self.bus.publish("risk.rejected", decision, ts=self._now_ns, correlation_id=order.correlation_id)
+        await self.bus.publish(
+            "risk.rejected", decision, ts=self._now_ns, correlation_id=order.correlation_id
+        )
 
     async def _place(self, order: Order) -> OrderState | None:
         # Known before the call: a market order's fill may come back from the
@@ -350,11 +366,15 @@ class Kernel:
                 # The same client order id makes the retry idempotent.
                 if attempt == _RETRIES - 1:
                     # Unknown outcome: keep the entry, a late fill still needs it.
-                    await self._error(f"giving up on {order.client_order_id} after {_RETRIES} tries", exc)
+                    await self._error(
+                        f"giving up on {order.client_order_id} after {_RETRIES} tries", exc
+                    )
                     return None
                 await trio.sleep(0.2 * 2**attempt)
                 continue
-            await self.bus.publish("order.placed", state, ts=self._now_ns, correlation_id=order.correlation_id)
+            await self.bus.publish(
+                "order.placed", state, ts=self._now_ns, correlation_id=order.correlation_id
+            )
             return state
         return None
 
@@ -362,7 +382,9 @@ class Kernel:
         market = self._markets.get(symbol)
         if market is None or market.qty_increment <= 0:
             return qty
-        rounded = (qty / market.qty_increment).to_integral_value(rounding=ROUND_DOWN) * market.qty_increment
+        rounded = (qty / market.qty_increment).to_integral_value(
+            rounding=ROUND_DOWN
+        ) * market.qty_increment
         return rounded if rounded >= market.min_qty else ZERO
 
     # -- protective orders -----------------------------------------------------
@@ -385,8 +407,17 @@ class Kernel:
             if level is None:
                 continue
             cid = self._client_id("s" if kind == "stop" else "t")
-            order = Order(cid, symbol, side, order_type, qty, price=level, reduce_only=True,
-                          strategy="kernel", correlation_id=cid)
+            order = Order(
+                cid,
+                symbol,
+                side,
+                order_type,
+                qty,
+                price=level,
+                reduce_only=True,
+                strategy="kernel",
+                correlation_id=cid,
+            )
             state = await self._submit(order)
             if state is not None and state.status.is_open:
                 self._protective_ids[cid] = kind
@@ -443,8 +474,16 @@ class Kernel:
         if action.kind is RiskActionKind.EMERGENCY_CLOSE:
             await self._cancel_protection(action.symbol)
         cid = self._client_id("x")
-        order = Order(cid, action.symbol, Side.SELL if position.qty > 0 else Side.BUY, OrderType.MARKET,
-                      qty, reduce_only=True, strategy="kernel", correlation_id=cid)
+        order = Order(
+            cid,
+            action.symbol,
+            Side.SELL if position.qty > 0 else Side.BUY,
+            OrderType.MARKET,
+            qty,
+            reduce_only=True,
+            strategy="kernel",
+            correlation_id=cid,
+        )
         await self._submit(order)
 
     # -- housekeeping -----------------------------------------------------------

@@ -163,16 +163,31 @@ def _enum(kind: type[enum.Enum]) -> Any:
     return validate
 
 
-def _to_enum(kind: type[enum.Enum]) -> Any:
-    def convert(value: object) -> object:
-        if isinstance(value, str):
-            try:
-                return kind(value.lower())
-            except ValueError:
-                return value
-        return value
+def _enum_value(kind: type[enum.Enum], value: object) -> object:
+    """Accept an enum member or its string value; anything else is passed on
+    for the validator to refuse with the field's name."""
+    if isinstance(value, str):
+        try:
+            return kind(value.lower())
+        except ValueError:
+            return value
+    return value
 
-    return convert
+
+def _to_side(value: object) -> object:
+    return _enum_value(Side, value)
+
+
+def _to_order_type(value: object) -> object:
+    return _enum_value(OrderType, value)
+
+
+def _to_order_status(value: object) -> object:
+    return _enum_value(OrderStatus, value)
+
+
+def _to_action_kind(value: object) -> object:
+    return _enum_value(RiskActionKind, value)
 
 
 def _unit_interval(inst: object, attr: attrs.Attribute[Any], value: object) -> None:
@@ -181,7 +196,9 @@ def _unit_interval(inst: object, attr: attrs.Attribute[Any], value: object) -> N
 
 
 def _to_float(value: object) -> object:
-    return float(value) if isinstance(value, (int, Decimal)) and not isinstance(value, bool) else value
+    return (
+        float(value) if isinstance(value, (int, Decimal)) and not isinstance(value, bool) else value
+    )
 
 
 def _frozen_mapping(value: object) -> Mapping[str, Any]:
@@ -233,7 +250,7 @@ class Signal:
     the kernel turns them into orders only after the risk policy approves."""
 
     symbol: str = attrs.field(validator=_symbol)
-    side: Side = attrs.field(converter=_to_enum(Side), validator=_enum(Side))
+    side: Side = attrs.field(converter=_to_side, validator=_enum(Side))
     confidence: float = attrs.field(converter=_to_float, validator=_unit_interval)
     size: Decimal = attrs.field(validator=_positive, **_DEC)  # type: ignore[call-overload]
     entry: Decimal = attrs.field(validator=_positive, **_DEC)  # type: ignore[call-overload]
@@ -256,8 +273,8 @@ class Order:
 
     client_order_id: str = attrs.field(validator=_name)
     symbol: str = attrs.field(validator=_symbol)
-    side: Side = attrs.field(converter=_to_enum(Side), validator=_enum(Side))
-    type: OrderType = attrs.field(converter=_to_enum(OrderType), validator=_enum(OrderType))
+    side: Side = attrs.field(converter=_to_side, validator=_enum(Side))
+    type: OrderType = attrs.field(converter=_to_order_type, validator=_enum(OrderType))
     qty: Decimal = attrs.field(validator=_positive, **_DEC)  # type: ignore[call-overload]
     price: Decimal | None = attrs.field(default=None, validator=_optional(_positive), **_ODEC)  # type: ignore[call-overload]
     stop_loss: Decimal | None = attrs.field(default=None, validator=_optional(_positive), **_ODEC)  # type: ignore[call-overload]
@@ -279,7 +296,7 @@ class OrderState:
     """What the exchange knows of an order right now."""
 
     order: Order
-    status: OrderStatus = attrs.field(converter=_to_enum(OrderStatus), validator=_enum(OrderStatus))
+    status: OrderStatus = attrs.field(converter=_to_order_status, validator=_enum(OrderStatus))
     filled_qty: Decimal = attrs.field(default=ZERO, validator=_non_negative, **_DEC)  # type: ignore[call-overload]
     avg_price: Decimal | None = attrs.field(default=None, validator=_optional(_positive), **_ODEC)  # type: ignore[call-overload]
     exchange_order_id: str = ""
@@ -288,7 +305,9 @@ class OrderState:
     def __attrs_post_init__(self) -> None:
         if self.filled_qty > self.order.qty:
             raise ModelError(
-                "OrderState", "filled_qty", self.filled_qty,
+                "OrderState",
+                "filled_qty",
+                self.filled_qty,
                 f"more than the order quantity {self.order.qty}",
             )
 
@@ -304,7 +323,7 @@ class Fill:
     fill_id: str = attrs.field(validator=_name)
     client_order_id: str = attrs.field(validator=_name)
     symbol: str = attrs.field(validator=_symbol)
-    side: Side = attrs.field(converter=_to_enum(Side), validator=_enum(Side))
+    side: Side = attrs.field(converter=_to_side, validator=_enum(Side))
     qty: Decimal = attrs.field(validator=_positive, **_DEC)  # type: ignore[call-overload]
     price: Decimal = attrs.field(validator=_positive, **_DEC)  # type: ignore[call-overload]
     fee: Decimal = attrs.field(validator=_non_negative, **_DEC)  # type: ignore[call-overload]
@@ -423,7 +442,7 @@ Decision = Approved | Rejected
 class RiskAction:
     """Something the risk policy wants done to an open position or the book."""
 
-    kind: RiskActionKind = attrs.field(converter=_to_enum(RiskActionKind), validator=_enum(RiskActionKind))
+    kind: RiskActionKind = attrs.field(converter=_to_action_kind, validator=_enum(RiskActionKind))
     symbol: str | None
     rule: str
     reason: str

@@ -56,7 +56,9 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def read_header(path: Path) -> dict[str, Any]:
     for number, record in _records(path):
         if record["topic"] != "session.start":
-            raise ConfigError(f"{path}:{number}: a recording starts with session.start, not {record['topic']}")
+            raise ConfigError(
+                f"{path}:{number}: a recording starts with session.start, not {record['topic']}"
+            )
         header = record["payload"]
         if not isinstance(header, dict) or "config" not in header or "rules" not in header:
             raise ConfigError(f"{path}:{number}: session.start carries no config and rules")

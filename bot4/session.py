@@ -64,7 +64,9 @@ class SessionConfig:
     data: str | None = None  # a tick/candle file; None = the bundled sample
     exchange: str = DEFAULT_EXCHANGE
     exchange_params: Mapping[str, Any] = attrs.field(factory=dict)
-    strategies: tuple[StrategyConfig, ...] = (StrategyConfig(DEFAULT_STRATEGY, DEFAULT_STRATEGY_PARAMS),)
+    strategies: tuple[StrategyConfig, ...] = (
+        StrategyConfig(DEFAULT_STRATEGY, DEFAULT_STRATEGY_PARAMS),
+    )
     rules: tuple[str, ...] = ()  # files/dirs; () = the default policy
     speed: float = 0.0  # 0 = as fast as possible; 1.0 = real time; 60 = a minute per second
     out: str = "bot4-out"
@@ -103,13 +105,33 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
-        _need(isinstance(loaded, dict) or loaded is None, where, "the config must be a mapping of keys")
+            raise ConfigError(
+                f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}"
+            ) from exc
+        _need(
+            isinstance(loaded, dict) or loaded is None,
+            where,
+            "the config must be a mapping of keys",
+        )
         raw = dict(loaded or {})
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    known = {"data", "exchange", "strategy", "strategies", "rules", "speed", "out", "record", "session_id"}
+    known = {
+        "data",
+        "exchange",
+        "strategy",
+        "strategies",
+        "rules",
+        "speed",
+        "out",
+        "record",
+        "session_id",
+    }
     unknown = sorted(set(raw) - known)
-    _need(not unknown, where, f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    _need(
+        not unknown,
+        where,
+        f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+    )
 
     exchange = raw.get("exchange", DEFAULT_EXCHANGE)
     exchange_params: dict[str, Any] = {}
@@ -127,8 +149,11 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
         elif isinstance(item, str):
             strategies.append(StrategyConfig(item))
         else:
-            _need(isinstance(item, dict) and isinstance(item.get("name"), str), where,
-                  f"{key}: expected a name or a mapping with name and params")
+            _need(
+                isinstance(item, dict) and isinstance(item.get("name"), str),
+                where,
+                f"{key}: expected a name or a mapping with name and params",
+            )
             params = item.get("params", {})
             _need(isinstance(params, dict), where, f"{key}.params: expected a mapping")
             strategies.append(StrategyConfig(item["name"], params))
@@ -136,10 +161,15 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
 
     rules = raw.get("rules", ())
     rules = (rules,) if isinstance(rules, str) else tuple(rules)
-    _need(all(isinstance(r, str) for r in rules), where, "rules: expected a path or a list of paths")
+    _need(
+        all(isinstance(r, str) for r in rules), where, "rules: expected a path or a list of paths"
+    )
     speed = raw.get("speed", 0.0)
-    _need(isinstance(speed, int | float) and not isinstance(speed, bool) and speed >= 0, where,
-          f"speed: expected a number >= 0 (0 = as fast as possible), got {speed!r}")
+    _need(
+        isinstance(speed, int | float) and not isinstance(speed, bool) and speed >= 0,
+        where,
+        f"speed: expected a number >= 0 (0 = as fast as possible), got {speed!r}",
+    )
     data = raw.get("data")
     _need(data is None or isinstance(data, str), where, "data: expected a file path")
     return SessionConfig(
@@ -215,15 +245,20 @@ async def run_session(
         from bot4.data import iter_ticks
 
         feed = iter_ticks(data_path(config))
-    exchange = manager.registry.exchange(config.exchange).factory({**config.exchange_params, "feed": feed})
+    exchange = manager.registry.exchange(config.exchange).factory(
+        {**config.exchange_params, "feed": feed}
+    )
     strategies: list[Strategy] = [
         manager.registry.strategy(s.name).factory(s.params) for s in config.strategies
     ]
     packs: list[RiskRules] = [
-        manager.registry.risk_rules[name].factory({}) for name in sorted(manager.registry.risk_rules)
+        manager.registry.risk_rules[name].factory({})
+        for name in sorted(manager.registry.risk_rules)
     ]
-    paths = list(rule_paths) if rule_paths is not None else (
-        [Path(p) for p in config.rules] if config.rules else [default_rules_path()]
+    paths = (
+        list(rule_paths)
+        if rule_paths is not None
+        else ([Path(p) for p in config.rules] if config.rules else [default_rules_path()])
     )
     sources = rule_sources(paths)
     policy = RiskPolicy.load(paths, packs)
@@ -231,7 +266,7 @@ async def run_session(
     tracker = PortfolioTracker(balance)
     symbols = sorted({sym for s in config.strategies for sym in s.params.get("symbols", ())})
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before the session starts
     recording = out / RECORDING if config.record else None
     digest = hashlib.sha256(repr(sorted(sources.items())).encode()).hexdigest()[:16]
 
@@ -287,22 +322,27 @@ def progress_bar(total: int | None, stream: Any = sys.stderr) -> ProgressHook | 
     """A one-line progress bar with ticks/s and ETA; None when not a terminal."""
     if not stream.isatty():
         return None
-    state = {"n": 0, "t0": time.monotonic(), "shown": 0.0}
+    start = time.monotonic()
+    state = {"n": 0, "shown": 0.0}
 
     async def show(tick: MarketData) -> None:
-        state["n"] += 1
-        if state["n"] & 1023:
+        n = int(state["n"]) + 1
+        state["n"] = n
+        if n & 1023:
             return
         now = time.monotonic()
         if now - state["shown"] < 0.2:
             return
         state["shown"] = now
-        n, rate = state["n"], state["n"] / max(now - state["t0"], 1e-9)
+        rate = n / max(now - start, 1e-9)
         if total:
             frac = min(n / total, 1.0)
             bar = "#" * int(frac * 30)
             eta = (total - n) / rate if rate else 0
-            line = f"\r[{bar:<30}] {frac:6.1%} {n:,}/{total:,} ticks  {rate:,.0f} ticks/s  ETA {eta:4.0f}s"
+            line = (
+                f"\r[{bar:<30}] {frac:6.1%} {n:,}/{total:,} ticks"
+                f"  {rate:,.0f} ticks/s  ETA {eta:4.0f}s"
+            )
         else:
             line = f"\r{n:,} ticks  {rate:,.0f} ticks/s"
         stream.write(line)

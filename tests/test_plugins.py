@@ -67,7 +67,9 @@ def test_plugin_raising_on_import_is_reported_and_others_load(tmp_path: Path) ->
         source="raise RuntimeError('cannot reach the mothership')\n",
         entry_name="broken",
     )
-    make_plugin_dist(site, dist="bot4-plugin-demo", module="bot4_demo", source=GOOD, entry_name="demo")
+    make_plugin_dist(
+        site, dist="bot4-plugin-demo", module="bot4_demo", source=GOOD, entry_name="demo"
+    )
     rows = _listing(_with_site(site))
     assert rows["broken"]["status"] == "failed: RuntimeError: cannot reach the mothership"
     assert rows["broken"]["distribution"] == "bot4-plugin-broken"
@@ -81,8 +83,12 @@ def test_plugin_raising_on_import_is_reported_and_others_load(tmp_path: Path) ->
 
 
 def test_misspelt_hook_fails_that_plugin(tmp_path: Path) -> None:
-    source = "import bot4\nBOT4_API = 1\n@bot4.hookimpl\ndef register_exchange(register):\n    pass\n"
-    site = make_plugin_dist(tmp_path, dist="bot4-plugin-typo", module="bot4_typo", source=source, entry_name="typo")
+    source = (
+        "import bot4\nBOT4_API = 1\n@bot4.hookimpl\ndef register_exchange(register):\n    pass\n"
+    )
+    site = make_plugin_dist(
+        tmp_path, dist="bot4-plugin-typo", module="bot4_typo", source=source, entry_name="typo"
+    )
     rows = _listing({**_with_site(site), "BOT4_PLUGINS": "typo,paper"})
     assert rows["typo"]["status"].startswith("failed:")
     assert "register_exchange" in rows["typo"]["status"]
@@ -92,22 +98,35 @@ def test_misspelt_hook_fails_that_plugin(tmp_path: Path) -> None:
 
 def test_api_version_mismatch_is_reported_not_loaded(tmp_path: Path) -> None:
     source = GOOD.replace("BOT4_API = 1", "BOT4_API = 99")
-    site = make_plugin_dist(tmp_path, dist="bot4-plugin-future", module="bot4_future", source=source, entry_name="future")
+    site = make_plugin_dist(
+        tmp_path,
+        dist="bot4-plugin-future",
+        module="bot4_future",
+        source=source,
+        entry_name="future",
+    )
     rows = _listing({**_with_site(site), "BOT4_PLUGINS": "future"})
     assert "API 99" in rows["future"]["status"]
     assert rows["future"]["status"].startswith("failed:")
 
 
 def test_hook_that_raises_registers_nothing(tmp_path: Path) -> None:
-    source = GOOD.replace('register("demo"', 'register("half", lambda c: None)\n    raise ValueError("boom")\n    register("demo"')
-    site = make_plugin_dist(tmp_path, dist="bot4-plugin-half", module="bot4_half", source=source, entry_name="half")
+    source = GOOD.replace(
+        'register("demo"',
+        'register("half", lambda c: None)\n    raise ValueError("boom")\n    register("demo"',
+    )
+    site = make_plugin_dist(
+        tmp_path, dist="bot4-plugin-half", module="bot4_half", source=source, entry_name="half"
+    )
     rows = _listing({**_with_site(site), "BOT4_PLUGINS": "half"})
     assert rows["half"]["status"] == "failed: register_risk_rules raised ValueError: boom"
 
 
 def test_secrets_never_printed(tmp_path: Path) -> None:
     source = "import os\nraise RuntimeError('login failed with ' + os.environ['ACME_API_SECRET'])\n"
-    site = make_plugin_dist(tmp_path, dist="bot4-plugin-leaky", module="bot4_leaky", source=source, entry_name="leaky")
+    site = make_plugin_dist(
+        tmp_path, dist="bot4-plugin-leaky", module="bot4_leaky", source=source, entry_name="leaky"
+    )
     env = {**_with_site(site), "ACME_API_SECRET": "s3cr3t-v4lue-xyz", "BOT4_PLUGINS": "leaky"}
     for args in (("plugins", "list", "--json"), ("plugins", "list")):
         out = run_bot4(*args, env=env)

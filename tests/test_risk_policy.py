@@ -349,3 +349,18 @@ def test_many_decisions_reuse_one_session(policy: RiskPolicy) -> None:
     decision = policy.check_order(order(qty="0.06"), book, market(), 0)
     assert isinstance(decision, Rejected)
     assert decision.rule == "max-position-size"
+
+
+def test_broken_pack_still_lets_an_exit_through() -> None:
+    # Emergency closes go through check_order; a broken pack must not trap a
+    # position. The exit rule ranks first and reads no pack fact.
+    policy = RiskPolicy.load([RULES], [_Raising()])
+    pos = Position("BTC-USDT", Decimal("0.5"), Decimal(50000))
+    book = portfolio(positions={"BTC-USDT": pos}, marks={"BTC-USDT": 50000})
+    close = order(qty="0.5", side="sell", stop_loss=None, reduce_only=True)
+    assert isinstance(policy.check_order(close, book, market(), 0), Approved)
+    # A new order that only the pack's fact could refuse is refused, naming the pack.
+    decision = policy.check_order(order(), portfolio(), market(), 0)
+    assert isinstance(decision, Rejected)
+    assert decision.rule == FAIL_CLOSED
+    assert "'correlation'" in decision.reason

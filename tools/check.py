@@ -18,7 +18,21 @@ def main(pytest_args: list[str]) -> int:
     plugin_src = sorted(str(p) for p in ROOT.glob("plugins/*/*/src"))
     plugin_tests = sorted(str(p) for p in ROOT.glob("plugins/*/*/tests"))
     steps = [
-        ("ruff", [py, "-m", "ruff", "check", "bot4", "tests", "benchmarks", "tools", "plugins", "dev.py"]),
+        (
+            "ruff",
+            [
+                py,
+                "-m",
+                "ruff",
+                "check",
+                "bot4",
+                "tests",
+                "benchmarks",
+                "tools",
+                "plugins",
+                "dev.py",
+            ],
+        ),
         ("mypy", [py, "-m", "mypy", "bot4", *plugin_src]),
     ]
     failed = []

@@ -34,7 +34,9 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
         for command in manager.registry.commands.values():
             if command.name in _BUILTIN:
                 continue  # a plugin may not shadow a built-in command
-            p = sub.add_parser(command.name, help=command.description or f"(from plugin {command.plugin})")
+            p = sub.add_parser(
+                command.name, help=command.description or f"(from plugin {command.plugin})"
+            )
             command.configure(p)
             p.set_defaults(func=command.run)
     return parser

@@ -24,15 +24,27 @@ def add_commands(sub: Any) -> None:
     run.add_argument("--data", help="tick or candle file (CSV, .csv.gz); default: bundled sample")
     run.add_argument("--strategy", help="strategy plugin name (default: sma_cross)")
     run.add_argument("--exchange", help="exchange plugin name (default: paper)")
-    run.add_argument("--rules", action="append", help="rule file or folder (repeatable); default: the default policy")
-    run.add_argument("--config", type=Path, help="YAML session config; options given here override it")
-    run.add_argument("--speed", type=float, help="0 = as fast as possible (default); 1 = real time; 60 = 60x")
-    run.add_argument("--out", help="output folder for summary, chart and recording (default: bot4-out)")
+    run.add_argument(
+        "--rules",
+        action="append",
+        help="rule file or folder (repeatable); default: the default policy",
+    )
+    run.add_argument(
+        "--config", type=Path, help="YAML session config; options given here override it"
+    )
+    run.add_argument(
+        "--speed", type=float, help="0 = as fast as possible (default); 1 = real time; 60 = 60x"
+    )
+    run.add_argument(
+        "--out", help="output folder for summary, chart and recording (default: bot4-out)"
+    )
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     run.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
     run.set_defaults(func=cmd_run)
 
-    rep = sub.add_parser("replay", help="re-run a recorded session and check every decision matches")
+    rep = sub.add_parser(
+        "replay", help="re-run a recorded session and check every decision matches"
+    )
     rep.add_argument("recording", type=Path, help="recording.jsonl written by bot4 run")
     rep.add_argument("--out", type=Path, help="keep the replay's own recording here")
     rep.set_defaults(func=cmd_replay)

@@ -168,7 +168,9 @@ class PluginManager:
             return
         self._register(entry, obj)
 
-    def add(self, name: str, obj: object, *, distribution: str = "", version: str = "") -> LoadedPlugin:
+    def add(
+        self, name: str, obj: object, *, distribution: str = "", version: str = ""
+    ) -> LoadedPlugin:
         """Register an in-process plugin (tests, embedding applications)."""
         entry = LoadedPlugin(name, distribution or "(in-process)", version, origin="(in-process)")
         self.plugins.append(entry)
@@ -179,7 +181,7 @@ class PluginManager:
         try:
             _check_api(entry.name, obj)
             self._pm.register(obj, name=entry.name)
-        except Exception as exc:  # noqa: BLE001 - pluggy validation or our own check
+        except Exception as exc:  # pluggy validation or our own API check
             entry.fail(exc)
             return
         try:
@@ -190,7 +192,9 @@ class PluginManager:
             entry.fail(exc)
             return
         entry.hooks = sorted(
-            caller.name for caller in self._pm.get_hookcallers(obj) or () if caller.name in KIND_OF_HOOK
+            caller.name
+            for caller in self._pm.get_hookcallers(obj) or ()
+            if caller.name in KIND_OF_HOOK
         )
         self._call_registration_hooks(entry, obj)
 
@@ -207,7 +211,7 @@ class PluginManager:
                 register = self._registrar(caller.name, entry.name, staged, errors)
                 try:
                     impl.function(register=register)
-                except Exception as exc:  # noqa: BLE001 - a plugin's hook may raise anything
+                except Exception as exc:  # a plugin hook may raise anything
                     errors.append(f"{caller.name} raised {type(exc).__name__}: {exc}")
         if errors:
             self._pm.unregister(obj)
@@ -218,7 +222,9 @@ class PluginManager:
         self.registry.risk_rules.update(staged.risk_rules)
         self.registry.commands.update(staged.commands)
 
-    def _registrar(self, hook: str, plugin: str, staged: Registry, errors: list[str]) -> Callable[..., None]:
+    def _registrar(
+        self, hook: str, plugin: str, staged: Registry, errors: list[str]
+    ) -> Callable[..., None]:
         tables: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
             "register_exchanges": (self.registry.exchanges, staged.exchanges, "exchange"),
             "register_strategies": (self.registry.strategies, staged.strategies, "strategy"),
@@ -242,7 +248,9 @@ class PluginManager:
                 stage[name] = Command(name, args[0], args[1], plugin, description)
                 return
             if len(args) != 1 or not callable(args[0]):
-                errors.append(f"{what} {name!r}: register(name, factory) expects one callable factory")
+                errors.append(
+                    f"{what} {name!r}: register(name, factory) expects one callable factory"
+                )
                 return
             stage[name] = Registered(name, args[0], plugin, description)
 

@@ -119,6 +119,9 @@ class StagePlan:
     by_key: Mapping[str, Rule]  # ruleset rule name -> rule
     definition: Mapping[str, Any]  # the durable-rules ruleset
     fields: tuple[tuple[str, str], ...]  # (fact name, its JSON key text), message order
+    reads: frozenset[str]  # every fact a rule here reads (conditions, reasons, sizes)
+    windows: tuple[str, ...]  # window facts among them
+    rule_names: tuple[str, ...]
 
 
 @attrs.frozen(slots=True)
@@ -132,6 +135,10 @@ class CompiledPolicy:
 
     def facts_used(self, stage: str) -> frozenset[str]:
         return frozenset(self.stages[stage].keys)
+
+    @property
+    def counts_orders(self) -> bool:
+        return any(spec.count == "orders" for spec in self.windows.values())
 
 
 @attrs.frozen(slots=True)
@@ -542,7 +549,12 @@ class Compiler:
             definition[key] = {"all": [{"m": test}]}
             by_key[key] = rule
         fields = tuple((name, f',"{key}":') for name, key in keys.items())
-        return StagePlan(stage, tuple(rules), keys, by_key, definition, fields)
+        reads = frozenset(keys).union(*(rule.facts for rule in rules))
+        windows = tuple(sorted(n for n in reads if n.startswith("window.")))
+        names = tuple(rule.name for rule in rules)
+        return StagePlan(
+            stage, tuple(rules), keys, by_key, definition, fields, reads, windows, names
+        )
 
 
 def render(template: str, values: Mapping[str, Any]) -> str:

@@ -343,12 +343,12 @@ class RiskPolicy:
         log.error("order rejected, fail closed: %s", reason)
         return Rejected(rule=FAIL_CLOSED, reason=reason, suggested_size=Decimal(0), order=order)
 
-    def _window_facts(self, facts: dict[str, object], names: Any, symbol: str, now_ns: int) -> None:
+    def _window_facts(
+        self, facts: dict[str, object], names: tuple[str, ...], symbol: str, now_ns: int
+    ) -> None:
         windows = self._active.compiled.windows
         for name in names:
-            if name.startswith("window."):
-                spec = windows[name[7:]]
-                facts[name] = float(self._events.count(spec, symbol, now_ns))
+            facts[name] = float(self._events.count(windows[name[7:]], symbol, now_ns))
 
     def _order(
         self,
@@ -366,20 +366,23 @@ class RiskPolicy:
         facts: dict[str, object] = order_facts(
             order, portfolio, market, self._breaker.tripped, compiled.mmr
         )
-        needed: set[str] = set(plan.keys)
-        for rule in plan.rules:
-            needed.update(rule.facts)
-        self._window_facts(facts, needed, order.symbol, now_ns)
+        if plan.windows:
+            self._window_facts(facts, plan.windows, order.symbol, now_ns)
+        pack_failure: str | None = None
+        unknown: frozenset[str] = frozenset()
         if compiled.pack_facts:
-            pack_reject = self._pack_values(facts, needed, order, portfolio, market, overrides)
-            if pack_reject is not None:
-                return Rejected(rule=FAIL_CLOSED, reason=pack_reject, order=order), None
+            pack_failure, unknown = self._pack_values(
+                facts, plan.reads, order, portfolio, market, overrides
+            )
         if overrides:
             for name, value in overrides.items():
                 facts[name] = to_fact(name, value)
         if engine is None:
             raise RiskError("the policy has no rules for orders: no verdict")
-        fired = self._fire(engine, plan, facts)
+        fired = self._fire(engine, plan, facts, unknown)
+        if pack_failure is not None and not self._decided_without(plan, fired, unknown):
+            log.error("order rejected, fail closed: %s", pack_failure)
+            return Rejected(rule=FAIL_CLOSED, reason=pack_failure, order=order), None
         explanation = None
         if not fired:
             no_verdict = Rejected(
@@ -394,9 +397,9 @@ class RiskPolicy:
         else:
             decider = fired[0]
             if decider.outcome == "approve":
-                if any(s.count == ORDERS for s in compiled.windows.values()):
+                if compiled.counts_orders:
                     self._events.record(ORDERS, order.symbol, now_ns)
-                decision = Approved(order=order, rules=tuple(r.name for r in plan.rules))
+                decision = Approved(order=order, rules=plan.rule_names)
             else:
                 decision = self._reject(decider, facts, order)
         if trace:
@@ -406,41 +409,83 @@ class RiskPolicy:
     def _pack_values(
         self,
         facts: dict[str, object],
-        needed: set[str],
+        needed: frozenset[str],
         order: Order,
         portfolio: Portfolio,
         market: MarketData | None,
         overrides: Mapping[str, object] | None,
-    ) -> str | None:
+    ) -> tuple[str | None, frozenset[str]]:
+        """Ask each pack for the facts the rules read. Returns the first
+        failure (naming the pack) and the facts left unknown by failures."""
         owners = self._active.compiled.pack_facts
         ctx = FactContext(order=order, portfolio=portfolio, market=market)
+        failure: str | None = None
+        unknown: set[str] = set()
         for pack in self._packs:
             wanted = [n for n in needed if owners.get(n) == pack.name]
             if not wanted or (overrides and all(n in overrides for n in wanted)):
                 continue
+            problem = None
             try:
                 values = pack.facts(ctx)
             except Exception as exc:  # third-party code on the trading path
-                return f"risk pack {pack.name!r} failed to give facts: {type(exc).__name__}: {exc}"
+                problem = (
+                    f"risk pack {pack.name!r} failed to give facts: {type(exc).__name__}: {exc}"
+                )
+                values = {}
             for name in wanted:
-                if not isinstance(values, Mapping) or name not in values:
-                    return f"risk pack {pack.name!r} did not give fact {name}"
-                try:
-                    value = to_fact(name, values[name])
-                except RiskError as exc:
-                    return f"risk pack {pack.name!r}: {exc}"
-                if not isinstance(value, float):
-                    return f"risk pack {pack.name!r}: fact {name} must be a number"
-                facts[name] = value
+                if problem is None:
+                    problem = self._pack_value(pack.name, name, values, facts)
+                if problem is not None:
+                    unknown.update(wanted)
+                    failure = failure or problem
+                    break
+        return failure, frozenset(unknown)
+
+    @staticmethod
+    def _pack_value(pack: str, name: str, values: object, facts: dict[str, object]) -> str | None:
+        if not isinstance(values, Mapping) or name not in values:
+            return f"risk pack {pack!r} did not give fact {name}"
+        try:
+            value = to_fact(name, values[name])
+        except RiskError as exc:
+            return f"risk pack {pack!r}: {exc}"
+        if not isinstance(value, float):
+            return f"risk pack {pack!r}: fact {name} must be a number"
+        facts[name] = value
         return None
 
+    @staticmethod
+    def _decided_without(plan: StagePlan, fired: list[Rule], unknown: frozenset[str]) -> bool:
+        """With some pack facts unknown, a decision still stands when neither
+        the deciding rule nor any rule ranked before it reads them: those
+        rules' outcome did not depend on the missing facts. This is what lets
+        an exit (``order.reducing``, ranked first) through while a pack is
+        broken; every other order is rejected naming the pack."""
+        if not fired:
+            return False
+        decider = fired[0]
+        for rule in plan.rules:
+            if rule.rank > decider.rank:
+                return True
+            if unknown.intersection(expr.facts_of(rule.when)):
+                return False
+        return True
+
     def _fire(
-        self, engine: EngineRuleset, plan: StagePlan, facts: Mapping[str, object]
+        self,
+        engine: EngineRuleset,
+        plan: StagePlan,
+        facts: Mapping[str, object],
+        unknown: frozenset[str] = frozenset(),
     ) -> list[Rule]:
         # Every value is validated and converted on its way into the message
         # (encode -> to_fact): NaN, infinities and huge numbers never reach C.
+        # Unknown facts are left out; a rule reading one cannot match.
         parts = ['{"_z":0.0']
         for name, prefix in plan.fields:
+            if unknown and name in unknown:
+                continue
             try:
                 value = facts[name]
             except KeyError:
@@ -586,10 +631,8 @@ class RiskPolicy:
     ) -> tuple[list[RiskAction], Explanation | None]:
         active = self._active
         plan = active.compiled.stages[stage]
-        needed: set[str] = set(plan.keys)
-        for rule in plan.rules:
-            needed.update(rule.facts)
-        self._window_facts(facts, needed, symbol, now_ns)
+        if plan.windows:
+            self._window_facts(facts, plan.windows, symbol, now_ns)
         if overrides:
             for name, value in overrides.items():
                 facts[name] = to_fact(name, value)
