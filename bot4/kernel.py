@@ -87,6 +87,15 @@ class Policy(Protocol):
     def reload_if_changed(self) -> object | None: ...
 
 
+class WriteAhead(Protocol):
+    """The journal's pre-trade hook (:mod:`bot4.journal`): an order intent is
+    durable before the exchange hears of it, so a crash between the two is
+    recovered by client order id, never by placing again. Everything else the
+    journal keeps, it takes from the bus."""
+
+    async def write_ahead(self, order: Order) -> None: ...
+
+
 class Tracker(Protocol):
     """What the kernel needs of :class:`bot4.portfolio.PortfolioTracker`."""
 
@@ -150,6 +159,7 @@ class Kernel:
         packs: Sequence[RiskRules] = (),
         session_id: str = "s1",
         on_tick: Callable[[MarketData], Awaitable[None]] | None = None,
+        journal: WriteAhead | None = None,
     ) -> None:
         self.exchange = exchange
         self.strategies = tuple(strategies)
@@ -161,6 +171,8 @@ class Kernel:
         self.session_id = session_id
         self.stats = KernelStats()
         self._on_tick = on_tick
+        self.journal = journal
+        self.halted: str | None = None  # set by halt(): the kill switch
         self._markets: dict[str, MarketInfo] = {}
         self._last: dict[str, MarketData] = {}
         self._next_id = 0
@@ -316,6 +328,10 @@ class Kernel:
 
     async def _submit(self, order: Order, *, resize: bool = False) -> OrderState | None:
         """Gate, then place. Returns the exchange's state, or None if refused."""
+        if self.halted is not None and not order.reduce_only:
+            halted = Rejected(rule="kill-switch", reason=f"trading halted: {self.halted}")
+            await self._rejected(order, halted)
+            return None
         decision = await self.gate.check(
             order, self.tracker.snapshot(), self._last.get(order.symbol), self._now_ns
         )
@@ -354,6 +370,16 @@ class Kernel:
         # stream right after, and the fill needs this order's leverage. The
         # entry goes when the order's final state arrives.
         self._placed[order.client_order_id] = order
+        if self.journal is not None:
+            try:
+                await self.journal.write_ahead(order)
+            except Exception as exc:  # no durable intent, no order: fail closed
+                self._placed.pop(order.client_order_id, None)
+                await self._error(f"journal refused intent {order.client_order_id}", exc)
+                await self._rejected(
+                    order, Rejected(rule="journal", reason=f"journal unavailable: {exc}")
+                )
+                return None
         for attempt in range(_RETRIES):
             try:
                 state = await self.exchange.place_order(order)
@@ -485,6 +511,27 @@ class Kernel:
             correlation_id=cid,
         )
         await self._submit(order)
+
+    # -- kill switch -------------------------------------------------------------
+
+    async def halt(self, reason: str) -> int:
+        """Stop trading: refuse every new order that is not reduce-only and
+        cancel every open order. Safe to call from another task (a Redis kill
+        switch listener). Returns the number of orders cancelled."""
+        first = self.halted is None
+        self.halted = reason
+        if first:
+            await self.bus.publish("kernel.halted", reason, ts=self._now_ns)
+        cancelled = 0
+        for state in await self.exchange.fetch_open_orders():
+            try:
+                await self.exchange.cancel_order(state.order.symbol, state.order.client_order_id)
+                cancelled += 1
+            except ExchangeRefused:
+                pass  # filled or cancelled meanwhile
+            except ExchangeFailed as exc:
+                await self._error(f"halt could not cancel {state.order.client_order_id}", exc)
+        return cancelled
 
     # -- housekeeping -----------------------------------------------------------
 
