@@ -25,8 +25,8 @@ import trio
 import yaml
 
 from bot4 import codec
-from bot4.bus import EventRecorder, open_bus
-from bot4.contracts import RiskRules, Strategy
+from bot4.bus import Bus, EventRecorder, open_bus
+from bot4.contracts import Exchange, RiskRules, Strategy
 from bot4.errors import ConfigError
 from bot4.gate import RiskGate
 from bot4.kernel import Kernel, KernelStats
@@ -207,6 +207,36 @@ class SessionResult:
 ProgressHook = Callable[[MarketData], Awaitable[None]]
 
 
+@attrs.define
+class SessionContext:
+    """What a session service sees: every part of the running session."""
+
+    config: SessionConfig
+    manager: PluginManager
+    exchange: Exchange
+    policy: Any  # bot4.risk.RiskPolicy
+    tracker: PortfolioTracker
+    gate: RiskGate
+    bus: Bus
+    kernel: Kernel
+    out: Path
+
+
+# A session service (journal, shared risk state, metrics, ...) is awaited once
+# before the kernel starts, in list order: it may restore state, add gate
+# checks, set ``kernel.journal``, subscribe to the bus and start background
+# tasks in the nursery, which is cancelled when the kernel's run is over.
+SessionService = Callable[[SessionContext, trio.Nursery], Awaitable[None]]
+
+
+def default_services(config: SessionConfig) -> list[SessionService]:
+    """The services a session runs, chosen by configuration and environment
+    (BOT4_DATABASE_URL, BOT4_REDIS_URL, ...). Each optional part of bot4 adds
+    itself here."""
+    services: list[SessionService] = []
+    return services
+
+
 def data_path(config: SessionConfig) -> Path:
     from bot4 import data
 
@@ -235,6 +265,7 @@ async def run_session(
     feed: Iterator[MarketData] | None = None,
     rule_paths: Sequence[Path] | None = None,
     progress: ProgressHook | None = None,
+    services: Sequence[SessionService] | None = None,
 ) -> SessionResult:
     """Run one session to the end of its data and return what happened."""
     from bot4.report import SessionReport
@@ -286,14 +317,22 @@ async def run_session(
             on_tick=_pacer(config.speed, progress),
         )
         header = {"config": config.as_dict(), "rules": sources, "balance": str(balance)}
-        if recording is not None:
-            async with EventRecorder(bus, recording, encode=codec.encode):
-                await bus.publish("session.start", header, ts=0)
+        ctx = SessionContext(
+            config, manager, exchange, policy, tracker, kernel.gate, bus, kernel, out
+        )
+        chosen = default_services(config) if services is None else services
+        async with trio.open_nursery() as nursery:
+            for service in chosen:
+                await service(ctx, nursery)
+            if recording is not None:
+                async with EventRecorder(bus, recording, encode=codec.encode):
+                    await bus.publish("session.start", header, ts=0)
+                    stats = await kernel.run(symbols)
+                    await bus.drain()
+            else:
                 stats = await kernel.run(symbols)
-                await bus.drain()
-        else:
-            stats = await kernel.run(symbols)
-        await bus.drain()
+            await bus.drain()
+            nursery.cancel_scope.cancel()
     return SessionResult(stats, report, recording, time.perf_counter() - started, digest)
 
 
