@@ -1,0 +1,121 @@
+"""`bot4 run` and `bot4 replay` end to end, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_bot4
+
+T0 = datetime(2024, 3, 1, tzinfo=UTC)
+
+
+def write_ticks(path: Path, n: int = 3000) -> Path:
+    """Two correlated symbols whose prices swing, so the averages cross."""
+    lines = ["timestamp,symbol,bid,ask,last,volume"]
+    for i in range(n):
+        ts = (T0 + timedelta(seconds=i)).isoformat()
+        wave = math.sin(i / 60) + 0.3 * math.sin(i / 7)
+        btc = 50000 + 400 * wave
+        eth = 3000 + 30 * wave
+        lines.append(f"{ts},BTC-USDT,{btc - 0.5:.2f},{btc + 0.5:.2f},{btc:.2f},2")
+        lines.append(f"{ts},ETH-USDT,{eth - 0.05:.2f},{eth + 0.05:.2f},{eth:.2f},20")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+CONFIG = """
+strategies:
+  - name: sma_cross
+    params: {fast: 10, slow: 60, size: "0.01", stop_loss_pct: "2", take_profit_pct: "4"}
+"""
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    tmp = tmp_path_factory.mktemp("run")
+    data = write_ticks(tmp / "ticks.csv")
+    config = tmp / "session.yaml"
+    config.write_text(CONFIG)
+    out = tmp / "out"
+    result = run_bot4("run", "--data", str(data), "--config", str(config), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out, result.stdout
+
+
+def test_run_prints_summary_and_writes_outputs(session: tuple[Path, str]) -> None:
+    out, stdout = session
+    assert "bot4 session summary" in stdout
+    assert f"chart:   {out / 'chart.png'}" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ticks"] == 6000
+    assert summary["orders_approved"] > 0
+    assert summary["orders_rejected"] > 0
+    # Every rejection is attributed to a named rule.
+    assert sum(summary["rejections_by_rule"].values()) == summary["orders_rejected"]
+    assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with (out / "recording.jsonl").open() as f:
+        first = json.loads(f.readline())
+    assert first["topic"] == "session.start"
+    assert first["payload"]["config"]["strategies"][0]["params"]["slow"] == 60
+
+
+def test_replay_matches_bit_for_bit(session: tuple[Path, str]) -> None:
+    out, _ = session
+    result = run_bot4("replay", str(out / "recording.jsonl"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("replay matched: ")
+    compared = int(result.stdout.split()[2])
+    assert compared > 50
+
+
+def test_replay_reports_the_first_difference(session: tuple[Path, str], tmp_path: Path) -> None:
+    out, _ = session
+    lines = (out / "recording.jsonl").read_text().splitlines()
+    # Change the price of one recorded fill: the replay must notice.
+    for i, line in enumerate(lines):
+        record = json.loads(line)
+        if record["topic"].startswith("fill."):
+            record["payload"]["price"] = "1.00"
+            lines[i] = json.dumps(record)
+            break
+    else:
+        pytest.fail("the recording has no fill")
+    tampered = tmp_path / "tampered.jsonl"
+    tampered.write_text("\n".join(lines) + "\n")
+    result = run_bot4("replay", str(tampered))
+    assert result.returncode == 1
+    assert "replay differs after" in result.stdout
+    assert "fill.BTC-USDT" in result.stdout or "fill.ETH-USDT" in result.stdout
+
+
+def test_bad_data_file_names_file_line_and_column(tmp_path: Path) -> None:
+    data = write_ticks(tmp_path / "ticks.csv", n=5)
+    text = data.read_text().splitlines()
+    text[3] = text[3].replace(",BTC-USDT,", ",BTC-USDT,abc,", 1).rsplit(",", 1)[0]
+    data.write_text("\n".join(text) + "\n")
+    result = run_bot4("run", "--data", str(data), "--out", str(tmp_path / "out"), "--no-chart")
+    assert result.returncode == 1
+    assert f"{data}:4: column 'bid'" in result.stderr
+
+
+def test_bad_config_names_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("strategy: sma_cross\nspeed: fast\n")
+    result = run_bot4("run", "--config", str(config), "--out", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert f"{config}: speed: expected a number" in result.stderr
+
+
+def test_unknown_strategy_points_at_plugins_list(tmp_path: Path) -> None:
+    data = write_ticks(tmp_path / "ticks.csv", n=5)
+    result = run_bot4(
+        "run", "--data", str(data), "--strategy", "nope", "--out", str(tmp_path / "o")
+    )
+    assert result.returncode == 1
+    assert "no strategy named 'nope'" in result.stderr
+    assert "bot4 plugins list" in result.stderr
