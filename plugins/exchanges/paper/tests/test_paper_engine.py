@@ -409,3 +409,40 @@ def test_memory_does_not_grow_per_tick() -> None:
         s.size_diff for s in after.compare_to(before, "filename") if "bot4" in str(s.traceback)
     )
     assert grown < 20_000, grown
+
+
+def test_attached_exits_never_outgrow_the_position() -> None:
+    # Entries attach exits for their own size; after a partial close the
+    # oldest exits beyond the position are cancelled, so the open book stays
+    # bounded however many entries and exits a session makes.
+    e = engine()
+    clock = Clock()
+    e.on_tick(clock.tick("50000", "50001"))
+    for i in range(50):
+        e.place(
+            order(f"b{i}", "buy", "market", "0.01", stop_loss=D("45000"), take_profit=D("60000"))
+        )
+        e.place(order(f"s{i}", "sell", "market", "0.01"))
+        e.on_tick(clock.tick("50000", "50001"))
+    e.place(order("last", "buy", "market", "0.01", stop_loss=D("46000"), take_profit=D("61000")))
+    e.on_tick(clock.tick("50000", "50001"))
+    assert e.tracker.qty("BTC-USDT") == D("0.01")
+    exits = e.open_orders("BTC-USDT")
+    assert sorted((o.order.type.value, o.order.price) for o in exits) == [
+        ("stop_loss", D("46000")),
+        ("take_profit", D("61000")),
+    ]
+    assert all(o.order.qty == D("0.01") for o in exits)
+
+
+def test_exits_left_from_a_long_are_cancelled_when_it_flips_short() -> None:
+    e = engine()
+    clock = Clock()
+    e.on_tick(clock.tick("50000", "50001"))
+    e.place(order("long", "buy", "market", "0.01", stop_loss=D("45000")))
+    e.place(order("flip", "sell", "market", "0.03", stop_loss=D("55000")))
+    e.on_tick(clock.tick("50000", "50001"))
+    exits = e.open_orders("BTC-USDT")
+    assert [(o.order.side.value, o.order.price, o.order.qty) for o in exits] == [
+        ("buy", D("55000"), D("0.02"))
+    ]

@@ -545,19 +545,42 @@ class PaperEngine:
                 self._outbox.append(child.state())
 
     def _cancel_stale_exits(self, symbol: str) -> None:
-        """Cancel reduce-only orders that can no longer reduce the position:
-        all of them when it is flat, and those on the position's own side after
-        a flip (a sell stop left over from a long would otherwise rest forever
-        under a short, and the open book would grow with every flip)."""
+        """Cancel reduce-only orders that can no longer reduce the position.
+
+        All of them when it is flat; those on the position's own side after a
+        flip; and, per exit type (stop loss, take profit, other), the oldest
+        ones beyond what the position can absorb: each entry attaches exits
+        for its own size, so after partial closes the newest exits already
+        cover the whole position. Without this the open book would grow with
+        every entry and every tick would cost more.
+        """
         qty = self.tracker.qty(symbol)
-        for live in list(self._open.get(symbol, {}).values()):
+        book = self._open.get(symbol, {})
+        covered: dict[OrderType, Decimal] = {}
+        # Newest first: the most recent exits reflect the latest signal's levels.
+        for live in sorted(book.values(), key=lambda o: o.seq, reverse=True):
             if not live.order.reduce_only:
                 continue
             side = live.order.side
             if qty == 0 or (qty > 0 and side is Side.BUY) or (qty < 0 and side is Side.SELL):
                 reason = "position closed" if qty == 0 else "position flipped"
-                self._close(live, OrderStatus.CANCELED, reason)
-                self._outbox.append(live.state())
+            else:
+                kind = live.order.type
+                room = abs(qty) - covered.get(kind, ZERO)
+                if live.remaining <= room:
+                    covered[kind] = covered.get(kind, ZERO) + live.remaining
+                    continue
+                if room > 0:
+                    # Shrink to what the position can absorb (a flip's exit
+                    # covers the new position, not the whole flipping fill).
+                    live.order = attrs.evolve(live.order, qty=live.filled + room)
+                    live.placed = live.order
+                    covered[kind] = abs(qty)
+                    self._outbox.append(live.state())
+                    continue
+                reason = "position smaller than its exits"
+            self._close(live, OrderStatus.CANCELED, reason)
+            self._outbox.append(live.state())
 
     def _close(self, live: _Live, status: OrderStatus, reason: str) -> None:
         live.status = status
