@@ -43,6 +43,7 @@ from bot4.gate import RiskGate
 from bot4.model import (
     ZERO,
     Approved,
+    Decision,
     Fill,
     MarketData,
     Order,
@@ -160,6 +161,7 @@ class Kernel:
         session_id: str = "s1",
         on_tick: Callable[[MarketData], Awaitable[None]] | None = None,
         journal: WriteAhead | None = None,
+        resize_rejected: bool = True,
     ) -> None:
         self.exchange = exchange
         self.strategies = tuple(strategies)
@@ -172,7 +174,11 @@ class Kernel:
         self.stats = KernelStats()
         self._on_tick = on_tick
         self.journal = journal
+        self.resize_rejected = resize_rejected  # try the policy's suggested size once
         self.halted: str | None = None  # set by halt(): the kill switch
+        # Called with (rule, outcome, seconds) for every gate decision (the
+        # metrics' latency histogram); rule is "" for an approval.
+        self.decision_observer: Callable[[str, str, float], None] | None = None
         self._markets: dict[str, MarketInfo] = {}
         self._last: dict[str, MarketData] = {}
         self._next_id = 0
@@ -311,7 +317,7 @@ class Kernel:
             strategy=signal.strategy,
             correlation_id=cid,
         )
-        state = await self._submit(order, resize=True)
+        state = await self._submit(order, resize=self.resize_rejected)
         if state is not None and self._own_exits:
             self._protection[order.symbol] = _Protection(signal.stop_loss, signal.take_profit)
 
@@ -332,9 +338,7 @@ class Kernel:
             halted = Rejected(rule="kill-switch", reason=f"trading halted: {self.halted}")
             await self._rejected(order, halted)
             return None
-        decision = await self.gate.check(
-            order, self.tracker.snapshot(), self._last.get(order.symbol), self._now_ns
-        )
+        decision = await self._decide(order)
         if isinstance(decision, Rejected) and resize and ZERO < decision.suggested_size < order.qty:
             # The policy said how large an order would pass: try that once
             # ("size cut"). The smaller order goes through the whole gate again.
@@ -344,9 +348,7 @@ class Kernel:
                 return None
             order = attrs.evolve(order, qty=smaller, client_order_id=self._client_id("r"))
             self.stats.resized += 1
-            decision = await self.gate.check(
-                order, self.tracker.snapshot(), self._last.get(order.symbol), self._now_ns
-            )
+            decision = await self._decide(order)
         if not isinstance(decision, Approved):
             await self._rejected(order, decision)
             return None
@@ -355,6 +357,24 @@ class Kernel:
             "risk.approved", decision, ts=self._now_ns, correlation_id=order.correlation_id
         )
         return await self._place(order)
+
+    async def _decide(self, order: Order) -> Decision:
+        observer = self.decision_observer
+        if observer is None:
+            return await self.gate.check(
+                order, self.tracker.snapshot(), self._last.get(order.symbol), self._now_ns
+            )
+        # Timed only when someone listens: two clock reads per decision.
+        started = time.perf_counter_ns()
+        decision = await self.gate.check(
+            order, self.tracker.snapshot(), self._last.get(order.symbol), self._now_ns
+        )
+        elapsed = (time.perf_counter_ns() - started) / 1e9
+        if isinstance(decision, Approved):
+            observer("", "approved", elapsed)
+        else:
+            observer(decision.rule, "rejected", elapsed)
+        return decision
 
     async def _rejected(self, order: Order, decision: Rejected) -> None:
         self.stats.rejected += 1

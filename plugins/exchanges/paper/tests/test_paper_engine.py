@@ -446,3 +446,18 @@ def test_exits_left_from_a_long_are_cancelled_when_it_flips_short() -> None:
     assert [(o.order.side.value, o.order.price, o.order.qty) for o in exits] == [
         ("buy", D("55000"), D("0.02"))
     ]
+
+
+def test_history_is_bounded_but_open_orders_are_kept() -> None:
+    e = engine(history=5)
+    clock = Clock()
+    e.on_tick(clock.tick("50000", "50001"))
+    e.place(order("rest", "buy", "limit", "0.01", "40000"))
+    for i in range(20):
+        e.place(order(f"m{i}", "buy" if i % 2 == 0 else "sell", "market", "0.01"))
+    assert len(e.fills()) == 5
+    assert [f.client_order_id for f in e.fills()] == [f"m{i}" for i in range(15, 20)]
+    assert e.order_state("rest").status is OrderStatus.NEW
+    assert e.order_state("m19").status is OrderStatus.FILLED
+    with pytest.raises(OrderNotFound):
+        e.order_state("m0")

@@ -57,6 +57,7 @@ Memory grows with orders and fills, never with ticks.
 from __future__ import annotations
 
 import decimal
+from collections import deque
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -145,7 +146,10 @@ class PaperEngine:
         max_leverage: Decimal = Decimal(100),
         infer_markets: bool | None = None,
         exchange: str = "paper",
+        history: int = 10_000,
     ) -> None:
+        if history < 1:
+            raise ValueError(f"history must be at least 1, not {history!r}")
         self.currency = currency
         self.taker_fee = taker_fee
         self.maker_fee = maker_fee
@@ -159,7 +163,13 @@ class PaperEngine:
         self.tracker = PortfolioTracker(balance)
         self._orders: dict[str, _Live] = {}
         self._open: dict[str, dict[str, _Live]] = {}
-        self._fills: list[Fill] = []
+        # Like a venue's recent-history endpoints, the engine remembers the last
+        # ``history`` fills and closed orders (idempotent retries and recovery
+        # look back seconds, not days); open orders are always kept. This keeps
+        # memory flat however long a session runs.
+        self._fills: deque[Fill] = deque(maxlen=history)
+        self._closed: deque[str] = deque()
+        self._history = history
         self._last: dict[str, MarketData] = {}
         # Size left at the best ask (buys) and bid (sells) of each symbol's last tick.
         self._avail: dict[str, dict[Side, Decimal]] = {}
@@ -588,6 +598,9 @@ class PaperEngine:
         book = self._open.get(live.order.symbol)
         if book is not None:
             book.pop(live.order.client_order_id, None)
+        self._closed.append(live.order.client_order_id)
+        while len(self._closed) > self._history:
+            self._orders.pop(self._closed.popleft(), None)
 
 
 def _infer_market(tick: MarketData) -> MarketInfo:
