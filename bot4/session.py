@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -33,6 +33,9 @@ from bot4.kernel import Kernel, KernelStats
 from bot4.model import MarketData
 from bot4.plugins import PluginManager
 from bot4.portfolio import PortfolioTracker
+
+if TYPE_CHECKING:
+    from bot4.metrics import Metrics
 
 DEFAULT_STRATEGY = "sma_cross"
 # The demo session's strategy settings: one- and ten-minute averages on the
@@ -220,6 +223,9 @@ class SessionContext:
     bus: Bus
     kernel: Kernel
     out: Path
+    # The session's metrics when it exports them: the journal reports its
+    # write latency there (Metrics.observe_journal_write).
+    metrics: Metrics | None = None
 
 
 # A session service (journal, shared risk state, metrics, ...) is awaited once
@@ -266,8 +272,11 @@ async def run_session(
     rule_paths: Sequence[Path] | None = None,
     progress: ProgressHook | None = None,
     services: Sequence[SessionService] | None = None,
+    metrics: Metrics | None = None,
 ) -> SessionResult:
-    """Run one session to the end of its data and return what happened."""
+    """Run one session to the end of its data and return what happened.
+    With ``metrics``, the session also feeds those Prometheus metrics (a
+    service added after the others; serving them is the caller's business)."""
     from bot4.report import SessionReport
     from bot4.risk import RiskPolicy, default_rules_path
 
@@ -318,9 +327,11 @@ async def run_session(
         )
         header = {"config": config.as_dict(), "rules": sources, "balance": str(balance)}
         ctx = SessionContext(
-            config, manager, exchange, policy, tracker, kernel.gate, bus, kernel, out
+            config, manager, exchange, policy, tracker, kernel.gate, bus, kernel, out, metrics
         )
         chosen = default_services(config) if services is None else services
+        if metrics is not None:
+            chosen = [*chosen, metrics.service]
         async with trio.open_nursery() as nursery:
             for service in chosen:
                 await service(ctx, nursery)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,19 @@ def add_commands(sub: Any) -> None:
     )
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     run.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://ADDR:PORT/metrics while the session runs "
+        "(0 = any free port; the address is printed on stderr)",
+    )
+    run.add_argument(
+        "--metrics-addr",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="address the metrics endpoint binds to (default: 127.0.0.1; 0.0.0.0 in a container)",
+    )
     run.set_defaults(func=cmd_run)
 
     rep = sub.add_parser(
@@ -66,7 +80,25 @@ def cmd_run(args: argparse.Namespace) -> int:
             },
         )
         progress = progress_bar(count_rows(data_path(config)) if sys.stderr.isatty() else None)
-        result = trio.run(lambda: run_session(config, progress=progress))
+        with ExitStack() as stack:
+            metrics = None
+            if args.metrics_port is not None:
+                from bot4.metrics import Metrics
+
+                metrics = Metrics()
+                try:
+                    server = stack.enter_context(
+                        metrics.serve(args.metrics_port, args.metrics_addr)
+                    )
+                except OSError as exc:
+                    print(
+                        f"bot4 run: cannot serve metrics on {args.metrics_addr}:"
+                        f"{args.metrics_port}: {exc.strerror or exc}",
+                        file=sys.stderr,
+                    )
+                    return 1
+                print(f"metrics: {server.url}", file=sys.stderr, flush=True)
+            result = trio.run(lambda: run_session(config, progress=progress, metrics=metrics))
     except Bot4Error as exc:
         print(f"bot4 run: {redact(str(exc))}", file=sys.stderr)
         return 1

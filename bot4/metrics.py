@@ -1,0 +1,450 @@
+"""Prometheus metrics for a running session, served on ``/metrics``.
+
+:class:`Metrics` owns its own :class:`~prometheus_client.CollectorRegistry`
+(never the process-global one), so several sessions and tests in one process
+never clash. It is a session service (:meth:`Metrics.service`): given to
+:func:`bot4.session.run_session` as ``metrics=``, it
+
+* subscribes to ``order.#``, ``fill.#`` and ``kernel.#`` (``DROP_OLDEST``: an
+  observer must never slow the kernel; what it loses is counted in
+  ``bot4_bus_dropped_events_total{subscriber="metrics.*"}``). Market data is
+  not subscribed to, so metrics cost nothing per tick;
+* sets ``kernel.decision_observer`` to time every gate decision;
+* samples the book, the breaker, the kernel's counters and the bus every
+  ``sample_every`` seconds (and once more when the session ends) from the trio
+  thread. The HTTP server's thread only reads prometheus-client objects, which
+  are thread-safe; it never touches the tracker or the bus.
+
+Counts the kernel keeps itself (decisions by rule, risk actions, breaker
+trips, ticks) are taken from :class:`~bot4.kernel.KernelStats` as deltas, so
+they are exact even when the bus drops events for this observer.
+
+Label values are bounded: symbols, rules, exchanges, strategies and
+subscriber names pass through until a fixed number of distinct values has been
+seen, after which new ones are reported as ``other``. Order ids, fill ids and
+prices are never labels.
+
+Metric names (all prefixed ``bot4_``)::
+
+    decisions_total{rule,outcome}            outcome approved|rejected; rule "none" if approved
+    decision_latency_seconds{outcome}        histogram, time spent in the risk gate
+    orders_total{exchange,symbol,type}       orders the exchange accepted
+    fills_total{exchange,symbol,side}        fills
+    fill_notional_total{exchange,symbol}     quote value filled
+    cancels_total{exchange,symbol}           orders that ended cancelled
+    exchange_refusals_total                  orders the exchange refused
+    risk_actions_total{kind}                 ladder and breaker actions
+    breaker_trips_total, breaker_tripped     trips, and 1 while tripped
+    ticks_total, signals_total, strategy_errors_total, kernel_errors_total
+    rule_reloads_total{result}               ok | failed
+    equity, cash, pnl, realized_pnl, unrealized_pnl, fees, peak_equity
+    drawdown_ratio, gross_exposure, net_exposure, exposure{symbol},
+    leverage, margin_used, open_positions
+    bus_events_total, bus_queue_depth{subscriber},
+    bus_dropped_events_total{subscriber}, bus_handler_errors_total{subscriber}
+    plugin_load_failures, journal_write_seconds (histogram)
+    session_info{session_id,exchange}, session_running, build_info{version}
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import trio
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest, start_http_server
+
+import bot4
+from bot4.bus import Backpressure, Bus, Event, Subscription
+from bot4.kernel import KernelStats
+from bot4.model import Fill, OrderState, OrderStatus, RiskActionKind
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from bot4.session import SessionContext
+
+__all__ = ["DEFAULT_ADDR", "Metrics", "MetricsServer"]
+
+DEFAULT_ADDR = "127.0.0.1"
+OTHER = "other"
+APPROVED_RULE = "none"
+
+# The gate's own work is tens of microseconds; async checks (a Redis budget)
+# take milliseconds and time out at the gate's deadline (2 s by default).
+DECISION_BUCKETS = (
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.1,
+    0.5,
+    2.5,
+)
+# A journal write is a local fsync or a PostgreSQL round trip.
+JOURNAL_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+
+_SUBSCRIPTIONS = (
+    ("order.#", "metrics.orders"),
+    ("fill.#", "metrics.fills"),
+    ("kernel.#", "metrics.kernel"),
+)
+
+
+class _Bounded:
+    """Label values as given until ``limit`` distinct ones were seen; later
+    newcomers become ``other``, so a misbehaving plugin cannot blow up the
+    number of series."""
+
+    __slots__ = ("limit", "seen")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self.seen:
+            return value
+        if len(self.seen) < self.limit:
+            self.seen.add(value)
+            return value
+        return OTHER
+
+
+def _f(value: Decimal) -> float:
+    return float(value)
+
+
+class Metrics:
+    """Every metric bot4 exports, in a registry of its own."""
+
+    def __init__(self, *, sample_every: float = 1.0) -> None:
+        self.sample_every = sample_every
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.exchange = "unknown"
+        self._symbols = _Bounded(200)
+        self._rules = _Bounded(200)
+        self._subscribers = _Bounded(64)
+        self._exchanges = _Bounded(16)
+        # Last values seen of the kernel's and the bus's own counters: the
+        # prometheus counters advance by the difference at each sample.
+        self._seen_stats: dict[str, int] = {}
+        self._seen_rules: dict[str, int] = {}
+        self._seen_actions: dict[str, int] = {}
+        self._seen_seq = 0
+        self._seen_subs: dict[Subscription, tuple[str, int, int]] = {}
+        self._exposure_symbols: set[str] = set()
+        self.subscriptions: list[Subscription] = []
+        r = self.registry
+
+        def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
+            return Counter(f"bot4_{name}", doc, labelnames=tuple(labels), registry=r)
+
+        def gauge(name: str, doc: str, labels: Iterable[str] = ()) -> Gauge:
+            return Gauge(f"bot4_{name}", doc, labelnames=tuple(labels), registry=r)
+
+        # decisions
+        self.decisions = counter(
+            "decisions", "Risk decisions by deciding rule and outcome", ("rule", "outcome")
+        )
+        self.decision_latency = Histogram(
+            "bot4_decision_latency_seconds",
+            "Time spent in the risk gate per decision",
+            labelnames=("outcome",),
+            buckets=DECISION_BUCKETS,
+            registry=r,
+        )
+        # orders
+        self.orders = counter(
+            "orders", "Orders accepted by the exchange", ("exchange", "symbol", "type")
+        )
+        self.fills = counter("fills", "Fills", ("exchange", "symbol", "side"))
+        self.fill_notional = counter("fill_notional", "Quote value filled", ("exchange", "symbol"))
+        self.cancels = counter("cancels", "Orders that ended cancelled", ("exchange", "symbol"))
+        self.refusals = counter("exchange_refusals", "Orders the exchange refused")
+        # risk
+        self.actions = counter("risk_actions", "Risk actions taken, by kind", ("kind",))
+        self.breaker_trips = counter("breaker_trips", "Circuit breaker trips")
+        self.breaker_tripped = gauge("breaker_tripped", "1 while the circuit breaker is tripped")
+        self.reloads = counter("rule_reloads", "Rule file reloads, by result", ("result",))
+        # kernel
+        self.ticks = counter("ticks", "Market data events processed")
+        self.signals = counter("signals", "Strategy signals")
+        self.strategy_errors = counter("strategy_errors", "Strategy calls that raised")
+        self.kernel_errors = counter("kernel_errors", "Errors the kernel reported on kernel.error")
+        # book
+        self.equity = gauge("equity", "Cash plus unrealised PnL, quote currency")
+        self.cash = gauge("cash", "Starting cash plus realised PnL minus fees")
+        self.pnl = gauge("pnl", "Equity minus starting cash (net of fees)")
+        self.realized = gauge("realized_pnl", "Realised PnL before fees")
+        self.unrealized = gauge("unrealized_pnl", "Unrealised PnL of open positions")
+        self.fees = gauge("fees", "Fees paid")
+        self.peak = gauge("peak_equity", "High-water mark of equity")
+        self.drawdown = gauge("drawdown_ratio", "(peak - equity) / peak, 0.1 = 10 % down")
+        self.gross = gauge("gross_exposure", "Sum of position notionals at the marks")
+        self.net = gauge("net_exposure", "Signed sum of position notionals (long minus short)")
+        self.exposure = gauge("exposure", "Position notional at the mark", ("symbol",))
+        self.leverage = gauge("leverage", "Gross exposure / equity (0 when flat)")
+        self.margin = gauge("margin_used", "Initial margin held by open positions")
+        self.positions = gauge("open_positions", "Symbols with an open position")
+        # bus
+        self.bus_events = counter("bus_events", "Events published on the bus")
+        self.queue_depth = gauge(
+            "bus_queue_depth", "Events waiting in a subscriber's queue", ("subscriber",)
+        )
+        self.dropped = counter(
+            "bus_dropped_events", "Events a subscriber lost to backpressure", ("subscriber",)
+        )
+        self.handler_errors = counter(
+            "bus_handler_errors", "Events whose handler raised", ("subscriber",)
+        )
+        # plumbing
+        self.plugin_failures = gauge("plugin_load_failures", "Plugins that failed to load")
+        self.journal_write = Histogram(
+            "bot4_journal_write_seconds",
+            "Time to make one journal write durable",
+            buckets=JOURNAL_BUCKETS,
+            registry=r,
+        )
+        self.session_info = gauge(
+            "session_info", "The running session (value 1)", ("session_id", "exchange")
+        )
+        self.running = gauge("session_running", "1 while the session's kernel runs")
+        build = gauge("build_info", "bot4 version (value 1)", ("version",))
+        build.labels(bot4.__version__).set(1)
+        # Bounded, known label sets are created up front so that their series
+        # exist (at zero) before the first event: a rate() over them works.
+        for kind in RiskActionKind:
+            self.actions.labels(kind.value)
+        for outcome in ("approved", "rejected"):
+            self.decision_latency.labels(outcome)
+        self.decisions.labels(APPROVED_RULE, "approved")
+        for result in ("ok", "failed"):
+            self.reloads.labels(result)
+
+    # -- hooks called by the kernel and the journal --------------------------------
+
+    def observe_decision(self, rule: str, outcome: str, seconds: float) -> None:
+        """The kernel's ``decision_observer``: one gate decision took ``seconds``."""
+        self.decision_latency.labels(outcome).observe(seconds)
+
+    def observe_journal_write(self, seconds: float) -> None:
+        """For :mod:`bot4.journal`: one write took ``seconds`` to be durable."""
+        self.journal_write.observe(seconds)
+
+    # -- bus observer ----------------------------------------------------------------
+
+    def attach(self, bus: Bus, *, exchange: str = "unknown", capacity: int = 8192) -> None:
+        """Subscribe to the topics counted from events. The capacity is larger
+        than the report's and the recorder's (BLOCK, 4096), which therefore
+        pace the kernel before this observer has to drop anything."""
+        self.exchange = self._exchanges(exchange)
+        for pattern, name in _SUBSCRIPTIONS:
+            self.subscriptions.append(
+                bus.subscribe(
+                    pattern,
+                    self.handle,
+                    policy=Backpressure.DROP_OLDEST,
+                    capacity=capacity,
+                    name=name,
+                )
+            )
+
+    def handle(self, event: Event) -> None:
+        payload = event.payload
+        topic = event.topic
+        if isinstance(payload, Fill):
+            symbol = self._symbols(payload.symbol)
+            self.fills.labels(self.exchange, symbol, payload.side.value).inc()
+            self.fill_notional.labels(self.exchange, symbol).inc(_f(payload.notional))
+        elif isinstance(payload, OrderState):
+            symbol = self._symbols(payload.order.symbol)
+            if topic == "order.placed":
+                self.orders.labels(self.exchange, symbol, payload.order.type.value).inc()
+            if payload.status is OrderStatus.CANCELED:
+                self.cancels.labels(self.exchange, symbol).inc()
+        elif topic == "kernel.error":
+            self.kernel_errors.inc()
+
+    # -- sampling ----------------------------------------------------------------------
+
+    def sample(self, tracker: Any, policy: Any, stats: KernelStats, bus: Bus | None) -> None:
+        """Copy the book, the breaker, the kernel's counters and the bus's
+        subscriber figures into the metrics. Call from the trio thread."""
+        self._sample_book(tracker)
+        breaker = getattr(policy, "breaker", None)
+        self.breaker_tripped.set(1 if getattr(breaker, "tripped", False) else 0)
+        self._sample_stats(stats)
+        if bus is not None:
+            self._sample_bus(bus)
+
+    def _sample_book(self, tracker: Any) -> None:
+        book = tracker.snapshot()
+        equity = book.equity
+        self.equity.set(_f(equity))
+        self.cash.set(_f(book.cash))
+        self.pnl.set(_f(equity - tracker.starting_cash))
+        self.realized.set(_f(tracker.realized_pnl))
+        self.unrealized.set(_f(book.unrealized_pnl))
+        self.fees.set(_f(tracker.fees))
+        self.peak.set(_f(max(book.peak_equity, equity)))
+        self.drawdown.set(_f(book.drawdown))
+        gross = net = Decimal(0)
+        held: set[str] = set()
+        for symbol, position in book.positions.items():
+            notional = position.notional(book.mark(symbol))
+            gross += notional
+            net += notional if position.qty > 0 else -notional
+            label = self._symbols(symbol)
+            held.add(label)
+            self.exposure.labels(label).set(_f(notional))
+        # A symbol gone flat reads 0 rather than vanishing, so a panel shows the drop.
+        for label in self._exposure_symbols - held:
+            self.exposure.labels(label).set(0)
+        self._exposure_symbols |= held
+        self.gross.set(_f(gross))
+        self.net.set(_f(net))
+        self.leverage.set(_f(gross / equity) if equity > 0 else 0.0)
+        margin = getattr(tracker, "margin_used", None)
+        self.margin.set(_f(margin()) if callable(margin) else 0.0)
+        self.positions.set(len(book.positions))
+
+    def _advance(self, counter: Any, key: str, value: int, seen: dict[str, int]) -> None:
+        delta = value - seen.get(key, 0)
+        if delta > 0:
+            counter.inc(delta)
+        seen[key] = value
+
+    def _sample_stats(self, stats: KernelStats) -> None:
+        seen = self._seen_stats
+        self._advance(self.ticks, "ticks", stats.ticks, seen)
+        self._advance(self.signals, "signals", stats.signals, seen)
+        self._advance(self.strategy_errors, "strategy_errors", stats.strategy_errors, seen)
+        self._advance(self.refusals, "exchange_refusals", stats.exchange_refusals, seen)
+        self._advance(self.breaker_trips, "breaker_trips", stats.breaker_trips, seen)
+        self._advance(self.reloads.labels("ok"), "reloads", stats.reloads, seen)
+        self._advance(self.reloads.labels("failed"), "reload_failures", stats.reload_failures, seen)
+        self._advance(
+            self.decisions.labels(APPROVED_RULE, "approved"), "approved", stats.approved, seen
+        )
+        # Iterating the Counters is safe: this runs in the kernel's thread.
+        for rule, count in stats.rejections_by_rule.items():
+            child = self.decisions.labels(self._rules(rule), "rejected")
+            self._advance(child, rule, count, self._seen_rules)
+        for kind, count in stats.actions.items():
+            self._advance(self.actions.labels(kind), kind, count, self._seen_actions)
+
+    def _sample_bus(self, bus: Bus) -> None:
+        seq = bus.last_seq
+        if seq > self._seen_seq:
+            self.bus_events.inc(seq - self._seen_seq)
+            self._seen_seq = seq
+        live = bus.subscriptions
+        for sub in live:
+            name, dropped, failed = self._seen_subs.get(sub) or (self._subscribers(sub.name), 0, 0)
+            self.queue_depth.labels(name).set(sub.queued)
+            if sub.dropped > dropped:
+                self.dropped.labels(name).inc(sub.dropped - dropped)
+            if sub.failed > failed:
+                self.handler_errors.labels(name).inc(sub.failed - failed)
+            self.dropped.labels(name)  # the series exists at 0 for a healthy subscriber
+            self._seen_subs[sub] = (name, sub.dropped, sub.failed)
+        for sub in [s for s in self._seen_subs if s not in live]:
+            # Gone (unsubscribed, or closed by a FAIL overflow): its last
+            # counts are final; its queue is empty.
+            name, dropped, failed = self._seen_subs.pop(sub)
+            if sub.dropped > dropped:
+                self.dropped.labels(name).inc(sub.dropped - dropped)
+            if sub.failed > failed:
+                self.handler_errors.labels(name).inc(sub.failed - failed)
+            self.queue_depth.labels(name).set(0)
+
+    def set_plugin_failures(self, count: int) -> None:
+        self.plugin_failures.set(count)
+
+    # -- the session service ---------------------------------------------------------
+
+    async def service(self, ctx: SessionContext, nursery: trio.Nursery) -> None:
+        """A :data:`bot4.session.SessionService`: wire this session in."""
+        self.set_plugin_failures(len(ctx.manager.failed()))
+        self.attach(ctx.bus, exchange=getattr(ctx.exchange, "name", ctx.config.exchange))
+        self.session_info.labels(ctx.config.session_id, self.exchange).set(1)
+        ctx.kernel.decision_observer = self.observe_decision
+        self.running.set(1)
+        nursery.start_soon(self._sampler, ctx)
+
+    async def _sampler(self, ctx: SessionContext) -> None:
+        kernel = ctx.kernel
+        try:
+            while True:
+                self.sample(ctx.tracker, ctx.policy, kernel.stats, ctx.bus)
+                await trio.sleep(self.sample_every)
+        finally:
+            # The session's nursery is cancelled once the kernel has run and the
+            # bus is drained: take the final figures (sync, so cancellation
+            # cannot interrupt it).
+            self.sample(ctx.tracker, ctx.policy, kernel.stats, ctx.bus)
+            self.running.set(0)
+
+    # -- reading ----------------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        """The text a scrape of ``/metrics`` returns."""
+        return generate_latest(self.registry)
+
+    def sample_values(self) -> Mapping[str, float]:
+        """``name{labels}`` -> value for every sample (for tests and tools)."""
+        values: dict[str, float] = {}
+        for family in self.registry.collect():
+            for s in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+                values[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+        return values
+
+    def serve(self, port: int, addr: str = DEFAULT_ADDR) -> MetricsServer:
+        """Serve ``/metrics`` over HTTP in a background thread until closed."""
+        return MetricsServer(self, port, addr)
+
+
+class MetricsServer:
+    """The HTTP endpoint. ``port=0`` picks a free port (see :attr:`port`).
+    Use as a context manager, or call :meth:`close`."""
+
+    def __init__(self, metrics: Metrics, port: int, addr: str = DEFAULT_ADDR) -> None:
+        server, thread = start_http_server(port, addr=addr, registry=metrics.registry)
+        self._server: WSGIServer = server
+        self._thread: threading.Thread = thread
+        self.addr = addr
+        self.port: int = server.server_port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.addr}]" if ":" in self.addr else self.addr
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
