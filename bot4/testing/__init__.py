@@ -71,6 +71,7 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value
     return value
 
+
 __all__ = [
     "CHECKS",
     "Capability",
@@ -91,4 +92,3 @@ __all__ = [
     "paper_reference",
     "run_check",
 ]
-

@@ -123,11 +123,12 @@ class FeedHarness(Harness):
         self._feed.queue.append(md)
         if self._stream is None:
             self._stream = aiter(self.exchange.stream([]))
+        stream = self._stream
         events: list[ExchangeEvent] = []
         while True:
             with trio.move_on_after(STEP_TIMEOUT) as scope:
                 try:
-                    event = await anext(self._stream)
+                    event = await anext(stream)
                 except StopAsyncIteration:
                     self._stream = None
                     raise ConformanceError(
