@@ -16,8 +16,9 @@ never clash. It is a session service (:meth:`Metrics.service`): given to
   are thread-safe; it never touches the tracker or the bus.
 
 Counts the kernel keeps itself (decisions by rule, risk actions, breaker
-trips, ticks) are taken from :class:`~bot4.kernel.KernelStats` as deltas, so
-they are exact even when the bus drops events for this observer.
+trips, ticks) are taken from :class:`~bot4.kernel.KernelStats` as deltas, at
+each sample and on every order and fill event, so they are exact even when the
+bus drops events for this observer, and never lag the fills they led to.
 
 Label values are bounded: symbols, rules, exchanges, strategies and
 subscriber names pass through until a fixed number of distinct values has been
@@ -146,6 +147,7 @@ class Metrics:
         self._seen_subs: dict[Subscription, tuple[str, int, int]] = {}
         self._exposure_symbols: set[str] = set()
         self.subscriptions: list[Subscription] = []
+        self._stats: KernelStats | None = None
         r = self.registry
 
         def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
@@ -276,6 +278,11 @@ class Metrics:
                 self.cancels.labels(self.exchange, symbol).inc()
         elif topic == "kernel.error":
             self.kernel_errors.inc()
+        if self._stats is not None:
+            # The decisions behind this order or fill are counted by the
+            # kernel already: bring them in now, so that no scrape shows a
+            # fill without the approval that led to it.
+            self._sample_stats(self._stats)
 
     # -- sampling ----------------------------------------------------------------------
 
@@ -358,7 +365,10 @@ class Metrics:
                 self.dropped.labels(name).inc(sub.dropped - dropped)
             if sub.failed > failed:
                 self.handler_errors.labels(name).inc(sub.failed - failed)
-            self.dropped.labels(name)  # the series exists at 0 for a healthy subscriber
+            # The series exist at 0 for a healthy subscriber, so panels and
+            # alerts on them have something to show before the first loss.
+            self.dropped.labels(name)
+            self.handler_errors.labels(name)
             self._seen_subs[sub] = (name, sub.dropped, sub.failed)
         for sub in [s for s in self._seen_subs if s not in live]:
             # Gone (unsubscribed, or closed by a FAIL overflow): its last
@@ -381,6 +391,7 @@ class Metrics:
         self.attach(ctx.bus, exchange=getattr(ctx.exchange, "name", ctx.config.exchange))
         self.session_info.labels(ctx.config.session_id, self.exchange).set(1)
         ctx.kernel.decision_observer = self.observe_decision
+        self._stats = ctx.kernel.stats
         self.running.set(1)
         nursery.start_soon(self._sampler, ctx)
 
