@@ -162,6 +162,7 @@ class Kernel:
         on_tick: Callable[[MarketData], Awaitable[None]] | None = None,
         journal: WriteAhead | None = None,
         resize_rejected: bool = True,
+        reload_every: float = _RELOAD_POLL_SECONDS,
     ) -> None:
         self.exchange = exchange
         self.strategies = tuple(strategies)
@@ -175,6 +176,7 @@ class Kernel:
         self._on_tick = on_tick
         self.journal = journal
         self.resize_rejected = resize_rejected  # try the policy's suggested size once
+        self.reload_every = reload_every  # seconds between polls of the rule files
         self.halted: str | None = None  # set by halt(): the kill switch
         # Called with (rule, outcome, seconds) for every gate decision (the
         # metrics' latency histogram); rule is "" for an approval.
@@ -557,7 +559,7 @@ class Kernel:
 
     def _maybe_reload(self) -> None:
         now = time.monotonic()
-        if now - self._reload_checked < _RELOAD_POLL_SECONDS:
+        if now - self._reload_checked < self.reload_every:
             return
         self._reload_checked = now
         outcome = self.policy.reload_if_changed()

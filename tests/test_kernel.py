@@ -338,3 +338,50 @@ async def test_cancelling_the_session_closes_the_exchange_and_leaves_no_task() -
     assert kernel.stats.ticks == strategy.seen
     # The bus's nursery has exited: its delivery tasks are gone with it.
     assert bus.closed
+
+
+@pytest.mark.trio
+async def test_a_running_session_takes_an_edited_rule_file_and_refuses_a_broken_one(
+    tmp_path: Any,
+) -> None:
+    import shutil
+
+    rules = tmp_path / "rules"
+    shutil.copytree(default_rules_path(), rules, ignore=shutil.ignore_patterns("tests"))
+    entry = rules / "20-entry.yaml"
+    original = entry.read_text()
+
+    class Editor(Scripted):
+        async def on_market_data(self, tick: MarketData) -> Sequence[Signal]:
+            self.seen += 1
+            if self.seen == 100:  # tighten the cap: 0.002 BTC no longer fits
+                entry.write_text(
+                    original.replace("max_position_fraction: 0.02", "max_position_fraction: 0.0001")
+                )
+            if self.seen == 400:  # a broken edit must not replace the policy
+                entry.write_text(original + "\n  - name: [unclosed\n")
+            return self.plan.get(self.seen, ())
+
+    plan = {2: [signal()], 300: [signal()], 600: [signal()]}
+    strategy = Editor(plan)
+    session = Session(feed(700), strategy)
+    session.policy = RiskPolicy.load([rules], [bot4_correlation.factory({})])
+    session.gate = RiskGate(session.policy)
+    async with open_bus() as bus:
+        bus.subscribe("#", session.events.append, name="test")
+        kernel = Kernel(
+            exchange=session.exchange,
+            strategies=[strategy],
+            gate=session.gate,
+            policy=session.policy,
+            tracker=session.tracker,
+            bus=bus,
+            reload_every=0.0,
+            resize_rejected=False,
+        )
+        await kernel.run(["BTC-USDT"])
+        await bus.drain()
+    assert kernel.stats.reloads == 1
+    assert kernel.stats.reload_failures == 1
+    assert kernel.stats.approved == 1  # only the first signal, before the edit
+    assert [r.rule for r in session.topics("risk.rejected")] == ["max-position-size"] * 2

@@ -29,7 +29,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import durable_rules_engine as _dre  # type: ignore[import-not-found]  # C extension, no stubs
+import durable_rules_engine as _dre  # C extension without stubs: see pyproject mypy overrides
 
 from bot4.errors import RiskError
 
