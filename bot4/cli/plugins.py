@@ -18,7 +18,30 @@ def add_commands(sub: Any) -> None:
     listing = psub.add_parser("list", help="list plugins and whether they loaded")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=run_list)
+    new = psub.add_parser(
+        "new", help="write a ready plugin distribution (bot4-plugin-NAME/) to start from"
+    )
+    new.add_argument("kind", choices=("exchange", "strategy", "risk-rules"))
+    new.add_argument("name", help="plugin name: lower-case letters, digits and _")
+    new.add_argument("--dir", default=".", help="where to create it (default: here)")
+    new.set_defaults(func=run_new)
     plugins.set_defaults(func=run_list, json=False)
+
+
+def run_new(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bot4.errors import ConfigError
+    from bot4.scaffold import new_plugin
+
+    try:
+        root = new_plugin(args.kind, args.name, Path(args.dir))
+    except ConfigError as exc:
+        print(f"bot4 plugins new: {exc}", file=sys.stderr)
+        return 2
+    print(f"created {root}")
+    print(f"next: pip install -e {root} && bot4 plugins list && (cd {root} && pytest)")
+    return 0
 
 
 def run_list(args: argparse.Namespace) -> int:

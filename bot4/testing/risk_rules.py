@@ -19,7 +19,12 @@ from bot4.model import MarketData, Order, OrderType, Portfolio, Position, Reject
 from bot4.testing.harness import ConformanceError
 from bot4.testing.strategy import sample_ticks
 
-__all__ = ["check_fact_names", "check_facts_validate", "check_rule_files_compile"]
+__all__ = [
+    "check_fact_names",
+    "check_facts_validate",
+    "check_rule_files_compile",
+    "other_installed_packs",
+]
 
 
 def _fail(message: str) -> ConformanceError:
@@ -50,8 +55,19 @@ def check_fact_names(pack: RiskRules) -> None:
             )
 
 
-def check_rule_files_compile(pack: RiskRules, rules: Sequence[Path]) -> None:
-    """The policy (``rules``) plus the pack's rule_files() compile."""
+def other_installed_packs(pack: RiskRules) -> list[RiskRules]:
+    """The installed packs except ``pack``'s own name: a session compiles the
+    policy with all of them, and the default rules read their facts."""
+    from bot4.risk.packs import installed_packs
+
+    return [p for p in installed_packs() if p.name != pack.name]
+
+
+def check_rule_files_compile(
+    pack: RiskRules, rules: Sequence[Path], others: Sequence[RiskRules] = ()
+) -> None:
+    """The policy (``rules``) plus the pack's rule_files() compile, together
+    with ``others`` (the other packs a session would load)."""
     from bot4.risk import RiskPolicy
 
     for path in pack.rule_files():
@@ -62,7 +78,7 @@ def check_rule_files_compile(pack: RiskRules, rules: Sequence[Path]) -> None:
                 "include them in the wheel"
             )
     try:
-        policy = RiskPolicy.load(rules, [pack])
+        policy = RiskPolicy.load(rules, [pack, *others])
     except RuleFileError as exc:
         raise _fail(
             f"the rules of pack {pack.name!r} do not compile with {', '.join(map(str, rules))}: "
@@ -105,7 +121,9 @@ def _contexts() -> list[tuple[str, FactContext]]:
     return out
 
 
-def check_facts_validate(pack: RiskRules, rules: Sequence[Path]) -> None:
+def check_facts_validate(
+    pack: RiskRules, rules: Sequence[Path], others: Sequence[RiskRules] = ()
+) -> None:
     """facts() returns exactly the declared facts with values the engine takes,
     and a policy with the pack decides orders without failing closed on it."""
     from bot4.risk import FAIL_CLOSED, RiskPolicy
@@ -148,7 +166,7 @@ def check_facts_validate(pack: RiskRules, rules: Sequence[Path]) -> None:
                 f"{pack.name}.facts() took {elapsed * 1000:.0f} ms for {label}; it runs on the "
                 "pre-trade path for every order: precompute in on_market_data()"
             )
-    policy = RiskPolicy.load(rules, [pack])
+    policy = RiskPolicy.load(rules, [pack, *others])
     try:
         for label, ctx in _contexts():
             decision = policy.check_order(ctx.order, ctx.portfolio, ctx.market, time.time_ns())

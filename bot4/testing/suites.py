@@ -127,7 +127,8 @@ class StrategySuite:
 
 class RiskRulesSuite:
     """Checks for a risk-rule plugin. Set ``factory``; ``rules`` are the rule
-    files the pack is compiled with (default: bot4's default policy)."""
+    files the pack is compiled with (default: bot4's default policy), together
+    with the other installed packs, as a session would."""
 
     factory: ClassVar[Callable[[], RiskRules] | None] = None
     rules: ClassVar[Sequence[Path] | None] = None
@@ -151,8 +152,10 @@ class RiskRulesSuite:
 
     def test_rule_files_compile(self) -> None:
         """The pack's rule files compile together with the policy."""
-        rr.check_rule_files_compile(self._pack(), self._rules())
+        pack = self._pack()
+        rr.check_rule_files_compile(pack, self._rules(), rr.other_installed_packs(pack))
 
     def test_facts_validate(self) -> None:
         """facts() gives every declared fact, as a valid value, for varied orders."""
-        rr.check_facts_validate(self._pack(), self._rules())
+        pack = self._pack()
+        rr.check_facts_validate(pack, self._rules(), rr.other_installed_packs(pack))
