@@ -230,7 +230,12 @@ class Kernel:
                 await self._error(f"risk pack {pack.name} failed on market data", exc)
         if self.stats.ticks % _RELOAD_POLL_TICKS == 0:
             self._maybe_reload()
-        actions = self.policy.on_market_data(tick, self.tracker.snapshot(), now)
+        try:
+            actions = self.policy.on_market_data(tick, self.tracker.snapshot(), now)
+        except Exception as exc:  # a blind risk monitor: stop opening risk
+            await self._error("risk monitor failed", exc)
+            await self.halt(f"risk monitor failed: {type(exc).__name__}: {exc}")
+            actions = []
         for action in actions:
             await self._act(action)
         for strategy in self.strategies:

@@ -385,3 +385,67 @@ async def test_a_running_session_takes_an_edited_rule_file_and_refuses_a_broken_
     assert kernel.stats.reload_failures == 1
     assert kernel.stats.approved == 1  # only the first signal, before the edit
     assert [r.rule for r in session.topics("risk.rejected")] == ["max-position-size"] * 2
+
+
+def prices_feed(prices: Sequence[str]) -> list[MarketData]:
+    return [
+        MarketData(
+            symbol="BTC-USDT",
+            exchange="paper",
+            bid=D(p) - D("0.5"),
+            ask=D(p) + D("0.5"),
+            last=D(p),
+            volume=D(5),
+            timestamp=T0 + timedelta(seconds=i),
+        )
+        for i, p in enumerate(prices)
+    ]
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("attached", [True, False], ids=["exchange-exits", "kernel-exits"])
+async def test_three_stop_outs_within_an_hour_trip_the_breaker(attached: bool) -> None:
+    # Three times: enter long at 50,000 with a stop at 49,000, then the price
+    # drops through the stop. The third stop-out trips the breaker, and the
+    # next entry is refused.
+    cycle = ["50000"] * 4 + ["48900"] + ["50000"] * 5
+    ticks = prices_feed(cycle * 4)
+    strategy = Scripted({2: [signal()], 12: [signal()], 22: [signal()], 32: [signal()]})
+    session = Session(ticks, strategy)
+    session.exchange = bot4_paper.create(
+        {"feed": ticks, "balance": "100000", "slippage_bps": "0", "attached_exits": attached}
+    )
+    async with open_bus() as bus:
+        kernel = await session.run(bus)
+    fills = session.exchange.engine.fills()
+    assert [(f.side, f.qty) for f in fills] == [(Side.BUY, D("0.002")), (Side.SELL, D("0.002"))] * 3
+    assert all(f.price <= D(49000) for f in fills[1::2])  # the stops, not a take-profit
+    assert kernel.stats.breaker_trips == 1
+    (trip,) = [a for a in session.topics("risk.action") if a.kind.value == "trip_breaker"]
+    assert trip.rule == "stop-outs-trip-breaker"
+    assert "3 stop-outs within an hour" in trip.reason
+    assert [r.rule for r in session.topics("risk.rejected")] == ["breaker-tripped"]
+    assert session.exchange.engine.open_orders() == []  # no exit left behind
+    assert session.tracker.position("BTC-USDT") is None or session.tracker.qty("BTC-USDT") == 0
+
+
+@pytest.mark.trio
+async def test_a_risk_monitor_that_raises_halts_new_entries() -> None:
+    class BlindMonitor(RiskPolicy):
+        def on_market_data(self, tick: MarketData, portfolio: Portfolio, now_ns: int) -> list[Any]:
+            if tick.timestamp >= T0 + timedelta(seconds=3):
+                raise RuntimeError("facts unavailable")
+            return []
+
+    ticks = feed(6)
+    strategy = Scripted({2: [signal()], 5: [signal()]})
+    session = Session(ticks, strategy)
+    pack = bot4_correlation.factory({})
+    session.policy = BlindMonitor.load([default_rules_path()], [pack])
+    session.gate = RiskGate(session.policy)
+    async with open_bus() as bus:
+        kernel = await session.run(bus)
+    assert kernel.halted == "risk monitor failed: RuntimeError: facts unavailable"
+    assert kernel.stats.approved == 1
+    assert [r.rule for r in session.topics("risk.rejected")] == ["kill-switch"]
+    assert session.exchange.engine.open_orders() == []  # halting cancelled the exits too

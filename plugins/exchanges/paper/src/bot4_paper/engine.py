@@ -147,10 +147,14 @@ class PaperEngine:
         infer_markets: bool | None = None,
         exchange: str = "paper",
         history: int = 10_000,
+        attached_exits: bool = True,
     ) -> None:
         if history < 1:
             raise ValueError(f"history must be at least 1, not {history!r}")
         self.currency = currency
+        # Whether an order's stop_loss/take_profit become reduce-only exit
+        # orders here (Capability.ATTACHED_EXITS); without, the kernel places them.
+        self.attached_exits = attached_exits
         self.taker_fee = taker_fee
         self.maker_fee = maker_fee
         self.slippage = slippage_bps / _BPS
@@ -520,7 +524,7 @@ class PaperEngine:
         self._outbox.append(fill)
         self._outbox.append(live.state())
 
-        if order.stop_loss is not None or order.take_profit is not None:
+        if self.attached_exits and (order.stop_loss is not None or order.take_profit is not None):
             self._brackets(live)
         self._cancel_stale_exits(order.symbol)
 

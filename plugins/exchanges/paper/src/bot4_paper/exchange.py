@@ -23,14 +23,19 @@ Config (values may be strings, as they come from YAML)::
     taker_fee: "0.0004"     maker_fee: "0.0002"     slippage_bps: "1"
     max_leverage: "100"
     history: 10000          fills and closed orders remembered (open orders always are)
+    attached_exits: true    turn an order's stop_loss/take_profit into exit orders here
     markets: {BTC-USDT: {price_increment: "0.01", qty_increment: "0.0001",
                          min_qty: "0.0001"}, ...}
       (default: BTC-USDT and ETH-USDT, plus any symbol first seen in the feed,
        see bot4_paper.engine)
+    state: "paper.sqlite"   durable mode: the venue's orders, fills, balance and
+      positions live in this file and survive the bot process; a restarted
+      exchange skips the feed up to the last tick it took (bot4_paper.durable)
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
@@ -57,7 +62,9 @@ CONFIG_KEYS = frozenset(
         "slippage_bps",
         "max_leverage",
         "history",
+        "attached_exits",
         "markets",
+        "state",
     }
 )
 
@@ -70,6 +77,8 @@ class PaperExchange(Exchange):
 
     def __init__(self, feed: Iterable[MarketData], engine: PaperEngine | None = None) -> None:
         self.engine = engine if engine is not None else PaperEngine()
+        if not self.engine.attached_exits:
+            self.capabilities = frozenset(Capability) - {Capability.ATTACHED_EXITS}
         self._feed = feed
         self._ticks: Iterator[MarketData] | None = None
         self._closed = False
@@ -92,7 +101,15 @@ class PaperExchange(Exchange):
                 f"paper: config field 'currency': {currency!r} is not a currency name"
             )
         markets = _markets(config["markets"]) if "markets" in config else None
-        engine = PaperEngine(
+        make: Any = PaperEngine
+        if config.get("state") is not None:
+            from bot4_paper.durable import DurableEngine
+
+            state = config["state"]
+            if not isinstance(state, (str, os.PathLike)):
+                raise ConfigError(f"paper: config field 'state': {state!r} is not a file path")
+            make = functools.partial(DurableEngine, state)
+        engine = make(
             markets,
             balance=_number(config, "balance", "10000", positive=True),
             currency=currency.strip(),
@@ -101,6 +118,7 @@ class PaperExchange(Exchange):
             slippage_bps=_number(config, "slippage_bps", "1"),
             max_leverage=_number(config, "max_leverage", "100", positive=True),
             history=_history(config),
+            attached_exits=_flag(config, "attached_exits", True),
         )
         return cls(feed, engine)
 
@@ -109,6 +127,14 @@ class PaperExchange(Exchange):
 
     async def close(self) -> None:
         self._closed = True
+        close = getattr(self.engine, "close", None)  # durable mode: the state file
+        if close is not None:
+            close()
+
+    @property
+    def durable(self) -> bool:
+        """Whether the venue's state outlives this process (``state`` given)."""
+        return bool(getattr(self.engine, "durable", False))
 
     async def fetch_markets(self) -> Mapping[str, MarketInfo]:
         await trio.lowlevel.checkpoint()
@@ -147,7 +173,8 @@ class PaperExchange(Exchange):
         second call continues where the first stopped (the feed is read once)."""
         if self._ticks is None:
             self._ticks = iter(self._feed)
-        return _Stream(self, frozenset(symbols), self._ticks)
+        resume = getattr(self.engine, "resume_after", None)
+        return _Stream(self, frozenset(symbols), self._ticks, resume)
 
 
 class _Stream(AsyncIterator[ExchangeEvent]):
@@ -156,9 +183,14 @@ class _Stream(AsyncIterator[ExchangeEvent]):
     trio warning that a generator was garbage collected unfinished."""
 
     def __init__(
-        self, exchange: PaperExchange, wanted: frozenset[str], ticks: Iterator[MarketData]
+        self,
+        exchange: PaperExchange,
+        wanted: frozenset[str],
+        ticks: Iterator[MarketData],
+        resume: datetime | None = None,
     ) -> None:
         self._exchange = exchange
+        self._resume = resume  # durable mode: ticks at or before this were taken already
         self._wanted = wanted
         self._ticks = ticks
         self._buffer: deque[ExchangeEvent] = deque()
@@ -184,6 +216,8 @@ class _Stream(AsyncIterator[ExchangeEvent]):
                 continue  # one last drain, then stop
             if not isinstance(tick, MarketData):
                 raise ConfigError(f"paper: the feed yielded {type(tick).__name__}, not MarketData")
+            if self._resume is not None and tick.timestamp <= self._resume:
+                continue
             self._buffer.extend(engine.on_tick(tick))
             if not self._wanted or tick.symbol in self._wanted:
                 self._buffer.append(tick)
@@ -296,3 +330,12 @@ def _history(config: Mapping[str, Any]) -> int:
     if isinstance(raw, bool) or value < 1:
         raise ConfigError(f"paper: config field 'history': {raw!r} must be a whole number >= 1")
     return value
+
+
+def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
+    raw = config.get(key, default)
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in ("true", "false", "yes", "no"):
+        return raw.strip().lower() in ("true", "yes")
+    raise ConfigError(f"paper: config field {key!r}: {raw!r} is not true or false")
