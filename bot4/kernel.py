@@ -304,6 +304,17 @@ class Kernel:
         self._next_id += 1
         return f"{self.session_id}-{tag}-{self._next_id}"
 
+    def resume(self, last_id: int, open_orders: Sequence[Order] = ()) -> None:
+        """After a restart (:mod:`bot4.journal.recovery`): number new client
+        order ids past ``last_id``, the highest one used before, so that no id
+        is ever reused; and know the still-open orders, whose later fills
+        need their leverage and stop loss."""
+        self._next_id = max(self._next_id, last_id)
+        for order in open_orders:
+            self._placed[order.client_order_id] = order
+            if order.type is OrderType.STOP_LOSS:
+                self._open_stops.add(order.client_order_id)
+
     async def _signal(self, signal: Signal) -> None:
         self.stats.signals += 1
         await self.bus.publish(f"signal.{signal.strategy}", signal, ts=self._now_ns)

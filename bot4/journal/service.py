@@ -1,0 +1,268 @@
+"""The journal as a session service: what ``bot4 run`` plugs in by default.
+
+:func:`journal_service` (called from :func:`bot4.session.default_services`)
+opens the journal named by the config's ``journal`` key, else
+``$BOT4_DATABASE_URL``, else ``<out>/journal.sqlite``; runs recovery
+(:mod:`bot4.journal.recovery`) before the kernel starts; then:
+
+* sets ``kernel.journal`` to a :class:`JournalWriter`, whose ``write_ahead``
+  commits the order intent (with everything queued before it) *before* the
+  kernel calls ``place_order``. A commit that fails raises, and the kernel
+  rejects the order (rule ``journal``): no durable intent, no order;
+* subscribes to the bus (one ``BLOCK`` subscription, so nothing is dropped:
+  a journal that falls behind slows the kernel down instead) for decisions
+  (``risk.approved``/``risk.rejected``, with the deciding rule), risk actions,
+  acknowledgements (``order.placed``), order updates, fills (each followed by
+  the position it leaves), halts and kernel errors; breaker trips come with
+  their ``risk.action``, resets from the breaker's reset hook;
+* writes those in batches (group commit): a flush when ``batch`` records are
+  queued, every ``interval`` seconds otherwise, always together with the next
+  intent, and a last one when the session ends. Records queued past
+  ``8 * batch`` make the subscriber wait for the flush (backpressure).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from bot4.bus import Backpressure, Bus, Event
+from bot4.journal import open_store, resolve_target
+from bot4.journal.base import Journal, JournalError, Record, RecordKind, Store
+from bot4.journal.recovery import RecoveryReport, recover
+from bot4.model import Approved, Fill, MarketData, Order, OrderState, Rejected, RiskAction
+from bot4.model import RiskActionKind as _Kind
+from bot4.portfolio import PortfolioTracker
+
+__all__ = ["JournalService", "JournalWriter", "journal_service"]
+
+log = logging.getLogger("bot4.journal")
+
+_TOPICS = ("risk.", "order.", "fill.", "kernel.")
+DEFAULT_BATCH = 256
+DEFAULT_INTERVAL = 0.05
+
+
+class JournalWriter:
+    """The kernel's write-ahead hook and the bus subscriber, over one journal."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        *,
+        batch: int = DEFAULT_BATCH,
+        interval: float = DEFAULT_INTERVAL,
+        market_data: bool = False,
+        shadow: PortfolioTracker | None = None,
+    ) -> None:
+        self.journal = journal
+        self.batch = max(1, batch)
+        self.interval = interval
+        self.market_data = market_data
+        # Positions as the journal saw them, for the position records.
+        self.shadow = shadow if shadow is not None else PortfolioTracker()
+        self._pending: list[Record] = []
+        self._ticks: list[MarketData] = []
+        self._lock = trio.Lock()
+        self._wake = trio.Event()
+        self.intents = 0
+        self.flushes = 0
+        self.records = 0
+        self.errors = 0
+        self.last_error: str = ""
+
+    # -- the write-ahead (kernel -> journal) ------------------------------------
+
+    async def write_ahead(self, order: Order) -> None:
+        """Commit the intent (and whatever is queued) before the order is sent."""
+        async with self._lock:
+            batch, self._pending = self._pending, []
+            batch.append(Record.intent(order, time.time_ns()))
+            try:
+                await self.journal.append(batch, durable=True)
+            except BaseException:
+                self._pending[:0] = batch[:-1]  # keep the queued records; the intent is void
+                raise
+            self.intents += 1
+            self.flushes += 1
+            self.records += len(batch)
+
+    # -- the bus (everything else) ------------------------------------------------
+
+    def attach(self, bus: Bus, policy: Any = None) -> None:
+        prefixes = (*_TOPICS, "market.") if self.market_data else _TOPICS
+        bus.subscribe(
+            "#",
+            self._on_event,
+            filter=lambda e: e.topic.startswith(prefixes),
+            policy=Backpressure.BLOCK,
+            capacity=4096,
+            name="journal",
+        )
+        breaker = getattr(policy, "breaker", None)
+        if breaker is not None and hasattr(breaker, "on_reset"):
+            breaker.on_reset(self._breaker_reset)
+
+    def _breaker_reset(self) -> None:
+        self._pending.append(Record.breaker(False, "", time.time_ns(), rule="reset"))
+        self._wake.set()
+
+    def enqueue(self, record: Record) -> None:
+        self._pending.append(record)
+        if len(self._pending) >= self.batch:
+            self._wake.set()
+
+    async def _on_event(self, event: Event) -> None:
+        topic, payload, ts = event.topic, event.payload, event.ts
+        if topic.startswith("market."):
+            if isinstance(payload, MarketData):
+                self._ticks.append(payload)
+                if len(self._ticks) >= self.batch:
+                    self._wake.set()
+            return
+        if topic in ("risk.approved", "risk.rejected") and isinstance(payload, Approved | Rejected):
+            self.enqueue(Record.decision(payload, ts, event.correlation_id))
+        elif topic == "risk.action" and isinstance(payload, RiskAction):
+            self.enqueue(Record.action(payload, ts))
+            if payload.kind is _Kind.TRIP_BREAKER:
+                self.enqueue(Record.breaker(True, payload.reason, ts, rule=payload.rule))
+        elif topic in ("order.placed", "order.update") and isinstance(payload, OrderState):
+            self.enqueue(Record.state(payload, ts, ack=topic == "order.placed"))
+        elif topic.startswith("fill.") and isinstance(payload, Fill):
+            self.enqueue(Record.fill(payload, ts))
+            self.shadow.apply(payload)
+            position = self.shadow.position(payload.symbol)
+            body: Any = position if position is not None else {"symbol": payload.symbol, "qty": "0"}
+            self.enqueue(
+                Record(RecordKind.POSITION, body, ts, payload.client_order_id, payload.symbol)
+            )
+        elif topic == "kernel.halted":
+            self.enqueue(Record(RecordKind.HALT, {"reason": str(payload)}, ts))
+        elif topic == "kernel.error":
+            self.enqueue(Record(RecordKind.ERROR, {"message": str(payload)}, ts))
+        if len(self._pending) >= 8 * self.batch:
+            await self.flush()  # backpressure: the bus (BLOCK) waits for us
+
+    # -- group commit ---------------------------------------------------------------
+
+    async def flush(self) -> None:
+        async with self._lock:
+            batch, self._pending = self._pending, []
+            ticks, self._ticks = self._ticks, []
+            if batch:
+                try:
+                    await self.journal.append(batch)
+                except BaseException:
+                    self._pending[:0] = batch
+                    raise
+                self.flushes += 1
+                self.records += len(batch)
+            if ticks:
+                await self.journal.append_market(ticks)
+
+    async def run(self) -> None:
+        """Flush on the timer or when a batch is full; flush and close at the end."""
+        try:
+            while True:
+                with trio.move_on_after(self.interval):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                try:
+                    await self.flush()
+                except JournalError as exc:  # kept queued; the next flush retries
+                    self.errors += 1
+                    self.last_error = str(exc)
+                    log.error("journal flush failed: %s", exc)  # noqa: TRY400 - no traceback wanted
+                    await trio.sleep(min(1.0, self.interval * 10))
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.flush()
+                except JournalError as exc:
+                    self.errors += 1
+                    self.last_error = str(exc)
+                    log.error("journal: last flush failed: %s", exc)  # noqa: TRY400
+                await self.journal.aclose()
+
+
+class JournalService:
+    """A :data:`bot4.session.SessionService` that journals the session."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        batch: int = DEFAULT_BATCH,
+        interval: float = DEFAULT_INTERVAL,
+        intent_sync: str | None = None,
+        market_data: bool = False,
+        schema: str | None = None,
+    ) -> None:
+        self.target = target
+        self.batch = batch
+        self.interval = interval
+        self.intent_sync = intent_sync
+        self.market_data = market_data
+        self.schema = schema
+        self.report: RecoveryReport | None = None
+        self.writer: JournalWriter | None = None
+
+    async def __call__(self, ctx: Any, nursery: trio.Nursery) -> None:
+        durable_venue = bool(getattr(ctx.exchange, "durable", True))
+        # An fsync per intent buys nothing when the venue itself forgets
+        # everything with the process (the in-memory paper exchange).
+        sync = self.intent_sync or ("full" if durable_venue else "normal")
+
+        def opener() -> Store:
+            return open_store(self.target, lock=True, intent_sync=sync, schema=self.schema)
+
+        store = await trio.to_thread.run_sync(opener)
+        journal = Journal(store)
+        shadow = PortfolioTracker()
+        try:
+            session = {
+                "session_id": ctx.config.session_id,
+                "exchange": ctx.config.exchange,
+                "fresh_venue": not durable_venue,
+                "pid": os.getpid(),
+            }
+            await journal.append(
+                [Record(RecordKind.SESSION, session, time.time_ns())], durable=True
+            )
+            self.report = await recover(
+                journal,
+                ctx.exchange,
+                tracker=ctx.tracker,
+                kernel=ctx.kernel,
+                policy=ctx.policy,
+                session_id=ctx.config.session_id,
+                fresh_venue=not durable_venue,
+                shadow=shadow,
+            )
+        except BaseException:
+            await journal.aclose()
+            raise
+        writer = JournalWriter(
+            journal,
+            batch=self.batch,
+            interval=self.interval,
+            market_data=self.market_data,
+            shadow=shadow,
+        )
+        writer.attach(ctx.bus, ctx.policy)
+        ctx.kernel.journal = writer
+        self.writer = writer
+        nursery.start_soon(writer.run, name="journal-writer")
+
+
+def journal_service(config: Any, **options: Any) -> Sequence[JournalService]:
+    """The journal service for a session config: none when ``journal: off``."""
+    target = resolve_target(getattr(config, "journal", None), config.out)
+    if target is None:
+        return []
+    return [JournalService(target, **options)]
