@@ -25,10 +25,11 @@ RUN pip install --no-cache-dir --no-index --find-links /wheels /wheels/*.whl \
 USER bot4
 WORKDIR /data
 EXPOSE 9464
-# A paper session on the bundled two-day sample at 10x real time: the
-# averages warm up in a minute, then the session trades for about 4.8 hours
-# and exits; compose restarts it (counters restart from zero, which
-# Prometheus' rate() handles). --no-chart: a server image has no matplotlib.
+# A paper session on the bundled two-day sample at 60x real time (a minute of
+# market a second): the averages warm up in ten seconds, a fill comes every
+# few seconds, and after 48 minutes the data ends and the process exits;
+# compose restarts it (counters restart from zero, which Prometheus' rate()
+# handles). --no-chart: the server image has no matplotlib.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9464/metrics', timeout=4)"]
-CMD ["bot4", "run", "--metrics-port", "9464", "--metrics-addr", "0.0.0.0", "--speed", "10", "--out", "/data/out", "--no-chart"]
+CMD ["bot4", "run", "--metrics-port", "9464", "--metrics-addr", "0.0.0.0", "--speed", "60", "--out", "/data/out", "--no-chart"]
