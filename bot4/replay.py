@@ -93,6 +93,7 @@ def config_from_header(header: dict[str, Any], out: Path) -> SessionConfig:
         out=str(out),
         record=True,
         session_id=c["session_id"],
+        journal="off",  # a replay re-decides in a sandbox: it must not touch the live journal
     )
 
 

@@ -75,6 +75,9 @@ class SessionConfig:
     out: str = "bot4-out"
     record: bool = True
     session_id: str = "s1"
+    # Where the journal goes (bot4.journal): None = $BOT4_DATABASE_URL, else
+    # <out>/journal.sqlite; a path; a postgresql:// URL; or "off".
+    journal: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -128,6 +131,7 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
         "out",
         "record",
         "session_id",
+        "journal",
     }
     unknown = sorted(set(raw) - known)
     _need(
@@ -185,6 +189,7 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
         out=str(raw.get("out", "bot4-out")),
         record=bool(raw.get("record", True)),
         session_id=str(raw.get("session_id", "s1")),
+        journal=None if raw.get("journal") is None else str(raw["journal"]),
     )
 
 
@@ -240,6 +245,9 @@ def default_services(config: SessionConfig) -> list[SessionService]:
     (BOT4_DATABASE_URL, BOT4_REDIS_URL, ...). Each optional part of bot4 adds
     itself here."""
     services: list[SessionService] = []
+    from bot4.journal.service import journal_service  # <out>/journal.sqlite or PostgreSQL
+
+    services.extend(journal_service(config))
     return services
 
 
