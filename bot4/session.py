@@ -120,6 +120,12 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
             "the config must be a mapping of keys",
         )
         raw = dict(loaded or {})
+    # `--exchange NAME` with a config whose `exchange:` mapping is for the same
+    # plugin (or names none) overrides only the name: the settings are kept.
+    configured, chosen = raw.get("exchange"), overrides.get("exchange")
+    if isinstance(configured, dict) and isinstance(chosen, str):
+        if configured.get("name", chosen) == chosen:
+            overrides = {**overrides, "exchange": {**configured, "name": chosen}}
     raw.update({k: v for k, v in overrides.items() if v is not None})
     known = {
         "data",

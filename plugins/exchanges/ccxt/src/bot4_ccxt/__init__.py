@@ -1,0 +1,50 @@
+"""bot4-plugin-ccxt: every exchange ccxt supports, as a bot4 exchange.
+
+:class:`~bot4_ccxt.exchange.CcxtExchange` wraps ccxt's client (worker threads,
+error mapping, retries, client-order-id reconciliation, polling stream);
+:mod:`bot4_ccxt.fakebinance` is a local Binance-style REST server backed by
+bot4's paper engine, for tests and dry runs. Registered with bot4 as ``ccxt``::
+
+    exchange:
+      name: ccxt
+      exchange: binance
+      api_key_env: BINANCE_API_KEY
+      secret_env: BINANCE_SECRET
+      symbols: [BTC-USDT]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import bot4
+from bot4.hookspecs import RegisterExchange
+from bot4_ccxt.exchange import CONFIG_KEYS, CcxtExchange, CcxtSettings, map_error
+
+BOT4_API = 1
+
+__all__ = [
+    "BOT4_API",
+    "CONFIG_KEYS",
+    "CcxtExchange",
+    "CcxtSettings",
+    "create",
+    "map_error",
+    "register_exchanges",
+]
+
+
+def create(config: Mapping[str, Any]) -> CcxtExchange:
+    """Factory registered as ``ccxt``: see CcxtSettings.from_config."""
+    return CcxtExchange.from_config(config)
+
+
+@bot4.hookimpl
+def register_exchanges(register: RegisterExchange) -> None:
+    register(
+        "ccxt",
+        create,
+        description="Any exchange ccxt supports (config `exchange: binance`); "
+        "dry-run against the bundled fake Binance server",
+    )

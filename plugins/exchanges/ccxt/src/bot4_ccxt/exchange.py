@@ -1,0 +1,1146 @@
+"""Any exchange ccxt knows, as a :class:`bot4.contracts.Exchange`.
+
+**The bridge.** ccxt's async API runs on asyncio and bot4 on trio. This
+plugin runs ccxt's *synchronous* client in trio worker threads
+(``trio.to_thread.run_sync``), one client per exchange object, at most
+``threads`` calls at a time (a ``trio.CapacityLimiter``). Reads are abandoned
+when trio cancels them (the thread finishes on its own, its answer is
+dropped); writes (place, cancel) are not, so a trio timeout never leaves bot4
+unsure whether an order went out without the reconciliation below seeing it.
+trio-asyncio would run ccxt's async client instead, but it puts a second
+event loop and its own cancellation semantics under every call for a
+workload of a few requests per second, where threads cost nothing.
+
+**Errors.** ccxt's error classes map onto bot4's refused/failed split
+(:func:`map_error`): ``InsufficientFunds``, ``InvalidOrder``, ``BadRequest``
+(``BadSymbol``), ``OrderNotFound`` and other ``ExchangeError`` are refusals,
+never retried; ``RateLimitExceeded``/``DDoSProtection`` (RateLimited),
+``RequestTimeout`` (ExchangeTimeout) and other ``NetworkError`` /
+``OperationFailed`` (ExchangeUnavailable) are failures, retried here with
+exponential backoff and jitter up to ``max_retries`` times.
+
+**No duplicate orders.** Orders carry bot4's client order id
+(``clientOrderId``, Binance ``newClientOrderId``). A place whose answer was
+lost (timeout, 5xx, dropped connection) is looked up by that id before
+anything is sent again: found, its state is returned; known absent, it is
+sent again; unknown (the venue still unreachable), it is never re-sent. A
+place of an id this object has not seen is looked up first too, so a
+restarted bot retrying an order never doubles it.
+
+**Rate limits and clock.** A pacer spaces requests ``rate_limit`` seconds
+apart (default: ccxt's ``rateLimit`` for the venue); a 429 doubles the
+spacing (decaying back as requests succeed) and holds every request for the
+venue's ``Retry-After``. ccxt's own limiter is off: it sleeps inside worker
+threads where trio cannot cancel it. The venue's clock offset is measured at
+connect (ccxt ``adjustForTimeDifference``) and measured again when a signed
+request is refused for its timestamp (ccxt ``InvalidNonce``, Binance -1021).
+
+**Streaming is polling.** ``stream()`` polls tickers, the account's trades
+and open orders every ``poll_interval`` seconds and yields a MarketData when
+a quote changed, each new Fill, and each changed OrderState (fills before
+the order update they caused, then the quote).
+
+**Positions** of a spot venue are what this account's fills build (replayed
+through bot4's PortfolioTracker: signed quantity, weighted entry); spot
+venues have no position endpoint. Orders' ``leverage`` and ``reduce_only`` are
+not sent (spot has neither): leverage only ever uses more of the account's
+own money, never more exposure.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import random
+import re
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import ccxt  # type: ignore[import-untyped]  # no py.typed: its clients are Any here
+import trio
+
+from bot4.contracts import Capability, Exchange, ExchangeEvent, MarketInfo
+from bot4.errors import (
+    ConfigError,
+    ExchangeError,
+    ExchangeFailed,
+    ExchangeRefused,
+    ExchangeTimeout,
+    ExchangeUnavailable,
+    InsufficientFunds,
+    InvalidOrder,
+    OrderNotFound,
+    RateLimited,
+)
+from bot4.model import (
+    Balance,
+    Fill,
+    MarketData,
+    Order,
+    OrderState,
+    OrderStatus,
+    OrderType,
+    Position,
+    Side,
+)
+from bot4.portfolio import PortfolioTracker
+from bot4.secrets import redact
+
+__all__ = ["CONFIG_KEYS", "CcxtExchange", "CcxtSettings", "map_error"]
+
+log = logging.getLogger("bot4_ccxt")
+T = TypeVar("T")
+
+CONFIG_KEYS = frozenset(
+    {
+        "exchange",
+        "api_key_env",
+        "secret_env",
+        "password_env",
+        "api_key_file",
+        "secret_file",
+        "password_file",
+        "api_url",
+        "urls",
+        "sandbox",
+        "currency",
+        "symbols",
+        "poll_interval",
+        "max_idle",
+        "rate_limit",
+        "timeout",
+        "max_retries",
+        "backoff",
+        "backoff_max",
+        "threads",
+        "recv_window",
+        "options",
+        "feed",  # given by bot4 run to every exchange; the venue has its own data
+        "balance",  # read by bot4 run for its own book; the venue has the real one
+    }
+)
+
+# Options that keep ccxt's binance (and most others) to the spot endpoints bot4
+# uses; the config's ``options`` override them.
+DEFAULT_OPTIONS: Mapping[str, Any] = {
+    "defaultType": "spot",
+    "fetchMarkets": {"types": ["spot"]},
+    "fetchCurrencies": False,
+    "fetchMargins": False,
+    "adjustForTimeDifference": True,
+    "warnOnFetchOpenOrdersWithoutSymbol": False,
+}
+
+_CAPS = frozenset(
+    {
+        Capability.MARKET_ORDERS,
+        Capability.LIMIT_ORDERS,
+        Capability.STOP_ORDERS,
+        Capability.TAKE_PROFIT_ORDERS,
+        Capability.POSITIONS,
+        Capability.STREAMING,
+        Capability.PARTIAL_FILLS,
+    }
+)
+_BOT4_SYMBOL = re.compile(r"^[A-Z0-9]{1,20}-[A-Z0-9]{1,20}$")
+_ZERO = Decimal(0)
+
+
+# --- settings -----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class CcxtSettings:
+    """Validated configuration. Secrets are excluded from ``repr``."""
+
+    exchange: str
+    api_key: str | None = attrs.field(default=None, repr=False)
+    secret: str | None = attrs.field(default=None, repr=False)
+    password: str | None = attrs.field(default=None, repr=False)
+    api_url: str | None = None
+    urls: Mapping[str, str] = attrs.field(factory=dict)
+    sandbox: bool = False
+    currency: str = "USDT"
+    symbols: tuple[str, ...] = ()
+    poll_interval: float = 1.0
+    max_idle: float | None = None
+    rate_limit: float | None = None
+    timeout: float = 10.0
+    max_retries: int = 4
+    backoff: float = 0.25
+    backoff_max: float = 8.0
+    threads: int = 4
+    recv_window: int | None = None
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> CcxtSettings:
+        unknown = sorted(set(config) - CONFIG_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"ccxt: unknown config field(s) {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(sorted(CONFIG_KEYS))}"
+            )
+        for plain in ("api_key", "secret", "password"):
+            if plain in config:
+                raise ConfigError(
+                    f"ccxt: put the {plain} in an environment variable ({plain}_env) or a "
+                    f"file ({plain}_file), never in the config itself"
+                )
+        exchange = config.get("exchange")
+        if not isinstance(exchange, str) or exchange not in ccxt.exchanges:
+            raise ConfigError(
+                f"ccxt: config field 'exchange': {exchange!r} is not an exchange id ccxt knows "
+                "(e.g. binance, kraken, okx; see ccxt.exchanges)"
+            )
+        urls = config.get("urls", {})
+        if not isinstance(urls, Mapping) or not all(isinstance(v, str) for v in urls.values()):
+            raise ConfigError("ccxt: config field 'urls' must map API names to URLs")
+        options = config.get("options", {})
+        if not isinstance(options, Mapping):
+            raise ConfigError("ccxt: config field 'options' must be a mapping")
+        symbols = config.get("symbols", ())
+        if isinstance(symbols, str):
+            symbols = [symbols]
+        if not all(isinstance(s, str) and _BOT4_SYMBOL.match(s) for s in symbols):
+            raise ConfigError(f"ccxt: config field 'symbols': {symbols!r} must be like BTC-USDT")
+        max_idle = config.get("max_idle")
+        return cls(
+            exchange=exchange,
+            api_key=_secret(config, "api_key"),
+            secret=_secret(config, "secret"),
+            password=_secret(config, "password"),
+            api_url=_opt_str(config, "api_url"),
+            urls={str(k): str(v) for k, v in urls.items()},
+            sandbox=_flag(config, "sandbox"),
+            currency=str(config.get("currency", "USDT")),
+            symbols=tuple(symbols),
+            poll_interval=_seconds(config, "poll_interval", 1.0),
+            max_idle=None if max_idle is None else _seconds(config, "max_idle", 0.0),
+            rate_limit=(
+                None if config.get("rate_limit") is None else _seconds(config, "rate_limit", 0.0)
+            ),
+            timeout=_seconds(config, "timeout", 10.0, positive=True),
+            max_retries=_count(config, "max_retries", 4),
+            backoff=_seconds(config, "backoff", 0.25),
+            backoff_max=_seconds(config, "backoff_max", 8.0),
+            threads=max(1, _count(config, "threads", 4)),
+            recv_window=(
+                None if config.get("recv_window") is None else _count(config, "recv_window", 0)
+            ),
+            options=dict(options),
+        )
+
+
+def _secret(config: Mapping[str, Any], name: str) -> str | None:
+    env, file = config.get(f"{name}_env"), config.get(f"{name}_file")
+    if env is not None and file is not None:
+        raise ConfigError(f"ccxt: give {name}_env or {name}_file, not both")
+    if env is not None:
+        value = os.environ.get(str(env))
+        if not value:
+            raise ConfigError(f"ccxt: {name}_env: the environment variable {env!s} is not set")
+        return value.strip()
+    if file is not None:
+        try:
+            value = Path(str(file)).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"ccxt: {name}_file: cannot read {file!s}: {exc.strerror}") from None
+        if not value:
+            raise ConfigError(f"ccxt: {name}_file: {file!s} is empty")
+        return value
+    return None
+
+
+def _opt_str(config: Mapping[str, Any], key: str) -> str | None:
+    value = config.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"ccxt: config field {key!r}: {value!r} is not a string")
+    return value
+
+
+def _flag(config: Mapping[str, Any], key: str) -> bool:
+    value = config.get(key, False)
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+        return value.lower() in ("true", "yes")
+    if not isinstance(value, bool):
+        raise ConfigError(f"ccxt: config field {key!r}: {value!r} is not true or false")
+    return value
+
+
+def _seconds(
+    config: Mapping[str, Any], key: str, default: float, *, positive: bool = False
+) -> float:
+    raw = config.get(key, default)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(raw, bool) or not math.isfinite(value) or value < 0 or (positive and not value):
+        need = "a number of seconds above zero" if positive else "a number of seconds >= 0"
+        raise ConfigError(f"ccxt: config field {key!r}: {raw!r} must be {need}")
+    return value
+
+
+def _count(config: Mapping[str, Any], key: str, default: int) -> int:
+    raw = config.get(key, default)
+    try:
+        value = int(str(raw))
+    except ValueError:
+        value = -1
+    if isinstance(raw, bool) or value < 0:
+        raise ConfigError(f"ccxt: config field {key!r}: {raw!r} must be a whole number >= 0")
+    return value
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+class ClockSkew(ExchangeUnavailable):
+    """A signed request was refused for its timestamp: resync the clock, retry."""
+
+
+def map_error(exc: BaseException, what: str, scrub: Callable[[str], str] = redact) -> ExchangeError:
+    """bot4's error for a ccxt exception (see the module docstring)."""
+    text = scrub(f"{what}: {type(exc).__name__}: {exc}")
+    if isinstance(exc, ccxt.OrderNotFound):
+        return OrderNotFound(text)
+    if isinstance(exc, ccxt.InsufficientFunds):
+        return InsufficientFunds(text)
+    if isinstance(exc, ccxt.InvalidOrder | ccxt.BadRequest):
+        return InvalidOrder(text)
+    if isinstance(exc, ccxt.ExchangeError):
+        return ExchangeRefused(text)
+    if isinstance(exc, ccxt.RateLimitExceeded | ccxt.DDoSProtection):
+        return RateLimited(text)
+    if isinstance(exc, ccxt.RequestTimeout):
+        return ExchangeTimeout(text)
+    if isinstance(exc, ccxt.InvalidNonce):
+        return ClockSkew(text)
+    return ExchangeUnavailable(text)
+
+
+# --- pacing -------------------------------------------------------------------------------
+
+
+class Pacer:
+    """Spaces requests ``interval`` seconds apart; a rate-limit answer doubles
+    the spacing (up to ``ceiling``) and holds everything for ``retry_after``;
+    each success lets the spacing decay back towards the base."""
+
+    def __init__(self, interval: float, ceiling: float = 10.0) -> None:
+        self.base = interval
+        self.interval = interval
+        self.ceiling = ceiling
+        self._next = -math.inf
+        self.slowed = 0  # how many times a 429 slowed us down
+
+    async def wait(self) -> None:
+        now = trio.current_time()
+        at = max(now, self._next)
+        self._next = at + self.interval
+        if at > now:
+            await trio.sleep(at - now)
+        else:
+            await trio.lowlevel.checkpoint()
+
+    def slow_down(self, hold: float) -> None:
+        self.slowed += 1
+        self.interval = min(self.ceiling, max(self.interval * 2, self.base * 2, 0.05))
+        self._next = max(self._next, trio.current_time() + hold)
+
+    def relax(self) -> None:
+        if self.interval > self.base:
+            self.interval = max(self.base, self.interval * 0.9)
+
+
+# --- the exchange ---------------------------------------------------------------------------
+
+
+@attrs.define
+class _Known:
+    """An order this object placed (or adopted): what the caller asked and what
+    was sent after rounding; ``confirmed`` once the venue acknowledged it."""
+
+    placed: Order
+    sent: Order
+    confirmed: bool = False
+
+
+def _d(value: object) -> Decimal:
+    """A ccxt number (a string: the client runs with ``number = str``) as Decimal."""
+    if value is None:
+        return _ZERO
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        return _ZERO
+
+
+def _round_down(qty: Decimal, step: Decimal) -> Decimal:
+    return (qty / step).to_integral_value(rounding="ROUND_DOWN") * step
+
+
+def _round_half_even(price: Decimal, step: Decimal) -> Decimal:
+    return (price / step).to_integral_value(rounding="ROUND_HALF_EVEN") * step
+
+
+def _text(value: Decimal) -> str:
+    out = format(value, "f")
+    return out.rstrip("0").rstrip(".") if "." in out else out
+
+
+class CcxtExchange(Exchange):
+    """A venue reached through ccxt (see the module docstring)."""
+
+    name = "ccxt"
+    capabilities = _CAPS
+
+    def __init__(self, settings: CcxtSettings) -> None:
+        self.settings = settings
+        self.name = f"ccxt-{settings.exchange}"
+        self._client: Any = None
+        self._limiter = trio.CapacityLimiter(settings.threads)
+        self._pacer: Pacer | None = None
+        self._markets: dict[str, MarketInfo] = {}
+        self._to_ccxt: dict[str, str] = {}
+        self._from_ccxt: dict[str, str] = {}
+        self._orders: dict[str, _Known] = {}
+        self._coids: dict[tuple[str, str], str] = {}  # (symbol, exchange id) -> client id
+        self._fills: dict[str, dict[str, Fill]] = {}  # symbol -> fill id -> fill
+        self._fill_order: dict[str, tuple[int, tuple[int, str], str]] = {}
+        self._since: dict[str, int] = {}
+        self._traded: set[str] = set(settings.symbols)
+        self._outbox: deque[OrderState] = deque()
+        self._emitted: dict[str, tuple[OrderStatus, Decimal]] = {}
+        self._closed = False
+        self.requests = 0  # calls that reached the venue (attempts, retries included)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> CcxtExchange:
+        return cls(CcxtSettings.from_config(config))
+
+    def __repr__(self) -> str:
+        s = self.settings
+        keys = "set" if s.api_key else "none"
+        return f"CcxtExchange(exchange={s.exchange!r}, api_url={s.api_url!r}, keys={keys})"
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        for value in (self.settings.api_key, self.settings.secret, self.settings.password):
+            if value:
+                text = text.replace(value, "***")
+        return redact(text)
+
+    def _new_client(self) -> Any:
+        s = self.settings
+        klass = getattr(ccxt, s.exchange)
+        options = {**DEFAULT_OPTIONS, **s.options}
+        if s.recv_window is not None:
+            options["recvWindow"] = s.recv_window
+        params: dict[str, Any] = {
+            "enableRateLimit": False,
+            "timeout": int(s.timeout * 1000),
+            "options": options,
+        }
+        for key, value in (("apiKey", s.api_key), ("secret", s.secret), ("password", s.password)):
+            if value:
+                params[key] = value
+        client = klass(params)
+        client.number = str  # numbers as strings: Decimal without binary rounding
+        if s.sandbox:
+            client.set_sandbox_mode(True)
+        api = client.urls.get("api")
+        if s.api_url and isinstance(api, dict):
+            base = s.api_url.rstrip("/")
+            for key, url in list(api.items()):
+                if isinstance(url, str):
+                    api[key] = re.sub(r"^[a-z]+://[^/]+", base, url)
+        if s.urls and isinstance(api, dict):
+            api.update(s.urls)
+        return client
+
+    def _pace(self) -> Pacer:
+        if self._pacer is None:
+            rate = self.settings.rate_limit
+            if rate is None:
+                rate = float(getattr(self._client, "rateLimit", 0) or 0) / 1000
+            self._pacer = Pacer(rate)
+        return self._pacer
+
+    async def _once(self, what: str, fn: Callable[..., T], *args: Any, write: bool = False) -> T:
+        """One request in a worker thread, its error mapped to bot4's."""
+        if self._client is None:
+            self._client = self._new_client()
+        pacer = self._pace()
+        await pacer.wait()
+        client = self._client
+        call = functools.partial(fn, client, *args)
+        self.requests += 1
+        try:
+            result = await trio.to_thread.run_sync(
+                call, abandon_on_cancel=not write, limiter=self._limiter
+            )
+        except ccxt.BaseError as exc:
+            err = map_error(exc, what, self._scrub)
+            if isinstance(err, RateLimited):
+                hold = _retry_after(client)
+                err.retry_after = hold
+                pacer.slow_down(hold if hold is not None else pacer.interval)
+            raise err from None
+        except Exception as exc:  # requests/urllib3 errors ccxt did not wrap
+            raise ExchangeUnavailable(self._scrub(f"{what}: {type(exc).__name__}: {exc}")) from None
+        pacer.relax()
+        return result
+
+    async def _backoff(self, attempt: int, exc: ExchangeFailed) -> None:
+        s = self.settings
+        delay = min(s.backoff_max, s.backoff * 2**attempt) * (0.5 + random.random() / 2)
+        if isinstance(exc, RateLimited) and exc.retry_after:
+            delay = max(delay, exc.retry_after)
+        log.info("%s: %s; retrying in %.2f s", self.name, exc, delay)
+        await trio.sleep(delay)
+
+    async def _resync_clock(self) -> None:
+        await self._once("load_time_difference()", lambda c: c.load_time_difference())
+
+    async def _call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """A read (or an idempotent write), retried on ExchangeFailed."""
+        attempt = 0
+        while True:
+            try:
+                return await self._once(what, fn, *args)
+            except ClockSkew as exc:
+                if attempt >= self.settings.max_retries:
+                    raise
+                await self._resync_clock_quietly()
+                last: ExchangeFailed = exc
+            except ExchangeFailed as exc:
+                if attempt >= self.settings.max_retries:
+                    raise
+                last = exc
+                await self._backoff(attempt, last)
+            attempt += 1
+
+    async def _resync_clock_quietly(self) -> None:
+        try:
+            await self._resync_clock()
+        except ExchangeError as exc:
+            log.warning("%s: clock resync failed: %s", self.name, exc)
+
+    async def _ready(self) -> None:
+        await trio.lowlevel.checkpoint()  # every call is cancellable, even from cache
+        if self._closed:
+            raise ExchangeUnavailable(f"{self.name}: the exchange is closed; call connect()")
+        if not self._markets:
+            await self._load_markets()
+
+    async def _load_markets(self) -> None:
+        raw: Mapping[str, Any] = await self._call("load_markets()", lambda c: c.load_markets())
+        markets: dict[str, MarketInfo] = {}
+        for ccxt_symbol, m in raw.items():
+            symbol = _bot4_symbol(m)
+            info = _market_info(symbol, m) if symbol else None
+            if symbol is None or info is None:
+                continue
+            markets[symbol] = info
+            self._to_ccxt[symbol] = ccxt_symbol
+            self._from_ccxt[ccxt_symbol] = symbol
+        self._markets = markets
+
+    def _sym(self, symbol: str) -> str:
+        ccxt_symbol = self._to_ccxt.get(symbol)
+        if ccxt_symbol is None:
+            raise InvalidOrder(f"{self.name}: unknown symbol {symbol!r}")
+        return ccxt_symbol
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        self._closed = False
+        if self._client is None:
+            self._client = self._new_client()
+        await self._load_markets()
+
+    async def close(self) -> None:
+        self._closed = True
+        client, self._client = self._client, None
+        session = getattr(client, "session", None)
+        if session is not None:
+            session.close()
+        await trio.lowlevel.checkpoint()
+
+    # --- reads ------------------------------------------------------------------------------
+
+    async def fetch_markets(self) -> Mapping[str, MarketInfo]:
+        await self._ready()
+        return dict(self._markets)
+
+    async def fetch_balance(self) -> Balance:
+        await self._ready()
+        raw = await self._call("fetch_balance()", lambda c: c.fetch_balance())
+        cur = self.settings.currency
+        entry = raw.get(cur) or {}
+        free, used = _d(entry.get("free")), _d(entry.get("used"))
+        return Balance(currency=cur, total=free + used, free=free, used=max(used, _ZERO))
+
+    async def fetch_order(self, symbol: str, client_order_id: str) -> OrderState:
+        await self._ready()
+        raw = await self._lookup(symbol, client_order_id)
+        if raw is None:
+            raise OrderNotFound(f"{self.name}: no order {client_order_id!r} on {symbol}")
+        return self._state(raw, symbol)
+
+    async def _lookup(self, symbol: str, coid: str) -> dict[str, Any] | None:
+        """The venue's record of an order by client id; None if it has none."""
+        sym = self._sym(symbol)
+        try:
+            raw: dict[str, Any] = await self._call(
+                f"fetch_order({symbol!r}, {coid!r})",
+                lambda c: c.fetch_order(None, sym, {"clientOrderId": coid}),
+            )
+        except OrderNotFound:
+            return None
+        return raw
+
+    async def fetch_open_orders(self, symbol: str | None = None) -> Sequence[OrderState]:
+        await self._ready()
+        symbols = [symbol] if symbol is not None else sorted(self._traded)
+        raws: list[tuple[str, dict[str, Any]]] = []
+        for sym in symbols:
+            ccxt_symbol = self._sym(sym)
+            got = await self._call(
+                f"fetch_open_orders({sym!r})", lambda c, s=ccxt_symbol: c.fetch_open_orders(s)
+            )
+            raws.extend((sym, r) for r in got)
+        raws.sort(key=lambda sr: (sr[1].get("timestamp") or 0, _id_key(sr[1].get("id"))))
+        return [self._state(r, sym) for sym, r in raws]
+
+    async def fetch_fills(self, since: datetime | None = None) -> Sequence[Fill]:
+        await self._ready()
+        for sym in sorted(self._traded):
+            await self._refresh_fills(sym)
+        fills = [f for book in self._fills.values() for f in book.values()]
+        fills.sort(key=lambda f: self._fill_order[f.fill_id])
+        if since is not None:
+            fills = [f for f in fills if f.timestamp >= since]
+        return fills
+
+    async def fetch_positions(self) -> Sequence[Position]:
+        fills = await self.fetch_fills()
+        tracker = PortfolioTracker(_ZERO)
+        for fill in fills:
+            tracker.apply(fill)
+        return [p for p in tracker.positions().values() if p.qty != 0]
+
+    async def _refresh_fills(self, symbol: str) -> list[Fill]:
+        """Fetch the account's new trades in ``symbol``; returns those not seen before."""
+        ccxt_symbol = self._sym(symbol)
+        book = self._fills.setdefault(symbol, {})
+        new: list[Fill] = []
+        while True:
+            since = self._since.get(symbol)
+            trades = await self._call(
+                f"fetch_my_trades({symbol!r})",
+                lambda c, since=since: c.fetch_my_trades(ccxt_symbol, since, 1000),
+            )
+            fresh = 0
+            for t in trades:
+                fill_id = f"{symbol}:{t['id']}"
+                if fill_id in book:
+                    continue
+                fill = await self._fill(symbol, t, fill_id)
+                book[fill_id] = fill
+                self._fill_order[fill_id] = (
+                    int(t.get("timestamp") or 0),
+                    _id_key(t["id"]),
+                    fill_id,
+                )
+                new.append(fill)
+                fresh += 1
+                stamp = int(t.get("timestamp") or 0)
+                self._since[symbol] = max(self._since.get(symbol, 0), stamp)
+            if len(trades) < 1000 or not fresh:
+                break
+        new.sort(key=lambda f: self._fill_order[f.fill_id])
+        return new
+
+    async def _fill(self, symbol: str, t: Mapping[str, Any], fill_id: str) -> Fill:
+        order_id = str(t.get("order") or "")
+        coid = self._coids.get((symbol, order_id))
+        if coid is None:
+            sym = self._sym(symbol)
+            raw = await self._call(
+                f"fetch_order({order_id!r})", lambda c: c.fetch_order(order_id, sym)
+            )
+            coid = str(raw.get("clientOrderId") or order_id or fill_id)
+            self._coids[(symbol, order_id)] = coid
+        qty, price = _d(t.get("amount")), _d(t.get("price"))
+        fee = _ZERO
+        info = self._markets[symbol]
+        for f in t.get("fees") or ([t["fee"]] if t.get("fee") else []):
+            cost = _d(f.get("cost"))
+            if f.get("currency") == info.quote_currency:
+                fee += cost
+            elif f.get("currency") == symbol.split("-")[0]:
+                fee += cost * price
+        stamp = t.get("timestamp")
+        when = datetime.fromtimestamp(int(stamp) / 1000, UTC) if stamp else datetime.now(UTC)
+        return Fill(
+            fill_id=fill_id,
+            client_order_id=coid,
+            symbol=symbol,
+            side=Side(str(t.get("side"))),
+            qty=qty,
+            price=price,
+            fee=abs(fee),
+            timestamp=when,
+            liquidity=str(t.get("takerOrMaker") or "taker"),
+        )
+
+    def _state(self, raw: Mapping[str, Any], symbol: str, coid: str | None = None) -> OrderState:
+        coid = coid or str(raw.get("clientOrderId") or raw.get("id"))
+        exchange_id = str(raw.get("id") or "")
+        self._coids[(symbol, exchange_id)] = coid
+        known = self._orders.get(coid)
+        order = known.sent if known is not None else _order_of(raw, symbol, coid)
+        filled = _d(raw.get("filled"))
+        cost = raw.get("cost")
+        if filled and cost is not None:
+            avg: Decimal | None = _d(cost) / filled
+        elif filled and raw.get("average") is not None:
+            avg = _d(raw.get("average"))
+        else:
+            avg = None
+        status = {
+            "closed": OrderStatus.FILLED,
+            "canceled": OrderStatus.CANCELED,
+            "cancelled": OrderStatus.CANCELED,
+            "expired": OrderStatus.CANCELED,
+            "rejected": OrderStatus.REJECTED,
+        }.get(str(raw.get("status")))
+        if status is None:
+            status = OrderStatus.PARTIALLY_FILLED if filled else OrderStatus.NEW
+        return OrderState(
+            order=order,
+            status=status,
+            filled_qty=min(filled, order.qty),
+            avg_price=avg,
+            exchange_order_id=exchange_id,
+        )
+
+    # --- writes -----------------------------------------------------------------------------
+
+    def _prepare(self, order: Order) -> Order:
+        """The order as it will be sent: on the market's grid, or refused."""
+        info = self._markets.get(order.symbol)
+        if info is None:
+            raise InvalidOrder(
+                f"{self.name}: unknown symbol {order.symbol!r}; markets: "
+                f"{sorted(self._markets)[:20]}"
+            )
+        qty = _round_down(order.qty, info.qty_increment)
+        if qty <= 0 or qty < info.min_qty:
+            raise InvalidOrder(
+                f"{self.name}: quantity {order.qty} of {order.symbol} is below the minimum "
+                f"{info.min_qty} (after rounding down to {info.qty_increment})"
+            )
+        price = None
+        if order.price is not None:
+            price = _round_half_even(order.price, info.price_increment)
+            if price <= 0:
+                raise InvalidOrder(f"{self.name}: price {order.price} rounds to zero")
+        return attrs.evolve(order, qty=qty, price=price)
+
+    def _same(self, a: Order, b: Order) -> bool:
+        return (a.symbol, a.side, a.type, a.qty, a.price) == (
+            b.symbol,
+            b.side,
+            b.type,
+            b.qty,
+            b.price,
+        )
+
+    async def place_order(self, order: Order) -> OrderState:
+        await self._ready()
+        sent = self._prepare(order)
+        coid = order.client_order_id
+        known = self._orders.get(coid)
+        if known is not None and known.confirmed:
+            if known.placed != order:
+                raise InvalidOrder(
+                    f"{self.name}: client_order_id {coid!r} is already used by another order"
+                )
+            return await self.fetch_order(order.symbol, coid)
+        # Unseen or unconfirmed: the venue may have it already (a lost answer,
+        # a restarted bot). Look before sending.
+        existing = await self._lookup(order.symbol, coid)
+        if existing is not None:
+            return self._adopt(order, sent, existing)
+        self._orders[coid] = _Known(order, sent)
+        self._traded.add(order.symbol)
+        return await self._submit(order, sent)
+
+    def _adopt(self, order: Order, sent: Order, raw: Mapping[str, Any]) -> OrderState:
+        """The venue has an order under this id: it is ours if it matches."""
+        coid = order.client_order_id
+        theirs = _order_of(raw, order.symbol, coid)
+        if not self._same(theirs, sent):
+            self._orders.pop(coid, None)
+            raise InvalidOrder(
+                f"{self.name}: client_order_id {coid!r} is already used by another order "
+                f"({theirs.side.value} {theirs.type.value} {theirs.qty} @ {theirs.price})"
+            )
+        self._orders[coid] = _Known(order, sent, confirmed=True)
+        self._traded.add(order.symbol)
+        state = self._state(raw, order.symbol)
+        self._outbox.append(state)
+        return state
+
+    async def _submit(self, order: Order, sent: Order) -> OrderState:
+        coid = order.client_order_id
+        sym = self._sym(order.symbol)
+        kind, params = _ccxt_type(sent)
+        params["clientOrderId"] = coid
+        price = _text(sent.price) if sent.type is OrderType.LIMIT and sent.price else None
+        qty = _text(sent.qty)
+        side = sent.side.value
+        attempt = 0
+        while True:
+            try:
+                raw = await self._once(
+                    f"place_order({coid!r})",
+                    lambda c: c.create_order(sym, kind, side, qty, price, dict(params)),
+                    write=True,
+                )
+            except ClockSkew as exc:
+                # Refused for its timestamp: it was not placed. Resync, send again.
+                if attempt >= self.settings.max_retries:
+                    self._orders.pop(coid, None)
+                    raise ExchangeUnavailable(str(exc)) from None
+                await self._resync_clock_quietly()
+            except ExchangeFailed as exc:
+                found = await self._reconcile(order, sent, exc)
+                if found is not None:
+                    return found
+                if attempt >= self.settings.max_retries:
+                    raise
+                await self._backoff(attempt, exc)
+            except InvalidOrder as exc:
+                if "Duplicate order" not in str(exc):
+                    self._orders.pop(coid, None)
+                    raise
+                # It went out earlier after all: report the venue's order.
+                raw_dup = await self._lookup(order.symbol, coid)
+                if raw_dup is None:
+                    self._orders.pop(coid, None)
+                    raise
+                return self._adopt(order, sent, raw_dup)
+            except ExchangeRefused:
+                self._orders.pop(coid, None)
+                raise
+            else:
+                self._orders[coid].confirmed = True
+                state = self._state(raw, order.symbol)
+                self._outbox.append(state)
+                return state
+            attempt += 1
+
+    async def _reconcile(self, order: Order, sent: Order, exc: ExchangeFailed) -> OrderState | None:
+        """After a place whose answer was lost: the venue's order if it has one,
+        None if it certainly has none. Raises ``exc`` while it cannot tell."""
+        log.warning(
+            "%s: place %r failed (%s); looking it up before any retry",
+            self.name,
+            order.client_order_id,
+            exc,
+        )
+        try:
+            raw = await self._lookup(order.symbol, order.client_order_id)
+        except ExchangeFailed:
+            raise exc from None
+        if raw is None:
+            return None
+        return self._adopt(order, sent, raw)
+
+    async def cancel_order(self, symbol: str, client_order_id: str) -> OrderState:
+        await self._ready()
+        sym = self._sym(symbol)
+        coid = client_order_id
+        attempt = 0
+        while True:
+            try:
+                raw = await self._once(
+                    f"cancel_order({symbol!r}, {coid!r})",
+                    lambda c: c.cancel_order(None, sym, {"clientOrderId": coid}),
+                    write=True,
+                )
+            except OrderNotFound:
+                # Binance answers "unknown order" for one that is no longer open too.
+                current = await self._lookup(symbol, coid)
+                if current is None:
+                    raise
+                state = self._state(current, symbol)
+                if state.status is OrderStatus.CANCELED and attempt:
+                    return state  # our earlier, unanswered cancel went through
+                raise InvalidOrder(
+                    f"{self.name}: order {coid!r} is {state.status.value}, it can no longer "
+                    "be cancelled"
+                ) from None
+            except ExchangeFailed as exc:
+                if attempt >= self.settings.max_retries:
+                    raise
+                await self._backoff(attempt, exc)
+            else:
+                # Binance's answer names the cancel request, not the order: use our id.
+                state = self._state(raw, symbol, coid)
+                if state.status is not OrderStatus.CANCELED:
+                    state = await self.fetch_order(symbol, coid)
+                self._outbox.append(state)
+                return state
+            attempt += 1
+
+    # --- stream -----------------------------------------------------------------------------
+
+    def stream(self, symbols: Sequence[str]) -> AsyncIterator[ExchangeEvent]:
+        """Poll the venue (see the module docstring)."""
+        return _PollStream(self, tuple(symbols))
+
+
+class _PollStream(AsyncIterator[ExchangeEvent]):
+    """Polling as a plain async iterator: a consumer may stop at any point."""
+
+    def __init__(self, exchange: CcxtExchange, symbols: tuple[str, ...]) -> None:
+        self._ex = exchange
+        self._symbols = symbols
+        self._buffer: deque[ExchangeEvent] = deque()
+        self._quotes: dict[str, tuple[Decimal, Decimal, Decimal, datetime]] = {}
+        self._changed_at: float | None = None
+        self._failures = 0
+        self._done = False
+
+    def __aiter__(self) -> _PollStream:
+        return self
+
+    async def aclose(self) -> None:
+        self._done = True
+
+    async def __anext__(self) -> ExchangeEvent:
+        ex = self._ex
+        while not self._buffer:
+            if self._done or ex._closed:
+                raise StopAsyncIteration
+            now = trio.current_time()
+            if self._changed_at is None:
+                self._changed_at = now
+            idle = ex.settings.max_idle
+            if idle is not None and now - self._changed_at > idle:
+                self._done = True
+                raise StopAsyncIteration
+            try:
+                await self._poll()
+                self._failures = 0
+            except ExchangeFailed as exc:
+                self._failures += 1
+                log.warning("%s: poll failed (%d in a row): %s", ex.name, self._failures, exc)
+                if self._failures > 3 * (ex.settings.max_retries + 1):
+                    raise
+            if not self._buffer:
+                await trio.sleep(ex.settings.poll_interval)
+        return self._buffer.popleft()
+
+    def _wanted(self) -> list[str]:
+        ex = self._ex
+        if self._symbols:
+            return list(self._symbols)
+        if ex.settings.symbols:
+            return list(ex.settings.symbols)
+        if len(ex._markets) <= 50:
+            return sorted(ex._markets)
+        raise ConfigError(
+            f"{ex.name}: stream() of every symbol would poll {len(ex._markets)} markets; "
+            "set `symbols:` in the exchange config"
+        )
+
+    async def _poll(self) -> None:
+        ex = self._ex
+        await ex._ready()
+        wanted = self._wanted()
+        ex._traded.update(wanted)
+        # Quotes first: what a quote caused is in the trades and orders read after it.
+        quotes: list[MarketData] = []
+        for symbol in wanted:
+            sym = ex._sym(symbol)
+            t = await ex._call(f"fetch_ticker({symbol!r})", lambda c, s=sym: c.fetch_ticker(s))
+            md = _market_data(ex.name, symbol, t)
+            if md is not None:
+                key = (md.bid, md.ask, md.last, md.timestamp)
+                if self._quotes.get(symbol) != key:
+                    self._quotes[symbol] = key
+                    quotes.append(md)
+        fills: list[Fill] = []
+        for symbol in sorted(ex._traded):
+            fills.extend(await ex._refresh_fills(symbol))
+        fills.sort(key=lambda f: ex._fill_order[f.fill_id])
+        updates: list[OrderState] = []
+        while ex._outbox:
+            updates.append(ex._outbox.popleft())
+        updates.extend(await self._order_updates())
+        for state in updates:
+            seen = (state.status, state.filled_qty)
+            if ex._emitted.get(state.order.client_order_id) == seen:
+                continue
+            ex._emitted[state.order.client_order_id] = seen
+            self._buffer.append(state)
+        for fill in reversed(fills):
+            self._buffer.appendleft(fill)
+        self._buffer.extend(quotes)
+        if quotes:
+            self._changed_at = trio.current_time()
+
+    async def _order_updates(self) -> list[OrderState]:
+        """States of our orders that changed since last emitted."""
+        ex = self._ex
+        watching = [
+            (coid, k)
+            for coid, k in ex._orders.items()
+            if k.confirmed and ex._emitted.get(coid, (OrderStatus.NEW, _ZERO))[0].is_open
+        ]
+        if not watching:
+            return []
+        out: list[OrderState] = []
+        open_now: dict[str, OrderState] = {}
+        for symbol in sorted({k.sent.symbol for _, k in watching}):
+            for state in await ex.fetch_open_orders(symbol):
+                open_now[state.order.client_order_id] = state
+        for coid, k in watching:
+            current = open_now.get(coid)
+            if current is None:
+                current = await ex.fetch_order(k.sent.symbol, coid)
+            out.append(current)
+        return out
+
+
+# --- conversions ----------------------------------------------------------------------------
+
+
+def _retry_after(client: Any) -> float | None:
+    headers = getattr(client, "last_response_headers", None) or {}
+    for key in ("Retry-After", "retry-after"):
+        value = headers.get(key) if hasattr(headers, "get") else None
+        if value is not None:
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                return None
+    return None
+
+
+def _id_key(value: object) -> tuple[int, str]:
+    text = str(value or "")
+    return (int(text), "") if text.isdigit() else (0, text)
+
+
+def _bot4_symbol(market: Mapping[str, Any]) -> str | None:
+    if not market.get("spot") or market.get("active") is False:
+        return None
+    base, quote = str(market.get("base") or ""), str(market.get("quote") or "")
+    symbol = f"{base}-{quote}".upper()
+    return symbol if _BOT4_SYMBOL.match(symbol) else None
+
+
+def _market_info(symbol: str, market: Mapping[str, Any]) -> MarketInfo | None:
+    precision = market.get("precision") or {}
+    limits = (market.get("limits") or {}).get("amount") or {}
+    price_step, qty_step = _step(precision.get("price")), _step(precision.get("amount"))
+    if price_step is None or qty_step is None:
+        return None
+    min_qty = _d(limits.get("min")) if limits.get("min") is not None else qty_step
+    return MarketInfo(
+        symbol, price_step, qty_step, max(min_qty, qty_step), str(market.get("quote") or "USDT")
+    )
+
+
+def _step(value: object) -> Decimal | None:
+    """A precision as a step: ccxt gives a tick size (TICK_SIZE mode) or a number
+    of decimals (DECIMAL_PLACES mode, a whole number >= 1)."""
+    if value is None:
+        return None
+    step = _d(value)
+    if step <= 0:
+        return None
+    if step >= 1 and step == step.to_integral_value() and step != 1:
+        return Decimal(1).scaleb(-int(step))
+    return step
+
+
+def _market_data(exchange: str, symbol: str, t: Mapping[str, Any]) -> MarketData | None:
+    bid, ask = _d(t.get("bid")), _d(t.get("ask"))
+    last = _d(t.get("last")) or (bid + ask) / 2
+    if bid <= 0 or ask <= 0 or bid > ask or last <= 0:
+        return None
+    stamp = t.get("timestamp")
+    when = datetime.fromtimestamp(int(stamp) / 1000, UTC) if stamp else datetime.now(UTC)
+    volume = _d(t.get("baseVolume"))
+    return MarketData(
+        symbol=symbol,
+        exchange=exchange,
+        bid=bid,
+        ask=ask,
+        last=last,
+        volume=max(volume, _ZERO),
+        timestamp=when,
+    )
+
+
+def _ccxt_type(order: Order) -> tuple[str, dict[str, Any]]:
+    if order.type is OrderType.MARKET:
+        return "market", {}
+    if order.type is OrderType.LIMIT:
+        return "limit", {}
+    assert order.price is not None
+    if order.type is OrderType.STOP_LOSS:
+        return "market", {"stopLossPrice": _text(order.price)}
+    return "market", {"takeProfitPrice": _text(order.price)}
+
+
+def _order_of(raw: Mapping[str, Any], symbol: str, coid: str) -> Order:
+    """Rebuild bot4's Order from the venue's record (an order this object did not place)."""
+    kind = {
+        "market": OrderType.MARKET,
+        "limit": OrderType.LIMIT,
+        "limit_maker": OrderType.LIMIT,
+        "stop_loss": OrderType.STOP_LOSS,
+        "stop": OrderType.STOP_LOSS,
+        "stop_market": OrderType.STOP_LOSS,
+        "take_profit": OrderType.TAKE_PROFIT,
+        "take_profit_market": OrderType.TAKE_PROFIT,
+    }.get(str(raw.get("type") or "").lower(), OrderType.LIMIT)
+    trigger = raw.get("triggerPrice") or raw.get("stopPrice")
+    if kind in (OrderType.STOP_LOSS, OrderType.TAKE_PROFIT):
+        price: Decimal | None = _d(trigger) or None
+    elif kind is OrderType.LIMIT:
+        price = _d(raw.get("price")) or None
+    else:
+        price = None
+    if kind is not OrderType.MARKET and price is None:
+        kind, price = OrderType.MARKET, None
+    return Order(
+        client_order_id=coid,
+        symbol=symbol,
+        side=Side(str(raw.get("side") or "buy").lower()),
+        type=kind,
+        qty=_d(raw.get("amount")) or Decimal(1),
+        price=price,
+        strategy="venue",
+    )

@@ -1,0 +1,23 @@
+"""Fixtures for the ccxt plugin's tests: the fake Binance on 127.0.0.1 and the
+test credentials in the environment. Nothing is mocked: ccxt's real binance
+client talks HTTP to a server backed by bot4's paper engine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from bot4_ccxt.fakebinance import API_KEY, SECRET, FakeBinance
+from bot4_ccxt.harness import KEY_ENV, SECRET_ENV
+
+
+@pytest.fixture(autouse=True)
+def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, API_KEY)
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+
+
+@pytest.fixture
+def venue() -> Iterator[FakeBinance]:
+    with FakeBinance() as v:
+        yield v
