@@ -291,8 +291,12 @@ def checksum(
     return hashlib.sha256(f"{text}\x1f{body}".encode()).hexdigest()[:32]
 
 
+def _json(encoded: Any) -> str:
+    return json.dumps(encoded, separators=(",", ":"), sort_keys=True)
+
+
 def dumps(payload: Any) -> str:
-    return json.dumps(codec.encode(payload), separators=(",", ":"), sort_keys=True)
+    return _json(codec.encode(payload))
 
 
 # --- the synchronous store -------------------------------------------------------
@@ -417,7 +421,8 @@ class Store(abc.ABC):
         for rec in records:
             seq += 1
             kind = rec.kind.value
-            body = dumps(rec.payload)
+            encoded = codec.encode(rec.payload)  # once: the tables reuse its parts
+            body = _json(encoded)
             chk = checksum(
                 prev, seq, rec.ts_ns, kind, rec.client_order_id, rec.symbol, rec.rule, body
             )
@@ -453,7 +458,7 @@ class Store(abc.ABC):
                         st.status.value,
                         str(st.filled_qty),
                         st.exchange_order_id,
-                        dumps(o),
+                        _json(encoded["order"]),
                         seq,
                     )
                 )

@@ -1,0 +1,252 @@
+"""The order path with the journal on: off vs SQLite vs PostgreSQL.
+
+    .venv/bin/python benchmarks/bench_journal.py [--quick]
+
+Two measurements:
+
+* ``session``: a real session (kernel, default rules and packs, sma_cross at
+  fast=10/slow=40 so it trades often, the in-memory paper exchange) over the
+  first ticks of the bundled sample, with no journal, then with the journal
+  service on SQLite and on PostgreSQL, each with intents committed
+  ``full`` (fsync / synchronous_commit on before place_order) and ``normal``
+  (survives a crash of the bot, not of the machine). Reported: orders per
+  second of wall time (approved orders / wall) and the ratio to no journal.
+* ``path``: the journal's share alone, per order as the kernel produces it: a
+  write-ahead intent (a durable commit that waits), then the decision, ack,
+  two order updates, the fill and the position record queued for group
+  commit. Reported: orders per second and mean microseconds per order.
+
+PostgreSQL is the server named by BOT4_TEST_PG_URL (default
+postgresql://postgres@127.0.0.1:5432/test), in a scratch schema dropped after;
+skipped when it is not reachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bot4.data import iter_sample
+from bot4.journal import Journal, Record, RecordKind, open_store
+from bot4.journal.service import JournalService, JournalWriter
+from bot4.model import Approved, Fill, Order, OrderState, OrderStatus, OrderType, Side
+from bot4.session import SessionConfig, StrategyConfig, run_session
+
+PG_URL = os.environ.get("BOT4_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _pg_schema() -> Iterator[str | None]:
+    import psycopg
+
+    try:
+        psycopg.connect(PG_URL, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        print(f"PostgreSQL not reachable ({str(exc).strip().splitlines()[0]}): skipped")
+        yield None
+        return
+    name = f"bot4_bench_{secrets.token_hex(4)}"
+    try:
+        yield name
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+def _targets(tmp: Path, schema: str | None) -> list[tuple[str, str, str | None]]:
+    out: list[tuple[str, str, str | None]] = [("sqlite", str(tmp / "j-{n}.sqlite"), None)]
+    if schema is not None:
+        out.append(("postgres", PG_URL, schema))
+    return out
+
+
+def _session(ticks: list[Any], tmp: Path, service: JournalService | None) -> tuple[int, float]:
+    config = SessionConfig(
+        strategies=(
+            StrategyConfig(
+                "sma_cross",
+                {
+                    "fast": 10,
+                    "slow": 40,
+                    "size": "0.01",
+                    "leverage": "5",
+                    "stop_loss_pct": "0.2",
+                    "take_profit_pct": "0.4",
+                },
+            ),
+        ),
+        out=str(tmp),
+        record=False,
+        journal="off",
+    )
+    services = [] if service is None else [service]
+    result = trio.run(lambda: run_session(config, feed=iter(ticks), services=services))
+    return result.stats.approved, result.wall_seconds
+
+
+def _records(i: int, ts: int) -> tuple[Order, list[Record]]:
+    o = Order(
+        f"b-e-{i}",
+        "BTC-USDT",
+        Side.BUY if i % 2 else Side.SELL,
+        OrderType.MARKET,
+        Decimal("0.01"),
+        leverage=Decimal(5),
+        correlation_id=f"b-e-{i}",
+    )
+    new = OrderState(o, OrderStatus.NEW, exchange_order_id=f"P{i}")
+    done = OrderState(o, OrderStatus.FILLED, Decimal("0.01"), Decimal("50000.5"), f"P{i}")
+    f = Fill(
+        f"paper-{i}",
+        o.client_order_id,
+        o.symbol,
+        o.side,
+        o.qty,
+        Decimal("50000.5"),
+        Decimal("0.2"),
+        datetime.fromtimestamp(ts / 1e9, UTC),
+    )
+    return o, [
+        Record.decision(
+            Approved(o, ("allow-reducing-orders", "max-position-size")), ts, o.client_order_id
+        ),
+        Record.state(done, ts, ack=True),
+        Record.state(new, ts),
+        Record.fill(f, ts),
+        Record.state(done, ts),
+        Record(
+            RecordKind.POSITION,
+            {"symbol": o.symbol, "qty": "0.01"},
+            ts,
+            o.client_order_id,
+            o.symbol,
+        ),
+    ]
+
+
+def _path(target: str, schema: str | None, sync: str, n: int) -> tuple[int, float]:
+    store = open_store(target, schema=schema, migrate=True, lock=True, intent_sync=sync)
+    writer = JournalWriter(Journal(store))
+    prepared = [_records(i, 1_700_000_000_000_000_000 + i) for i in range(n)]
+
+    async def main() -> float:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.run)
+            start = time.perf_counter()
+            for o, records in prepared:
+                await writer.write_ahead(o)
+                for r in records:
+                    writer.enqueue(r)
+            await writer.flush()
+            elapsed = time.perf_counter() - start
+            nursery.cancel_scope.cancel()
+        return elapsed
+
+    return n, trio.run(main)
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    n_ticks = 20_000 if quick else 60_000
+    n_path = 300 if quick else 2_000
+    ticks = list(itertools.islice(iter_sample(), n_ticks))
+    rows: list[dict[str, Any]] = []
+    counter = itertools.count()
+    with tempfile.TemporaryDirectory(prefix="bot4-bench-journal-") as tmp_name:
+        tmp = Path(tmp_name)
+        orders, wall = _session(ticks, tmp / "off", None)
+        base = orders / wall
+        rows.append(
+            {
+                "case": "session",
+                "backend": "off",
+                "sync": "-",
+                "orders": orders,
+                "seconds": round(wall, 3),
+                "orders_per_s": round(base, 1),
+                "ratio": 1.0,
+            }
+        )
+        for schema in _pg_schema():
+            for backend, target, sch in _targets(tmp, schema):
+                for sync in ("full", "normal"):
+                    t = target.format(n=next(counter))
+                    if backend == "postgres":
+                        open_store(t, schema=sch, migrate=True).close()
+                    service = JournalService(t, schema=sch, intent_sync=sync)
+                    orders, wall = _session(ticks, tmp / f"s{next(counter)}", service)
+                    rate = orders / wall
+                    rows.append(
+                        {
+                            "case": "session",
+                            "backend": backend,
+                            "sync": sync,
+                            "orders": orders,
+                            "seconds": round(wall, 3),
+                            "orders_per_s": round(rate, 1),
+                            "ratio": round(rate / base, 3),
+                        }
+                    )
+                    if backend == "postgres":
+                        _drop_tables(sch)
+            for backend, target, sch in _targets(tmp, schema):
+                for sync in ("full", "normal"):
+                    t = target.format(n=next(counter))
+                    n, secs = _path(t, sch, sync, n_path)
+                    rows.append(
+                        {
+                            "case": "path",
+                            "backend": backend,
+                            "sync": sync,
+                            "orders": n,
+                            "seconds": round(secs, 3),
+                            "orders_per_s": round(n / secs, 1),
+                            "us_per_order": round(secs / n * 1e6, 1),
+                        }
+                    )
+                    if backend == "postgres":
+                        _drop_tables(sch)
+    return rows
+
+
+def _drop_tables(schema: str | None) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def _print(rows: list[dict[str, Any]], out: Callable[[str], Any] = print) -> None:
+    out(
+        f"{'case':<8} {'backend':<9} {'sync':<7} {'orders':>7} {'seconds':>8} "
+        f"{'orders/s':>10} {'vs off':>7} {'us/order':>9}"
+    )
+    for r in rows:
+        ratio = f"{r['ratio']:.2f}x" if "ratio" in r else ""
+        us = f"{r['us_per_order']:.0f}" if "us_per_order" in r else ""
+        out(
+            f"{r['case']:<8} {r['backend']:<9} {r['sync']:<7} {r['orders']:>7} "
+            f"{r['seconds']:>8.3f} {r['orders_per_s']:>10.1f} {ratio:>7} {us:>9}"
+        )
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args(argv)
+    _print(run(args.quick))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
