@@ -254,7 +254,18 @@ def default_services(config: SessionConfig) -> list[SessionService]:
     from bot4.journal.service import journal_service  # <out>/journal.sqlite or PostgreSQL
 
     services.extend(journal_service(config))
+    from bot4.shared.service import shared_services  # BOT4_REDIS_URL: shared risk state
+
+    services.extend(shared_services(config))
     return services
+
+
+def default_packs(config: SessionConfig) -> list[RiskRules]:
+    """Risk-fact packs bot4 itself provides, chosen by environment: with
+    BOT4_REDIS_URL, ``shared`` (the shared budget's figures as facts)."""
+    from bot4.shared.service import shared_packs
+
+    return shared_packs()
 
 
 def data_path(config: SessionConfig) -> Path:
@@ -309,6 +320,7 @@ async def run_session(
         manager.registry.risk_rules[name].factory({})
         for name in sorted(manager.registry.risk_rules)
     ]
+    packs.extend(default_packs(config))
     paths = (
         list(rule_paths)
         if rule_paths is not None

@@ -15,7 +15,7 @@ from bot4 import __version__
 from bot4.cli import plugins as plugins_cmd
 from bot4.plugins import PluginManager
 
-_BUILTIN = ("plugins", "rules", "run", "replay", "journal")
+_BUILTIN = ("plugins", "rules", "run", "replay", "journal", "breaker", "kill")
 
 
 def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParser:
@@ -33,6 +33,9 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     from bot4.cli import journal as journal_cmd
 
     journal_cmd.add_commands(sub)
+    from bot4.cli import shared as shared_cmd
+
+    shared_cmd.add_commands(sub)
     if manager is not None:
         for command in manager.registry.commands.values():
             if command.name in _BUILTIN:
