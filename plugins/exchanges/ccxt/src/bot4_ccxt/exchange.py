@@ -182,18 +182,18 @@ class CcxtSettings:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> CcxtSettings:
-        unknown = sorted(set(config) - CONFIG_KEYS)
-        if unknown:
-            raise ConfigError(
-                f"ccxt: unknown config field(s) {', '.join(map(repr, unknown))}; "
-                f"known: {', '.join(sorted(CONFIG_KEYS))}"
-            )
         for plain in ("api_key", "secret", "password"):
             if plain in config:
                 raise ConfigError(
                     f"ccxt: put the {plain} in an environment variable ({plain}_env) or a "
                     f"file ({plain}_file), never in the config itself"
                 )
+        unknown = sorted(set(config) - CONFIG_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"ccxt: unknown config field(s) {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(sorted(CONFIG_KEYS))}"
+            )
         exchange = config.get("exchange")
         if not isinstance(exchange, str) or exchange not in ccxt.exchanges:
             raise ConfigError(
@@ -330,6 +330,32 @@ def map_error(exc: BaseException, what: str, scrub: Callable[[str], str] = redac
 # --- pacing -------------------------------------------------------------------------------
 
 
+class _ScrubbedLogger:
+    """What ccxt calls as ``client.logger``: records go to ``bot4_ccxt.wire``
+    with every secret of the exchange masked."""
+
+    def __init__(self, scrub: Callable[[str], str]) -> None:
+        self._scrub = scrub
+        self._log = logging.getLogger("bot4_ccxt.wire")
+
+    def _emit(self, level: int, msg: object, *args: object) -> None:
+        if self._log.isEnabledFor(level):
+            text = str(msg) % args if args else str(msg)
+            self._log.log(level, "%s", self._scrub(text))
+
+    def debug(self, msg: object, *args: object, **_: object) -> None:
+        self._emit(logging.DEBUG, msg, *args)
+
+    def info(self, msg: object, *args: object, **_: object) -> None:
+        self._emit(logging.INFO, msg, *args)
+
+    def warning(self, msg: object, *args: object, **_: object) -> None:
+        self._emit(logging.WARNING, msg, *args)
+
+    def error(self, msg: object, *args: object, **_: object) -> None:
+        self._emit(logging.ERROR, msg, *args)
+
+
 class Pacer:
     """Spaces requests ``interval`` seconds apart; a rate-limit answer doubles
     the spacing (up to ``ceiling``) and holds everything for ``retry_after``;
@@ -457,6 +483,9 @@ class CcxtExchange(Exchange):
             if value:
                 params[key] = value
         client = klass(params)
+        # ccxt logs every request with its headers (the API key) at DEBUG: its
+        # records go through a logger that scrubs them first.
+        client.logger = _ScrubbedLogger(self._scrub)
         client.number = str  # numbers as strings: Decimal without binary rounding
         if s.sandbox:
             client.set_sandbox_mode(True)

@@ -110,6 +110,7 @@ class Fault:
     process: bool = False
     delay: float = 0.0
     retry_after: int = 1
+    skip: int = 0  # let this many matching requests through first
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and (
@@ -258,14 +259,16 @@ class FakeBinance:
         process: bool = False,
         delay: float = 0.0,
         retry_after: int = 1,
+        skip: int = 0,
     ) -> Fault:
         """The next ``count`` requests matching ``method`` and ``path`` (None:
         any) fail with ``kind``: "429", "500", "503", "hang" (no reply for
         ``delay`` seconds, then the connection closes), "drop" (the connection
-        closes at once). ``process``: execute the request before failing."""
+        closes at once). ``process``: execute the request before failing;
+        ``skip``: let that many matching requests through first."""
         if kind not in FAULTS:
             raise ValueError(f"fault kind {kind!r} is not one of {', '.join(FAULTS)}")
-        fault = Fault(method, path, kind, count, process, delay, retry_after)
+        fault = Fault(method, path, kind, count, process, delay, retry_after, skip)
         with self.lock:
             self._faults.append(fault)
         return fault
@@ -292,6 +295,9 @@ class FakeBinance:
         with self.lock:
             for fault in self._faults:
                 if fault.matches(method, path):
+                    if fault.skip > 0:
+                        fault.skip -= 1
+                        return None
                     fault.count -= 1
                     if fault.count <= 0:
                         self._faults.remove(fault)

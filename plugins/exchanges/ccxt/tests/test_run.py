@@ -1,0 +1,104 @@
+"""`bot4 run --exchange ccxt --config FILE` against the fake Binance started as
+its own process from a data file: the dry-run recipe of the README, end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bot4_ccxt.fakebinance import API_KEY, SECRET
+
+
+def _ticks(path: Path, count: int = 120) -> None:
+    rows = ["timestamp,symbol,bid,ask,last,volume"]
+    for i in range(count):
+        price = 100 + 5 * math.sin(i / 6)
+        rows.append(
+            f"2024-03-01T00:{i // 60:02d}:{i % 60:02d}Z,BTC-USDT,"
+            f"{price:.2f},{price + 0.02:.2f},{price:.2f},5"
+        )
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_bot4_run_against_the_fake_binance(tmp_path: Path) -> None:
+    data = tmp_path / "ticks.csv"
+    _ticks(data)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bot4_ccxt.fakebinance",
+            "--port",
+            "0",
+            "--data",
+            str(data),
+            "--interval",
+            "0.05",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().split()[-1]
+        assert url.startswith("http://127.0.0.1:")
+        config = tmp_path / "session.yaml"
+        config.write_text(
+            "exchange:\n"
+            "  name: ccxt\n"
+            "  exchange: binance\n"
+            f"  api_url: {url}\n"
+            "  api_key_env: DRY_RUN_API_KEY\n"
+            "  secret_env: DRY_RUN_SECRET\n"
+            "  symbols: [BTC-USDT]\n"
+            "  poll_interval: 0.02\n"
+            "  max_idle: 1.5\n"
+            "strategies:\n"
+            "  - name: sma_cross\n"
+            "    params: {fast: 3, slow: 8, size: '0.5', leverage: '1', symbols: [BTC-USDT],\n"
+            "             stop_loss_pct: '20', take_profit_pct: '20'}\n"
+        )
+        env = {**os.environ, "DRY_RUN_API_KEY": API_KEY, "DRY_RUN_SECRET": SECRET}
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bot4",
+                "run",
+                "--exchange",
+                "ccxt",
+                "--config",
+                str(config),
+                "--out",
+                str(tmp_path / "out"),
+                "--no-chart",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        if server.stdout is not None:
+            server.stdout.close()
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["ticks"] > 10
+    assert summary["orders_approved"] >= 1
+    assert summary["fills"] >= 1
+    errors = [
+        line
+        for line in (tmp_path / "out" / "recording.jsonl").read_text().splitlines()
+        if '"kernel.error"' in line
+    ]
+    assert errors == []
+    assert summary["exchange_refusals"] == 0
+    assert API_KEY not in run.stdout + run.stderr
+    assert SECRET not in run.stdout + run.stderr
