@@ -9,7 +9,6 @@ from bot4.testing import ExchangeSuite, Harness
 
 
 class TestCcxtConformance(ExchangeSuite):
-    stateful_examples = 10
 
     def make_harness(self) -> Harness:
         return FakeBinanceHarness()
