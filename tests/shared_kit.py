@@ -82,11 +82,12 @@ class OwnRedis:
             client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
             try:
                 client.ping()
-                return
             except (redis.RedisError, OSError):
                 time.sleep(0.05)
+                continue
             finally:
                 client.close()
+            return
         raise RuntimeError(f"redis-server on port {self.port} did not start")
 
     def stop(self) -> None:

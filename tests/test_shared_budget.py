@@ -68,9 +68,8 @@ def test_errors_never_show_the_password() -> None:
     assert "hunter22" not in config.safe_url
 
     async def main() -> None:
-        with SharedConnection(config) as conn:
-            with pytest.raises(SharedUnavailable) as caught:
-                await conn.call(lambda c: c.ping())
+        with SharedConnection(config) as conn, pytest.raises(SharedUnavailable) as caught:
+            await conn.call(lambda c: c.ping())
         message = str(caught.value)
         assert "hunter22" not in message
         assert message.startswith("Redis at redis://:***@127.0.0.1:")
@@ -251,7 +250,9 @@ def test_three_processes_never_exceed_one_limit(url: str, namespace: str) -> Non
     watcher.start()
     common = ["--url", url, "--namespace", namespace, "--limit", str(limit), "--notional", "10"]
     try:
-        procs = [_driver("storm", "--process", f"p{i}", "--orders", "1000", *common) for i in range(3)]
+        procs = [
+            _driver("storm", "--process", f"p{i}", "--orders", "1000", *common) for i in range(3)
+        ]
         outputs = [p.communicate(timeout=120) for p in procs]
     finally:
         stop.set()

@@ -36,7 +36,7 @@ import redis
 import trio
 
 from bot4 import codec
-from bot4.bus import Backpressure, Bus, Event, Subscription
+from bot4.bus import Backpressure, Bus, Event, Subscription, topic_matches
 from bot4.shared.connection import SharedConnection, SharedUnavailable
 
 DEFAULT_MAXLEN = 100_000
@@ -182,18 +182,32 @@ class StreamBridge:
         self._wake = trio.Event()
         self._script = conn.client.register_script(_XADD_BATCH)
         self._subs: list[Subscription] = []
+        self._matches: dict[str, bool] = {}
 
     def attach(self, bus: Bus) -> None:
-        for pattern in self.patterns:
-            self._subs.append(
-                bus.subscribe(
-                    pattern,
-                    self._append,
-                    policy=Backpressure.BLOCK,
-                    capacity=65_536,
-                    name=f"redis-bridge:{pattern}",
-                )
+        # One subscription with a filter, not one per pattern: one delivery
+        # task keeps the stream in the bus's seq order across topics.
+        if not self.patterns:
+            return
+        self._subs.append(
+            bus.subscribe(
+                "#",
+                self._append,
+                filter=self._wanted,
+                policy=Backpressure.BLOCK,
+                capacity=65_536,
+                name="redis-bridge",
             )
+        )
+
+    def _wanted(self, event: Event) -> bool:
+        topic = event.topic
+        hit = self._matches.get(topic)
+        if hit is None:
+            if len(self._matches) > 65_536:  # topic spaces can be unbounded
+                self._matches.clear()
+            hit = self._matches[topic] = any(topic_matches(p, topic) for p in self.patterns)
+        return hit
 
     def detach(self) -> None:
         for sub in self._subs:
