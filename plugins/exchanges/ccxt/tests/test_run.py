@@ -102,3 +102,16 @@ def test_bot4_run_against_the_fake_binance(tmp_path: Path) -> None:
     assert summary["exchange_refusals"] == 0
     assert API_KEY not in run.stdout + run.stderr
     assert SECRET not in run.stdout + run.stderr
+
+
+def test_exchange_option_keeps_the_config_settings(tmp_path: Path) -> None:
+    from bot4.session import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("exchange:\n  name: ccxt\n  exchange: binance\n  symbols: [BTC-USDT]\n")
+    config = load_config(path, {"exchange": "ccxt"})
+    assert config.exchange == "ccxt"
+    assert config.exchange_params == {"exchange": "binance", "symbols": ["BTC-USDT"]}
+    other = load_config(path, {"exchange": "paper"})  # another plugin: its settings do not apply
+    assert other.exchange == "paper"
+    assert other.exchange_params == {}
