@@ -9,6 +9,5 @@ from bot4.testing import ExchangeSuite, Harness
 
 
 class TestCcxtConformance(ExchangeSuite):
-
     def make_harness(self) -> Harness:
         return FakeBinanceHarness()
