@@ -10,7 +10,7 @@ import trio
 
 from bot4 import codec
 from bot4.bus import open_bus
-from bot4.model import Approved, Fill, Order, OrderState, Rejected
+from bot4.model import Approved, Fill, Order, OrderState, OrderType, Rejected, Side
 from bot4.shared.bridge import StreamBridge, StreamReader, fast_encode
 from bot4.shared.connection import RedisConfig, SharedConnection
 from tests.shared_kit import namespace, url
@@ -25,7 +25,7 @@ def _fill(i: int) -> Fill:
 
 
 def test_fast_encode_is_codec_encode() -> None:
-    order = Order("c", "BTC-USDT", "buy", "limit", 1, price=2)
+    order = Order("c", "BTC-USDT", Side.BUY, OrderType.LIMIT, Decimal(1), price=Decimal(2))
     for value in (
         _fill(1),
         Approved(order, ("a", "b")),

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -68,7 +68,9 @@ def _wait_for(predicate: Any, timeout: float, what: str) -> None:
 
 
 def _live(client: redis.Redis, ns: str) -> set[str]:
-    return {str(p) for p in client.smembers(f"{ns}:procs") if client.exists(f"{ns}:hb:{p}")}
+    # The clients here decode responses: members are str.
+    members = cast(set[str], client.smembers(f"{ns}:procs"))
+    return {p for p in members if client.exists(f"{ns}:hb:{p}")}
 
 
 def test_commands_need_redis_configured() -> None:
@@ -162,9 +164,8 @@ def test_redis_stopped_mid_session(tmp_path: Path) -> None:
         _wait_for(lambda: _live(client, ns) == {"bot-x"}, 10, "re-registration")
         out, err = session.communicate(timeout=60)
         assert session.returncode == 0, err
-        stream = [
-            json.loads(fields["e"]) for _id, fields in client.xrange(f"{ns}:events", "-", "+")
-        ]
+        entries = cast(list[tuple[str, dict[str, str]]], client.xrange(f"{ns}:events", "-", "+"))
+        stream = [json.loads(fields["e"]) for _id, fields in entries]
         procs_after = client.smembers(f"{ns}:procs")
         client.close()
     finally:
