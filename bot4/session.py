@@ -123,9 +123,9 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
     # `--exchange NAME` with a config whose `exchange:` mapping is for the same
     # plugin (or names none) overrides only the name: the settings are kept.
     configured, chosen = raw.get("exchange"), overrides.get("exchange")
-    if isinstance(configured, dict) and isinstance(chosen, str):
-        if configured.get("name", chosen) == chosen:
-            overrides = {**overrides, "exchange": {**configured, "name": chosen}}
+    same_plugin = isinstance(configured, dict) and configured.get("name", chosen) == chosen
+    if same_plugin and isinstance(configured, dict) and isinstance(chosen, str):
+        overrides = {**overrides, "exchange": {**configured, "name": chosen}}
     raw.update({k: v for k, v in overrides.items() if v is not None})
     known = {
         "data",
