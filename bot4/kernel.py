@@ -230,23 +230,8 @@ class Kernel:
                 await self._error(f"risk pack {pack.name} failed on market data", exc)
         if self.stats.ticks % _RELOAD_POLL_TICKS == 0:
             self._maybe_reload()
-        try:
-            actions = self.policy.on_market_data(tick, self.tracker.snapshot(), now)
-        except Exception as exc:  # a blind risk monitor: stop opening risk
-            await self._error("risk monitor failed", exc)
-            await self.halt(f"risk monitor failed: {type(exc).__name__}: {exc}")
-            actions = []
-        for action in actions:
-            await self._act(action)
-        for strategy in self.strategies:
-            try:
-                signals = await strategy.on_market_data(tick)
-            except Exception as exc:  # a plugin error must not stop the session
-                self.stats.strategy_errors += 1
-                await self._error(f"strategy {strategy.name} failed on {tick.symbol}", exc)
-                continue
-            for signal in signals:
-                await self._signal(signal)
+        await self._monitor(lambda: self.policy.on_market_data(tick, self.tracker.snapshot(), now))
+        await self._consult(lambda s: s.on_market_data(tick), f"on {tick.symbol}")
 
     async def _fill(self, fill: Fill) -> None:
         self.stats.fills += 1
@@ -265,20 +250,38 @@ class Kernel:
             f"fill.{fill.symbol}", fill, ts=now, correlation_id=fill.client_order_id
         )
         stop_out = fill.client_order_id in self._open_stops
-        actions = self.policy.on_fill(fill, self.tracker.snapshot(), now, stop_out)
+        await self._monitor(
+            lambda: self.policy.on_fill(fill, self.tracker.snapshot(), now, stop_out)
+        )
+        await self._consult(lambda s: s.on_fill(fill), "on a fill")
+        if self._own_exits:
+            await self._protect(fill.symbol)
+
+    async def _monitor(self, check: Callable[[], list[RiskAction]]) -> None:
+        """Run the policy's monitoring and act on what it asks for. A monitor
+        that raises leaves the book unwatched: stop opening risk."""
+        try:
+            actions = check()
+        except Exception as exc:  # a blind risk monitor: stop opening risk
+            await self._error("risk monitor failed", exc)
+            await self.halt(f"risk monitor failed: {type(exc).__name__}: {exc}")
+            return
         for action in actions:
             await self._act(action)
+
+    async def _consult(
+        self, ask: Callable[[Strategy], Awaitable[Sequence[Signal]]], what: str
+    ) -> None:
+        """Ask every strategy for signals; one that raises is reported and skipped."""
         for strategy in self.strategies:
             try:
-                signals = await strategy.on_fill(fill)
+                signals = await ask(strategy)
             except Exception as exc:  # a plugin error must not stop the session
                 self.stats.strategy_errors += 1
-                await self._error(f"strategy {strategy.name} failed on a fill", exc)
+                await self._error(f"strategy {strategy.name} failed {what}", exc)
                 continue
             for signal in signals:
                 await self._signal(signal)
-        if self._own_exits:
-            await self._protect(fill.symbol)
 
     async def _order_update(self, state: OrderState) -> None:
         await self.bus.publish(
