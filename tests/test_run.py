@@ -119,3 +119,17 @@ def test_unknown_strategy_points_at_plugins_list(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "no strategy named 'nope'" in result.stderr
     assert "bot4 plugins list" in result.stderr
+
+
+def test_the_session_journal_holds_every_order_intent(session: tuple[Path, str]) -> None:
+    # With the in-memory paper venue the intents are batched, not waited for;
+    # they must still all be in the journal, and the journal must verify.
+    out, _ = session
+    summary = json.loads((out / "summary.json").read_text())
+    journal = out / "journal.sqlite"
+    verified = run_bot4("journal", "verify", str(journal))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    intents = run_bot4("journal", "show", str(journal), "--kind", "intent", "--limit", "100000")
+    assert intents.returncode == 0, intents.stderr
+    placed = summary["orders_approved"]
+    assert len(intents.stdout.splitlines()) == placed

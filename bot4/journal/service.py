@@ -59,8 +59,16 @@ class JournalWriter:
         interval: float = DEFAULT_INTERVAL,
         market_data: bool = False,
         shadow: PortfolioTracker | None = None,
+        wait_for_intents: bool = True,
     ) -> None:
         self.journal = journal
+        # With a venue that outlives the process, an order may not leave before
+        # its intent is committed. With one that dies with it (the in-memory
+        # paper exchange), a crash loses the orders as well, so there is
+        # nothing to reconcile: the intent is queued and batched like every
+        # other record (still written before the order's own records), and
+        # the journal no longer caps the order path of a backtest.
+        self.wait_for_intents = wait_for_intents
         self.batch = max(1, batch)
         self.interval = interval
         self.market_data = market_data
@@ -80,6 +88,10 @@ class JournalWriter:
 
     async def write_ahead(self, order: Order) -> None:
         """Commit the intent (and whatever is queued) before the order is sent."""
+        if not self.wait_for_intents:
+            self.intents += 1
+            self.enqueue(Record.intent(order, time.time_ns()))
+            return
         async with self._lock:
             batch, self._pending = self._pending, []
             batch.append(Record.intent(order, time.time_ns()))
@@ -253,6 +265,7 @@ class JournalService:
             interval=self.interval,
             market_data=self.market_data,
             shadow=shadow,
+            wait_for_intents=durable_venue,
         )
         writer.attach(ctx.bus, ctx.policy)
         ctx.kernel.journal = writer
