@@ -195,7 +195,12 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
         out=str(raw.get("out", "bot4-out")),
         record=bool(raw.get("record", True)),
         session_id=str(raw.get("session_id", "s1")),
-        journal=None if raw.get("journal") is None else str(raw["journal"]),
+        # YAML reads a bare `off` as False.
+        journal=None
+        if raw.get("journal") is None
+        else "off"
+        if raw["journal"] is False
+        else str(raw["journal"]),
     )
 
 
