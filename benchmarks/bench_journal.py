@@ -226,18 +226,23 @@ def _drop_tables(schema: str | None) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-def _print(rows: list[dict[str, Any]], out: Callable[[str], Any] = print) -> None:
-    out(
+def format_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
         f"{'case':<8} {'backend':<9} {'sync':<7} {'orders':>7} {'seconds':>8} "
         f"{'orders/s':>10} {'vs off':>7} {'us/order':>9}"
-    )
+    ]
     for r in rows:
         ratio = f"{r['ratio']:.2f}x" if "ratio" in r else ""
         us = f"{r['us_per_order']:.0f}" if "us_per_order" in r else ""
-        out(
+        lines.append(
             f"{r['case']:<8} {r['backend']:<9} {r['sync']:<7} {r['orders']:>7} "
             f"{r['seconds']:>8.3f} {r['orders_per_s']:>10.1f} {ratio:>7} {us:>9}"
         )
+    return "\n".join(lines)
+
+
+def _print(rows: list[dict[str, Any]], out: Callable[[str], Any] = print) -> None:
+    out(format_table(rows))
 
 
 def main(argv: list[str]) -> int:
