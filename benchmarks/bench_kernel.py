@@ -11,7 +11,7 @@ apart) through the kernel with the paper exchange and the default policy:
   flat: as (b) but the position goes flat every other fill, so closed
       positions pile up: the cost per order must not grow with them.
 
-Each case runs in a fresh process (peak RSS is that process's ``ru_maxrss``).
+Each case runs in a fresh process (peak RSS is that process's high-water mark).
 Only the run is timed: the price path is generated first (8 bytes a tick in
 an array), and the MarketData objects are built as the feed is consumed, as a
 data loader would. The default policy's order-rate rule (10 orders a minute)
@@ -53,6 +53,17 @@ def _rss_kib() -> int:
     with open("/proc/self/statm") as f:
         pages = int(f.read().split()[1])
     return pages * (resource.getpagesize() // 1024)
+
+
+def _peak_rss_kib() -> int:
+    """This process's peak RSS. VmHWM belongs to the address space, which exec
+    replaces; ``ru_maxrss`` is kept across exec on Linux and so reports the
+    parent's size at fork when the parent was bigger (benchmarks/run.py is)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _prices(n: int, seed: int = 7) -> array[float]:
@@ -183,7 +194,7 @@ def child(case: str, ticks: int) -> dict[str, Any]:
 
     stats, seconds = trio.run(main)
     tmp.cleanup()
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_kib = _peak_rss_kib()
     # Growth per order between the first and last quarter of the run (after
     # warm-up), from the process's current RSS.
     growth = 0.0
