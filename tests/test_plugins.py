@@ -57,6 +57,8 @@ def test_bundled_plugins_load() -> None:
     assert rows["sma_cross"]["kind"] == "strategy"
     assert rows["correlation"]["kind"] == "risk rules"
     assert "register_exchanges" in rows["paper"]["hooks"]
+    # Where it came from: the source folder of the editable install.
+    assert rows["paper"]["origin"].endswith("plugins/exchanges/paper (editable)")
 
 
 def test_plugin_raising_on_import_is_reported_and_others_load(tmp_path: Path) -> None:
@@ -73,6 +75,7 @@ def test_plugin_raising_on_import_is_reported_and_others_load(tmp_path: Path) ->
     rows = _listing(_with_site(site))
     assert rows["broken"]["status"] == "failed: RuntimeError: cannot reach the mothership"
     assert rows["broken"]["distribution"] == "bot4-plugin-broken"
+    assert rows["broken"]["origin"] == str(site / "bot4_plugin_broken-0.1.0.dist-info")
     assert rows["demo"]["status"] == "loaded"
     assert rows["demo"]["kind"] == "risk rules"
     for name in BUNDLED:

@@ -9,7 +9,7 @@ from typing import Any
 
 from bot4.plugins import PluginManager
 
-_COLUMNS = ("name", "version", "kind", "status", "hooks", "distribution")
+_COLUMNS = ("name", "version", "kind", "status", "hooks", "distribution", "origin")
 
 
 def add_commands(sub: Any) -> None:

@@ -12,6 +12,7 @@ happens to be installed: unset means every installed plugin, an empty value
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Mapping
 from importlib import metadata
@@ -48,8 +49,21 @@ def selected_names(environ: Mapping[str, str] | None = None) -> frozenset[str] |
 
 
 def _origin(dist: metadata.Distribution) -> str:
-    # PathDistribution keeps the metadata folder in a private attribute; there is
-    # no public accessor, so fall back to locate_file, which every finder supports.
+    """Where the plugin came from: the source folder of an editable or local
+    install (PEP 610's direct_url.json), else the folder holding its metadata."""
+    direct = dist.read_text("direct_url.json")
+    if direct:
+        try:
+            info = json.loads(direct)
+        except ValueError:
+            info = {}
+        url = info.get("url", "") if isinstance(info, dict) else ""
+        if isinstance(url, str) and url:
+            editable = isinstance(info.get("dir_info"), dict) and info["dir_info"].get("editable")
+            where = url.removeprefix("file://")
+            return f"{where} (editable)" if editable else where
+    # PathDistribution keeps its metadata folder in a private attribute; there
+    # is no public accessor, so fall back to locate_file, which every finder has.
     path = getattr(dist, "_path", None)
     return str(path if path is not None else Path(str(dist.locate_file(""))))
 
