@@ -412,6 +412,35 @@ class Portfolio:
         return ZERO if peak <= 0 else (peak - self.equity) / peak
 
 
+# Built by bot4's own PortfolioTracker on every mark change (every tick of a
+# held symbol): that is the hot path, and the tracker's figures already hold
+# the invariants the validators check (its arithmetic runs under a context that
+# traps overflow and invalid operations, so every figure is a finite Decimal).
+_new = object.__new__
+_set_cash = Portfolio.__dict__["cash"].__set__
+_set_positions = Portfolio.__dict__["positions"].__set__
+_set_marks = Portfolio.__dict__["marks"].__set__
+_set_peak = Portfolio.__dict__["peak_equity"].__set__
+
+
+def trusted_portfolio(
+    cash: Decimal,
+    positions: Mapping[str, Position],
+    marks: Mapping[str, Decimal],
+    peak_equity: Decimal,
+) -> Portfolio:
+    """A :class:`Portfolio` without conversion or validation, for values that
+    are already a finite Decimal ``cash`` and a finite, non-negative Decimal
+    ``peak_equity``. Internal: anything from outside (a plugin, a file) goes
+    through ``Portfolio(...)`` and its validators."""
+    portfolio: Portfolio = _new(Portfolio)
+    _set_cash(portfolio, cash)
+    _set_positions(portfolio, positions)
+    _set_marks(portfolio, marks)
+    _set_peak(portfolio, peak_equity)
+    return portfolio
+
+
 # --- risk outcomes ------------------------------------------------------------
 
 

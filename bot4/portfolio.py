@@ -35,7 +35,16 @@ import decimal
 from decimal import Decimal
 from types import MappingProxyType
 
-from bot4.model import ONE, ZERO, Fill, MarketData, Portfolio, Position, to_decimal
+from bot4.model import (
+    ONE,
+    ZERO,
+    Fill,
+    MarketData,
+    Portfolio,
+    Position,
+    to_decimal,
+    trusted_portfolio,
+)
 
 __all__ = ["PortfolioTracker"]
 
@@ -275,6 +284,12 @@ class PortfolioTracker:
         if self._marks.get(symbol) == price:
             return
         self._marks[symbol] = price
+        book = self._books.get(symbol)
+        if book is None or not book.qty:
+            # Nothing held in the symbol: its mark is not in equity, so the peak
+            # cannot move; only the snapshot (which lists every mark) is stale.
+            self._snapshot = None
+            return
         self._touch()
 
     def on_market_data(self, tick: MarketData) -> None:
@@ -294,11 +309,13 @@ class PortfolioTracker:
         """An immutable :class:`Portfolio`. Cached until the next fill or mark
         change, so asking on every tick costs nothing when nothing moved."""
         if self._snapshot is None:
-            self._snapshot = Portfolio(
-                cash=self._cash,
-                positions=MappingProxyType(self.positions()),
-                marks=MappingProxyType(dict(self._marks)),
-                peak_equity=max(self._peak, ZERO),
+            # Trusted: cash and peak are finite Decimals by construction (see
+            # trusted_portfolio); the peak is clamped here as Portfolio requires.
+            self._snapshot = trusted_portfolio(
+                self._cash,
+                MappingProxyType(self.positions()),
+                MappingProxyType(dict(self._marks)),
+                max(self._peak, ZERO),
             )
         return self._snapshot
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot4.model import Fill, MarketData, Side
+from bot4.model import Fill, MarketData, Portfolio, Side
 from bot4.portfolio import PortfolioTracker
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
@@ -275,3 +275,35 @@ def test_tracker_matches_oracle(ops: list[tuple[object, ...]], start: Decimal) -
         assert snap.cash == t.cash
         # The snapshot values positions from the rounded entry price.
         assert abs(F(snap.equity) - o.equity(mark)) <= slack + tol * (1 + abs(o.qty * mark))
+
+
+def test_marking_a_symbol_not_held_refreshes_the_snapshot_not_the_peak() -> None:
+    t = PortfolioTracker(cash=D("1000"))
+    t.apply(fill("buy", "1", "100"))
+    t.mark("BTC-USDT", D("120"))
+    s1 = t.snapshot()
+    t.mark("ETH-USDT", D("3000"))  # not held: equity and peak do not move
+    s2 = t.snapshot()
+    assert s2 is not s1
+    assert s2.marks == {"BTC-USDT": D("120"), "ETH-USDT": D("3000")}
+    assert (t.equity, t.peak_equity, s2.equity, s2.peak_equity) == (D("1020"),) * 4
+    t.mark("BTC-USDT", D("90"))
+    assert t.peak_equity == D("1020")
+    assert t.snapshot().drawdown == D("30") / D("1020")
+
+
+def test_snapshot_equals_a_validated_portfolio() -> None:
+    # The tracker builds its snapshot without re-running the validators; it
+    # must be the Portfolio the validated constructor would build.
+    t = PortfolioTracker(cash=D("-5"))  # a negative balance is allowed, peak is clamped
+    t.apply(fill("sell", "2", "100", "0.5"), leverage=D("3"), stop_loss=D("110"))
+    t.mark("BTC-USDT", D("99.5"))
+    s = t.snapshot()
+    ref = Portfolio(
+        cash=t.cash, positions=t.positions(), marks={"BTC-USDT": D("99.5")}, peak_equity=D(0)
+    )
+    assert type(s) is Portfolio
+    assert s == ref
+    assert dict(s.positions) == dict(ref.positions)
+    assert dict(s.marks) == dict(ref.marks)
+    assert (s.cash, s.peak_equity, s.equity) == (D("-5.5"), D(0), ref.equity)
