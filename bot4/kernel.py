@@ -230,7 +230,17 @@ class Kernel:
                 await self._error(f"risk pack {pack.name} failed on market data", exc)
         if self.stats.ticks % _RELOAD_POLL_TICKS == 0:
             self._maybe_reload()
-        await self._monitor(lambda: self.policy.on_market_data(tick, self.tracker.snapshot(), now))
+        # RiskPolicy.on_tracked_tick builds no Portfolio snapshot for a tick of
+        # a symbol not held (most ticks); other policies get on_market_data.
+        tracked: Callable[[MarketData, Tracker, int], list[RiskAction]] | None = getattr(
+            self.policy, "on_tracked_tick", None
+        )
+        if tracked is not None:
+            await self._monitor(lambda: tracked(tick, self.tracker, now))
+        else:
+            await self._monitor(
+                lambda: self.policy.on_market_data(tick, self.tracker.snapshot(), now)
+            )
         await self._consult(lambda s: s.on_market_data(tick), f"on {tick.symbol}")
 
     async def _fill(self, fill: Fill) -> None:

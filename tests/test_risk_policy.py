@@ -13,7 +13,8 @@ import pytest
 
 from bot4.contracts import FactContext, RiskRules
 from bot4.errors import RuleFileError
-from bot4.model import Approved, Fill, Position, Rejected, RiskActionKind, Side
+from bot4.model import Approved, Fill, Portfolio, Position, Rejected, RiskActionKind, Side
+from bot4.portfolio import PortfolioTracker
 from bot4.risk import FAIL_CLOSED, RiskPolicy
 from bot4.risk.facts import liquidation_price
 from tests.riskkit import RULES, SEC, TS, FixedCorrelation, market, order, portfolio
@@ -364,3 +365,53 @@ def test_broken_pack_still_lets_an_exit_through() -> None:
     assert isinstance(decision, Rejected)
     assert decision.rule == FAIL_CLOSED
     assert "'correlation'" in decision.reason
+
+
+def test_on_tracked_tick_answers_as_on_market_data(policy: RiskPolicy) -> None:
+    # The kernel's entry: no snapshot is built for a symbol not held, and the
+    # answer for a held one is on_market_data's on the tracker's snapshot.
+    tracker = PortfolioTracker(Decimal(100000))
+    snapshots = 0
+    real = tracker.snapshot
+
+    class Counting:
+        def position(self, symbol: str) -> Position | None:
+            return tracker.position(symbol)
+
+        def snapshot(self) -> Portfolio:
+            nonlocal snapshots
+            snapshots += 1
+            return real()
+
+    book = Counting()
+    assert policy.on_tracked_tick(market(last=48000), book, 0) == []
+    assert snapshots == 0
+    fill = Fill("f1", "c1", "BTC-USDT", Side.BUY, Decimal("0.01"), Decimal(50000), Decimal(0), TS)
+    tracker.apply(fill, leverage=Decimal(10))
+    for last in (48000, 48500, 49800, 51000):
+        tracker.mark("BTC-USDT", Decimal(last))
+        tracked = policy.on_tracked_tick(market(last=last), book, 0)
+        direct = policy.on_market_data(market(last=last), tracker.snapshot(), 0)
+        assert tracked == direct
+    assert snapshots == 4
+    tracker.mark("BTC-USDT", Decimal(47000))  # 3.7% above the liquidation price 45,250
+    assert [a.kind for a in policy.on_tracked_tick(market(last=47000), book, 0)] == [
+        RiskActionKind.EMERGENCY_CLOSE
+    ]
+    assert policy.on_tracked_tick(market(symbol="ETH-USDT", last=3000), book, 0) == []
+
+
+def test_on_tracked_tick_calls_an_overridden_on_market_data_on_every_tick() -> None:
+    seen: list[str] = []
+
+    class Watching(RiskPolicy):
+        def on_market_data(self, tick: Any, portfolio: Portfolio, now_ns: int) -> list[Any]:
+            seen.append(tick.symbol)
+            return []
+
+    p = Watching.load([RULES], [FixedCorrelation(0.0)])
+    try:
+        assert p.on_tracked_tick(market(symbol="ETH-USDT"), PortfolioTracker(Decimal(1)), 0) == []
+    finally:
+        p.close()
+    assert seen == ["ETH-USDT"]

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
@@ -34,6 +34,7 @@ from bot4.model import (
     MarketData,
     Order,
     Portfolio,
+    Position,
     Rejected,
     RiskAction,
     RiskActionKind,
@@ -72,6 +73,15 @@ log = logging.getLogger("bot4.risk")
 
 FAIL_CLOSED = "fail-closed"
 SIZE_QUANTUM = Decimal("0.00000001")
+
+
+class Book(Protocol):
+    """What :meth:`RiskPolicy.on_tracked_tick` reads of a
+    :class:`~bot4.portfolio.PortfolioTracker`."""
+
+    def position(self, symbol: str) -> Position | None: ...
+
+    def snapshot(self) -> Portfolio: ...
 
 
 @attrs.frozen(slots=True)
@@ -592,6 +602,19 @@ class RiskPolicy:
         except Exception as exc:  # monitoring blind: trip the breaker
             return self._monitor_failed("tick", tick.symbol, exc, now_ns)
         return actions
+
+    def on_tracked_tick(self, tick: MarketData, book: Book, now_ns: int) -> list[RiskAction]:
+        """:meth:`on_market_data` for a caller that keeps the book in a
+        :class:`~bot4.portfolio.PortfolioTracker` (the kernel). The Portfolio
+        snapshot, rebuilt whenever a mark moves, is only asked for when the
+        tick's symbol is held: otherwise there is nothing to watch and the
+        answer is ``[]``, as from :meth:`on_market_data`. A subclass that
+        overrides :meth:`on_market_data` has it called on every tick, as before."""
+        if type(self).on_market_data is RiskPolicy.on_market_data and (
+            book.position(tick.symbol) is None
+        ):
+            return []
+        return self.on_market_data(tick, book.snapshot(), now_ns)
 
     def _monitor_failed(
         self, stage: str, symbol: str, exc: BaseException, now_ns: int
