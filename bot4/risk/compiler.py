@@ -122,6 +122,11 @@ class StagePlan:
     reads: frozenset[str]  # every fact a rule here reads (conditions, reasons, sizes)
     windows: tuple[str, ...]  # window facts among them
     rule_names: tuple[str, ...]
+    # When every rule of the stage is ``fact op constant`` (the liquidation
+    # ladder, drawdown, stop-outs): per fact, the values for which no rule
+    # fires, so the policy can skip the engine when nothing fires. None when
+    # any rule is more than that.
+    quiet: tuple[expr.QuietRange, ...] | None = None
 
 
 @attrs.frozen(slots=True)
@@ -552,8 +557,14 @@ class Compiler:
         reads = frozenset(keys).union(*(rule.facts for rule in rules))
         windows = tuple(sorted(n for n in reads if n.startswith("window.")))
         names = tuple(rule.name for rule in rules)
+        guards = [g for g in (expr.guard_of(rule.when) for rule in rules) if g is not None]
+        quiet = None
+        if rules and len(guards) == len(rules):
+            quiet = expr.quiet_ranges(guards)
+            # The ranges must check every field sent to the engine.
+            assert {q.fact for q in quiet} == set(keys)
         return StagePlan(
-            stage, tuple(rules), keys, by_key, definition, fields, reads, windows, names
+            stage, tuple(rules), keys, by_key, definition, fields, reads, windows, names, quiet
         )
 
 

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import ast
 import math
+import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -460,6 +461,80 @@ def evaluate(node: Node, facts: Mapping[str, Value]) -> Value | None:
             return all(evaluate(i, facts) is True for i in node.items)
         return any(evaluate(i, facts) is True for i in node.items)
     return evaluate(node.item, facts) is not True
+
+
+# --- guards: conditions simple enough to pre-check in Python ---------------------------
+
+_ORDERING = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+
+
+@attrs.frozen(slots=True)
+class Guard:
+    """A condition of the form ``fact op bound`` (op one of < <= > >=, the
+    fact a number, the bound a constant)."""
+
+    fact: str
+    op: str
+    bound: float
+
+
+@attrs.frozen(slots=True)
+class QuietRange:
+    """Where a fact keeps every guard on it false: ``above(value, low) and
+    below(value, high)``, also within +/-MAX_MAGNITUDE (NaN is never inside).
+    ``value`` is the fact as the engine receives it, a double written so that
+    the engine reads it back exactly (a test holds the engine's comparisons to
+    Python's on the doubles next to every bound), so inside the range the
+    engine fires none of the guarded rules."""
+
+    fact: str
+    low: float
+    above: Callable[[float, float], bool] = attrs.field(eq=False)
+    high: float
+    below: Callable[[float, float], bool] = attrs.field(eq=False)
+
+
+def guard_of(node: Node) -> Guard | None:
+    """The condition as a :class:`Guard`, or None when it is anything else."""
+    if not isinstance(node, Compare) or node.op not in _ORDERING:
+        return None
+    op, left, right = node.op, node.left, node.right
+    if isinstance(left, Const) and isinstance(right, Fact):
+        op, left, right = _FLIP[op], right, left
+    if not (isinstance(left, Fact) and left.kind == NUMBER and isinstance(right, Const)):
+        return None
+    if isinstance(right.value, bool) or not isinstance(right.value, float):
+        return None
+    return Guard(left.name, op, right.value)
+
+
+def quiet_ranges(guards: Sequence[Guard]) -> tuple[QuietRange, ...]:
+    """One range per fact, in first-use order: the values for which none of
+    ``guards`` holds. ``x < b`` needs ``x >= b``; ``x <= b`` needs ``x > b``;
+    ``x > b`` needs ``x <= b``; ``x >= b`` needs ``x < b``. Of two lower (or
+    upper) limits the tighter wins, and at an equal bound the strict one."""
+    # fact -> [low, low is strict, high, high is strict]
+    limits: dict[str, list[Any]] = {}
+    for g in guards:
+        lim = limits.setdefault(g.fact, [-MAX_MAGNITUDE, False, MAX_MAGNITUDE, False])
+        if g.op in ("<", "<="):
+            strict = g.op == "<="
+            if g.bound > lim[0] or (g.bound == lim[0] and strict):
+                lim[0], lim[1] = g.bound, strict
+        else:
+            strict = g.op == ">="
+            if g.bound < lim[2] or (g.bound == lim[2] and strict):
+                lim[2], lim[3] = g.bound, strict
+    return tuple(
+        QuietRange(
+            fact,
+            low,
+            operator.gt if low_strict else operator.ge,
+            high,
+            operator.lt if high_strict else operator.le,
+        )
+        for fact, (low, low_strict, high, high_strict) in limits.items()
+    )
 
 
 # --- translation to durable-rules ------------------------------------------------------

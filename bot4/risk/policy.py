@@ -247,6 +247,26 @@ def _build(paths: Sequence[Path], packs: Sequence[RiskRules]) -> _Active:
     return _Active(compiled, engines, signature, digest.hexdigest())
 
 
+def _quiet(ranges: tuple[expr.QuietRange, ...], facts: Mapping[str, object]) -> bool:
+    """True when no rule of a guarded stage can fire: every rule is ``fact op
+    constant`` and each fact is inside the range where none holds. The engine
+    is then skipped (on the ticks of a held symbol the common case is a ladder
+    far from any rung). Each value is converted as :meth:`RiskPolicy._fire`
+    would send it, the ranges lie within the range _fire accepts, and the
+    stage's fields are exactly the ranges' facts, so the answer is the
+    engine's. Anything else gives False: the engine path then decides, and
+    refuses a bad value with its error."""
+    for r in ranges:
+        value = facts.get(r.fact)
+        kind = type(value)
+        if kind is not Decimal and kind is not float and kind is not int:
+            return False
+        number = float(value)  # type: ignore[arg-type]
+        if not (r.above(number, r.low) and r.below(number, r.high)):
+            return False
+    return True
+
+
 # --- the policy -----------------------------------------------------------------------------
 
 
@@ -489,6 +509,9 @@ class RiskPolicy:
         facts: Mapping[str, object],
         unknown: frozenset[str] = frozenset(),
     ) -> list[Rule]:
+        quiet = plan.quiet
+        if quiet is not None and not unknown and _quiet(quiet, facts):
+            return []
         # Every value is validated and converted on its way into the message
         # (encode -> to_fact): NaN, infinities and huge numbers never reach C.
         # Unknown facts are left out; a rule reading one cannot match.
