@@ -39,9 +39,9 @@ if TYPE_CHECKING:
 
 DEFAULT_STRATEGY = "sma_cross"
 # The demo session's strategy settings: one- and ten-minute averages on the
-# one-second sample, 10x leverage and a 3% stop, so that in the sample's crash
-# the default rules visibly act (size cut, correlation, liquidation ladder,
-# stop-outs tripping the breaker).
+# one-second sample, 10x leverage and a 3% stop. The default rules visibly act
+# on it (size cuts, correlation, the ladder's first rung); examples/stress/
+# loosens thresholds in copies of the rule files to show the rest acting.
 DEFAULT_STRATEGY_PARAMS = {
     "fast": 60,
     "slow": 600,
