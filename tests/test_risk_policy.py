@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 
 from bot4.contracts import FactContext, RiskRules
-from bot4.errors import RuleFileError
+from bot4.errors import RiskError, RuleFileError
 from bot4.model import Approved, Fill, Portfolio, Position, Rejected, RiskActionKind, Side
 from bot4.portfolio import PortfolioTracker
 from bot4.risk import FAIL_CLOSED, RiskPolicy
+from bot4.risk import policy as policy_module
 from bot4.risk.facts import liquidation_price
 from tests.riskkit import RULES, SEC, TS, FixedCorrelation, market, order, portfolio
 
@@ -415,3 +416,20 @@ def test_on_tracked_tick_calls_an_overridden_on_market_data_on_every_tick() -> N
     finally:
         p.close()
     assert seen == ["ETH-USDT"]
+
+
+def test_string_facts_in_the_engine_message_are_validated_and_reused(policy: RiskPolicy) -> None:
+    plan = policy.compiled.stages["order"]
+    engine = policy._active.engines["order"]
+    facts: dict[str, object] = {name: 0.0 for name, _ in plan.fields}
+    facts.update({"order.reducing": False, "breaker.tripped": False, "order.has_stop_loss": True})
+    facts["order.side"] = "sell"
+    policy_module._STRING_TEXT.clear()
+    first = [r.name for r in policy._fire(engine, plan, facts)]
+    assert policy_module._STRING_TEXT == {"sell": '"sell"'}
+    assert [r.name for r in policy._fire(engine, plan, facts)] == first  # from the cache
+    assert first[0] == "stop-loss-side"  # a sell with its stop (0) at or below entry (0)
+    facts["order.side"] = "bad\nside"
+    with pytest.raises(RiskError, match=r"order\.side is not a short printable string"):
+        policy._fire(engine, plan, facts)
+    assert "bad\nside" not in policy_module._STRING_TEXT

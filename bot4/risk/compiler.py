@@ -138,12 +138,15 @@ class CompiledPolicy:
     mmr: Decimal | None
     pack_facts: Mapping[str, str]  # fact -> pack name
 
+    # Whether a window counts approved orders (asked on every approval).
+    counts_orders: bool = attrs.field(init=False)
+
+    @counts_orders.default
+    def _counts_orders(self) -> bool:
+        return any(spec.count == "orders" for spec in self.windows.values())
+
     def facts_used(self, stage: str) -> frozenset[str]:
         return frozenset(self.stages[stage].keys)
-
-    @property
-    def counts_orders(self) -> bool:
-        return any(spec.count == "orders" for spec in self.windows.values())
 
 
 @attrs.frozen(slots=True)

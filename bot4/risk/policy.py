@@ -267,6 +267,11 @@ def _quiet(ranges: tuple[expr.QuietRange, ...], facts: Mapping[str, object]) -> 
     return True
 
 
+# A string fact value -> its text in an engine message (see RiskPolicy._fire).
+_STRING_TEXT: dict[str, str] = {}
+_STRING_TEXT_KEPT = 256
+
+
 # --- the policy -----------------------------------------------------------------------------
 
 
@@ -278,6 +283,10 @@ class RiskPolicy:
         self._paths = tuple(Path(p) for p in paths)
         self._packs = tuple(packs)
         self._failed_signature: tuple[Any, ...] | None = None
+        # (compiled policy, facts needed, [(pack, the needed facts it gives)])
+        self._wanted: (
+            tuple[CompiledPolicy, frozenset[str], list[tuple[RiskRules, list[str]]]] | None
+        ) = None
         self._breaker = Breaker()
         self._events = EventLog()
         self._breaker.on_reset(lambda: self._events.clear(STOP_OUTS))
@@ -447,12 +456,21 @@ class RiskPolicy:
     ) -> tuple[str | None, frozenset[str]]:
         """Ask each pack for the facts the rules read. Returns the first
         failure (naming the pack) and the facts left unknown by failures."""
-        owners = self._active.compiled.pack_facts
+        compiled = self._active.compiled
+        cache = self._wanted
+        if cache is None or cache[0] is not compiled or cache[1] is not needed:
+            # Which of the needed facts each pack gives: fixed for one compiled
+            # policy, so worked out once rather than on every order.
+            owners = compiled.pack_facts
+            cache = self._wanted = (
+                compiled,
+                needed,
+                [(pack, [n for n in needed if owners.get(n) == pack.name]) for pack in self._packs],
+            )
         ctx = FactContext(order=order, portfolio=portfolio, market=market)
         failure: str | None = None
         unknown: set[str] = set()
-        for pack in self._packs:
-            wanted = [n for n in needed if owners.get(n) == pack.name]
+        for pack, wanted in cache[2]:
             if not wanted or (overrides and all(n in overrides for n in wanted)):
                 continue
             problem = None
@@ -536,8 +554,16 @@ class RiskPolicy:
                 text = "true"
             elif value is False:
                 text = "false"
+            elif kind is str and value in _STRING_TEXT:
+                text = _STRING_TEXT[value]
             else:
-                text = encode(name, value)
+                text = encode(name, value)  # validates; raises RiskError naming the fact
+                if kind is str:
+                    # String facts take a handful of values (order.side); their
+                    # JSON text (validation, json.dumps) costs more than a number's.
+                    if len(_STRING_TEXT) >= _STRING_TEXT_KEPT:
+                        _STRING_TEXT.clear()
+                    _STRING_TEXT[value] = text  # type: ignore[index]
             parts.append(prefix)
             parts.append(text)
         keys = engine.fire("".join(parts))
