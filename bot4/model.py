@@ -106,7 +106,13 @@ def to_optional_decimal(value: object) -> Decimal | None:
     return None if value is None else to_decimal(value)
 
 
+# Each validator first takes the common case (a finite Decimal in range) in one
+# test; everything else goes through the full checks that name the problem.
+
+
 def _finite(inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    if type(value) is Decimal and value.is_finite():
+        return
     if not isinstance(value, Decimal):
         raise _refuse(inst, attr, value, "must be a decimal number")
     if not value.is_finite():
@@ -114,6 +120,8 @@ def _finite(inst: object, attr: attrs.Attribute[Any], value: object) -> None:
 
 
 def _positive(inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    if type(value) is Decimal and value.is_finite() and value > 0:
+        return
     _finite(inst, attr, value)
     assert isinstance(value, Decimal)
     if value <= 0:
@@ -121,6 +129,8 @@ def _positive(inst: object, attr: attrs.Attribute[Any], value: object) -> None:
 
 
 def _non_negative(inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    if type(value) is Decimal and value.is_finite() and value >= 0:
+        return
     _finite(inst, attr, value)
     assert isinstance(value, Decimal)
     if value < 0:
