@@ -74,12 +74,14 @@ class Harness(abc.ABC):
 
     async def disconnect(self) -> None:
         """Drop the link: until :meth:`reconnect`, exchange calls must fail
-        with ExchangeFailed (ExchangeUnavailable, ExchangeTimeout)."""
-        raise NotImplementedError("this harness cannot simulate a disconnect")
+        with ExchangeFailed (ExchangeUnavailable, ExchangeTimeout). Harnesses
+        that can do it override this and :attr:`can_disconnect`; the kit never
+        calls it when ``can_disconnect`` is False."""
+        raise RuntimeError(f"{type(self).__name__} cannot simulate a disconnect")
 
     async def reconnect(self) -> None:
         """Restore the link dropped by :meth:`disconnect`."""
-        raise NotImplementedError("this harness cannot simulate a disconnect")
+        raise RuntimeError(f"{type(self).__name__} cannot simulate a disconnect")
 
 
 class _Feed(Iterable[MarketData]):
