@@ -4,15 +4,33 @@ is missing they skip with the reason locally and fail under CI=true."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
 import textwrap
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+T0 = datetime(2024, 3, 1, tzinfo=UTC)
+
+
+def write_ticks(path: Path, seconds: int = 3000) -> Path:
+    """A tick CSV of two correlated symbols whose prices swing, so that moving
+    averages cross and the default rules have something to decide."""
+    lines = ["timestamp,symbol,bid,ask,last,volume"]
+    for i in range(seconds):
+        ts = (T0 + timedelta(seconds=i)).isoformat()
+        wave = math.sin(i / 60) + 0.3 * math.sin(i / 7)
+        btc = 50000 + 400 * wave
+        eth = 3000 + 30 * wave
+        lines.append(f"{ts},BTC-USDT,{btc - 0.5:.2f},{btc + 0.5:.2f},{btc:.2f},2")
+        lines.append(f"{ts},ETH-USDT,{eth - 0.05:.2f},{eth + 0.05:.2f},{eth:.2f},20")
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def make_plugin_dist(

@@ -4,7 +4,6 @@ own counts, and the bounds on label values."""
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import signal
@@ -15,7 +14,7 @@ import time
 import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot4.metrics import OTHER, Metrics, _Bounded
 from bot4.session import SessionConfig, SessionResult, StrategyConfig, run_session
-from tests.conftest import REPO
+from tests.conftest import REPO, write_ticks
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 SYMBOLS = {"BTC-USDT", "ETH-USDT"}
@@ -43,20 +42,6 @@ ORDER_ID = re.compile(r"^s\d*-[a-z]-\d+$")
 DEADLINE_S = 90.0
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
-
-
-def write_ticks(path: Path, seconds: int = 3000) -> Path:
-    """Two correlated symbols whose prices swing, so the averages cross."""
-    lines = ["timestamp,symbol,bid,ask,last,volume"]
-    for i in range(seconds):
-        ts = (T0 + timedelta(seconds=i)).isoformat()
-        wave = math.sin(i / 60) + 0.3 * math.sin(i / 7)
-        btc = 50000 + 400 * wave
-        eth = 3000 + 30 * wave
-        lines.append(f"{ts},BTC-USDT,{btc - 0.5:.2f},{btc + 0.5:.2f},{btc:.2f},2")
-        lines.append(f"{ts},ETH-USDT,{eth - 0.05:.2f},{eth + 0.05:.2f},{eth:.2f},20")
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def parse(text: str) -> Samples:

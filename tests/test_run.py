@@ -3,29 +3,14 @@
 from __future__ import annotations
 
 import json
-import math
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_bot4
+from tests.conftest import run_bot4, write_ticks
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
-
-
-def write_ticks(path: Path, n: int = 3000) -> Path:
-    """Two correlated symbols whose prices swing, so the averages cross."""
-    lines = ["timestamp,symbol,bid,ask,last,volume"]
-    for i in range(n):
-        ts = (T0 + timedelta(seconds=i)).isoformat()
-        wave = math.sin(i / 60) + 0.3 * math.sin(i / 7)
-        btc = 50000 + 400 * wave
-        eth = 3000 + 30 * wave
-        lines.append(f"{ts},BTC-USDT,{btc - 0.5:.2f},{btc + 0.5:.2f},{btc:.2f},2")
-        lines.append(f"{ts},ETH-USDT,{eth - 0.05:.2f},{eth + 0.05:.2f},{eth:.2f},20")
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 CONFIG = """
@@ -94,7 +79,7 @@ def test_replay_reports_the_first_difference(session: tuple[Path, str], tmp_path
 
 
 def test_bad_data_file_names_file_line_and_column(tmp_path: Path) -> None:
-    data = write_ticks(tmp_path / "ticks.csv", n=5)
+    data = write_ticks(tmp_path / "ticks.csv", seconds=5)
     text = data.read_text().splitlines()
     text[3] = text[3].replace(",BTC-USDT,", ",BTC-USDT,abc,", 1).rsplit(",", 1)[0]
     data.write_text("\n".join(text) + "\n")
@@ -112,7 +97,7 @@ def test_bad_config_names_the_key(tmp_path: Path) -> None:
 
 
 def test_unknown_strategy_points_at_plugins_list(tmp_path: Path) -> None:
-    data = write_ticks(tmp_path / "ticks.csv", n=5)
+    data = write_ticks(tmp_path / "ticks.csv", seconds=5)
     result = run_bot4(
         "run", "--data", str(data), "--strategy", "nope", "--out", str(tmp_path / "o")
     )

@@ -149,13 +149,14 @@ def kind(node: Node) -> str:
     return BOOL
 
 
-def facts_of(node: Node) -> list[str]:
-    """Fact names in the order they appear, without repeats."""
+def _names(node: Node, pick: Callable[[Node], str | None]) -> list[str]:
+    """The names ``pick`` finds in the tree, in order of appearance, without repeats."""
     seen: dict[str, None] = {}
 
     def walk(n: Node) -> None:
-        if isinstance(n, Fact):
-            seen.setdefault(n.name, None)
+        name = pick(n)
+        if name:
+            seen.setdefault(name, None)
         elif isinstance(n, (Arith, Div, Compare)):
             walk(n.left)
             walk(n.right)
@@ -167,25 +168,16 @@ def facts_of(node: Node) -> list[str]:
 
     walk(node)
     return list(seen)
+
+
+def facts_of(node: Node) -> list[str]:
+    """Fact names in the order they appear, without repeats."""
+    return _names(node, lambda n: n.name if isinstance(n, Fact) else None)
 
 
 def params_of(node: Node) -> list[str]:
-    seen: dict[str, None] = {}
-
-    def walk(n: Node) -> None:
-        if isinstance(n, Const) and n.name:
-            seen.setdefault(n.name, None)
-        elif isinstance(n, (Arith, Div, Compare)):
-            walk(n.left)
-            walk(n.right)
-        elif isinstance(n, BoolOp):
-            for item in n.items:
-                walk(item)
-        elif isinstance(n, Not):
-            walk(n.item)
-
-    walk(node)
-    return list(seen)
+    """Named thresholds (params) in the order they appear, without repeats."""
+    return _names(node, lambda n: n.name if isinstance(n, Const) else None)
 
 
 # --- parsing -----------------------------------------------------------------------
