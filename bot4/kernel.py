@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from decimal import ROUND_DOWN, Decimal
 from typing import Any, Protocol
 
@@ -72,6 +72,8 @@ _LADDER = {
     RiskActionKind.REDUCE_POSITION: 2,
     RiskActionKind.EMERGENCY_CLOSE: 3,
 }
+# The risk-state key of a symbol's ladder latch ({"rung": n, "side": "buy"}).
+LADDER_KEY = "ladder."
 
 
 class Policy(Protocol):
@@ -95,6 +97,17 @@ class WriteAhead(Protocol):
     journal keeps, it takes from the bus."""
 
     async def write_ahead(self, order: Order) -> None: ...
+
+
+class RiskJournal(Protocol):
+    """Where the kernel keeps risk state that must survive a restart
+    (:mod:`bot4.journal.riskstate`): ``note`` queues the new value of a key,
+    ``checkpoint`` commits everything queued, durably, before the kernel
+    takes its next step (after a breaker trip, a stop-out, a ladder rung)."""
+
+    def note(self, key: str, value: Any, ts_ns: int, symbol: str | None = None) -> None: ...
+
+    async def checkpoint(self) -> None: ...
 
 
 class Tracker(Protocol):
@@ -175,6 +188,7 @@ class Kernel:
         self.stats = KernelStats()
         self._on_tick = on_tick
         self.journal = journal
+        self.risk_journal: RiskJournal | None = None
         self.resize_rejected = resize_rejected  # try the policy's suggested size once
         self.reload_every = reload_every  # seconds between polls of the rule files
         self.halted: str | None = None  # set by halt(): the kill switch
@@ -256,6 +270,8 @@ class Kernel:
             position = self.tracker.position(fill.symbol)
             if position is None or position.side is not latch[1]:
                 del self._ladder[fill.symbol]  # flat or flipped: a new position, a new ladder
+                if self.risk_journal is not None:
+                    self.risk_journal.note(LADDER_KEY + fill.symbol, None, now, fill.symbol)
         await self.bus.publish(
             f"fill.{fill.symbol}", fill, ts=now, correlation_id=fill.client_order_id
         )
@@ -263,6 +279,8 @@ class Kernel:
         await self._monitor(
             lambda: self.policy.on_fill(fill, self.tracker.snapshot(), now, stop_out)
         )
+        if stop_out and self.risk_journal is not None:
+            await self.risk_journal.checkpoint()  # the stop-out counts after a crash
         await self._consult(lambda s: s.on_fill(fill), "on a fill")
         if self._own_exits:
             await self._protect(fill.symbol)
@@ -327,6 +345,31 @@ class Kernel:
             self._placed[order.client_order_id] = order
             if order.type is OrderType.STOP_LOSS:
                 self._open_stops.add(order.client_order_id)
+
+    def restore_risk_state(self, state: Mapping[str, Any]) -> int:
+        """After a restart: the ladder latches journaled under ``ladder.<SYMBOL>``
+        (``state`` maps keys to values), each kept only while the position it
+        was set for is still open on the same side. Call after the fills are
+        replayed into the tracker. Returns the number restored."""
+        restored = 0
+        for key, value in state.items():
+            if not key.startswith(LADDER_KEY) or not isinstance(value, Mapping):
+                continue
+            symbol = key[len(LADDER_KEY) :]
+            rung, side = value.get("rung"), value.get("side")
+            position = self.tracker.position(symbol)
+            if position is None or position.side is None or position.side.value != side:
+                continue
+            current = self._ladder.get(symbol)
+            if isinstance(rung, int) and (current is None or rung > current[0]):
+                self._ladder[symbol] = (rung, position.side)
+                restored += 1
+        return restored
+
+    @property
+    def now_ns(self) -> int:
+        """Event time of the event being handled (the last tick's time)."""
+        return self._now_ns
 
     async def _signal(self, signal: Signal) -> None:
         self.stats.signals += 1
@@ -531,10 +574,21 @@ class Kernel:
             if latch is not None and latch[0] >= rung:
                 return
             self._ladder[action.symbol] = (rung, position.side)
+            if self.risk_journal is not None:
+                # Committed before the rung acts: a restart does not act on it again.
+                self.risk_journal.note(
+                    LADDER_KEY + action.symbol,
+                    {"rung": rung, "side": position.side.value},
+                    self._now_ns,
+                    action.symbol,
+                )
+                await self.risk_journal.checkpoint()
         self.stats.actions[action.kind.value] += 1
         await self.bus.publish("risk.action", action, ts=self._now_ns)
         if action.kind is RiskActionKind.TRIP_BREAKER:
             self.stats.breaker_trips += 1
+            if self.risk_journal is not None:
+                await self.risk_journal.checkpoint()  # the trip survives a crash from here on
             return
         if action.symbol is None or action.kind is RiskActionKind.ADD_MARGIN:
             # Adding margin needs an exchange that moves collateral between

@@ -32,6 +32,7 @@ it can therefore differ from :attr:`PortfolioTracker.unrealized_pnl` in the
 from __future__ import annotations
 
 import decimal
+from collections.abc import Callable
 from decimal import Decimal
 from types import MappingProxyType
 
@@ -56,6 +57,7 @@ _CTX = decimal.Context(prec=34, rounding=decimal.ROUND_HALF_EVEN)
 # realised PnL keeps a short, fixed number of decimals and sums of it stay
 # exact even in the default 28-digit context callers use.
 _SHARE_STEP = Decimal("1e-12")
+_NEVER = Decimal("Infinity")
 
 
 def _money(value: object, name: str) -> Decimal:
@@ -95,7 +97,9 @@ class PortfolioTracker:
         "_cash",
         "_fees",
         "_marks",
+        "_on_peak",
         "_peak",
+        "_peak_alert",
         "_realized",
         "_snapshot",
         "_starting_cash",
@@ -110,6 +114,10 @@ class PortfolioTracker:
         self._books: dict[str, _Book] = {}
         self._marks: dict[str, Decimal] = {}
         self._peak = max(start, ZERO)
+        # A watcher (the journal) is told when the peak passes _peak_alert;
+        # without one the alert level is infinite and the test never passes.
+        self._peak_alert = _NEVER
+        self._on_peak: Callable[[Decimal], Decimal] | None = None
         self._snapshot: Portfolio | None = None
 
     # --- figures ----------------------------------------------------------------
@@ -270,6 +278,23 @@ class PortfolioTracker:
         self._touch()
         return realized
 
+    def restore_peak(self, peak: Decimal) -> None:
+        """After a restart: the high-water mark is at least ``peak`` (the one
+        journaled before the crash, unrealised gains included), never lower
+        than the one the replayed fills give."""
+        peak = _money(peak, "peak")
+        if peak > self._peak:
+            self._peak = peak
+            self._snapshot = None
+
+    def watch_peak(self, callback: Callable[[Decimal], Decimal] | None) -> None:
+        """Call ``callback(peak)`` when the peak equity rises past the level
+        the previous call returned (the first call: past the current peak).
+        It returns the next level: a watcher that journals the peak rounded
+        up is told again only once the true peak passes what it wrote."""
+        self._on_peak = callback
+        self._peak_alert = self._peak if callback is not None else _NEVER
+
     def set_stop_loss(self, symbol: str, price: Decimal | None) -> None:
         """Record (or clear) the protective stop shown on the open position."""
         book = self._books.get(symbol)
@@ -334,3 +359,5 @@ class PortfolioTracker:
         equity = self.equity
         if equity > self._peak:
             self._peak = equity
+            if equity > self._peak_alert and self._on_peak is not None:
+                self._peak_alert = self._on_peak(equity)

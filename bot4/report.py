@@ -367,6 +367,7 @@ class SessionReport:
         self._gross_ns = 0.0  # integral of gross/equity over time, in ns
         self._gross_ratio = 0.0
         self._max_drawdown = ZERO
+        self._first_equity: Decimal | None = None  # equity at this run's first book event
 
         self._by_head: dict[str, Callable[[Event], None]] = {
             "market": self._on_market,
@@ -487,6 +488,8 @@ class SessionReport:
         """Read equity and peak from the tracker: drawdown, equity bucket,
         gross exposure. Runs for every market, fill and risk-action event."""
         equity = self.tracker.equity
+        if self._first_equity is None:
+            self._first_equity = equity
         peak = self.tracker.peak_equity
         if equity > peak:  # a tracker whose peak lags its equity
             peak = equity
@@ -591,6 +594,12 @@ class SessionReport:
     def return_pct(self) -> float:
         start = self.tracker.starting_cash
         return float(self.pnl / start * 100) if start > 0 else 0.0
+
+    @property
+    def first_equity(self) -> Decimal:
+        """Equity when this report first looked at the book (the run's first
+        tick): a resumed run's own PnL is measured from it."""
+        return self._first_equity if self._first_equity is not None else self.tracker.equity
 
     @property
     def max_drawdown(self) -> float:

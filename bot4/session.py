@@ -221,6 +221,8 @@ class SessionResult:
     recording: Path | None
     wall_seconds: float
     rules_digest: str
+    # The earlier runs when this one resumed a session (RunHistory), else None.
+    history: Any = None
 
 
 ProgressHook = Callable[[MarketData], Awaitable[None]]
@@ -242,6 +244,9 @@ class SessionContext:
     # The session's metrics when it exports them: the journal reports its
     # write latency there (Metrics.observe_journal_write).
     metrics: Metrics | None = None
+    # The earlier runs of this session (bot4.journal.riskstate.RunHistory),
+    # set by the journal service when this run resumes one; None otherwise.
+    history: Any = None
 
 
 # A session service (journal, shared risk state, metrics, ...) is awaited once
@@ -338,7 +343,7 @@ async def run_session(
     symbols = sorted({sym for s in config.strategies for sym in s.params.get("symbols", ())})
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before the session starts
-    recording = out / RECORDING if config.record else None
+    recording: Path | None = None
     digest = hashlib.sha256(repr(sorted(sources.items())).encode()).hexdigest()[:16]
 
     started = time.perf_counter()
@@ -366,6 +371,8 @@ async def run_session(
         async with trio.open_nursery() as nursery:
             for service in chosen:
                 await service(ctx, nursery)
+            if config.record:
+                recording = recording_path(out, getattr(ctx.history, "runs", 0))
             if recording is not None:
                 async with EventRecorder(bus, recording, encode=codec.encode):
                     await bus.publish("session.start", header, ts=0)
@@ -375,7 +382,21 @@ async def run_session(
                 stats = await kernel.run(symbols)
             await bus.drain()
             nursery.cancel_scope.cancel()
-    return SessionResult(stats, report, recording, time.perf_counter() - started, digest)
+    return SessionResult(
+        stats, report, recording, time.perf_counter() - started, digest, ctx.history
+    )
+
+
+def recording_path(out: Path, earlier_runs: int) -> Path:
+    """Where this run records: ``recording.jsonl`` for a new session; a run
+    that resumes one (``earlier_runs`` before it) keeps their recordings and
+    writes ``recording-<run>.jsonl`` (run 2, 3, ...; the next free number)."""
+    if earlier_runs <= 0:
+        return out / RECORDING
+    run = earlier_runs + 1
+    while (out / f"recording-{run}.jsonl").exists():
+        run += 1
+    return out / f"recording-{run}.jsonl"
 
 
 def _pacer(speed: float, progress: ProgressHook | None) -> ProgressHook | None:

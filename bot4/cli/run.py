@@ -104,10 +104,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     if progress is not None:
         sys.stderr.write("\n")
+    from bot4.session_summary import summary_json
+
     summary = result.report.finish(result.stats)
     summary.wall_seconds = result.wall_seconds
     out = Path(config.out)
-    (out / "summary.json").write_text(json.dumps(summary.as_dict(), indent=2) + "\n")
+    document = summary_json(summary, result.report, result.history)
+    (out / "summary.json").write_text(json.dumps(document, indent=2) + "\n")
     chart_path = None
     if not args.no_chart:
         from bot4.chart import write_chart
@@ -117,7 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ImportError as exc:
             print(f"chart skipped: {exc}", file=sys.stderr)
     if args.json:
-        print(json.dumps(summary.as_dict(), indent=2))
+        print(json.dumps(document, indent=2))
     else:
         print(summary.as_text())
         print(f"summary: {out / 'summary.json'}")

@@ -12,7 +12,9 @@ transaction, so that recovery does not have to replay it:
   ``abandoned`` when a session started against a fresh venue);
 * ``journal_fills``: one row per exchange fill id (a fill seen twice is kept
   once);
-* ``journal_state``: the breaker, the halt switch and the venue epoch.
+* ``journal_state``: the breaker, the halt switch and the venue epoch;
+* ``journal_risk_state`` and ``journal_risk_events``: risk state that must
+  survive a restart (:mod:`bot4.journal.riskstate`).
 
 :class:`Store` is the synchronous interface a backend implements
 (:mod:`bot4.journal.sqlite`, :mod:`bot4.journal.postgres`); :class:`Journal`
@@ -40,6 +42,14 @@ import trio
 from bot4 import codec
 from bot4.errors import Bot4Error
 from bot4.journal.migrations import LATEST
+from bot4.journal.riskstate import (
+    RiskEventRow,
+    RiskStateRow,
+    RunHistory,
+    read_history,
+    read_risk_events,
+    read_risk_state,
+)
 from bot4.model import (
     Approved,
     Fill,
@@ -126,6 +136,8 @@ class RecordKind(enum.Enum):
     HALT = "halt"  # the kill switch
     RECOVERY = "recovery"  # what recovery found and did
     ERROR = "error"  # a kernel error worth keeping
+    RISK_STATE = "risk_state"  # the latest value of one risk-state key (riskstate)
+    RISK_EVENT = "risk_event"  # an event a rule window counts, at its event time
 
 
 _TERMINAL = ("filled", "canceled", "rejected")
@@ -185,6 +197,16 @@ class Record:
             ts_ns,
             rule=rule,
         )
+
+    @classmethod
+    def risk_state(cls, key: str, value: Any, ts_ns: int, symbol: str | None = None) -> Record:
+        """The new value of risk-state ``key`` (JSON-able; None clears it)."""
+        return cls(RecordKind.RISK_STATE, {"key": key, "value": value}, ts_ns, symbol=symbol)
+
+    @classmethod
+    def risk_event(cls, kind: str, symbol: str, ts_ns: int) -> Record:
+        """An event of ``kind`` (``orders``, ``stop_outs``) at event time ``ts_ns``."""
+        return cls(RecordKind.RISK_EVENT, {"kind": kind, "symbol": symbol}, ts_ns, symbol=symbol)
 
 
 @attrs.frozen(slots=True)
@@ -350,6 +372,14 @@ _UPSERT_KV = (
     "INSERT INTO journal_state (key, value, seq) VALUES (?, ?, ?)"
     " ON CONFLICT (key) DO UPDATE SET value = excluded.value, seq = excluded.seq"
 )
+_UPSERT_RISK_STATE = (
+    "INSERT INTO journal_risk_state (key, value, ts_ns, seq) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (key) DO UPDATE SET value = excluded.value, ts_ns = excluded.ts_ns,"
+    " seq = excluded.seq"
+)
+_INSERT_RISK_EVENT = (
+    "INSERT INTO journal_risk_events (seq, kind, symbol, ts_ns) VALUES (?, ?, ?, ?)"
+)
 _RECORD_COLUMNS = "seq, ts_ns, kind, client_order_id, symbol, rule, body, checksum"
 _ORDER_COLUMNS = "body, status, filled_qty, exchange_order_id, origin, intent_seq, last_seq"
 
@@ -417,6 +447,8 @@ class Store(abc.ABC):
         never: list[tuple[Any, ...]] = []
         fills: list[tuple[Any, ...]] = []
         kv: list[tuple[Any, ...]] = []
+        risk_state: list[tuple[Any, ...]] = []
+        risk_events: list[tuple[Any, ...]] = []
         reset: int | None = None
         for rec in records:
             seq += 1
@@ -491,6 +523,10 @@ class Store(abc.ABC):
                     kv.append(("epoch", str(seq), seq))
             elif rec.kind is RecordKind.RECOVERY:
                 kv.append(("recovery", body, seq))
+            elif rec.kind is RecordKind.RISK_STATE:
+                risk_state.append((encoded["key"], _json(encoded["value"]), rec.ts_ns, seq))
+            elif rec.kind is RecordKind.RISK_EVENT:
+                risk_events.append((seq, encoded["kind"], encoded["symbol"], rec.ts_ns))
         with self._tx(durable=durable) as tx:
             tx.executemany(_INSERT_RECORD, rows)
             if reset is not None:
@@ -505,6 +541,10 @@ class Store(abc.ABC):
                 tx.executemany(_INSERT_FILL, fills)
             if kv:
                 tx.executemany(_UPSERT_KV, kv)
+            if risk_state:
+                tx.executemany(_UPSERT_RISK_STATE, risk_state)
+            if risk_events:
+                tx.executemany(_INSERT_RISK_EVENT, risk_events)
         self._seq, self._last_checksum = seq, prev
         return seq
 
@@ -568,6 +608,22 @@ class Store(abc.ABC):
         with self._tx(write=False) as tx:
             rows = tx.execute("SELECT key, value FROM journal_state")
         return {str(k): json.loads(v) for k, v in rows}
+
+    def risk_state(self, since_seq: int = 0) -> dict[str, RiskStateRow]:
+        """The latest value of every risk-state key written after ``since_seq``."""
+        with self._tx(write=False) as tx:
+            return read_risk_state(tx, since_seq)
+
+    def risk_events(
+        self, kind: str, *, since_seq: int = 0, horizon_ns: int | None = None
+    ) -> list[RiskEventRow]:
+        with self._tx(write=False) as tx:
+            return read_risk_events(tx, kind, since_seq=since_seq, horizon_ns=horizon_ns)
+
+    def history(self, after_seq: int, before_seq: int) -> RunHistory:
+        """What the runs between two seqs did (see :class:`RunHistory`)."""
+        with self._tx(write=False) as tx:
+            return read_history(tx, after_seq, before_seq)
 
     def records(
         self,
@@ -728,6 +784,19 @@ class Journal:
 
     async def state(self) -> dict[str, Any]:
         return await self._call(self.store.state)
+
+    async def risk_state(self, since_seq: int = 0) -> dict[str, RiskStateRow]:
+        return await self._call(self.store.risk_state, since_seq)
+
+    async def risk_events(
+        self, kind: str, *, since_seq: int = 0, horizon_ns: int | None = None
+    ) -> list[RiskEventRow]:
+        return await self._call(
+            self.store.risk_events, kind, since_seq=since_seq, horizon_ns=horizon_ns
+        )
+
+    async def history(self, after_seq: int, before_seq: int) -> RunHistory:
+        return await self._call(self.store.history, after_seq, before_seq)
 
     async def records(self, **filters: Any) -> list[StoredRecord]:
         return await self._call(self.store.records, **filters)

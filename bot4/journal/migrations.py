@@ -117,6 +117,26 @@ _MARKET_POSTGRES = (
     $$""",
 )
 
+# Risk state that must outlive the process (bot4.journal.riskstate): one row
+# per key, the latest value (peak equity, breaker, ladder latches, window
+# resets), and the event times counted by the rules' windows, append-only,
+# read back by kind and event time on a restart.
+_RISK_STATE = _both(
+    """CREATE TABLE journal_risk_state (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        ts_ns BIGINT NOT NULL,
+        seq BIGINT NOT NULL
+    )""",
+    """CREATE TABLE journal_risk_events (
+        seq BIGINT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        symbol TEXT NOT NULL,
+        ts_ns BIGINT NOT NULL
+    )""",
+    "CREATE INDEX journal_risk_events_kind ON journal_risk_events (kind, ts_ns)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "records, orders, fills and state", _V1, _V1),
     Migration(
@@ -124,6 +144,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "market data history (TimescaleDB hypertable if present)",
         _MARKET_SQLITE,
         _MARKET_POSTGRES,
+    ),
+    Migration(
+        3,
+        "risk state across restarts: peak equity, breaker, ladder, window events",
+        _RISK_STATE,
+        _RISK_STATE,
     ),
 )
 LATEST = MIGRATIONS[-1].version

@@ -20,7 +20,13 @@ the bot (a live exchange; the paper exchange with ``state:``):
    they differ, all the venue's recent fills are fetched and compared again;
    if they still differ the breaker is tripped with the difference as its
    reason (reduce-only orders still go through: a person has to look).
-5. **The breaker** is restored as journaled (tripped stays tripped).
+5. **The breaker** is restored as journaled (tripped stays tripped, with
+   its reason and since when), and so is the rest of the risk state
+   (:mod:`bot4.journal.riskstate`): the peak equity (the drawdown is measured
+   from the peak reached before the crash, unrealised gains included), the
+   ladder latches of positions still open on the same side, and the events
+   the rules' windows count (stop-outs, orders), within the windows' horizon
+   and after the last breaker reset.
 6. **Client order ids**: the kernel numbers new ids past the highest one the
    journal or the exchange has seen for this session id
    (:meth:`bot4.kernel.Kernel.resume`), so ids are unique across restarts
@@ -53,6 +59,7 @@ from bot4.journal.base import (
     RecordKind,
     RecoveryError,
 )
+from bot4.journal.riskstate import PEAK_KEY, cleared_key
 from bot4.model import ZERO, Fill, Order, OrderState, OrderStatus
 
 __all__ = ["RecoveryReport", "highest_id", "recover", "replay_fills"]
@@ -72,6 +79,10 @@ class RecoveryReport:
     mismatches: list[str] = attrs.field(factory=list)
     breaker_tripped: bool = False
     breaker_reason: str = ""
+    breaker_since_ns: int | None = None
+    peak_equity: str = ""  # the high-water mark the session goes on from
+    ladder_latches: int = 0  # ladder rungs restored (positions still open)
+    window_events: dict[str, int] = attrs.field(factory=dict)  # events restored, by kind
     last_id: int = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -250,6 +261,8 @@ async def recover(
     if breaker is not None:
         report.breaker_tripped = bool(breaker.tripped)
         report.breaker_reason = str(breaker.reason)
+        report.breaker_since_ns = getattr(breaker, "tripped_at_ns", None)
+    await _restore_risk_state(journal, report, tracker, kernel, policy, epoch)
     for symbol, qty in report.positions.items():
         position = tracker.position(symbol)
         records.append(
@@ -263,6 +276,32 @@ async def recover(
     records.append(Record(RecordKind.RECOVERY, report.as_dict(), now))
     await journal.append(records, durable=True)
     return report
+
+
+async def _restore_risk_state(
+    journal: Journal, report: RecoveryReport, tracker: Any, kernel: Any, policy: Any, epoch: int
+) -> None:
+    """Peak equity, ladder latches and window events of this venue epoch
+    (see :mod:`bot4.journal.riskstate`). Before the first tick: the first
+    decision after a restart already sees them."""
+    saved = await journal.risk_state(since_seq=epoch)
+    peak = saved.get(PEAK_KEY)
+    if peak is not None and isinstance(peak.value, dict) and hasattr(tracker, "restore_peak"):
+        tracker.restore_peak(Decimal(str(peak.value["peak"])))
+    if hasattr(tracker, "peak_equity"):
+        report.peak_equity = str(tracker.peak_equity)
+    if hasattr(kernel, "restore_risk_state"):
+        report.ladder_latches = kernel.restore_risk_state({k: r.value for k, r in saved.items()})
+    horizon = int(getattr(policy, "window_horizon_ns", 0) or 0)
+    if horizon <= 0 or not hasattr(policy, "restore_window_events"):
+        return
+    for kind in policy.window_kinds:
+        cleared = saved.get(cleared_key(kind))
+        since = max(epoch, cleared.seq if cleared is not None else 0)
+        rows = await journal.risk_events(kind, since_seq=since, horizon_ns=horizon)
+        report.window_events[kind] = policy.restore_window_events(
+            kind, [(r.symbol, r.ts_ns) for r in rows]
+        )
 
 
 def _moved(row: OrderRow | None, state: OrderState) -> OrderRow:

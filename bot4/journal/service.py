@@ -13,8 +13,14 @@ opens the journal named by the config's ``journal`` key, else
   a journal that falls behind slows the kernel down instead) for decisions
   (``risk.approved``/``risk.rejected``, with the deciding rule), risk actions,
   acknowledgements (``order.placed``), order updates, fills (each followed by
-  the position it leaves), halts and kernel errors; breaker trips come with
-  their ``risk.action``, resets from the breaker's reset hook;
+  the position it leaves), halts and kernel errors;
+* keeps the risk state a restart must not lose (:mod:`bot4.journal.riskstate`):
+  breaker trips and resets from the breaker's own hooks, every event the
+  rules' windows count (from the policy), the peak equity when it rises
+  (from the tracker, rounded up, at most one record per 0.01 % of new high)
+  and the ladder latches (``kernel.risk_journal``); the kernel calls
+  :meth:`JournalWriter.checkpoint` after a trip, a stop-out or a rung, which
+  commits the queue durably before it goes on;
 * writes those in batches (group commit): a flush when ``batch`` records are
   queued, every ``interval`` seconds otherwise, always together with the next
   intent, and a last one when the session ends. Records queued past
@@ -26,15 +32,18 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from decimal import Decimal
 from typing import Any
 
+import attrs
 import trio
 
 from bot4.bus import Backpressure, Bus, Event
 from bot4.journal import open_store, resolve_target
 from bot4.journal.base import Journal, JournalError, Record, RecordKind, Store
 from bot4.journal.recovery import RecoveryReport, recover
+from bot4.journal.riskstate import PEAK_KEY, RunHistory, cleared_key, peak_to_journal
 from bot4.model import Approved, Fill, MarketData, Order, OrderState, Rejected, RiskAction
 from bot4.model import RiskActionKind as _Kind
 from bot4.portfolio import PortfolioTracker
@@ -78,6 +87,8 @@ class JournalWriter:
         self._ticks: list[MarketData] = []
         self._lock = trio.Lock()
         self._wake = trio.Event()
+        self._clock: Callable[[], int] = time.time_ns
+        self._trips_hooked = False  # breaker trips come from the breaker's hook
         self.intents = 0
         self.flushes = 0
         self.records = 0
@@ -106,7 +117,19 @@ class JournalWriter:
 
     # -- the bus (everything else) ------------------------------------------------
 
-    def attach(self, bus: Bus, policy: Any = None) -> None:
+    def attach(
+        self,
+        bus: Bus,
+        policy: Any = None,
+        *,
+        tracker: PortfolioTracker | None = None,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        """Subscribe to the bus; hook the breaker and the windows of
+        ``policy`` and the peak equity of ``tracker``. ``clock`` gives the
+        event time to stamp risk state with (the kernel's)."""
+        if clock is not None:
+            self._clock = clock
         prefixes = (*_TOPICS, "market.") if self.market_data else _TOPICS
         bus.subscribe(
             "#",
@@ -119,10 +142,66 @@ class JournalWriter:
         breaker = getattr(policy, "breaker", None)
         if breaker is not None and hasattr(breaker, "on_reset"):
             breaker.on_reset(self._breaker_reset)
+        if breaker is not None and hasattr(breaker, "on_trip"):
+            breaker.on_trip(self._breaker_trip)
+            self._trips_hooked = True
+        if hasattr(policy, "watch_windows"):
+            policy.watch_windows(self._window_event)
+        if tracker is not None:
+            tracker.watch_peak(self._new_peak)
 
     def _breaker_reset(self) -> None:
         self._pending.append(Record.breaker(False, "", time.time_ns(), rule="reset"))
         self._wake.set()
+
+    def _breaker_trip(self, reason: str, now_ns: int) -> None:
+        self._pending.append(Record.breaker(True, reason, now_ns, rule="breaker"))
+        self._wake.set()
+
+    # -- risk state (kernel, policy, tracker -> journal) ---------------------------
+
+    def note(self, key: str, value: Any, ts_ns: int, symbol: str | None = None) -> None:
+        """Queue the new value of a risk-state key (``None`` clears it)."""
+        self.enqueue(Record.risk_state(key, value, ts_ns, symbol))
+
+    def _window_event(self, kind: str, symbol: str, ts_ns: int) -> None:
+        if ts_ns < 0:  # the windows forgot this kind (a breaker reset)
+            self.note(cleared_key(kind), {}, self._clock())
+        else:
+            self.enqueue(Record.risk_event(kind, symbol, ts_ns))
+
+    def _new_peak(self, peak: Decimal) -> Decimal:
+        # Journal the peak rounded up and hear of it again only above that:
+        # a restored peak is never below the true one, and a rising book
+        # writes one record per 0.01 % of new high, not one per tick.
+        level = peak_to_journal(peak)
+        self.note(PEAK_KEY, {"peak": str(level)}, self._clock())
+        return level
+
+    async def checkpoint(self) -> None:
+        """Commit everything queued now, durably, when the venue outlives the
+        process; against a venue that does not (nothing is restored) just
+        hurry the next flush."""
+        if not self.wait_for_intents:
+            self._wake.set()
+            return
+        async with self._lock:
+            batch, self._pending = self._pending, []
+            if not batch:
+                return
+            try:
+                await self.journal.append(batch, durable=True)
+            except JournalError as exc:  # kept queued; the writer's next flush retries
+                self._pending[:0] = batch
+                self.errors += 1
+                self.last_error = str(exc)
+                log.error("journal checkpoint failed: %s", exc)  # noqa: TRY400
+                return
+            except BaseException:
+                self._pending[:0] = batch
+                raise
+            self.flushes += 1
+            self.records += len(batch)
 
     def enqueue(self, record: Record) -> None:
         self._pending.append(record)
@@ -141,7 +220,7 @@ class JournalWriter:
             self.enqueue(Record.decision(payload, ts, event.correlation_id))
         elif topic == "risk.action" and isinstance(payload, RiskAction):
             self.enqueue(Record.action(payload, ts))
-            if payload.kind is _Kind.TRIP_BREAKER:
+            if payload.kind is _Kind.TRIP_BREAKER and not self._trips_hooked:
                 self.enqueue(Record.breaker(True, payload.reason, ts, rule=payload.rule))
         elif topic in ("order.placed", "order.update") and isinstance(payload, OrderState):
             self.enqueue(Record.state(payload, ts, ack=topic == "order.placed"))
@@ -222,6 +301,7 @@ class JournalService:
         self.market_data = market_data
         self.schema = schema
         self.report: RecoveryReport | None = None
+        self.history: RunHistory | None = None
         self.writer: JournalWriter | None = None
 
     async def __call__(self, ctx: Any, nursery: trio.Nursery) -> None:
@@ -243,7 +323,7 @@ class JournalService:
                 "fresh_venue": not durable_venue,
                 "pid": os.getpid(),
             }
-            await journal.append(
+            session_seq = await journal.append(
                 [Record(RecordKind.SESSION, session, time.time_ns())], durable=True
             )
             self.report = await recover(
@@ -256,6 +336,12 @@ class JournalService:
                 fresh_venue=not durable_venue,
                 shadow=shadow,
             )
+            # The earlier runs of this session: those of the venue epoch.
+            epoch = int((await journal.state()).get("epoch", 0))
+            history = await journal.history(epoch, session_seq)
+            self.history = attrs.evolve(
+                history, fills=self.report.fills_replayed + self.report.fills_recovered
+            )
         except BaseException:
             await journal.aclose()
             raise
@@ -267,8 +353,10 @@ class JournalService:
             shadow=shadow,
             wait_for_intents=durable_venue,
         )
-        writer.attach(ctx.bus, ctx.policy)
+        writer.attach(ctx.bus, ctx.policy, tracker=ctx.tracker, clock=lambda: ctx.kernel.now_ns)
         ctx.kernel.journal = writer
+        ctx.kernel.risk_journal = writer
+        ctx.history = self.history
         self.writer = writer
         nursery.start_soon(writer.run, name="journal-writer")
 

@@ -16,6 +16,7 @@ class Breaker:
         self.reason = ""
         self.tripped_at_ns: int | None = None
         self._on_reset: list[Callable[[], None]] = []
+        self._on_trip: list[Callable[[str, int], None]] = []
 
     def trip(self, reason: str, now_ns: int) -> bool:
         """Trip the breaker; returns False if it was already tripped (the
@@ -26,6 +27,8 @@ class Breaker:
         self.reason = reason
         self.tripped_at_ns = now_ns
         log.warning("circuit breaker tripped: %s", reason)
+        for callback in self._on_trip:
+            callback(reason, now_ns)
         return True
 
     def reset(self) -> None:
@@ -40,6 +43,12 @@ class Breaker:
 
     def on_reset(self, callback: Callable[[], None]) -> None:
         self._on_reset.append(callback)
+
+    def on_trip(self, callback: Callable[[str, int], None]) -> None:
+        """``callback(reason, now_ns)`` on every trip, synchronously, before
+        :meth:`trip` returns (the journal queues the new state there, so the
+        kernel's next checkpoint commits it)."""
+        self._on_trip.append(callback)
 
     def __repr__(self) -> str:
         state = f"tripped at {self.tripped_at_ns}: {self.reason}" if self.tripped else "armed"

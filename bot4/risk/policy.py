@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import Any, Protocol
@@ -67,7 +67,7 @@ from bot4.risk.facts import (
     tick_facts,
     to_fact,
 )
-from bot4.risk.windows import ORDERS, STOP_OUTS, EventLog
+from bot4.risk.windows import EVENT_KINDS, ORDERS, STOP_OUTS, EventLog
 
 log = logging.getLogger("bot4.risk")
 
@@ -819,3 +819,26 @@ class RiskPolicy:
     def record_order(self, symbol: str, now_ns: int) -> None:
         """Count an order approved elsewhere (scenario history replay)."""
         self._events.record(ORDERS, symbol, now_ns)
+
+    # --- state across restarts (bot4.journal.riskstate) ---
+
+    def watch_windows(self, observer: Callable[[str, str, int], None] | None) -> None:
+        """Tell ``observer(kind, symbol, now_ns)`` of every event the windows
+        count, and ``observer(kind, "", -1)`` when they forget a kind (a
+        breaker reset forgets the stop-outs)."""
+        self._events.observer = observer
+
+    @property
+    def window_kinds(self) -> tuple[str, ...]:
+        """The kinds of events the windows count."""
+        return EVENT_KINDS
+
+    @property
+    def window_horizon_ns(self) -> int:
+        """How far back (event time) the longest window looks."""
+        return self._events.horizon_ns
+
+    def restore_window_events(self, kind: str, events: Iterable[tuple[str, int]]) -> int:
+        """Count journaled ``(symbol, event time)`` events of ``kind`` again
+        after a restart; returns how many."""
+        return self._events.restore(kind, events)

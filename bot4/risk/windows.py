@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 
 import attrs
 
@@ -86,16 +87,35 @@ class WindowSpec:
 
 
 class EventLog:
-    """Times (ns) of counted events, per kind and symbol, in time order."""
+    """Times (ns) of counted events, per kind and symbol, in time order.
+
+    An ``observer`` (the journal) hears of every recorded event as
+    ``(kind, symbol, now_ns)`` and of every :meth:`clear` as ``(kind, "",
+    -1)``; :meth:`restore` puts journaled events back without telling it."""
 
     def __init__(self) -> None:
         self._times: dict[tuple[str, str], list[int]] = defaultdict(list)
         self.horizon_ns = 0
+        self.observer: Callable[[str, str, int], None] | None = None
 
     def set_horizon(self, seconds: float) -> None:
         self.horizon_ns = max(self.horizon_ns, int(seconds * 1e9))
 
     def record(self, kind: str, symbol: str, now_ns: int) -> None:
+        if self.observer is not None:
+            self.observer(kind, symbol, now_ns)
+        self._add(kind, symbol, now_ns)
+
+    def restore(self, kind: str, events: Iterable[tuple[str, int]]) -> int:
+        """Put back ``(symbol, time)`` events of ``kind`` (a restart); returns
+        how many."""
+        n = 0
+        for symbol, ts in events:
+            self._add(kind, symbol, ts)
+            n += 1
+        return n
+
+    def _add(self, kind: str, symbol: str, now_ns: int) -> None:
         for key in ((kind, symbol), (kind, _ALL)):
             times = self._times[key]
             if times and times[-1] > now_ns:
@@ -122,3 +142,5 @@ class EventLog:
     def clear(self, kind: str) -> None:
         for key in [k for k in self._times if k[0] == kind]:
             del self._times[key]
+        if self.observer is not None:
+            self.observer(kind, "", -1)
