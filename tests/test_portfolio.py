@@ -307,3 +307,36 @@ def test_snapshot_equals_a_validated_portfolio() -> None:
     assert dict(s.positions) == dict(ref.positions)
     assert dict(s.marks) == dict(ref.marks)
     assert (s.cash, s.peak_equity, s.equity) == (D("-5.5"), D(0), ref.equity)
+
+
+def test_restored_peak_raises_the_high_water_mark_and_never_lowers_it() -> None:
+    t = PortfolioTracker(cash=D("1000"))
+    t.apply(fill("buy", "1", "100"))
+    t.mark("BTC-USDT", D("90"))  # equity 990, peak 1000 from the start
+    assert t.snapshot().drawdown == D("0.01")
+    t.restore_peak(D("1100"))  # the journal knew a higher one before a crash
+    assert t.peak_equity == D("1100")
+    assert t.snapshot().drawdown == D("110") / D("1100")
+    t.restore_peak(D("500"))
+    assert t.peak_equity == D("1100")
+    with pytest.raises(ValueError, match="peak"):
+        t.restore_peak(D("NaN"))
+
+
+def test_peak_watcher_hears_only_rises_past_the_level_it_asked_for() -> None:
+    t = PortfolioTracker(cash=D("1000"))
+    heard: list[Decimal] = []
+
+    def watcher(peak: Decimal) -> Decimal:
+        heard.append(peak)
+        return peak + 10  # tell me again 10 above this
+
+    t.watch_peak(watcher)
+    t.apply(fill("buy", "1", "100"))
+    for price in ("101", "105", "111", "109", "112", "125"):  # 1011 is not past 1011
+        t.mark("BTC-USDT", D(price))
+    assert heard == [D("1001"), D("1012"), D("1025")]
+    t.watch_peak(None)
+    t.mark("BTC-USDT", D("200"))
+    assert heard == [D("1001"), D("1012"), D("1025")]
+    assert t.peak_equity == D("1100")

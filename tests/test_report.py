@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from bot4.bus import Bus, open_bus
+from bot4.journal.riskstate import RunHistory
 from bot4.kernel import KernelStats
 from bot4.model import (
     Approved,
@@ -25,6 +26,7 @@ from bot4.model import (
 )
 from bot4.portfolio import PortfolioTracker
 from bot4.report import SessionReport, Summary
+from bot4.session_summary import summary_json
 
 D = Decimal
 BTC = "BTC-USDT"
@@ -322,3 +324,55 @@ def test_empty_report() -> None:
 def test_sample_interval_must_be_positive() -> None:
     with pytest.raises(ValueError, match="sample_every_s"):
         SessionReport(PortfolioTracker(D(100)), sample_every_s=0)
+
+
+@pytest.mark.trio
+async def test_summary_json_of_one_run_is_the_session() -> None:
+    report, _ = await scripted_session()
+    s = report.finish(KernelStats(resized=1), wall_seconds=2.0)
+    data = json.loads(json.dumps(summary_json(s, report)))
+    # The keys summary.json always had are there, unchanged.
+    assert {k: v for k, v in data.items() if k not in ("this_run", "session")} == s.as_dict()
+    run, session = data["this_run"], data["session"]
+    assert (run["run"], run["resumed"], session["runs"]) == (1, False, 1)
+    assert session["first_run_started"] is None
+    for key in ("fills", "orders_approved", "orders_rejected", "breaker_trips"):
+        assert run[key] == session[key] == data[key]
+    assert (
+        run["rejections_by_rule"]
+        == session["rejections_by_rule"]
+        == {
+            "breaker": 1,
+            "max-position": 2,
+        }
+    )
+    assert run["equity_at_start"] == "1000"  # the first tick, before any fill
+    assert run["pnl"] == session["pnl"] == "-2"
+    assert session["peak_equity"] == "1019"
+
+
+@pytest.mark.trio
+async def test_summary_json_of_a_resumed_run_adds_the_earlier_runs() -> None:
+    report, _ = await scripted_session()
+    s = report.finish(KernelStats())
+    earlier = RunHistory(
+        runs=2,
+        started_ns=ns(-3600),
+        orders_approved=5,
+        orders_rejected=2,
+        rejections_by_rule={"breaker": 2},
+        risk_actions={"add_margin": 3},
+        breaker_trips=0,
+        fills=7,
+    )
+    data = summary_json(s, report, earlier)
+    run, session = data["this_run"], data["session"]
+    assert (run["run"], run["resumed"], session["runs"]) == (3, True, 3)
+    assert session["first_run_started"] == "2024-02-29T23:00:00+00:00"
+    assert (run["fills"], session["fills"]) == (4, 11)
+    assert (run["orders_approved"], session["orders_approved"]) == (1, 6)
+    assert (run["orders_rejected"], session["orders_rejected"]) == (3, 5)
+    assert session["rejections_by_rule"] == {"breaker": 3, "max-position": 2}
+    assert session["risk_actions"] == {"add_margin": 3, "emergency_close": 1, "trip_breaker": 1}
+    assert session["breaker_trips"] == 1
+    assert data["ticks"] == run["ticks"] == 6

@@ -145,6 +145,10 @@ def summarize(rec: StoredRecord) -> str:
         return "tripped: " + str(body.get("reason", "")) if body.get("tripped") else "reset"
     if rec.kind == RecordKind.POSITION.value:
         return f"position {body.get('qty')}"
+    if rec.kind == RecordKind.RISK_STATE.value:
+        return f"{body.get('key')} = {json.dumps(body.get('value'), sort_keys=True)}"
+    if rec.kind == RecordKind.RISK_EVENT.value:
+        return f"{body.get('kind')} {body.get('symbol')}"
     if rec.kind == RecordKind.RECOVERY.value:
         keys = ("intents_recovered", "never_sent", "orders_adopted", "fills_recovered")
         return ", ".join(f"{k}={body.get(k)}" for k in keys)

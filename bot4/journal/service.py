@@ -125,11 +125,7 @@ class JournalWriter:
         tracker: PortfolioTracker | None = None,
         clock: Callable[[], int] | None = None,
     ) -> None:
-        """Subscribe to the bus; hook the breaker and the windows of
-        ``policy`` and the peak equity of ``tracker``. ``clock`` gives the
-        event time to stamp risk state with (the kernel's)."""
-        if clock is not None:
-            self._clock = clock
+        """Subscribe to the bus, then :meth:`attach_hooks`."""
         prefixes = (*_TOPICS, "market.") if self.market_data else _TOPICS
         bus.subscribe(
             "#",
@@ -139,6 +135,21 @@ class JournalWriter:
             capacity=4096,
             name="journal",
         )
+        self.attach_hooks(policy, tracker, clock=clock)
+
+    def attach_hooks(
+        self,
+        policy: Any = None,
+        tracker: PortfolioTracker | None = None,
+        *,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        """Hear of the risk state that must survive a restart: the breaker's
+        trips and resets and the windows' events (``policy``), the peak
+        equity (``tracker``). ``clock`` gives the event time to stamp state
+        with (the kernel's)."""
+        if clock is not None:
+            self._clock = clock
         breaker = getattr(policy, "breaker", None)
         if breaker is not None and hasattr(breaker, "on_reset"):
             breaker.on_reset(self._breaker_reset)

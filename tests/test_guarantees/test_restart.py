@@ -380,7 +380,8 @@ def test_tripped_breaker_survives_sigkill_in_the_tick_it_tripped(breaker: Outcom
 def test_two_stop_outs_before_sigkill_and_one_after_trip_the_breaker(stop_outs: Outcome) -> None:
     entry, probe = stop_outs.decisions(1)
     assert isinstance(entry, Approved)
-    assert isinstance(probe, Rejected) and probe.rule == "breaker-tripped", probe
+    assert isinstance(probe, Rejected), probe
+    assert probe.rule == "breaker-tripped"
     (trip,) = stop_outs.actions(1, "trip_breaker")
     assert trip["rule"] == "stop-outs-trip-breaker"
     assert trip["reason"] == "3 stop-outs within an hour"
@@ -392,11 +393,14 @@ def test_summary_after_resume_has_the_session_and_this_run(stop_outs: Outcome) -
     written = json.loads((stop_outs.out / "summary.json").read_text())
     assert json.loads(stop_outs.second_stdout) == written
     run, session = written["this_run"], written["session"]
-    assert run["run"] == 2 and run["resumed"] is True
+    assert run["run"] == 2
+    assert run["resumed"] is True
     assert session["runs"] == 2
     assert session["first_run_started"] is not None
     # This run: one entry and its stop-out, and the refused probe.
-    assert run["fills"] == 2 and run["orders_approved"] == 1 and run["orders_rejected"] == 1
+    assert run["fills"] == 2
+    assert run["orders_approved"] == 1
+    assert run["orders_rejected"] == 1
     assert run["rejections_by_rule"] == {"breaker-tripped": 1}
     assert run["breaker_trips"] == 1
     # The whole session: three entries, three stop-outs.
@@ -427,7 +431,8 @@ def test_resume_keeps_the_earlier_recording(stop_outs: Outcome) -> None:
 def test_order_window_and_ladder_latch_survive_sigkill(windows: Outcome) -> None:
     assert len(windows.actions(0, "add_margin")) == 1  # the first rung acted once
     (decision,) = windows.decisions(1)
-    assert isinstance(decision, Rejected) and decision.rule == "order-rate-limit", decision
+    assert isinstance(decision, Rejected), decision
+    assert decision.rule == "order-rate-limit"
     assert windows.actions(1, "add_margin") == []  # the rung does not act again
     report = windows.recovery()
     assert report["window_events"]["orders"] == 3
