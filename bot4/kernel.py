@@ -346,12 +346,16 @@ class Kernel:
             if order.type is OrderType.STOP_LOSS:
                 self._open_stops.add(order.client_order_id)
 
-    def restore_risk_state(self, state: Mapping[str, Any]) -> int:
+    def restore_risk_state(self, state: Mapping[str, Any]) -> tuple[int, list[str]]:
         """After a restart: the ladder latches journaled under ``ladder.<SYMBOL>``
         (``state`` maps keys to values), each kept only while the position it
         was set for is still open on the same side. Call after the fills are
-        replayed into the tracker. Returns the number restored."""
+        replayed into the tracker. Returns how many were restored and the
+        keys that no longer hold (the position closed or flipped while the
+        bot was down), for the journal to clear: a later position on the
+        same side must not inherit them."""
         restored = 0
+        stale: list[str] = []
         for key, value in state.items():
             if not key.startswith(LADDER_KEY) or not isinstance(value, Mapping):
                 continue
@@ -359,12 +363,13 @@ class Kernel:
             rung, side = value.get("rung"), value.get("side")
             position = self.tracker.position(symbol)
             if position is None or position.side is None or position.side.value != side:
+                stale.append(key)
                 continue
             current = self._ladder.get(symbol)
             if isinstance(rung, int) and (current is None or rung > current[0]):
                 self._ladder[symbol] = (rung, position.side)
                 restored += 1
-        return restored
+        return restored, stale
 
     @property
     def now_ns(self) -> int:

@@ -179,7 +179,10 @@ def test_writer_hooks_journal_what_recovery_restores(backend: Backend) -> None:
         fresh = PortfolioTracker(Decimal(10000))
         fresh.apply(buy)
         report = RecoveryReport(fresh_venue=False)
-        await _restore_risk_state(journal, report, fresh, object(), fresh_policy, 0)
+        records: list[Record] = []
+        await _restore_risk_state(journal, report, fresh, _Kernel(), fresh_policy, 0, records, 7)
+        # A latch the kernel found stale is cleared in recovery's own batch.
+        assert records == [Record.risk_state("ladder.ETH-USDT", None, 7)]
         # One stop-out came back (the two before the reset did not) and the order.
         assert fresh_policy._events.count(_spec(fresh_policy, "stop_outs_1h"), "X", 31 * NS) == 1
         assert (
@@ -192,6 +195,13 @@ def test_writer_hooks_journal_what_recovery_restores(backend: Backend) -> None:
     report = trio.run(main)
     assert report.window_events == {"orders": 1, "stop_outs": 1}
     assert Decimal(report.peak_equity) == Decimal("10201.02")  # 10,200 rounded up by 0.01 %
+
+
+class _Kernel:
+    """The kernel's part in the restore: latches (Kernel.restore_risk_state)."""
+
+    def restore_risk_state(self, state: dict[str, object]) -> tuple[int, list[str]]:
+        return 0, ["ladder.ETH-USDT"]
 
 
 def _spec(policy: RiskPolicy, name: str) -> WindowSpec:

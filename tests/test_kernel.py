@@ -22,10 +22,13 @@ from bot4.kernel import Kernel
 from bot4.model import (
     Approved,
     Decision,
+    Fill,
     MarketData,
     Order,
     Portfolio,
     Rejected,
+    RiskAction,
+    RiskActionKind,
     Side,
     Signal,
 )
@@ -449,3 +452,45 @@ async def test_a_risk_monitor_that_raises_halts_new_entries() -> None:
     assert kernel.stats.approved == 1
     assert [r.rule for r in session.topics("risk.rejected")] == ["kill-switch"]
     assert session.exchange.engine.open_orders() == []  # halting cancelled the exits too
+
+
+@pytest.mark.trio
+async def test_restored_ladder_latch_holds_only_for_the_same_open_position() -> None:
+    """After a restart (bot4.journal.recovery) a rung that acted on a position
+    still open does not act again; latches of positions that closed or
+    flipped while the bot was down are handed back to be cleared."""
+    session = Session(feed(1), Scripted({}))
+    tracker = session.tracker
+    for n, (symbol, side) in enumerate((("BTC-USDT", Side.BUY), ("SOL-USDT", Side.BUY))):
+        tracker.apply(Fill(f"f{n}", f"o{n}", symbol, side, D(1), D(100), D(0), T0), leverage=D(10))
+    async with open_bus() as bus:
+        bus.subscribe("#", session.events.append, name="test")
+        kernel = Kernel(
+            exchange=session.exchange,
+            strategies=[],
+            gate=session.gate,
+            policy=session.policy,
+            tracker=tracker,
+            bus=bus,
+        )
+        restored, stale = kernel.restore_risk_state(
+            {
+                "ladder.BTC-USDT": {"rung": 1, "side": "buy"},  # still open, same side
+                "ladder.ETH-USDT": {"rung": 2, "side": "buy"},  # closed meanwhile
+                "ladder.SOL-USDT": {"rung": 1, "side": "sell"},  # flipped meanwhile
+                "ladder.XRP-USDT": None,  # cleared before the crash
+                "peak_equity": {"peak": "1"},  # not the kernel's
+            }
+        )
+        assert (restored, stale) == (1, ["ladder.ETH-USDT", "ladder.SOL-USDT"])
+        for kind in (RiskActionKind.ADD_MARGIN, RiskActionKind.REDUCE_POSITION):
+            await kernel._act(RiskAction(kind, "BTC-USDT", "ladder", "near liquidation"))
+        await kernel._act(RiskAction(RiskActionKind.ADD_MARGIN, "SOL-USDT", "ladder", "near"))
+        await bus.drain()
+    acted = [(a.kind, a.symbol) for a in session.topics("risk.action")]
+    # Rung 1 on BTC was restored: only the more severe rung acts; SOL's
+    # latch did not hold (it was for a short), so its first rung acts.
+    assert acted == [
+        (RiskActionKind.REDUCE_POSITION, "BTC-USDT"),
+        (RiskActionKind.ADD_MARGIN, "SOL-USDT"),
+    ]

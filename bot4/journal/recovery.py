@@ -262,7 +262,7 @@ async def recover(
         report.breaker_tripped = bool(breaker.tripped)
         report.breaker_reason = str(breaker.reason)
         report.breaker_since_ns = getattr(breaker, "tripped_at_ns", None)
-    await _restore_risk_state(journal, report, tracker, kernel, policy, epoch)
+    await _restore_risk_state(journal, report, tracker, kernel, policy, epoch, records, now)
     for symbol, qty in report.positions.items():
         position = tracker.position(symbol)
         records.append(
@@ -279,11 +279,19 @@ async def recover(
 
 
 async def _restore_risk_state(
-    journal: Journal, report: RecoveryReport, tracker: Any, kernel: Any, policy: Any, epoch: int
+    journal: Journal,
+    report: RecoveryReport,
+    tracker: Any,
+    kernel: Any,
+    policy: Any,
+    epoch: int,
+    records: list[Record],
+    now: int,
 ) -> None:
     """Peak equity, ladder latches and window events of this venue epoch
     (see :mod:`bot4.journal.riskstate`). Before the first tick: the first
-    decision after a restart already sees them."""
+    decision after a restart already sees them. Latches of positions gone
+    while the bot was down are cleared (added to ``records``)."""
     saved = await journal.risk_state(since_seq=epoch)
     peak = saved.get(PEAK_KEY)
     if peak is not None and isinstance(peak.value, dict) and hasattr(tracker, "restore_peak"):
@@ -291,7 +299,9 @@ async def _restore_risk_state(
     if hasattr(tracker, "peak_equity"):
         report.peak_equity = str(tracker.peak_equity)
     if hasattr(kernel, "restore_risk_state"):
-        report.ladder_latches = kernel.restore_risk_state({k: r.value for k, r in saved.items()})
+        restored, stale = kernel.restore_risk_state({k: r.value for k, r in saved.items()})
+        report.ladder_latches = restored
+        records.extend(Record.risk_state(key, None, now) for key in stale)
     horizon = int(getattr(policy, "window_horizon_ns", 0) or 0)
     if horizon <= 0 or not hasattr(policy, "restore_window_events"):
         return
