@@ -28,7 +28,7 @@ from typing import Any
 
 from bot4.report import SessionReport, Summary, ns_to_datetime
 
-__all__ = ["summary_json"]
+__all__ = ["resumed_text", "summary_json"]
 
 _COUNTERS = ("fills", "orders_approved", "orders_rejected", "breaker_trips")
 _BY_NAME = ("rejections_by_rule", "risk_actions")
@@ -73,3 +73,16 @@ def summary_json(summary: Summary, report: SessionReport, history: Any = None) -
     out["this_run"] = this_run
     out["session"] = session
     return out
+
+
+def resumed_text(document: Mapping[str, Any]) -> str | None:
+    """A line for the terminal after the summary when the run resumed a
+    session (the summary's counters are this run's); None otherwise."""
+    run, session = document["this_run"], document["session"]
+    if not run["resumed"]:
+        return None
+    return (
+        f"  resumed        run {run['run']} of this session; all {session['runs']} runs: "
+        f"{session['fills']:,} fills, {session['orders_approved']:,} approved, "
+        f"{session['orders_rejected']:,} rejected, {session['breaker_trips']:,} breaker trips"
+    )

@@ -26,7 +26,7 @@ from bot4.model import (
 )
 from bot4.portfolio import PortfolioTracker
 from bot4.report import SessionReport, Summary
-from bot4.session_summary import summary_json
+from bot4.session_summary import resumed_text, summary_json
 
 D = Decimal
 BTC = "BTC-USDT"
@@ -349,6 +349,7 @@ async def test_summary_json_of_one_run_is_the_session() -> None:
     assert run["equity_at_start"] == "1000"  # the first tick, before any fill
     assert run["pnl"] == session["pnl"] == "-2"
     assert session["peak_equity"] == "1019"
+    assert resumed_text(data) is None
 
 
 @pytest.mark.trio
@@ -376,3 +377,7 @@ async def test_summary_json_of_a_resumed_run_adds_the_earlier_runs() -> None:
     assert session["risk_actions"] == {"add_margin": 3, "emergency_close": 1, "trip_breaker": 1}
     assert session["breaker_trips"] == 1
     assert data["ticks"] == run["ticks"] == 6
+    assert resumed_text(data) == (
+        "  resumed        run 3 of this session; all 3 runs: 11 fills, 6 approved, "
+        "5 rejected, 1 breaker trips"
+    )

@@ -104,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     if progress is not None:
         sys.stderr.write("\n")
-    from bot4.session_summary import summary_json
+    from bot4.session_summary import resumed_text, summary_json
 
     summary = result.report.finish(result.stats)
     summary.wall_seconds = result.wall_seconds
@@ -123,6 +123,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(document, indent=2))
     else:
         print(summary.as_text())
+        resumed = resumed_text(document)
+        if resumed is not None:
+            print(resumed)
         print(f"summary: {out / 'summary.json'}")
         if chart_path is not None:
             print(f"chart:   {chart_path}")
