@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 from bot4.report import SessionReport, Summary, ns_to_datetime
@@ -40,6 +41,11 @@ def _add(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
     return dict(sorted(total.items()))
 
 
+def _plain(value: Decimal) -> Decimal:
+    """Zero as ``0``, not ``0E-10`` (a difference keeps its operands' exponent)."""
+    return value if value else Decimal(0)
+
+
 def summary_json(summary: Summary, report: SessionReport, history: Any = None) -> dict[str, Any]:
     """The summary as written to ``summary.json``; ``history`` is the
     RunHistory of the earlier runs (None: this run is the whole session)."""
@@ -50,7 +56,7 @@ def summary_json(summary: Summary, report: SessionReport, history: Any = None) -
         "resumed": earlier > 0,
         **{k: out[k] for k in ("ticks", "trades", "orders_resized", *_COUNTERS, *_BY_NAME)},
         "equity_at_start": str(report.first_equity),
-        "pnl": str(summary.final_equity - report.first_equity),
+        "pnl": str(_plain(summary.final_equity - report.first_equity)),
         **{k: out[k] for k in ("start", "end", "duration", "wall_seconds")},
     }
     session: dict[str, Any] = {"runs": earlier + 1, "first_run_started": None}

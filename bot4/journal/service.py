@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
@@ -53,6 +54,7 @@ __all__ = ["JournalService", "JournalWriter", "journal_service"]
 log = logging.getLogger("bot4.journal")
 
 _TOPICS = ("risk.", "order.", "fill.", "kernel.")
+_RULE_PREFIX = re.compile(r"^([a-z0-9][a-z0-9._-]*): ")
 DEFAULT_BATCH = 256
 DEFAULT_INTERVAL = 0.05
 
@@ -166,7 +168,11 @@ class JournalWriter:
         self._wake.set()
 
     def _breaker_trip(self, reason: str, now_ns: int) -> None:
-        self._pending.append(Record.breaker(True, reason, now_ns, rule="breaker"))
+        # A rule's trip reads "<rule>: <reason>": keep the rule on the record
+        # (``bot4 journal show --rule``), as the risk action has it.
+        named = _RULE_PREFIX.match(reason)
+        rule = named.group(1) if named else "breaker"
+        self._pending.append(Record.breaker(True, reason, now_ns, rule=rule))
         self._wake.set()
 
     # -- risk state (kernel, policy, tracker -> journal) ---------------------------

@@ -365,8 +365,9 @@ def test_drawdown_from_the_true_peak_survives_sigkill(drawdown: Outcome) -> None
 def test_tripped_breaker_survives_sigkill_in_the_tick_it_tripped(breaker: Outcome) -> None:
     # The trip was committed before the kernel went on (the process died
     # before the journal's timer would have flushed it).
-    trips = [r.payload for r in breaker.runs[0] if r.kind == "breaker"]
-    assert [t["tripped"] for t in trips] == [True]
+    trips = [r for r in breaker.runs[0] if r.kind == "breaker"]
+    assert [t.payload["tripped"] for t in trips] == [True]
+    assert trips[0].rule == "drawdown-trips-breaker"
     report = breaker.recovery()
     assert report["breaker_tripped"] is True
     assert report["breaker_reason"].startswith("drawdown-trips-breaker: drawdown 13.")
