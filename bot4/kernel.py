@@ -23,6 +23,12 @@ paper exchange does). For any other exchange the kernel does it: after every
 fill it keeps one reduce-only stop-loss (and take-profit, when the signal had
 one) covering the whole position, and cancels them when the position is flat.
 Either way a fill of a stop-loss order is a stop-out for the breaker rules.
+
+Risk state across restarts: with ``risk_journal`` set (the journal service
+sets it), the kernel journals its ladder latches and calls ``checkpoint()``
+after a breaker trip, a stop-out and a ladder rung, so what a restart
+restores (:mod:`bot4.journal.riskstate`) includes them even when the process
+dies in the same tick.
 """
 
 from __future__ import annotations
