@@ -35,6 +35,7 @@ from bot4.plugins import PluginManager
 from bot4.portfolio import PortfolioTracker
 
 if TYPE_CHECKING:
+    from bot4.journal.riskstate import RunHistory
     from bot4.metrics import Metrics
 
 DEFAULT_STRATEGY = "sma_cross"
@@ -221,8 +222,8 @@ class SessionResult:
     recording: Path | None
     wall_seconds: float
     rules_digest: str
-    # The earlier runs when this one resumed a session (RunHistory), else None.
-    history: Any = None
+    # The earlier runs when this one resumed a session, else None.
+    history: RunHistory | None = None
 
 
 ProgressHook = Callable[[MarketData], Awaitable[None]]
@@ -244,9 +245,9 @@ class SessionContext:
     # The session's metrics when it exports them: the journal reports its
     # write latency there (Metrics.observe_journal_write).
     metrics: Metrics | None = None
-    # The earlier runs of this session (bot4.journal.riskstate.RunHistory),
-    # set by the journal service when this run resumes one; None otherwise.
-    history: Any = None
+    # The earlier runs of this session, set by the journal service (runs 0
+    # when this run starts a new one); None without a journal.
+    history: RunHistory | None = None
 
 
 # A session service (journal, shared risk state, metrics, ...) is awaited once
@@ -372,7 +373,8 @@ async def run_session(
             for service in chosen:
                 await service(ctx, nursery)
             if config.record:
-                recording = recording_path(out, getattr(ctx.history, "runs", 0))
+                earlier = ctx.history.runs if ctx.history is not None else 0
+                recording = recording_path(out, earlier)
             if recording is not None:
                 async with EventRecorder(bus, recording, encode=codec.encode):
                     await bus.publish("session.start", header, ts=0)

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+from bot4.journal.riskstate import RunHistory
 from bot4.report import SessionReport, Summary, ns_to_datetime
 
 __all__ = ["resumed_text", "summary_json"]
@@ -46,11 +47,13 @@ def _plain(value: Decimal) -> Decimal:
     return value if value else Decimal(0)
 
 
-def summary_json(summary: Summary, report: SessionReport, history: Any = None) -> dict[str, Any]:
+def summary_json(
+    summary: Summary, report: SessionReport, history: RunHistory | None = None
+) -> dict[str, Any]:
     """The summary as written to ``summary.json``; ``history`` is the
     RunHistory of the earlier runs (None: this run is the whole session)."""
     out = summary.as_dict()
-    earlier = int(getattr(history, "runs", 0) or 0)
+    earlier = history.runs if history is not None else 0
     this_run: dict[str, Any] = {
         "run": earlier + 1,
         "resumed": earlier > 0,
@@ -60,7 +63,7 @@ def summary_json(summary: Summary, report: SessionReport, history: Any = None) -
         **{k: out[k] for k in ("start", "end", "duration", "wall_seconds")},
     }
     session: dict[str, Any] = {"runs": earlier + 1, "first_run_started": None}
-    if earlier:
+    if history is not None and earlier:
         # Wall-clock time (the journal's session record), not event time.
         session["first_run_started"] = ns_to_datetime(int(history.started_ns)).isoformat()
         for key in _COUNTERS:
