@@ -1,6 +1,7 @@
 """The bot under test in ``test_journal_crash.py``: a real session (kernel,
-default rules, sma_cross, the journal service) against the durable paper
-exchange, run as a subprocess that the test kills with SIGKILL.
+default rules with the stop-out breaker out of reach, sma_cross, the journal
+service) against the durable paper exchange, run as a subprocess that the
+test kills with SIGKILL.
 
     python tests/journal_crash_driver.py --dir D --data F --journal TARGET
         [--speed S] [--kill-at-place N --kill-when before|after] [--ticks 0]

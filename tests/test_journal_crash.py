@@ -4,7 +4,8 @@ exchange accepted is unknown to the journal, nothing was placed twice, and the
 journal's positions equal the exchange's.
 
 The bot is ``tests/journal_crash_driver.py`` (a real session: kernel, default
-rules, sma_cross, the journal service, recovery on start). Kill points, from a
+rules with the stop-out breaker out of reach, sma_cross, the journal service,
+recovery on start). Kill points, from a
 seeded RNG: half after a random delay from the start (anywhere: start-up,
 recovery, trading), a quarter right *before* the N-th ``place_order`` of that
 run (the intent is journaled, the exchange never hears of it), a quarter right
