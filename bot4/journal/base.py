@@ -12,7 +12,8 @@ transaction, so that recovery does not have to replay it:
   ``abandoned`` when a session started against a fresh venue);
 * ``journal_fills``: one row per exchange fill id (a fill seen twice is kept
   once);
-* ``journal_state``: the breaker, the halt switch and the venue epoch.
+* ``journal_state``: the breaker, the halt switch, the venue epoch and the
+  protective levels of each symbol (``protection:<SYMBOL>``).
 
 :class:`Store` is the synchronous interface a backend implements
 (:mod:`bot4.journal.sqlite`, :mod:`bot4.journal.postgres`); :class:`Journal`
@@ -126,6 +127,9 @@ class RecordKind(enum.Enum):
     HALT = "halt"  # the kill switch
     RECOVERY = "recovery"  # what recovery found and did
     ERROR = "error"  # a kernel error worth keeping
+    # The protective levels of a symbol's position (bot4.protection); the
+    # latest per symbol is kept in journal_state as ``protection:<SYMBOL>``.
+    PROTECTION = "protection"
 
 
 _TERMINAL = ("filled", "canceled", "rejected")
@@ -491,6 +495,8 @@ class Store(abc.ABC):
                     kv.append(("epoch", str(seq), seq))
             elif rec.kind is RecordKind.RECOVERY:
                 kv.append(("recovery", body, seq))
+            elif rec.kind is RecordKind.PROTECTION:
+                kv.append((f"protection:{rec.symbol}", body, seq))
         with self._tx(durable=durable) as tx:
             tx.executemany(_INSERT_RECORD, rows)
             if reset is not None:
