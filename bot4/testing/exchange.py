@@ -112,6 +112,12 @@ async def run_check(check: Check, make_harness: HarnessFactory) -> None:
         try:
             kit = Kit(harness, check.name)
             await kit.setup()
+            # Claims may narrow once connected (a venue whose symbols lack an
+            # order type): what is not claimed then is skipped too.
+            reason = check.skip_reason(harness)
+            if reason is not None:
+                raise CheckSkipped(reason)
+            kit.caps = harness.exchange.capabilities
             await check.func(kit)
         finally:
             with trio.CancelScope(shield=True):

@@ -37,7 +37,7 @@ from bot4.report import SessionReport
 from bot4.risk import RiskPolicy, default_rules_path
 from bot4.scaffold import new_plugin
 from bot4.session import SessionConfig, SessionContext
-from bot4.testing import CHECKS, ConformanceError, FeedHarness
+from bot4.testing import CHECKS, CheckSkipped, ConformanceError, FeedHarness
 from bot4.testing.exchange import run_check
 from tests.conftest import run_bot4, write_ticks
 from tests.testing_kit import wrong
@@ -493,3 +493,56 @@ def test_a_scaffolded_exchange_claims_only_what_it_does_and_gets_kernel_held_sto
     assert kernel.stats.exchange_refusals == 0  # no stop was ever sent to be refused
     assert len(run.placed("hs")) == 1
     assert qty(run) == 0
+
+
+# --- ccxt on spot: stop orders claimed only where the venue has them ----------------------
+
+
+@pytest.mark.parametrize(
+    ("order_types", "line"),
+    [
+        (("LIMIT", "MARKET", "STOP_LOSS", "TAKE_PROFIT"), "exchange stop orders (ccxt-binance)"),
+        (("LIMIT", "MARKET"), "kernel-held stops (ccxt-binance has no stop orders)"),
+    ],
+    ids=["stop-loss-listed", "no-stop-loss"],
+)
+def test_ccxt_on_spot_claims_stops_only_where_the_symbol_has_them(
+    order_types: tuple[str, ...], line: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot4_ccxt import CcxtExchange
+    from bot4_ccxt.fakebinance import API_KEY, SECRET, FakeBinance
+    from bot4_ccxt.harness import KEY_ENV, SECRET_ENV, plugin_config
+
+    monkeypatch.setenv(KEY_ENV, API_KEY)
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    held = "STOP_LOSS" not in order_types
+    bids = ["50000"] * 8 + ["48900"] * 6
+    with FakeBinance(order_types=order_types) as venue:
+        venue.push(tick(0, "50000"))
+        venue.feed(flat(bids, start=1), interval=0.1)
+        exchange = CcxtExchange.from_config(plugin_config(venue, poll_interval=0.02, max_idle=1.0))
+        run = Run(exchange, {2: [entry(stop="49000")]})
+        kernel = trio.run(run.go)
+    assert len(run.lines) == 1
+    assert run.lines[0].startswith(f"protection: {line}")
+    assert (Capability.STOP_ORDERS in exchange.capabilities) is not held
+    stops = [s for s in run.topics("order.placed") if s.order.type is OrderType.STOP_LOSS]
+    assert kernel.stats.exchange_refusals == 0  # never a stop the venue refuses
+    if held:
+        assert stops == []
+        assert len(run.placed("hs")) == 1  # the kernel closed at its held stop
+    else:
+        assert len(stops) == 1  # the venue's own stop order protects the position
+    assert qty(run) == 0
+
+
+def test_the_kit_holds_ccxt_to_the_order_types_of_its_symbols() -> None:
+    from bot4_ccxt.harness import FakeBinanceHarness
+
+    def spot_without_stops() -> FakeBinanceHarness:
+        return FakeBinanceHarness(order_types=("LIMIT", "MARKET"))
+
+    with pytest.raises(CheckSkipped, match=r"does not claim Capability\.STOP_ORDERS"):
+        trio.run(run_check, CHECKS["stop_orders"], spot_without_stops)
+    # What it no longer claims it refuses (ExchangeRefused), rather than half-doing it.
+    trio.run(run_check, CHECKS["unclaimed_order_types"], spot_without_stops)
