@@ -318,10 +318,14 @@ class Protector:
 
     async def cancel(self, symbol: str) -> None:
         """Cancel the exchange's protective orders of ``symbol`` (a close, a flat
-        position, new levels)."""
+        position, new levels). Until new ones are placed, or the position is
+        flat, the kernel holds the levels: a close that then fails does not
+        leave the position without a stop."""
         levels = self.levels.get(symbol)
         if levels is None:
             return
+        levels.hold_stop = levels.hold_stop or levels.stop_id is not None
+        levels.hold_take = levels.hold_take or levels.take_id is not None
         for cid in (levels.stop_id, levels.take_id):
             if cid is None:
                 continue

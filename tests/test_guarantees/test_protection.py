@@ -101,6 +101,22 @@ class Scripted(Strategy):
         return self.plan.get(self.seen, ())
 
 
+class HaltsAt(Scripted):
+    """Scripted, and pulls the kill switch on tick ``halt_at`` (as an operator
+    or the shared kill switch does from another task)."""
+
+    def __init__(self, plan: dict[int, Sequence[Signal]], halt_at: int) -> None:
+        super().__init__(plan)
+        self.halt_at = halt_at
+        self.kernel: Kernel | None = None
+
+    async def on_market_data(self, tick: MarketData) -> Sequence[Signal]:
+        signals = await super().on_market_data(tick)
+        if self.seen == self.halt_at and self.kernel is not None:
+            await self.kernel.halt("operator")
+        return signals
+
+
 def paper_config(feed: Any, **extra: Any) -> dict[str, Any]:
     return {"feed": feed, "balance": "100000", "slippage_bps": "0", **extra}
 
@@ -178,6 +194,8 @@ class Run:
             packs=[],
         )
         kernel.announce = self.lines.append
+        if isinstance(self.strategy, HaltsAt):
+            self.strategy.kernel = kernel
         return kernel
 
     async def go(self) -> Kernel:
@@ -384,6 +402,27 @@ async def test_when_the_close_fails_too_entries_halt_and_the_kernel_holds_the_st
     assert run.tick_before(close.order.client_order_id).bid == D(48900)
     assert qty(run) == 0
     assert kernel.stats.protection_failures == 2  # the stop, then its close
+
+
+@pytest.mark.trio
+async def test_a_stop_order_cancelled_by_the_kill_switch_is_held_by_the_kernel() -> None:
+    ticks = flat(["50000"] * 6 + ["48900", "50000"])
+    exchange = PaperExchange.from_config(paper_config(ticks, attached_exits=False))
+    run = Run(exchange, {})
+    run.strategy = HaltsAt({2: [entry()]}, halt_at=4)
+    kernel = await run.go()
+    assert kernel.halted == "operator"
+    (stop,) = [s for s in run.topics("order.placed") if s.order.type is OrderType.STOP_LOSS]
+    cancelled = [
+        s
+        for s in run.topics("order.update")
+        if s.order.client_order_id == stop.order.client_order_id
+    ]
+    assert cancelled[-1].status.value == "canceled"
+    # The venue's stop is gone; the kernel's own check closed the long at it.
+    (close,) = run.placed("hs")
+    assert run.tick_before(close.order.client_order_id).bid == D(48900)
+    assert qty(run) == 0
 
 
 # --- the session says which protection is used ------------------------------------------
