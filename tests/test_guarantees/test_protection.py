@@ -12,6 +12,9 @@ conformance kit fails an exchange that claims a capability it does not honour.
 from __future__ import annotations
 
 import importlib
+import json
+import signal
+import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -39,7 +42,7 @@ from bot4.scaffold import new_plugin
 from bot4.session import SessionConfig, SessionContext
 from bot4.testing import CHECKS, CheckSkipped, ConformanceError, FeedHarness
 from bot4.testing.exchange import run_check
-from tests.conftest import run_bot4, write_ticks
+from tests.conftest import REPO, run_bot4, write_ticks
 from tests.testing_kit import wrong
 
 D = Decimal
@@ -337,6 +340,28 @@ def test_a_held_stop_survives_a_restart_through_the_journal(tmp_path: Path) -> N
     assert second.tick_before(close.order.client_order_id).bid == D("48900")
     assert qty(second) == 0
     assert kernel.stats.ticks == 4
+
+
+def test_a_held_stop_survives_sigkill_and_resume(tmp_path: Path) -> None:
+    def driver(phase: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tests.test_guarantees.protection_driver", str(tmp_path), phase],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+            check=False,
+        )
+
+    killed = driver("enter")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    resumed = driver("resume")
+    assert resumed.returncode == 0, resumed.stderr
+    result = json.loads(resumed.stdout)
+    assert result["positions"] == {BTC: "0.002"}  # the long survived the kill
+    assert result["protected"] == 1
+    assert result["closes"] == [{"qty": "0.002", "bid": "48900"}]
+    assert result["qty"] == "0"
 
 
 def test_a_position_with_no_protection_record_takes_its_entrys_stop(tmp_path: Path) -> None:
