@@ -122,6 +122,9 @@ class Protector:
         self._orders: dict[str, str] = {}  # open protective order id -> symbol
         self._stop_closes: dict[str, str] = {}  # closes of a held stop (stop-outs) -> symbol
         self._resumed: list[Order] = []  # open protective orders after a restart
+        # Levels of an entry against the position, taken when the position
+        # is on the entry's side (a flip); symbol -> levels.
+        self._pending: dict[str, Levels] = {}
 
     # -- session start ----------------------------------------------------------
 
@@ -168,6 +171,13 @@ class Protector:
             return
         if order.stop_loss is None and order.take_profit is None:
             return
+        position = self.k.tracker.position(order.symbol)
+        if position is not None and position.qty != 0 and _long(position) != _buys(order):
+            # Against the position (a reduction, or a flip): the position keeps
+            # its levels until it is on this entry's side.
+            self._pending[order.symbol] = Levels(order.side, order.stop_loss, order.take_profit)
+            return
+        self._pending.pop(order.symbol, None)
         levels = self.levels.get(order.symbol)
         if levels is None or levels.side is not order.side:
             if levels is not None:
@@ -191,6 +201,11 @@ class Protector:
             if self.levels.pop(symbol, None) is not None:
                 await self._publish(symbol)
             return
+        pending = self._pending.get(symbol)
+        if pending is not None and _long(position) == (pending.side is Side.BUY):
+            await self.cancel(symbol)  # flipped: the flipping entry's levels now
+            self.levels[symbol] = self._pending.pop(symbol)
+            await self._publish(symbol)
         await self._keep(symbol)
 
     async def on_tick(self, tick: MarketData) -> None:
@@ -262,6 +277,8 @@ class Protector:
         position = self.k.tracker.position(symbol)
         if levels is None or position is None or position.qty == 0:
             return
+        if _long(position) != (levels.side is Side.BUY):
+            return  # levels of the other side never act on this position
         if self.mode is ProtectionMode.KERNEL:
             levels.hold_stop = levels.stop_loss is not None
             levels.hold_take = levels.take_profit is not None
@@ -345,7 +362,9 @@ class Protector:
         position = self.k.tracker.position(symbol)
         if position is None or position.qty == 0:
             return
-        long = position.qty > 0
+        long = _long(position)
+        if long != (levels.side is Side.BUY):
+            return
         price = tick.bid if long else tick.ask
         stop = levels.stop_loss if levels.hold_stop else None
         take = levels.take_profit if levels.hold_take else None
@@ -429,6 +448,14 @@ class Protector:
             "take_profit": _text(levels.take_profit if levels is not None else None),
         }
         await self.k.bus.publish(TOPIC, record, ts=self.k._now_ns)
+
+
+def _long(position: Position) -> bool:
+    return position.qty > 0
+
+
+def _buys(order: Order) -> bool:
+    return order.side is Side.BUY
 
 
 def _text(value: Decimal | None) -> str | None:

@@ -22,6 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import attrs
 import bot4_correlation
 import pytest
 import trio
@@ -301,6 +302,32 @@ async def test_a_held_take_profit_closes_at_the_bid_and_is_no_stop_out() -> None
     assert qty(run) == 0
     assert not kernel.protection.is_stop_out(close.order.client_order_id)
     assert run.placed("hs") == []
+
+
+@pytest.mark.trio
+async def test_an_entry_against_the_position_keeps_its_stop_until_it_flips() -> None:
+    def sized(side: Side, size: str, stop: str) -> Signal:
+        return attrs.evolve(entry(side, stop), size=D(size))
+
+    # Long 0.004 (stop 49,000), a sell of 0.002 with its own stop above: the
+    # rest of the long keeps 49,000 (the sell's stop would close it at once).
+    ticks = flat(["50000"] * 6 + ["48900", "50000"])
+    plan = {2: [sized(Side.BUY, "0.004", "49000")], 4: [sized(Side.SELL, "0.002", "51000")]}
+    run = Run(NoStops(ticks), plan)
+    await run.go()
+    (close,) = run.placed("hs")
+    assert close.order.qty == D("0.002")
+    assert run.tick_before(close.order.client_order_id).bid == D(48900)
+    # A sell of 0.004 against a long of 0.002 flips it: the short takes the
+    # sell's stop, against the ask.
+    ticks = [*flat(["50000"] * 6), tick(6, "50990", "51000"), tick(7, "50000")]
+    plan = {2: [sized(Side.BUY, "0.002", "49000")], 4: [sized(Side.SELL, "0.004", "51000")]}
+    run = Run(NoStops(ticks), plan)
+    await run.go()
+    (close,) = run.placed("hs")
+    assert (close.order.side, close.order.qty) == (Side.BUY, D("0.002"))
+    assert run.tick_before(close.order.client_order_id).ask == D(51000)
+    assert qty(run) == 0
 
 
 @pytest.mark.trio
