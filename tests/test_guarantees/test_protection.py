@@ -44,6 +44,7 @@ from bot4.session import SessionConfig, SessionContext
 from bot4.testing import CHECKS, CheckSkipped, ConformanceError, FeedHarness
 from bot4.testing.exchange import run_check
 from tests.conftest import REPO, run_bot4, write_ticks
+from tests.journalkit import PG_URL, fresh_schema
 from tests.testing_kit import wrong
 
 D = Decimal
@@ -209,8 +210,10 @@ class Run:
             await bus.drain()
         return kernel
 
-    async def go_journaled(self, target: str, out: Path) -> tuple[Kernel, JournalService]:
-        service = JournalService(target)
+    async def go_journaled(
+        self, target: str, out: Path, schema: str | None = None
+    ) -> tuple[Kernel, JournalService]:
+        service = JournalService(target, schema=schema)
         async with open_bus() as bus:
             kernel = self.kernel(bus)
             config = SessionConfig(out=str(out), record=False, journal=target)
@@ -344,14 +347,28 @@ async def test_three_held_stop_outs_trip_the_breaker() -> None:
     assert [r.rule for r in run.topics("risk.rejected")] == ["breaker-tripped"]
 
 
-def test_a_held_stop_survives_a_restart_through_the_journal(tmp_path: Path) -> None:
-    venue, journal = tmp_path / "venue.sqlite", str(tmp_path / "journal.sqlite")
+@pytest.fixture(params=["sqlite", "postgres"])
+def journal(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str | None]]:
+    if request.param == "sqlite":
+        yield str(tmp_path / "journal.sqlite"), None
+        return
+    for schema in fresh_schema():
+        open_store(PG_URL, schema=schema, migrate=True).close()
+        yield PG_URL, schema
+
+
+def test_a_held_stop_survives_a_restart_through_the_journal(
+    tmp_path: Path, journal: tuple[str, str | None]
+) -> None:
+    target, schema = journal
+    venue = tmp_path / "venue.sqlite"
     first = Run(NoStops(flat(["50000"] * 5), state=str(venue)), {2: [entry(take="53000")]})
-    trio.run(first.go_journaled, journal, tmp_path / "one")
+    trio.run(first.go_journaled, target, tmp_path / "one", schema)
     assert qty(first) == D("0.002")  # the session ended with the long open
-    store = open_store(journal)
+    store = open_store(target, schema=schema)
     try:
         saved = store.state()["protection:BTC-USDT"]
+        assert store.verify().ok
     finally:
         store.close()
     assert (saved["side"], saved["stop_loss"], saved["take_profit"]) == ("buy", "49000", "53000")
@@ -360,7 +377,7 @@ def test_a_held_stop_survives_a_restart_through_the_journal(tmp_path: Path) -> N
     # strategy says nothing; only the restored stop can close the position.
     later = flat(["50000", "49500", "48900", "50000"], start=10)
     second = Run(NoStops(later, state=str(venue)), {})
-    kernel, service = trio.run(second.go_journaled, journal, tmp_path / "two")
+    kernel, service = trio.run(second.go_journaled, target, tmp_path / "two", schema)
     assert service.report is not None
     assert service.report.protected == 1
     (close,) = second.placed("hs")
