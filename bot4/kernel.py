@@ -17,12 +17,13 @@ Fail closed: no order reaches the exchange without an Approved from the gate;
 a strategy that raises is reported and skipped; a risk component that raises
 or hangs rejects the order.
 
-Protective orders: an exchange that claims ``Capability.ATTACHED_EXITS`` turns
-an order's stop loss and take profit into reduce-only exit orders itself (the
-paper exchange does). For any other exchange the kernel does it: after every
-fill it keeps one reduce-only stop-loss (and take-profit, when the signal had
-one) covering the whole position, and cancels them when the position is flat.
-Either way a fill of a stop-loss order is a stop-out for the breaker rules.
+Protective orders (:mod:`bot4.protection`): every position keeps its entry's
+stop loss and take profit, as exits the exchange attaches
+(``Capability.ATTACHED_EXITS``), as reduce-only stop orders the kernel keeps
+sized to the position (``Capability.STOP_ORDERS``), or, for an exchange with
+neither, as levels the kernel holds itself and checks on every tick. A
+protective stop that cannot be placed closes the position (fail closed).
+Either way a stop's fill is a stop-out for the breaker rules.
 
 Risk state across restarts: with ``risk_journal`` set (the journal service
 sets it), the kernel journals its ladder latches and calls ``checkpoint()``
@@ -43,7 +44,7 @@ import attrs
 import trio
 
 from bot4.bus import Bus
-from bot4.contracts import Capability, Exchange, MarketInfo, RiskRules, Strategy
+from bot4.contracts import Exchange, MarketInfo, RiskRules, Strategy
 from bot4.errors import ExchangeFailed, ExchangeRefused
 from bot4.gate import RiskGate
 from bot4.model import (
@@ -63,6 +64,7 @@ from bot4.model import (
     Side,
     Signal,
 )
+from bot4.protection import Protector
 from bot4.secrets import redact
 
 # How often (in ticks) the kernel looks at the wall clock to decide whether to
@@ -145,18 +147,10 @@ class KernelStats:
     breaker_trips: int = 0
     reloads: int = 0
     reload_failures: int = 0
+    protection: str = ""  # the protection mode (bot4.protection.ProtectionMode)
+    protection_failures: int = 0  # protective orders or closes that failed
     rejections_by_rule: Counter[str] = attrs.field(factory=Counter)
     actions: Counter[str] = attrs.field(factory=Counter)
-
-
-@attrs.define
-class _Protection:
-    """The protective levels wanted for a symbol, from the last entry signal."""
-
-    stop_loss: Decimal | None
-    take_profit: Decimal | None
-    stop_id: str | None = None
-    take_id: str | None = None
 
 
 def _ns(tick: MarketData | Fill) -> int:
@@ -204,10 +198,11 @@ class Kernel:
         self._markets: dict[str, MarketInfo] = {}
         self._last: dict[str, MarketData] = {}
         self._next_id = 0
-        self._protection: dict[str, _Protection] = {}
-        self._protective_ids: dict[str, str] = {}  # client id -> "stop" | "take"
         self._open_stops: set[str] = set()  # open stop-loss orders, wherever placed
-        self._own_exits = Capability.ATTACHED_EXITS not in exchange.capabilities
+        self.protection = Protector(self)
+        # Called with the protection line when the session starts (bot4 run
+        # prints it); the mode depends on the connected exchange.
+        self.announce: Callable[[str], None] | None = None
         self._ladder: dict[str, tuple[int, Side]] = {}  # symbol -> (rung acted on, position side)
         # Orders this kernel placed that are still open: a fill needs its
         # order's leverage and stop loss for the position. Bounded by open orders.
@@ -221,6 +216,9 @@ class Kernel:
         await self.exchange.connect()
         try:
             self._markets = dict(await self.exchange.fetch_markets())
+            line = await self.protection.start()
+            if self.announce is not None:
+                self.announce(line)
             async for event in self.exchange.stream(symbols):
                 if isinstance(event, MarketData):
                     await self._tick(event)
@@ -239,6 +237,8 @@ class Kernel:
         self._last[tick.symbol] = tick
         self.tracker.mark(tick.symbol, tick.last)
         await self.bus.publish(f"market.{tick.symbol}", tick, ts=now)
+        if self.protection.levels:
+            await self.protection.on_tick(tick)  # kernel-held stops, before anything else
         if self._on_tick is not None:
             await self._on_tick(tick)  # progress display, real-time pacing
         for pack in self.packs:
@@ -281,15 +281,16 @@ class Kernel:
         await self.bus.publish(
             f"fill.{fill.symbol}", fill, ts=now, correlation_id=fill.client_order_id
         )
-        stop_out = fill.client_order_id in self._open_stops
+        stop_out = fill.client_order_id in self._open_stops or self.protection.is_stop_out(
+            fill.client_order_id
+        )
         await self._monitor(
             lambda: self.policy.on_fill(fill, self.tracker.snapshot(), now, stop_out)
         )
         if stop_out and self.risk_journal is not None:
             await self.risk_journal.checkpoint()  # the stop-out counts after a crash
         await self._consult(lambda s: s.on_fill(fill), "on a fill")
-        if self._own_exits:
-            await self._protect(fill.symbol)
+        await self.protection.after_fill(fill.symbol)
 
     async def _monitor(self, check: Callable[[], list[RiskAction]]) -> None:
         """Run the policy's monitoring and act on what it asks for. A monitor
@@ -327,13 +328,7 @@ class Kernel:
         if not state.status.is_open:
             self._open_stops.discard(cid)
             self._placed.pop(cid, None)
-            kind = self._protective_ids.pop(state.order.client_order_id, None)
-            protection = self._protection.get(state.order.symbol)
-            if kind and protection is not None:
-                if protection.stop_id == state.order.client_order_id:
-                    protection.stop_id = None
-                if protection.take_id == state.order.client_order_id:
-                    protection.take_id = None
+            self.protection.on_order_closed(state)
 
     # -- signals and orders --------------------------------------------------
 
@@ -351,6 +346,7 @@ class Kernel:
             self._placed[order.client_order_id] = order
             if order.type is OrderType.STOP_LOSS:
                 self._open_stops.add(order.client_order_id)
+        self.protection.resume(open_orders)
 
     def restore_risk_state(self, state: Mapping[str, Any]) -> tuple[int, list[str]]:
         """After a restart: the ladder latches journaled under ``ladder.<SYMBOL>``
@@ -403,8 +399,8 @@ class Kernel:
             correlation_id=cid,
         )
         state = await self._submit(order, resize=self.resize_rejected)
-        if state is not None and self._own_exits:
-            self._protection[order.symbol] = _Protection(signal.stop_loss, signal.take_profit)
+        if state is not None:
+            await self.protection.on_entry(order)
 
     async def _rejected_signal(self, signal: Signal, cid: str) -> None:
         market = self._markets[signal.symbol]
@@ -518,61 +514,6 @@ class Kernel:
         ) * market.qty_increment
         return rounded if rounded >= market.min_qty else ZERO
 
-    # -- protective orders -----------------------------------------------------
-
-    async def _protect(self, symbol: str) -> None:
-        """Keep one reduce-only stop (and take-profit) covering the position."""
-        position = self.tracker.position(symbol)
-        protection = self._protection.get(symbol)
-        await self._cancel_protection(symbol)
-        if position is None or position.qty == 0 or protection is None:
-            return
-        side = Side.SELL if position.qty > 0 else Side.BUY
-        qty = self._round_qty(symbol, abs(position.qty))
-        if qty <= 0:
-            return
-        for kind, level, order_type in (
-            ("stop", protection.stop_loss, OrderType.STOP_LOSS),
-            ("take", protection.take_profit, OrderType.TAKE_PROFIT),
-        ):
-            if level is None:
-                continue
-            cid = self._client_id("s" if kind == "stop" else "t")
-            order = Order(
-                cid,
-                symbol,
-                side,
-                order_type,
-                qty,
-                price=level,
-                reduce_only=True,
-                strategy="kernel",
-                correlation_id=cid,
-            )
-            state = await self._submit(order)
-            if state is not None and state.status.is_open:
-                self._protective_ids[cid] = kind
-                if kind == "stop":
-                    protection.stop_id = cid
-                else:
-                    protection.take_id = cid
-
-    async def _cancel_protection(self, symbol: str) -> None:
-        protection = self._protection.get(symbol)
-        if protection is None:
-            return
-        for cid in (protection.stop_id, protection.take_id):
-            if cid is None:
-                continue
-            try:
-                await self.exchange.cancel_order(symbol, cid)
-            except ExchangeRefused:
-                pass  # already filled or cancelled: nothing left to protect
-            except ExchangeFailed as exc:
-                await self._error(f"could not cancel protective order {cid}", exc)
-            self._protective_ids.pop(cid, None)
-        protection.stop_id = protection.take_id = None
-
     # -- risk actions ------------------------------------------------------------
 
     async def _act(self, action: RiskAction) -> None:
@@ -614,7 +555,7 @@ class Kernel:
         if qty <= 0:
             return
         if action.kind is RiskActionKind.EMERGENCY_CLOSE:
-            await self._cancel_protection(action.symbol)
+            await self.protection.cancel(action.symbol)
         cid = self._client_id("x")
         order = Order(
             cid,

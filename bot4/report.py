@@ -255,6 +255,8 @@ class Summary:
     breaker_trips: int
     strategy_errors: int
     exchange_refusals: int
+    protection: str = ""  # the protection mode (bot4.protection)
+    protection_failures: int = 0  # protective orders or closes that failed
     start: datetime | None
     end: datetime | None
     duration: float
@@ -317,6 +319,10 @@ class Summary:
             ("rejections", _counts(self.rejections_by_rule)),
             ("risk actions", _counts(self.risk_actions)),
             ("breaker trips", f"{self.breaker_trips:,}"),
+            (
+                "protection",
+                f"{self.protection or 'none'}, {self.protection_failures:,} failures",
+            ),
             (
                 "errors",
                 f"{self.strategy_errors:,} strategy, {self.exchange_refusals:,} exchange refusals",
@@ -639,6 +645,8 @@ class SessionReport:
             breaker_trips=self._breaker_trips,
             strategy_errors=stats.strategy_errors,
             exchange_refusals=stats.exchange_refusals,
+            protection=stats.protection,
+            protection_failures=stats.protection_failures,
             start=ns_to_datetime(self._first_ts) if self._first_ts is not None else None,
             end=ns_to_datetime(self._last_ts) if self._first_ts is not None else None,
             duration=span / _NS,

@@ -151,6 +151,10 @@ class $cls(Exchange):
     name = "$name"
     # What this exchange supports. The conformance kit tests every claim and
     # skips, with the reason, what is not claimed: add a capability once it works.
+    # Claimed here: only what place_order below lets through. Without
+    # STOP_ORDERS the bot4 kernel holds each position's stop itself (checked on
+    # every tick, closed with a market order); claim STOP_ORDERS (and
+    # TAKE_PROFIT_ORDERS) once the venue's own stop orders work and pass the kit.
     capabilities = frozenset(
         {
             Capability.MARKET_ORDERS,
@@ -162,12 +166,16 @@ class $cls(Exchange):
     )
 
     def __init__(self, feed: Iterable[MarketData] = (), *, venue: PaperExchange | None = None):
-        self._venue = venue if venue is not None else PaperExchange(feed)
+        # The paper venue without its attached exits: this exchange does not
+        # claim Capability.ATTACHED_EXITS, so it must not create exits either.
+        if venue is None:
+            venue = PaperExchange.from_config({"feed": feed, "attached_exits": False})
+        self._venue = venue
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> $cls:
         """Config as for the paper exchange (feed, balance, fees, markets)."""
-        return cls(venue=PaperExchange.from_config(config))
+        return cls(venue=PaperExchange.from_config({**config, "attached_exits": False}))
 
     async def connect(self) -> None:
         await self._venue.connect()

@@ -309,10 +309,13 @@ async def run_session(
     progress: ProgressHook | None = None,
     services: Sequence[SessionService] | None = None,
     metrics: Metrics | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> SessionResult:
     """Run one session to the end of its data and return what happened.
     With ``metrics``, the session also feeds those Prometheus metrics (a
-    service added after the others; serving them is the caller's business)."""
+    service added after the others; serving them is the caller's business).
+    ``notice`` gets the session-start lines for a person (which protection
+    mode guards the positions, :mod:`bot4.protection`)."""
     from bot4.report import SessionReport
     from bot4.risk import RiskPolicy, default_rules_path
 
@@ -362,6 +365,7 @@ async def run_session(
             session_id=config.session_id,
             on_tick=_pacer(config.speed, progress),
         )
+        kernel.announce = notice
         header = {"config": config.as_dict(), "rules": sources, "balance": str(balance)}
         ctx = SessionContext(
             config, manager, exchange, policy, tracker, kernel.gate, bus, kernel, out, metrics

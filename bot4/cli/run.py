@@ -98,7 +98,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                     )
                     return 1
                 print(f"metrics: {server.url}", file=sys.stderr, flush=True)
-            result = trio.run(lambda: run_session(config, progress=progress, metrics=metrics))
+            result = trio.run(
+                lambda: run_session(config, progress=progress, metrics=metrics, notice=_to_stderr)
+            )
     except Bot4Error as exc:
         print(f"bot4 run: {redact(str(exc))}", file=sys.stderr)
         return 1
@@ -132,6 +134,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if result.recording is not None:
             print(f"replay:  bot4 replay {result.recording}")
     return 0
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

@@ -12,7 +12,8 @@ transaction, so that recovery does not have to replay it:
   ``abandoned`` when a session started against a fresh venue);
 * ``journal_fills``: one row per exchange fill id (a fill seen twice is kept
   once);
-* ``journal_state``: the breaker, the halt switch and the venue epoch;
+* ``journal_state``: the breaker, the halt switch, the venue epoch and the
+  protective levels of each symbol (``protection:<SYMBOL>``);
 * ``journal_risk_state`` and ``journal_risk_events``: risk state that must
   survive a restart (:mod:`bot4.journal.riskstate`).
 
@@ -138,6 +139,9 @@ class RecordKind(enum.Enum):
     ERROR = "error"  # a kernel error worth keeping
     RISK_STATE = "risk_state"  # the latest value of one risk-state key (riskstate)
     RISK_EVENT = "risk_event"  # an event a rule window counts, at its event time
+    # The protective levels of a symbol's position (bot4.protection); the
+    # latest per symbol is kept in journal_state as ``protection:<SYMBOL>``.
+    PROTECTION = "protection"
 
 
 _TERMINAL = ("filled", "canceled", "rejected")
@@ -527,6 +531,8 @@ class Store(abc.ABC):
                 risk_state.append((encoded["key"], _json(encoded["value"]), rec.ts_ns, seq))
             elif rec.kind is RecordKind.RISK_EVENT:
                 risk_events.append((seq, encoded["kind"], encoded["symbol"], rec.ts_ns))
+            elif rec.kind is RecordKind.PROTECTION:
+                kv.append((f"protection:{rec.symbol}", body, seq))
         with self._tx(durable=durable) as tx:
             tx.executemany(_INSERT_RECORD, rows)
             if reset is not None:

@@ -31,6 +31,12 @@ the bot (a live exchange; the paper exchange with ``state:``):
    journal or the exchange has seen for this session id
    (:meth:`bot4.kernel.Kernel.resume`), so ids are unique across restarts
    without a restart counter in the id.
+7. **Protective levels** of every open position go back to the kernel
+   (:meth:`bot4.protection.Protector.restore`): the journaled
+   ``protection:<SYMBOL>`` levels, else the stop loss and take profit of the
+   position's latest entry order in the journal (its intent is written before
+   it is sent, so a crash right after an entry still knows its stop). A
+   kernel-held stop is thus watched again from the first tick.
 
 Against a venue that starts empty every time (the in-memory paper exchange)
 there is nothing to reconcile: the session record marks a new *venue epoch*,
@@ -84,6 +90,7 @@ class RecoveryReport:
     ladder_latches: int = 0  # ladder rungs restored (positions still open)
     window_events: dict[str, int] = attrs.field(factory=dict)  # events restored, by kind
     last_id: int = 0
+    protected: int = 0  # open positions whose protective levels were restored
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -247,6 +254,9 @@ async def recover(
     open_orders = [r.order for r in live.values() if r.is_open]
     report.last_id = max(report.last_id, highest_id(session_id, exchange_ids))
     kernel.resume(report.last_id, open_orders)
+    protector = getattr(kernel, "protection", None)
+    if protector is not None:
+        report.protected = protector.restore(_levels(state, live.values(), report.positions))
 
     breaker = getattr(policy, "breaker", None)
     saved = state.get("breaker")
@@ -312,6 +322,33 @@ async def _restore_risk_state(
         report.window_events[kind] = policy.restore_window_events(
             kind, [(r.symbol, r.ts_ns) for r in rows]
         )
+def _levels(
+    state: dict[str, Any], rows: Iterable[OrderRow], positions: dict[str, str]
+) -> dict[str, dict[str, Any]]:
+    """The protective levels of each open position: journaled, else its
+    latest entry's (see the module docstring)."""
+    levels: dict[str, dict[str, Any]] = {}
+    latest: dict[str, OrderRow] = {}
+    for row in rows:
+        o = row.order
+        if o.reduce_only or (o.stop_loss is None and o.take_profit is None):
+            continue
+        if row.filled_qty > 0 or row.is_open:
+            best = latest.get(o.symbol)
+            if best is None or row.last_seq >= best.last_seq:
+                latest[o.symbol] = row
+    for symbol in positions:
+        saved = state.get(f"protection:{symbol}")
+        if isinstance(saved, dict) and (saved.get("stop_loss") or saved.get("take_profit")):
+            levels[symbol] = saved
+        elif symbol in latest:
+            o = latest[symbol].order
+            levels[symbol] = {
+                "side": o.side.value,
+                "stop_loss": o.stop_loss,
+                "take_profit": o.take_profit,
+            }
+    return levels
 
 
 def _moved(row: OrderRow | None, state: OrderState) -> OrderRow:

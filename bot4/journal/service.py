@@ -13,7 +13,8 @@ opens the journal named by the config's ``journal`` key, else
   a journal that falls behind slows the kernel down instead) for decisions
   (``risk.approved``/``risk.rejected``, with the deciding rule), risk actions,
   acknowledgements (``order.placed``), order updates, fills (each followed by
-  the position it leaves), halts and kernel errors;
+  the position it leaves), halts, kernel errors and the protective levels
+  kept for each position (``kernel.protection``);
 * keeps the risk state a restart must not lose (:mod:`bot4.journal.riskstate`):
   breaker trips and resets from the breaker's own hooks, every event the
   rules' windows count (from the policy), the peak equity when it rises
@@ -48,6 +49,7 @@ from bot4.journal.riskstate import PEAK_KEY, RunHistory, cleared_key, peak_to_jo
 from bot4.model import Approved, Fill, MarketData, Order, OrderState, Rejected, RiskAction
 from bot4.model import RiskActionKind as _Kind
 from bot4.portfolio import PortfolioTracker
+from bot4.protection import TOPIC as PROTECTION_TOPIC
 
 __all__ = ["JournalService", "JournalWriter", "journal_service"]
 
@@ -253,6 +255,9 @@ class JournalWriter:
             self.enqueue(Record(RecordKind.HALT, {"reason": str(payload)}, ts))
         elif topic == "kernel.error":
             self.enqueue(Record(RecordKind.ERROR, {"message": str(payload)}, ts))
+        elif topic == PROTECTION_TOPIC and isinstance(payload, dict):
+            symbol = str(payload.get("symbol"))
+            self.enqueue(Record(RecordKind.PROTECTION, payload, ts, symbol=symbol))
         if len(self._pending) >= 8 * self.batch:
             await self.flush()  # backpressure: the bus (BLOCK) waits for us
 

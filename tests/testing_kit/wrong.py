@@ -7,11 +7,11 @@ from collections.abc import Iterable, Sequence
 
 import attrs
 import trio
-from bot4_paper import PaperExchange
+from bot4_paper import PaperEngine, PaperExchange
 
 from bot4.contracts import Capability
 from bot4.errors import ExchangeRefused, ExchangeUnavailable, InvalidOrder
-from bot4.model import Balance, MarketData, Order, OrderState, OrderType, Position
+from bot4.model import Balance, MarketData, Order, OrderState, OrderStatus, OrderType, Position
 from bot4.testing import FeedHarness
 
 
@@ -76,6 +76,48 @@ class ClaimsStops(PaperExchange):
         if order.type is OrderType.STOP_LOSS:
             raise InvalidOrder("stop orders are not supported")
         return await super().place_order(order)
+
+
+class ClaimsAttachedExits(PaperExchange):
+    """Claims ATTACHED_EXITS but its venue never creates the exits (the
+    kernel would then leave every position without a stop)."""
+
+    name = "claimsexits"
+
+    def __init__(self, feed: Iterable[MarketData]) -> None:
+        super().__init__(feed, PaperEngine(attached_exits=False))
+        self.capabilities = frozenset(Capability)
+
+
+class ClaimsTakeProfits(PaperExchange):
+    """Claims take-profit orders, acknowledges them, and never triggers them."""
+
+    name = "claimstakeprofits"
+
+    def __init__(self, feed: Iterable[MarketData]) -> None:
+        super().__init__(feed)
+        self._dropped: dict[str, Order] = {}
+
+    async def place_order(self, order: Order) -> OrderState:
+        if order.type is OrderType.TAKE_PROFIT:
+            self._dropped[order.client_order_id] = order
+            return OrderState(order, OrderStatus.NEW)
+        return await super().place_order(order)
+
+    async def fetch_order(self, symbol: str, client_order_id: str) -> OrderState:
+        dropped = self._dropped.get(client_order_id)
+        if dropped is not None:
+            return OrderState(dropped, OrderStatus.NEW)
+        return await super().fetch_order(symbol, client_order_id)
+
+
+class SilentExits(PaperExchange):
+    """Does not claim ATTACHED_EXITS but attaches exits anyway (what a
+    scaffolded plugin over the default paper venue used to do): the kernel's
+    own protection would then close every position twice."""
+
+    name = "silentexits"
+    capabilities = frozenset(Capability) - {Capability.ATTACHED_EXITS}
 
 
 class LimitOnly(PaperExchange):

@@ -40,6 +40,17 @@ and open orders every ``poll_interval`` seconds and yields a MarketData when
 a quote changed, each new Fill, and each changed OrderState (fills before
 the order update they caused, then the quote).
 
+**Stop orders, claimed only where they work.** ``STOP_ORDERS`` and
+``TAKE_PROFIT_ORDERS`` (market orders triggered at ``stopLossPrice`` /
+``takeProfitPrice``) are claimed only when ccxt's client for the venue creates
+them (``has["createStopLossOrder"]``, ``has["createTakeProfitOrder"]``), and,
+once the markets are loaded, only when every configured symbol (every market,
+when none is configured) lists the order type where the venue publishes its
+order types (Binance's ``orderTypes``: many spot symbols have no ``STOP_LOSS``).
+Without the claim the bot4 kernel holds the stop itself and closes with a
+market order (:mod:`bot4.protection`), instead of sending a stop the venue
+refuses.
+
 **Positions** of a spot venue are what this account's fills build (replayed
 through bot4's PortfolioTracker: signed quantity, weighted entry); spot
 venues have no position endpoint. Orders' ``leverage`` and ``reduce_only`` are
@@ -149,6 +160,32 @@ _CAPS = frozenset(
         Capability.PARTIAL_FILLS,
     }
 )
+# A triggered order type, the ccxt ``has`` entry for it, and the venue's name of it
+# in a market's order types (Binance's ``info.orderTypes``).
+_TRIGGERS = (
+    (Capability.STOP_ORDERS, "createStopLossOrder", "STOP_LOSS"),
+    (Capability.TAKE_PROFIT_ORDERS, "createTakeProfitOrder", "TAKE_PROFIT"),
+)
+
+
+@functools.cache
+def _client_caps(exchange: str) -> frozenset[Capability]:
+    """What ccxt's client for ``exchange`` can do (no request is made)."""
+    has = getattr(ccxt, exchange)().has
+    return _CAPS - {cap for cap, key, _ in _TRIGGERS if not has.get(key)}
+
+
+def _market_caps(caps: frozenset[Capability], markets: Sequence[Any]) -> frozenset[Capability]:
+    """``caps`` less a triggered order type some market does not list."""
+    missing = set()
+    for market in markets:
+        info = market.get("info") if isinstance(market, Mapping) else None
+        types = info.get("orderTypes") if isinstance(info, Mapping) else None
+        if isinstance(types, list):
+            missing |= {cap for cap, _, name in _TRIGGERS if name not in types}
+    return caps - missing
+
+
 _BOT4_SYMBOL = re.compile(r"^[A-Z0-9]{1,20}-[A-Z0-9]{1,20}$")
 _ZERO = Decimal(0)
 
@@ -434,6 +471,7 @@ class CcxtExchange(Exchange):
     def __init__(self, settings: CcxtSettings) -> None:
         self.settings = settings
         self.name = f"ccxt-{settings.exchange}"
+        self.capabilities = _client_caps(settings.exchange)
         self._client: Any = None
         self._limiter = trio.CapacityLimiter(settings.threads)
         self._pacer: Pacer | None = None
@@ -586,6 +624,11 @@ class CcxtExchange(Exchange):
             self._to_ccxt[symbol] = ccxt_symbol
             self._from_ccxt[ccxt_symbol] = symbol
         self._markets = markets
+        wanted = self.settings.symbols or tuple(markets)
+        self.capabilities = _market_caps(
+            _client_caps(self.settings.exchange),
+            [raw[self._to_ccxt[s]] for s in wanted if s in self._to_ccxt],
+        )
 
     def _sym(self, symbol: str) -> str:
         ccxt_symbol = self._to_ccxt.get(symbol)

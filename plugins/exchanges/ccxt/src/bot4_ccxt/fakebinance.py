@@ -60,7 +60,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -143,6 +143,9 @@ def _venue_symbol(symbol: str) -> str:
     return symbol.replace("-", "")
 
 
+ORDER_TYPES = ("LIMIT", "MARKET", "STOP_LOSS", "TAKE_PROFIT")
+
+
 class FakeBinance:
     """A Binance-style spot REST server on 127.0.0.1 backed by a PaperEngine."""
 
@@ -155,8 +158,12 @@ class FakeBinance:
         api_key: str = API_KEY,
         secret: str = SECRET,
         clock_offset: float = 0.0,
+        order_types: Sequence[str] = ORDER_TYPES,
     ) -> None:
         self.engine = engine if engine is not None else PaperEngine()
+        # The order types every symbol lists in exchangeInfo and accepts (real
+        # Binance symbols differ: many lack STOP_LOSS and TAKE_PROFIT).
+        self.order_types = tuple(order_types)
         self.host = host
         self.port = port
         self.api_key = api_key
@@ -444,7 +451,7 @@ class FakeBinance:
                     "quoteAssetPrecision": 8,
                     "baseCommissionPrecision": 8,
                     "quoteCommissionPrecision": 8,
-                    "orderTypes": ["LIMIT", "MARKET", "STOP_LOSS", "TAKE_PROFIT"],
+                    "orderTypes": list(self.order_types),
                     "icebergAllowed": False,
                     "ocoAllowed": False,
                     "quoteOrderQtyMarketAllowed": False,
@@ -561,6 +568,8 @@ class FakeBinance:
         kind = _TYPES.get(params.get("type", ""))
         if kind is None:
             raise _ApiError(400, -1116, "Invalid orderType.")
+        if params.get("type") not in self.order_types:
+            raise _ApiError(400, -1013, "Order type not supported for this symbol.")
         side_raw = params.get("side", "")
         if side_raw not in ("BUY", "SELL"):
             raise _ApiError(400, -1117, "Invalid side.")

@@ -20,7 +20,7 @@ tests (no pacing, short timeouts, quick backoff).
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import trio
@@ -29,7 +29,7 @@ from bot4.contracts import ExchangeEvent
 from bot4.model import MarketData
 from bot4.testing.harness import STEP_TIMEOUT, ConformanceError, Harness
 from bot4_ccxt.exchange import CcxtExchange
-from bot4_ccxt.fakebinance import API_KEY, SECRET, FakeBinance
+from bot4_ccxt.fakebinance import API_KEY, ORDER_TYPES, SECRET, FakeBinance
 
 __all__ = ["KEY_ENV", "SECRET_ENV", "FakeBinanceHarness", "plugin_config"]
 
@@ -58,10 +58,12 @@ def plugin_config(venue: FakeBinance, **extra: Any) -> dict[str, Any]:
 class FakeBinanceHarness(Harness):
     """The fake venue plus the plugin pointed at it (see the module docstring)."""
 
-    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, config: Mapping[str, Any] | None = None, *, order_types: Sequence[str] = ORDER_TYPES
+    ) -> None:
         os.environ.setdefault(KEY_ENV, API_KEY)
         os.environ.setdefault(SECRET_ENV, SECRET)
-        self.venue = FakeBinance().start()
+        self.venue = FakeBinance(order_types=order_types).start()
         self.exchange: CcxtExchange = CcxtExchange.from_config(
             plugin_config(self.venue, **(config or {}))
         )
