@@ -50,6 +50,7 @@ from bot4.errors import RuleFileError
 from bot4.model import RiskActionKind
 from bot4.risk import expr
 from bot4.risk.engine import MAX_FIELDS
+from bot4.risk.exact import ExactCondition, ExactError, First, compile_condition, compile_first
 from bot4.risk.expr import BOOL, NUMBER, ExprError, Node, Value
 from bot4.risk.facts import BUILTIN_FACTS, FILL, LIQUIDATION_FACTS, ORDER, STAGES, TICK
 from bot4.risk.windows import WindowSpec
@@ -102,6 +103,9 @@ class Rule:
     fraction: Decimal
     params: Mapping[str, Value]
     facts: tuple[str, ...]  # named by the condition, the reason and the suggestion
+    # The condition evaluated exactly in Decimal (order rules only), which
+    # confirms every approval: see bot4.risk.exact.
+    exact: ExactCondition | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def where(self) -> str:
@@ -127,6 +131,9 @@ class StagePlan:
     # fires, so the policy can skip the engine when nothing fires. None when
     # any rule is more than that.
     quiet: tuple[expr.QuietRange, ...] | None = None
+    # Orders: the rules' conditions evaluated exactly in Decimal, as one
+    # function giving the index of the first that holds (bot4.risk.exact).
+    exact_first: First | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(slots=True)
@@ -512,6 +519,13 @@ class Compiler:
                     f"{label}: fact {fact} is not available on {', '.join(sorted(missing))} "
                     f"(available on: {', '.join(sorted(available))})",
                 )
+        exact: ExactCondition | None = None
+        if ORDER in stages:
+            try:
+                prefix = f"k{position[0]}_{position[1]}_"
+                exact = compile_condition(source, params, lookup, prefix)
+            except ExactError as exc:
+                raise _err(path, when_line, f"{label} when: {exc}") from None
         priority_int = int(priority)
         return Rule(
             name=name,
@@ -531,6 +545,7 @@ class Compiler:
             fraction=fraction,
             params=params,
             facts=tuple(unique),
+            exact=exact,
         )
 
     def _plan(self, stage: str, rules: list[Rule]) -> StagePlan:
@@ -566,8 +581,22 @@ class Compiler:
             quiet = expr.quiet_ranges(guards)
             # The ranges must check every field sent to the engine.
             assert {q.fact for q in quiet} == set(keys)
+        exact_first = None
+        conditions = [r.exact for r in rules if r.exact is not None]
+        if stage == ORDER and len(conditions) == len(rules):
+            exact_first = compile_first(conditions)
         return StagePlan(
-            stage, tuple(rules), keys, by_key, definition, fields, reads, windows, names, quiet
+            stage,
+            tuple(rules),
+            keys,
+            by_key,
+            definition,
+            fields,
+            reads,
+            windows,
+            names,
+            quiet,
+            exact_first,
         )
 
 
