@@ -523,7 +523,7 @@ class Compiler:
         if ORDER in stages:
             try:
                 prefix = f"k{position[0]}_{position[1]}_"
-                exact = compile_condition(source, params, lookup, prefix)
+                exact = compile_condition(source, params, prefix)
             except ExactError as exc:
                 raise _err(path, when_line, f"{label} when: {exc}") from None
         priority_int = int(priority)

@@ -1,4 +1,4 @@
-"""Conditions evaluated exactly in Decimal: the confirmation of every approval.
+"""Conditions evaluated exactly in Decimal: the confirmation of every order decision.
 
 Why this exists: the engine compares binary64 doubles. A Decimal fact becomes
 the nearest double, so within about 1e-16 relative of a limit it can land on
@@ -106,12 +106,10 @@ class _Codegen:
         self,
         source: str,
         params: Mapping[str, expr.Value],
-        fact_kind: Callable[[str], str | None],
         prefix: str,
     ) -> None:
         self.source = source
         self.params = params
-        self.fact_kind = fact_kind
         self.prefix = prefix
         self.consts: dict[str, object] = {}
 
@@ -240,20 +238,17 @@ class ExactCondition:
 
 
 def compile_condition(
-    source: object,
-    params: Mapping[str, expr.Value],
-    fact_kind: Callable[[str], str | None],
-    prefix: str = "k",
+    source: object, params: Mapping[str, expr.Value], prefix: str = "k"
 ) -> ExactCondition:
     """The condition ``source`` (already accepted by :func:`bot4.risk.expr.parse`
-    with the same ``params`` and ``fact_kind``), evaluated exactly. Its
+    with the same ``params``), evaluated exactly. Its
     constants are named ``<prefix><n>``: a prefix unique to the rule lets the
     conditions of a stage share one function (:func:`compile_first`)."""
     if isinstance(source, bool):
         body, consts = repr(source), {}
     elif isinstance(source, str):
         text = source.strip()
-        gen = _Codegen(text, params, fact_kind, prefix)
+        gen = _Codegen(text, params, prefix)
         body, consts = gen.boolean(ast.parse(text, mode="eval").body), gen.consts
     else:
         raise ExactError(f"a condition is text, not {type(source).__name__}")

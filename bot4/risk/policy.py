@@ -290,7 +290,7 @@ def _step_below(qty: Decimal) -> Decimal:
 
 def _checked(name: str, value: object) -> object:
     """A fact value given from outside (a scenario's override), validated; a
-    Decimal stays a Decimal so an approval is confirmed on its exact value."""
+    Decimal stays a Decimal so the decision is confirmed on its exact value."""
     converted = to_fact(name, value)
     return value if type(value) is Decimal else converted
 
@@ -463,6 +463,13 @@ class RiskPolicy:
             except ExactError:
                 if engine_decider.outcome == "approve":
                     raise
+            if decider is not engine_decider:
+                log.info(
+                    "order %s: decided exactly by %s, not %s as in doubles (a fact at a limit)",
+                    order.client_order_id,
+                    decider.name if decider is not None else "no rule",
+                    engine_decider.name,
+                )
         if trace:
             fired = _exactly_fired(plan, fired, facts)
         decision: Decision
@@ -540,7 +547,7 @@ class RiskPolicy:
         if not isinstance(value, float):
             return f"risk pack {pack!r}: fact {name} must be a number"
         # A Decimal is kept as given (checked finite and in range above): the
-        # exact confirmation of an approval compares it, not its double.
+        # exact confirmation of the decision compares it, not its double.
         raw = values[name]
         facts[name] = raw if type(raw) is Decimal else value
         return None
