@@ -1,4 +1,4 @@
-"""Conditions evaluated exactly in Decimal: the confirmation of every order decision.
+"""Conditions evaluated exactly in Decimal: the confirmation of every risk decision.
 
 Why this exists: the engine compares binary64 doubles. A Decimal fact becomes
 the nearest double, so within about 1e-16 relative of a limit it can land on
@@ -15,8 +15,9 @@ the stage's rules are evaluated again, in rank order, exactly, on the Decimal
 facts, and the first rule that holds decides (see :func:`exact_decider`); in
 the common case that is the rule the engine named. An approval that cannot
 be confirmed (:class:`ExactError`) is refused; a rejection that cannot be
-confirmed stands as the engine gave it. Ticks and fills (the ladder, the
-breaker) are decided by the engine alone.
+confirmed stands as the engine gave it. On ticks and fills (the ladder, the
+breaker) the actions are the rules whose condition holds exactly
+(:func:`holds`, rule by rule; where one cannot be told, the engine's answer).
 
 Exact means: facts are the Decimal values bot4 computed (in
 :data:`bot4.risk.facts.FACT_CONTEXT`); packs' floats and window counts are

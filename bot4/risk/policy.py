@@ -763,7 +763,11 @@ class RiskPolicy:
             for name, value in overrides.items():
                 facts[name] = to_fact(name, value)
         engine = active.engines.get(stage)
-        fired = self._fire(engine, plan, facts) if engine is not None else []
+        fired: list[Rule] = []
+        if engine is not None and not (plan.quiet is not None and _quiet(plan.quiet, facts)):
+            # Near a rung the doubles can miss it (a distance of 0.0999...9
+            # is sent as 0.1): the actions are the rules that hold exactly.
+            fired = _exactly_fired(plan, self._fire(engine, plan, facts), facts)
         actions: list[RiskAction] = []
         worst: RiskAction | None = None
         for rule in fired:

@@ -401,3 +401,31 @@ async def test_the_size_cut_retry_is_strictly_smaller_and_happens_once(
     assert kernel.stats.resized == len(asked) - 1
     assert kernel.stats.approved == 0
     assert session.exchange.engine.fills() == []
+
+
+@pytest.mark.parametrize(
+    ("last", "actions"),
+    [
+        # Entry 50,000 at 10x, mmr 0.5%: liquidation at 45,250. A hair below 10%
+        # from it the doubles see exactly 0.1 (not < 0.1); exactly it is below.
+        ("50277.77777777777777777", ["add_margin"]),
+        ("50277.77777777777777778", []),
+        # A hair below 5%: the position is closed (the most severe rung).
+        ("47631.57894736842105263", ["emergency_close"]),
+        ("47631.57894736842105264", ["reduce_position"]),
+    ],
+)
+def test_a_position_a_hair_inside_a_ladder_rung_gets_its_action(
+    policies: dict[str, object], last: str, actions: list[str]
+) -> None:
+    policy = policies["default"]
+    assert isinstance(policy, RiskPolicy)
+    held = Position("BTC-USDT", D("0.01"), D(50000), leverage=D(10))
+    book = Portfolio(
+        cash=D(100000),
+        positions={"BTC-USDT": held},
+        marks={"BTC-USDT": D(last)},
+        peak_equity=D(100000),
+    )
+    got = policy.on_market_data(market(last=last, spread="0"), book, 0)
+    assert [a.kind.value for a in got] == actions
