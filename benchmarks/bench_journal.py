@@ -80,7 +80,7 @@ def _session(ticks: list[Any], tmp: Path, service: JournalService | None) -> tup
                     "fast": 10,
                     "slow": 40,
                     "size": "0.01",
-                    "leverage": "5",
+                    "leverage": "3",  # the most the default policy allows
                     "stop_loss_pct": "0.2",
                     "take_profit_pct": "0.4",
                 },

@@ -7,7 +7,8 @@ Scenarios:
 
 * ``pre-trade, approve``   one order that passes every rule (the common case);
 * ``pre-trade, mixed``     a rotation of orders: approved, too large, no stop
-                           loss, too much leverage, too close to liquidation
+                           loss, 25x (above the leverage limit and too close
+                           to liquidation), too much gross exposure
                            (rejections also render the reason and the size);
 * ``tick, position held``  the liquidation ladder and drawdown on a price
                            update of a held symbol;

@@ -420,16 +420,17 @@ class Kernel:
             await self._rejected(order, halted)
             return None
         decision = await self._decide(order)
-        if isinstance(decision, Rejected) and resize and ZERO < decision.suggested_size < order.qty:
+        if isinstance(decision, Rejected) and resize and decision.suggested_size > 0:
             # The policy said how large an order would pass: try that once
-            # ("size cut"). The smaller order goes through the whole gate again.
-            await self._rejected(order, decision)
+            # ("size cut"), rounded down to the market's lot. Only a strictly
+            # smaller order is tried (the same size would be refused again),
+            # and it goes through the whole gate again.
             smaller = self._round_qty(order.symbol, decision.suggested_size)
-            if smaller <= 0:
-                return None
-            order = attrs.evolve(order, qty=smaller, client_order_id=self._client_id("r"))
-            self.stats.resized += 1
-            decision = await self._decide(order)
+            if ZERO < smaller < order.qty:
+                await self._rejected(order, decision)
+                order = attrs.evolve(order, qty=smaller, client_order_id=self._client_id("r"))
+                self.stats.resized += 1
+                decision = await self._decide(order)
         if not isinstance(decision, Approved):
             await self._rejected(order, decision)
             return None

@@ -40,14 +40,16 @@ if TYPE_CHECKING:
 
 DEFAULT_STRATEGY = "sma_cross"
 # The demo session's strategy settings: one- and ten-minute averages on the
-# one-second sample, 10x leverage and a 3% stop. The default rules visibly act
-# on it (size cuts, correlation, the ladder's first rung); examples/stress/
-# loosens thresholds in copies of the rule files to show the rest acting.
+# one-second sample, 3x leverage (the most the default policy allows) and a 3%
+# stop. The default rules visibly act on it (size cuts, correlation); at 3x a
+# position starts 32.8% from liquidation, so the ladder stays quiet here and
+# examples/stress/ loosens thresholds in copies of the rule files to show it
+# and the rest acting.
 DEFAULT_STRATEGY_PARAMS = {
     "fast": 60,
     "slow": 600,
     "size": "0.01",
-    "leverage": "10",
+    "leverage": "3",
     "stop_loss_pct": "3",
     "take_profit_pct": "6",
 }

@@ -12,18 +12,26 @@ Checks, for every generated file:
 * a compiled policy's engine agrees with the Python evaluation of every
   condition on random facts (fired exactly when the condition is true);
 * invalid fact values (NaN, infinities, huge numbers, wrong types) are
-  refused before they reach the engine, never crash it.
+  refused before they reach the engine, never crash it;
+* the exact confirmation of a decision (bot4.risk.exact) agrees with an
+  independent evaluation in Fractions of every condition without a
+  division (a division is rounded to 100 digits there, by design), and the
+  stage's one generated function names the first rule that holds.
 Exit status 0 when all examples pass, 1 on a failed check.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import math
+import operator
 import os
 import sys
 import tempfile
 from collections import Counter
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bot4.errors import RiskError, RuleFileError  # noqa: E402
-from bot4.risk import expr  # noqa: E402
+from bot4.risk import exact, expr  # noqa: E402
 from bot4.risk.compiler import Compiler, read_file  # noqa: E402
 from bot4.risk.engine import EngineRuleset  # noqa: E402
 from bot4.risk.facts import BUILTIN_FACTS, ORDER, encode  # noqa: E402
@@ -241,6 +249,9 @@ fact_values = st.one_of(
     st.floats(-1e6, 1e6, allow_nan=False),
     st.sampled_from([0.0, -0.0, 1.0, 0.02, 3.0, 1e-7, 1e15, -1e15]),
     st.integers(-5, 5).map(float),
+    # A few values drawn often, so two sides of a comparison are often equal.
+    st.sampled_from([0.0, 1.0, 3.0]),
+    st.sampled_from([0.0, 1.0, 3.0]),
 )
 bad_values = st.sampled_from(
     [math.nan, math.inf, -math.inf, 1e300, -1e16, None, object(), [1], "x" * 200, "\x00"]
@@ -299,9 +310,79 @@ def check_file(text: str, data: st.DataObject, directory: Path) -> None:
                 f"engine fired {sorted(fired)}, Python says {sorted(expected)}\n"
                 f"facts={facts}\nrules={ {k: r.when_source for k, r in plan.by_key.items()} }"
             )
+            _check_exact(plan, facts)
             STATS["messages"] += 1
     finally:
         engine.close()
+
+
+_CMP_FN = {
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+}
+
+
+def _fraction(node: ast.AST, source: str, params: dict[str, Any], facts: dict[str, Any]) -> Any:
+    """A condition of the rule language evaluated in Fractions (exact)."""
+    if isinstance(node, ast.BoolOp):
+        values = [_fraction(v, source, params, facts) is True for v in node.values]
+        return all(values) if isinstance(node.op, ast.And) else any(values)
+    if isinstance(node, ast.UnaryOp):
+        inner = _fraction(node.operand, source, params, facts)
+        if isinstance(node.op, ast.Not):
+            return inner is not True
+        return -inner if isinstance(node.op, ast.USub) else inner
+    if isinstance(node, ast.Compare):
+        left = _fraction(node.left, source, params, facts)
+        for op, comparator in zip(node.ops, node.comparators, strict=True):
+            right = _fraction(comparator, source, params, facts)
+            if not _CMP_FN[type(op)](left, right):
+                return False
+            left = right
+        return True
+    if isinstance(node, ast.BinOp):
+        a = _fraction(node.left, source, params, facts)
+        b = _fraction(node.right, source, params, facts)
+        return (
+            a + b
+            if isinstance(node.op, ast.Add)
+            else a - b
+            if isinstance(node.op, ast.Sub)
+            else a * b
+        )
+    if isinstance(node, ast.Constant):
+        if isinstance(node.value, (bool, str)):
+            return node.value
+        return Fraction(ast.get_source_segment(source, node) or repr(node.value))
+    if isinstance(node, ast.Name):
+        if node.id in ("true", "True", "false", "False"):
+            return node.id in ("true", "True")
+        value = params[node.id]
+        return value if isinstance(value, (bool, str)) else Fraction(Decimal(repr(float(value))))
+    name = ast.unparse(node)
+    value = facts[name]
+    return value if isinstance(value, (bool, str)) else Fraction(value)
+
+
+def _check_exact(plan: Any, facts: dict[str, Any]) -> None:
+    held = []
+    for rule in plan.rules:
+        got = exact.holds(rule.exact, facts)
+        held.append(got)
+        source = rule.when_source.strip()
+        if "/" in source or source in ("true", "false"):
+            continue
+        want = _fraction(ast.parse(source, mode="eval").body, source, dict(rule.params), facts)
+        assert got == (want is True), (
+            f"exact says {got} for {source!r}, Fractions say {want}; facts={facts}"
+        )
+        STATS["exact checked"] += 1
+    first = next((r for r, h in zip(plan.rules, held, strict=True) if h), None)
+    assert exact.exact_decider(plan.rules, plan.exact_first, facts) is first
 
 
 def _encodable(text: str) -> bool:

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                     "fast": 10,
                     "slow": 40,
                     "size": "0.01",
-                    "leverage": "5",
+                    "leverage": "3",  # the most the default policy allows
                     "stop_loss_pct": "0.2",
                     "take_profit_pct": "0.4",
                 },

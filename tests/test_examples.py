@@ -24,6 +24,7 @@ ENV = {"BOT4_DATABASE_URL": "", "BOT4_REDIS_URL": ""}
 # Every threshold the example changes: (file, param) -> (default, example).
 CHANGED = {
     ("20-entry.yaml", "max_position_fraction"): (0.02, 0.5),
+    ("20-entry.yaml", "max_leverage"): (3, 40),
     ("20-entry.yaml", "min_liquidation_distance"): (0.05, 0.015),
     ("50-liquidation-ladder.yaml", "emergency_below"): (0.05, 0.015),
     ("50-liquidation-ladder.yaml", "reduce_below"): (0.075, 0.0175),
@@ -99,7 +100,7 @@ def test_stop_outs_trip_the_breaker_and_later_orders_are_refused(
 def test_rules_check_and_scenario_tests_pass() -> None:
     check = run_bot4("rules", "check", str(RULES), env=ENV)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "ok: 17 rules in 7 files" in check.stdout
+    assert "ok: 18 rules in 7 files" in check.stdout
     test = run_bot4("rules", "test", str(RULES), env=ENV)
     assert test.returncode == 0, test.stdout + test.stderr
     assert " 0 failed" in test.stdout

@@ -133,23 +133,28 @@ def test_liquidation_example_through_the_policy(policy: RiskPolicy) -> None:
         )
         assert e.facts["liquidation.price"] == expected
         assert e.facts["liquidation.distance"] == pytest.approx(0.095)
-        assert isinstance(e.decision, Approved)
+        # 10x is above the default 3x limit; the facts are computed all the same.
+        assert isinstance(e.decision, Rejected)
+        assert e.decision.rule == "max-leverage"
 
 
 def test_too_close_to_liquidation_is_rejected(policy: RiskPolicy) -> None:
-    # 25x with mmr 0.5%: liquidation 3.5% from entry.
-    decision = policy.check_order(order(qty="0.001", leverage=25), portfolio(), market(), 0)
-    assert isinstance(decision, Rejected)
-    assert decision.rule == "liquidation-distance"
+    # 25x with mmr 0.5%: liquidation 3.5% from entry; max-leverage (3x) decides first.
+    e = policy.explain(
+        "order", portfolio=portfolio(), now_ns=0, market=market(), order=order("0.001", leverage=25)
+    )
+    assert isinstance(e.decision, Rejected)
+    assert e.decision.rule == "max-leverage"
+    assert next(t for t in e.trace if t.rule == "liquidation-distance").fired
 
 
-def test_leverage_limit(policy: RiskPolicy) -> None:
+def test_gross_exposure_limit(policy: RiskPolicy) -> None:
     pos = Position("ETH-USDT", Decimal(100), Decimal(2990))  # 299,000 of exposure on 100,000
     book = portfolio(positions={"ETH-USDT": pos}, marks={"ETH-USDT": 2990})
-    decision = policy.check_order(order(qty="0.03", leverage=5), book, market(), 0)
+    decision = policy.check_order(order(qty="0.03", leverage=3), book, market(), 0)
     assert isinstance(decision, Rejected)
-    assert decision.rule == "max-leverage"
-    assert "3x" in decision.reason
+    assert decision.rule == "max-gross-exposure"
+    assert "above 3x" in decision.reason
     assert decision.suggested_size == Decimal("0.02")
 
 

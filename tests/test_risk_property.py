@@ -20,6 +20,7 @@ from tests.riskkit import RULES, SEC, TS, FixedCorrelation
 
 MAX_POSITION_FRACTION = Decimal("0.02")
 MAX_LEVERAGE = Decimal(3)
+MAX_GROSS_EXPOSURE = Decimal(3)
 MAX_DRAWDOWN = Decimal("0.15")
 MAX_CORRELATION = Decimal("0.7")
 MIN_LIQ_DISTANCE = Decimal("0.05")
@@ -59,8 +60,10 @@ def oracle(
         broken.append("size")
     mark = book.mark(order.symbol) if held else entry
     gross_after = book.gross_exposure - abs(held_qty) * mark + abs(held_qty + signed) * entry
-    close.append((gross_after, equity * MAX_LEVERAGE))
-    if gross_after > equity * MAX_LEVERAGE:
+    close.append((gross_after, equity * MAX_GROSS_EXPOSURE))
+    if gross_after > equity * MAX_GROSS_EXPOSURE:
+        broken.append("gross")
+    if order.leverage > MAX_LEVERAGE:
         broken.append("leverage")
     free = equity - sum((p.margin() for p in book.positions.values()), Decimal(0))
     notional = order.qty * entry
@@ -220,7 +223,7 @@ def test_suggested_size_passes_the_rule_that_rejected(
     decision = POLICY.check_order(order, book, market, CLOCK[0])
     if not isinstance(decision, Rejected) or decision.rule not in (
         "max-position-size",
-        "max-leverage",
+        "max-gross-exposure",
         "margin-sufficient",
     ):
         return
@@ -239,9 +242,11 @@ def test_suggested_size_passes_the_rule_that_rejected(
         reduce_only=order.reduce_only,
     )
     broken, near = oracle(smaller, book, market, False, Decimal(0))
-    name = {"max-position-size": "size", "max-leverage": "leverage", "margin-sufficient": "margin"}[
-        decision.rule
-    ]
+    name = {
+        "max-position-size": "size",
+        "max-gross-exposure": "gross",
+        "margin-sufficient": "margin",
+    }[decision.rule]
     assert name not in broken or near, f"suggested {decision.suggested_size} still breaks {name}"
 
 

@@ -40,7 +40,7 @@ def cli(request: pytest.FixtureRequest) -> list[str]:
 def test_check_default_policy(cli: list[str]) -> None:
     result = run(cli, "check")
     assert result.returncode == 0, result.stderr
-    assert "17 rules in 7 files" in result.stdout
+    assert "18 rules in 7 files" in result.stdout
 
 
 def test_check_broken_file_reports_file_and_line(cli: list[str], tmp_path: Path) -> None:
@@ -120,11 +120,16 @@ def test_eval_json_from_stdin(cli: list[str]) -> None:
     result = run(cli, "eval", "--json", stdin=json.dumps(facts))
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    assert out["decision"] == "approve"
-    assert out["decided_by"] == "approve-within-limits"
+    # 10x is above the default 3x limit: the trace shows the rejecting rule
+    # beside the default approval that it overrides.
+    assert out["decision"] == "reject"
+    assert out["decided_by"] == "max-leverage"
     assert out["facts"]["liquidation.price"] == 45250.0
     assert len(out["trace"]) >= 10
-    assert {t["rule"] for t in out["trace"] if t["fired"]} == {"approve-within-limits"}
+    assert {t["rule"] for t in out["trace"] if t["fired"]} == {
+        "max-leverage",
+        "approve-within-limits",
+    }
 
 
 def test_eval_bad_scenario_is_a_usage_error(cli: list[str]) -> None:

@@ -33,7 +33,9 @@ that fire, the one with the lowest ``(priority, file, position in file)``
 decides. If none fires there is no verdict and the order is rejected (fail
 closed), so a policy states its default explicitly with a last ``approve``
 rule. On ticks and fills every firing rule yields its action; per position the
-most severe of emergency_close > reduce_position > add_margin is kept.
+most severe of emergency_close > reduce_position > add_margin is kept. "Fires"
+is the exact Decimal reading of the condition: the engine's answer in doubles
+is confirmed by :mod:`bot4.risk.exact`.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from bot4.errors import RuleFileError
 from bot4.model import RiskActionKind
 from bot4.risk import expr
 from bot4.risk.engine import MAX_FIELDS
+from bot4.risk.exact import ExactCondition, ExactError, First, compile_condition, compile_first
 from bot4.risk.expr import BOOL, NUMBER, ExprError, Node, Value
 from bot4.risk.facts import BUILTIN_FACTS, FILL, LIQUIDATION_FACTS, ORDER, STAGES, TICK
 from bot4.risk.windows import WindowSpec
@@ -102,6 +105,9 @@ class Rule:
     fraction: Decimal
     params: Mapping[str, Value]
     facts: tuple[str, ...]  # named by the condition, the reason and the suggestion
+    # The condition evaluated exactly in Decimal, which confirms every
+    # decision and action: see bot4.risk.exact.
+    exact: ExactCondition | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def where(self) -> str:
@@ -127,6 +133,9 @@ class StagePlan:
     # fires, so the policy can skip the engine when nothing fires. None when
     # any rule is more than that.
     quiet: tuple[expr.QuietRange, ...] | None = None
+    # Orders: the rules' conditions evaluated exactly in Decimal, as one
+    # function giving the index of the first that holds (bot4.risk.exact).
+    exact_first: First | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(slots=True)
@@ -512,6 +521,11 @@ class Compiler:
                     f"{label}: fact {fact} is not available on {', '.join(sorted(missing))} "
                     f"(available on: {', '.join(sorted(available))})",
                 )
+        try:
+            prefix = f"k{position[0]}_{position[1]}_"
+            exact = compile_condition(source, params, prefix)
+        except ExactError as exc:
+            raise _err(path, when_line, f"{label} when: {exc}") from None
         priority_int = int(priority)
         return Rule(
             name=name,
@@ -531,6 +545,7 @@ class Compiler:
             fraction=fraction,
             params=params,
             facts=tuple(unique),
+            exact=exact,
         )
 
     def _plan(self, stage: str, rules: list[Rule]) -> StagePlan:
@@ -563,12 +578,43 @@ class Compiler:
         guards = [g for g in (expr.guard_of(rule.when) for rule in rules) if g is not None]
         quiet = None
         if rules and len(guards) == len(rules):
-            quiet = expr.quiet_ranges(guards)
+            # Narrowed at each bound by more than a double can be off: a
+            # value next to a bound takes the engine path, where the rules
+            # are confirmed exactly in Decimal (bot4.risk.exact).
+            quiet = tuple(
+                attrs.evolve(q, low=_inward(q.low, 1), high=_inward(q.high, -1))
+                for q in expr.quiet_ranges(guards)
+            )
             # The ranges must check every field sent to the engine.
             assert {q.fact for q in quiet} == set(keys)
+        exact_first = None
+        conditions = [r.exact for r in rules if r.exact is not None]
+        if stage == ORDER and len(conditions) == len(rules):
+            exact_first = compile_first(conditions)
         return StagePlan(
-            stage, tuple(rules), keys, by_key, definition, fields, reads, windows, names, quiet
+            stage,
+            tuple(rules),
+            keys,
+            by_key,
+            definition,
+            fields,
+            reads,
+            windows,
+            names,
+            quiet,
+            exact_first,
         )
+
+
+# Relative and absolute margin by which the quiet ranges are narrowed: far
+# above the 2**-53 relative error of a Decimal's nearest double, far below
+# anything a threshold means.
+QUIET_MARGIN = 1e-12
+QUIET_FLOOR = 1e-300
+
+
+def _inward(bound: float, direction: int) -> float:
+    return bound + direction * max(abs(bound) * QUIET_MARGIN, QUIET_FLOOR)
 
 
 def render(template: str, values: Mapping[str, Any]) -> str:

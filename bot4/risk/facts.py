@@ -12,11 +12,14 @@ to the nearest double, ties to even (relative error at most 2**-53); a
 ``datetime`` becomes seconds since the Unix epoch as a float; NaN, infinities
 and magnitudes above 1e15 are refused (the order is then rejected, fail
 closed); booleans stay booleans; strings must be short and printable.
+Near a limit the nearest double can sit on the wrong side of it, so the
+double is only the engine's view: every order decision is confirmed on the
+Decimal facts themselves (:mod:`bot4.risk.exact`).
 
 Derived ratios (``portfolio.drawdown``, ``portfolio.leverage_after``,
 ``liquidation.distance``) are computed here only after checking the divisor is
 non-zero; the default policy prefers multiplications in the conditions anyway
-(``gross_after > equity * max_leverage``), which need no division at all.
+(``gross_after > equity * max_gross_exposure``), which need no division at all.
 
 A missing value has a defined stand-in, never NaN: no stop loss gives
 ``order.has_stop_loss = false`` and ``order.stop_loss = 0``; no market data
@@ -29,7 +32,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal, getcontext, setcontext
 from typing import Any
 
 import attrs
@@ -43,6 +46,16 @@ ORDER = "order"
 TICK = "tick"
 FILL = "fill"
 STAGES = (ORDER, TICK, FILL)
+
+# The Decimal arithmetic of order facts. The default context's 28 digits
+# would round a product such as qty x price (two 15-digit numbers) to nearest,
+# possibly down onto a limit it is above; at 60 digits the products of bot4's
+# quantities and prices are exact, and a quotient (drawdown, margin, 1 /
+# leverage) is correctly rounded 60 digits down, far below what any double
+# or any limit can tell apart. The exact confirmation of a decision
+# (bot4.risk.exact) compares these values.
+FACT_DIGITS = 60
+FACT_CONTEXT = Context(prec=FACT_DIGITS, rounding=ROUND_HALF_EVEN)
 
 # With no equity every exposure is unbounded leverage; the engine cannot take
 # infinity, so this large finite stand-in is used (it is below MAX_MAGNITUDE).
@@ -265,7 +278,22 @@ def order_facts(
     breaker_tripped: bool,
     mmr: Decimal | None,
 ) -> dict[str, object]:
-    """Raw (unconverted) facts for one order."""
+    """Raw (unconverted) facts for one order, computed in :data:`FACT_CONTEXT`."""
+    saved = getcontext()
+    setcontext(FACT_CONTEXT)
+    try:
+        return _order_facts(order, portfolio, market, breaker_tripped, mmr)
+    finally:
+        setcontext(saved)
+
+
+def _order_facts(
+    order: Order,
+    portfolio: Portfolio,
+    market: MarketData | None,
+    breaker_tripped: bool,
+    mmr: Decimal | None,
+) -> dict[str, object]:
     if market is not None and market.symbol != order.symbol:
         market = None  # a quote for another symbol says nothing about this order
     entry = entry_price(order, market)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_CEILING, ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -53,6 +53,7 @@ from bot4.risk.compiler import (
 )
 from bot4.risk.engine import EngineRuleset
 from bot4.risk.engine import number as engine_number
+from bot4.risk.exact import ExactError, exact_decider, holds
 from bot4.risk.expr import MAX_MAGNITUDE, Value
 from bot4.risk.facts import (
     FILL,
@@ -267,6 +268,33 @@ def _quiet(ranges: tuple[expr.QuietRange, ...], facts: Mapping[str, object]) -> 
     return True
 
 
+def _exactly_fired(plan: StagePlan, fired: list[Rule], facts: Mapping[str, object]) -> list[Rule]:
+    """For a trace: the rules whose condition holds exactly (as the decision
+    was made); a rule that cannot be evaluated exactly keeps the engine's answer."""
+    out = []
+    for rule in plan.rules:
+        try:
+            held = holds(rule.exact, facts)
+        except ExactError:
+            held = rule in fired
+        if held:
+            out.append(rule)
+    return out
+
+
+def _step_below(qty: Decimal) -> Decimal:
+    """The largest multiple of SIZE_QUANTUM strictly below ``qty`` (0 if none)."""
+    steps = (qty / SIZE_QUANTUM).to_integral_value(rounding=ROUND_CEILING) - 1
+    return steps * SIZE_QUANTUM if steps > 0 else Decimal(0)
+
+
+def _checked(name: str, value: object) -> object:
+    """A fact value given from outside (a scenario's override), validated; a
+    Decimal stays a Decimal so the decision is confirmed on its exact value."""
+    converted = to_fact(name, value)
+    return value if type(value) is Decimal else converted
+
+
 # A string fact value -> its text in an engine message (see RiskPolicy._fire).
 _STRING_TEXT: dict[str, str] = {}
 _STRING_TEXT_KEPT = 256
@@ -415,7 +443,7 @@ class RiskPolicy:
             )
         if overrides:
             for name, value in overrides.items():
-                facts[name] = to_fact(name, value)
+                facts[name] = _checked(name, value)
         if engine is None:
             raise RiskError("the policy has no rules for orders: no verdict")
         fired = self._fire(engine, plan, facts, unknown)
@@ -423,24 +451,42 @@ class RiskPolicy:
             log.error("order rejected, fail closed: %s", pack_failure)
             return Rejected(rule=FAIL_CLOSED, reason=pack_failure, order=order), None
         explanation = None
-        if not fired:
-            no_verdict = Rejected(
+        decider: Rule | None = fired[0] if fired else None
+        if decider is not None:
+            # The engine compared doubles, which can miss a limit by one
+            # rounding: the decision is confirmed exactly in Decimal
+            # (bot4.risk.exact). An approval that cannot be confirmed is
+            # refused (fail closed); a rejection stands as the engine gave it.
+            engine_decider = decider
+            try:
+                decider = exact_decider(plan.rules, plan.exact_first, facts)
+            except ExactError:
+                if engine_decider.outcome == "approve":
+                    raise
+            if decider is not engine_decider:
+                log.info(
+                    "order %s: decided exactly by %s, not %s as in doubles (a fact at a limit)",
+                    order.client_order_id,
+                    decider.name if decider is not None else "no rule",
+                    engine_decider.name,
+                )
+        if trace:
+            fired = _exactly_fired(plan, fired, facts)
+        decision: Decision
+        if decider is None:
+            decision = Rejected(
                 rule=FAIL_CLOSED,
                 reason="no rule approved or rejected the order: no verdict "
                 f"(rule files: {', '.join(compiled.files)})",
                 order=order,
             )
-            log.error("order rejected, fail closed: %s", no_verdict.reason)
-            decision: Decision = no_verdict
-            decider: Rule | None = None
+            log.error("order rejected, fail closed: %s", decision.reason)
+        elif decider.outcome == "approve":
+            if compiled.counts_orders:
+                self._events.record(ORDERS, order.symbol, now_ns)
+            decision = Approved(order=order, rules=plan.rule_names)
         else:
-            decider = fired[0]
-            if decider.outcome == "approve":
-                if compiled.counts_orders:
-                    self._events.record(ORDERS, order.symbol, now_ns)
-                decision = Approved(order=order, rules=plan.rule_names)
-            else:
-                decision = self._reject(decider, facts, order)
+            decision = self._reject(decider, facts, order)
         if trace:
             explanation = self._explain(ORDER, plan, fired, decider, facts, decision, ())
         return decision, explanation
@@ -500,7 +546,10 @@ class RiskPolicy:
             return f"risk pack {pack!r}: {exc}"
         if not isinstance(value, float):
             return f"risk pack {pack!r}: fact {name} must be a number"
-        facts[name] = value
+        # A Decimal is kept as given (checked finite and in range above): the
+        # exact confirmation of the decision compares it, not its double.
+        raw = values[name]
+        facts[name] = raw if type(raw) is Decimal else value
         return None
 
     @staticmethod
@@ -585,9 +634,14 @@ class RiskPolicy:
             if isinstance(value, float) and value > 0:
                 size = Decimal(repr(value))
                 if size >= order.qty:
-                    suggested = order.qty
+                    # Near a limit the doubles can say the rejected size itself
+                    # fits; the suggestion stays strictly below it (one step of
+                    # SIZE_QUANTUM), so a size-cut retry never resubmits the same
+                    # order.
+                    suggested = _step_below(order.qty)
                 else:
-                    # Round down so the suggestion passes the limit it came from.
+                    # Round down so the suggestion passes the limit it came from
+                    # (and stays below the rejected size).
                     suggested = size.quantize(SIZE_QUANTUM, rounding=ROUND_DOWN)
                 # 0.04000000 reads as 0.04; never as 4E-2 or 1E+2.
                 suggested = (
@@ -709,7 +763,11 @@ class RiskPolicy:
             for name, value in overrides.items():
                 facts[name] = to_fact(name, value)
         engine = active.engines.get(stage)
-        fired = self._fire(engine, plan, facts) if engine is not None else []
+        fired: list[Rule] = []
+        if engine is not None and not (plan.quiet is not None and _quiet(plan.quiet, facts)):
+            # Near a rung the doubles can miss it (a distance of 0.0999...9
+            # is sent as 0.1): the actions are the rules that hold exactly.
+            fired = _exactly_fired(plan, self._fire(engine, plan, facts), facts)
         actions: list[RiskAction] = []
         worst: RiskAction | None = None
         for rule in fired:

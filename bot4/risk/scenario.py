@@ -21,6 +21,7 @@ A scenario file holds one scenario or a list under ``scenarios:``::
           rule: max-position-size
           suggested_size: 0.04
           reason_contains: "3,000"
+          rejecting: [max-position-size]   # orders: every reject rule whose condition held
           actions: [emergency_close] # ticks and fills: the action kinds, in order
           values: {liquidation.price: 45250}   # facts, compared to 1e-9 relative
 
@@ -48,7 +49,15 @@ from bot4.risk.yamlsrc import YList, YMap, load_yaml
 
 _SCENARIO_KEYS = {"name", "event", "facts", "history", "expected", "description"}
 _FACT_SECTIONS = {"portfolio", "order", "market", "breaker", "now", "fill", "stop_out"}
-_EXPECTED_KEYS = {"decision", "rule", "suggested_size", "reason_contains", "actions", "values"}
+_EXPECTED_KEYS = {
+    "decision",
+    "rule",
+    "suggested_size",
+    "reason_contains",
+    "rejecting",
+    "actions",
+    "values",
+}
 _TS = datetime(2024, 1, 1, tzinfo=UTC)
 SEC = 1_000_000_000
 
@@ -405,6 +414,17 @@ def check_expected(scenario: Scenario, result: Explanation) -> list[str]:
         )
         if text not in reason:
             problems.append(f"reason: expected to contain {text!r}, got {reason!r}")
+    if "rejecting" in expected:
+        # Every reject rule whose condition held, in priority order: the trace
+        # shows them all, not only the one that decided.
+        want_rules = expected["rejecting"] or []
+        if not isinstance(want_rules, list) or not all(isinstance(r, str) for r in want_rules):
+            raise _err(
+                scenario.path, expected.lines["rejecting"], "rejecting must be a list of rule names"
+            )
+        got_rules = [t.rule for t in result.trace if t.fired and t.outcome == "reject"]
+        if list(want_rules) != got_rules:
+            problems.append(f"rejecting: expected {list(want_rules)}, got {got_rules}")
     if "actions" in expected:
         want_actions = expected["actions"] or []
         got_actions = [a.kind.value for a in result.actions]
