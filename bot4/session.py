@@ -1,8 +1,9 @@
 """Build a session from configuration and run it: the body of ``bot4 run``.
 
 A session is: one exchange (a registered plugin; ``paper`` by default, fed
-from a data file), one or more strategies, every loaded risk-rule pack, the
-rule files, a portfolio tracker, the event bus with a recorder (for
+from a data file), one or more strategies, the risk-rule packs (every loaded
+one, or those ``packs:`` / ``--packs`` names; listed at start), the rule
+files, a portfolio tracker, the event bus with a recorder (for
 ``bot4 replay``) and a report. With no configuration at all it is a paper
 session on the bundled sample data with the default rules and sma_cross.
 
@@ -78,6 +79,8 @@ class SessionConfig:
     # Where the journal goes (bot4.journal): None = $BOT4_DATABASE_URL, else
     # <out>/journal.sqlite; a path; a postgresql:// URL; or "off".
     journal: str | None = None
+    # Risk-rule packs by name: None = every installed one, () = none.
+    packs: tuple[str, ...] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +91,7 @@ class SessionConfig:
             "rules": list(self.rules),
             "speed": self.speed,
             "session_id": self.session_id,
+            "packs": None if self.packs is None else list(self.packs),
         }
 
 
@@ -96,11 +100,45 @@ def _need(cond: bool, where: str, what: str) -> None:
         raise ConfigError(f"{where}: {what}")
 
 
+def _key_line(text: str, key: str) -> int | None:
+    """The line of a top-level ``key:`` in a YAML mapping (for messages)."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    if isinstance(node, yaml.MappingNode):
+        for k, _ in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == key:
+                return int(k.start_mark.line) + 1
+    return None
+
+
+def _packs(value: object, where: str) -> tuple[str, ...] | None:
+    """``packs:`` as given: a list of names, a comma string, ``none`` / ``[]``
+    / ``false`` for none, absent for every installed pack."""
+    from bot4.risk.packs import parse_names
+
+    if value is None:
+        return None
+    if value is False:  # YAML reads a bare `off` / `no` as False
+        return ()
+    if isinstance(value, str):
+        return parse_names(value)
+    names = list(value) if isinstance(value, (list, tuple)) else [value]
+    _need(
+        all(isinstance(n, str) and n.strip() for n in names),
+        where,
+        "packs: expected a list of risk-pack names (or none)",
+    )
+    return tuple(dict.fromkeys(str(n).strip() for n in names))
+
+
 def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfig:
     """Read a YAML config file (optional) and apply command-line overrides.
     Every bad key or value is a ConfigError that names the file and the key."""
     raw: dict[str, Any] = {}
     where = str(path) if path else "command line"
+    text = ""
     if path is not None:
         try:
             text = path.read_text(encoding="utf-8")
@@ -138,6 +176,7 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
         "record",
         "session_id",
         "journal",
+        "packs",
     }
     unknown = sorted(set(raw) - known)
     _need(
@@ -185,6 +224,12 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
     )
     data = raw.get("data")
     _need(data is None or isinstance(data, str), where, "data: expected a file path")
+    if overrides.get("packs") is not None:
+        packs_where = "--packs"
+    else:
+        packs_line = _key_line(text, "packs") if "packs" in raw else None
+        packs_where = where if packs_line is None else f"{path}:{packs_line}"
+    packs = _packs(raw.get("packs"), packs_where)
     return SessionConfig(
         data=data,
         exchange=exchange,
@@ -201,17 +246,17 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
         else "off"
         if raw["journal"] is False
         else str(raw["journal"]),
+        packs=packs,
     )
 
 
 def rule_sources(paths: Sequence[Path]) -> dict[str, str]:
-    """The text of every rule file the policy will load, by file name."""
-    sources: dict[str, str] = {}
-    for path in paths:
-        files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
-        for f in files:
-            sources[f.name] = f.read_text(encoding="utf-8")
-    return sources
+    """The text of every rule file the policy will load, by file name: the
+    files the policy finds (an unreadable entry is an error, as there)."""
+    from bot4.risk import sources
+    from bot4.risk.yamlsrc import MAX_FILE_BYTES
+
+    return {f.name: sources.read_text(f, MAX_FILE_BYTES) for f in sources.rule_files(paths)}
 
 
 @attrs.define
@@ -273,6 +318,18 @@ def default_packs(config: SessionConfig) -> list[RiskRules]:
     return shared_packs()
 
 
+def session_packs(manager: PluginManager, config: SessionConfig) -> list[RiskRules]:
+    """The risk packs a session uses: the registered ones and bot4's own
+    (:func:`default_packs`), all of them or those ``config.packs`` names (an
+    unknown name is a ConfigError). Only the chosen ones are built."""
+    from bot4.risk.packs import choose
+
+    registry = manager.registry.risk_rules
+    own = {p.name: p for p in default_packs(config)}
+    names = choose([*registry, *own], config.packs, "packs")
+    return [own[name] if name in own else registry[name].factory({}) for name in names]
+
+
 def data_path(config: SessionConfig) -> Path:
     from bot4 import data
 
@@ -303,10 +360,13 @@ async def run_session(
     progress: ProgressHook | None = None,
     services: Sequence[SessionService] | None = None,
     metrics: Metrics | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> SessionResult:
     """Run one session to the end of its data and return what happened.
     With ``metrics``, the session also feeds those Prometheus metrics (a
-    service added after the others; serving them is the caller's business)."""
+    service added after the others; serving them is the caller's business).
+    ``announce`` is given one line per plugin that failed to load and the
+    risk packs in use, before the session starts (``bot4 run`` prints them)."""
     from bot4.report import SessionReport
     from bot4.risk import RiskPolicy, default_rules_path
 
@@ -321,11 +381,11 @@ async def run_session(
     strategies: list[Strategy] = [
         manager.registry.strategy(s.name).factory(s.params) for s in config.strategies
     ]
-    packs: list[RiskRules] = [
-        manager.registry.risk_rules[name].factory({})
-        for name in sorted(manager.registry.risk_rules)
-    ]
-    packs.extend(default_packs(config))
+    packs = session_packs(manager, config)
+    if announce is not None:
+        for plugin in manager.failed():
+            announce(f"plugin {plugin.name} not loaded: {plugin.status}")
+        announce(f"risk packs in use: {', '.join(p.name for p in packs) or 'none'}")
     paths = (
         list(rule_paths)
         if rule_paths is not None

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +17,24 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
+
+
+def bundled_plugins() -> list[str]:
+    """The plugins this repository ships: the ``bot4`` entry points of
+    ``plugins/<kind>/<name>/pyproject.toml``."""
+    names: list[str] = []
+    for project in sorted(REPO.glob("plugins/*/*/pyproject.toml")):
+        data = tomllib.loads(project.read_text(encoding="utf-8"))
+        names.extend(data.get("project", {}).get("entry-points", {}).get("bot4", {}))
+    return sorted(names)
+
+
+# The suite never depends on what else is installed: a third-party risk pack
+# joins every policy (its facts and rule files) and would change what the
+# policy tests see. Every test, and every `bot4` it starts (they inherit the
+# environment), loads the bundled plugins only; a test that means to see all
+# installed plugins removes the variable (tests/test_plugins.py).
+os.environ["BOT4_PLUGINS"] = ",".join(bundled_plugins())
 
 
 def write_ticks(path: Path, seconds: int = 3000) -> Path:

@@ -58,6 +58,21 @@ from bot4.risk.yamlsrc import YList, YMap, load_yaml
 RULE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 WINDOW_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _TEMPLATE = re.compile(r"\{([^{}:]*)(?::([^{}]*))?\}")
+# Python's format-spec mini-language, so that width and precision can be
+# bounded before format() ever sees them: "{x:100000000}" would make every
+# rejection 100 MB, and a larger width raises MemoryError.
+_SPEC = re.compile(
+    r"^(?:(?P<fill>.)?[<>=^])?[-+ ]?z?#?0?(?P<width>\d*)[,_]?"
+    r"(?:\.(?P<precision>\d*))?[bcdeEfFgGnosxX%]?$",
+    re.DOTALL,
+)
+MAX_TEMPLATE_CHARS = 500
+MAX_FORMAT_WIDTH = 64
+MAX_FORMAT_PRECISION = 20
+# A reason is one line in a log, an event and a journal row: bounded at
+# compile time (worst case over every value a fact may take) and, as a
+# second line of defence, cut at this length when rendered.
+MAX_REASON_CHARS = 1024
 MAX_RULES = 500
 DEFAULT_PRIORITY = 100
 SEVERITY = {
@@ -157,6 +172,13 @@ class _Raw:
     data: YMap
 
 
+def describe_error(exc: BaseException) -> str:
+    """An unexpected exception as one line: its type, and its text if any
+    (``str(MemoryError())`` is empty)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _err(path: str, line: int | None, message: str) -> RuleFileError:
     return RuleFileError(path, line, message)
 
@@ -207,8 +229,14 @@ def _params(value: object, path: str, line: int, what: str) -> dict[str, Value]:
 
 
 def read_file(path: Path, text: str | None = None) -> tuple[_Raw, str]:
-    data, text = load_yaml(path, text)
+    """Parse one rule file. Raises RuleFileError naming it, and nothing else."""
     name = str(path)
+    try:
+        data, text = load_yaml(path, text)
+    except RuleFileError:
+        raise
+    except Exception as exc:  # MemoryError, RecursionError: still a message, not a traceback
+        raise _err(name, None, f"cannot read: {describe_error(exc)}") from None
     if not isinstance(data, YMap):
         raise _err(name, 1, "a rule file is a mapping with a 'rules' list")
     _unknown_keys(data, _FILE_KEYS, name, "a rule file")
@@ -230,15 +258,58 @@ def _stages(value: object, path: str, line: int) -> frozenset[str]:
 def _template_names(template: str, path: str, line: int) -> list[tuple[str, str]]:
     if not isinstance(template, str) or not template.strip():
         raise _err(path, line, "reason must be a non-empty string")
-    if len(template) > 500:
-        raise _err(path, line, "reason longer than 500 characters")
+    if len(template) > MAX_TEMPLATE_CHARS:
+        raise _err(path, line, f"reason longer than {MAX_TEMPLATE_CHARS} characters")
     out = []
     for match in _TEMPLATE.finditer(template):
         out.append((match.group(1).strip(), match.group(2) or ""))
     stripped = _TEMPLATE.sub("", template)
     if "{" in stripped or "}" in stripped:
-        raise _err(path, line, "reason has an unmatched { or }")
+        raise _err(path, line, "reason has an unmatched { or } (format specs cannot nest)")
     return out
+
+
+def _check_spec(name: str, spec: str, path: str, line: int, label: str) -> None:
+    """Refuse a format spec before format() sees it: it must parse, and its
+    width and precision are bounded (a huge one allocates, or raises MemoryError)."""
+    match = _SPEC.match(spec)
+    if match is None:
+        raise _err(path, line, f"{label}: reason format {{{name}:{spec}}} is not a format spec")
+    for part, limit in (("width", MAX_FORMAT_WIDTH), ("precision", MAX_FORMAT_PRECISION)):
+        digits = match.group(part) or ""
+        if len(digits) > 6 or int(digits or 0) > limit:
+            raise _err(
+                path,
+                line,
+                f"{label}: reason format {{{name}:{spec}}}: {part} above {limit}",
+            )
+
+
+def _longest(samples: Sequence[object], spec: str) -> int:
+    """The longest text ``spec`` makes of any sample (no spec: as render shows it)."""
+    from bot4.risk.facts import describe
+
+    if not spec:
+        return max(len(describe(v)) for v in samples)
+    return max(len(format(v, spec)) for v in samples)
+
+
+# Values that make the longest text for a kind: the largest magnitude (fixed
+# point), the smallest (exponents), many significant digits, and a
+# suggested size (a Decimal with eight places).
+_WORST: dict[str, tuple[object, ...]] = {
+    expr.NUMBER: (
+        -expr.MAX_MAGNITUDE,
+        -(expr.MAX_MAGNITUDE - 0.125),
+        -1.2345678901234567e-300,
+        -5e-324,
+        -0.12345678901234568,
+        -123456.78901234567,
+    ),
+    expr.BOOL: (True, False),
+    expr.STRING: ("x" * 100,),  # string facts are at most 100 characters
+}
+_SIZE_WORST = (Decimal("-999999999999999.99999999"), Decimal("0.00000001"))
 
 
 _SAMPLE: dict[str, Value] = {NUMBER: 1.5, BOOL: True, expr.STRING: "buy"}
@@ -272,11 +343,24 @@ class Compiler:
         return frozenset({ORDER})  # pack facts need an order (FactContext)
 
     def compile(self, raws: Sequence[_Raw]) -> CompiledPolicy:
+        """Raises RuleFileError and nothing else: whatever a rule file holds,
+        a surprise (MemoryError, RecursionError, a bug) is reported at the
+        file and line being compiled, never as a traceback."""
+        self._where: tuple[str, int | None] = (raws[0].path if raws else "<policy>", None)
+        try:
+            return self._compile(raws)
+        except RuleFileError:
+            raise
+        except Exception as exc:
+            raise _err(*self._where, f"cannot compile: {describe_error(exc)}") from None
+
+    def _compile(self, raws: Sequence[_Raw]) -> CompiledPolicy:
         windows: dict[str, WindowSpec] = {}
         mmr: Decimal | None = None
         mmr_where = ""
         for raw in raws:
             path, data = raw.path, raw.data
+            self._where = (path, data.line)
             if "settings" in data:
                 settings = _mapping(data["settings"], path, data.lines["settings"], "settings")
                 _unknown_keys(settings, _SETTINGS, path, "settings")
@@ -317,6 +401,7 @@ class Compiler:
         seen: dict[str, Rule] = {}
         for file_index, raw in enumerate(raws):
             path, data = raw.path, raw.data
+            self._where = (path, data.line)
             file_params = _params(
                 data.get("params"), path, data.lines.get("params", data.line), "params"
             )
@@ -324,6 +409,7 @@ class Compiler:
             if not isinstance(items, YList):
                 raise _err(path, data.lines["rules"], "'rules' must be a list")
             for index, item in enumerate(items):
+                self._where = (path, items.lines[index])
                 rule = self._rule(
                     item, path, items.lines[index], file_params, lookup, (file_index, index)
                 )
@@ -423,6 +509,7 @@ class Compiler:
         action: RiskActionKind | None = None
         fraction = Decimal(1)
         template_names: list[tuple[str, str]] = []
+        reason_line = out_line
         if outcome == "approve":
             if body is True:
                 reason = "within the policy"
@@ -430,14 +517,16 @@ class Compiler:
                 body = _mapping(body, path, out_line, f"{label} approve")
                 _unknown_keys(body, {"reason"}, path, "approve")
                 reason = body.get("reason", "within the policy")
-                template_names = _template_names(reason, path, body.lines.get("reason", out_line))
+                reason_line = body.lines.get("reason", out_line)
+                template_names = _template_names(reason, path, reason_line)
         elif outcome == "reject":
             body = _mapping(body, path, out_line, f"{label} reject")
             _unknown_keys(body, {"reason", "suggested_size"}, path, "reject")
             if "reason" not in body:
                 raise _err(path, out_line, f"{label}: reject needs a reason")
             reason = body["reason"]
-            template_names = _template_names(reason, path, body.lines["reason"])
+            reason_line = body.lines["reason"]
+            template_names = _template_names(reason, path, reason_line)
             if "suggested_size" in body:
                 sline = body.lines["suggested_size"]
                 ssrc = body["suggested_size"]
@@ -460,7 +549,8 @@ class Compiler:
             if "reason" not in body:
                 raise _err(path, out_line, f"{label}: action needs a reason")
             reason = body["reason"]
-            template_names = _template_names(reason, path, body.lines["reason"])
+            reason_line = body.lines["reason"]
+            template_names = _template_names(reason, path, reason_line)
             if "fraction" in body:
                 fline = body.lines["fraction"]
                 raw_fraction = body["fraction"]
@@ -479,12 +569,16 @@ class Compiler:
                 fraction = Decimal(repr(float(raw_fraction)))
 
         facts = expr.facts_of(when) + (expr.facts_of(suggested) if suggested is not None else [])
+        rendered = len(_TEMPLATE.sub("", reason))
         for fname, spec in template_names:
-            reason_line = out_line
+            _check_spec(fname, spec, path, reason_line, label)
+            samples: Sequence[object]
             if fname == "suggested_size":
                 sample: Value = 1.5
+                samples = _SIZE_WORST
             elif fname in params:
                 sample = params[fname]
+                samples = (sample,)
             else:
                 fk = lookup(fname)
                 if fk is None:
@@ -495,12 +589,20 @@ class Compiler:
                     )
                 facts.append(fname)
                 sample = _SAMPLE[fk]
+                samples = _WORST[fk]
             try:
                 format(sample, spec)
+                rendered += _longest(samples, spec)
             except (ValueError, TypeError) as exc:
                 raise _err(
                     path, reason_line, f"{label}: reason format {{{fname}:{spec}}}: {exc}"
                 ) from None
+        if rendered > MAX_REASON_CHARS:
+            raise _err(
+                path,
+                reason_line,
+                f"{label}: reason can render to {rendered} characters; at most {MAX_REASON_CHARS}",
+            )
         unique = list(dict.fromkeys(facts))
         for fact in unique:
             available = self.stages_of(fact)
@@ -550,6 +652,7 @@ class Compiler:
         by_key: dict[str, Rule] = {}
         for index, rule in enumerate(rules):
             key = f"r{index}"
+            self._where = (rule.path, rule.line)
             try:
                 test = expr.to_durable(rule.when, keys.__getitem__)
             except ExprError as exc:
@@ -572,8 +675,9 @@ class Compiler:
 
 
 def render(template: str, values: Mapping[str, Any]) -> str:
-    """Fill a reason template. Names were checked at compile time; a value
-    that is somehow missing shows as ``?`` rather than failing the decision."""
+    """Fill a reason template. Names and specs were checked at compile time; a
+    value that is somehow missing shows as ``?`` rather than failing the
+    decision, and the text is never longer than MAX_REASON_CHARS."""
     from bot4.risk.facts import describe
 
     def one(match: re.Match[str]) -> str:
@@ -588,7 +692,10 @@ def render(template: str, values: Mapping[str, Any]) -> str:
         except (ValueError, TypeError):
             return describe(value)
 
-    return _TEMPLATE.sub(one, template)
+    text = _TEMPLATE.sub(one, template)
+    if len(text) > MAX_REASON_CHARS:
+        text = text[: MAX_REASON_CHARS - 1] + "\u2026"
+    return text
 
 
 __all__ = [
@@ -600,6 +707,7 @@ __all__ = [
     "Compiler",
     "Rule",
     "StagePlan",
+    "describe_error",
     "read_file",
     "render",
 ]
