@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import tomllib
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -74,10 +75,19 @@ def make_plugin_dist(
 
 
 def run_bot4(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120
+    *args: str,
+    env: Mapping[str, str | None] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real ``bot4`` command (as ``python -m bot4``) in a subprocess."""
-    full_env = {**os.environ, **(env or {})}
+    """Run the real ``bot4`` command (as ``python -m bot4``) in a subprocess,
+    in this environment updated by ``env`` (a None value removes a variable)."""
+    full_env = dict(os.environ)
+    for key, value in (env or {}).items():
+        if value is None:
+            full_env.pop(key, None)
+        else:
+            full_env[key] = value
     return subprocess.run(
         [sys.executable, "-m", "bot4", *args],
         capture_output=True,

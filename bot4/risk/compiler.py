@@ -255,17 +255,19 @@ def _stages(value: object, path: str, line: int) -> frozenset[str]:
     return frozenset(items)
 
 
-def _template_names(template: str, path: str, line: int) -> list[tuple[str, str]]:
+def _template_names(template: str, path: str, line: int, label: str) -> list[tuple[str, str]]:
     if not isinstance(template, str) or not template.strip():
-        raise _err(path, line, "reason must be a non-empty string")
+        raise _err(path, line, f"{label}: reason must be a non-empty string")
     if len(template) > MAX_TEMPLATE_CHARS:
-        raise _err(path, line, f"reason longer than {MAX_TEMPLATE_CHARS} characters")
+        raise _err(path, line, f"{label}: reason longer than {MAX_TEMPLATE_CHARS} characters")
     out = []
     for match in _TEMPLATE.finditer(template):
         out.append((match.group(1).strip(), match.group(2) or ""))
     stripped = _TEMPLATE.sub("", template)
     if "{" in stripped or "}" in stripped:
-        raise _err(path, line, "reason has an unmatched { or } (format specs cannot nest)")
+        raise _err(
+            path, line, f"{label}: reason has an unmatched {{ or }} (format specs cannot nest)"
+        )
     return out
 
 
@@ -383,6 +385,7 @@ class Compiler:
                 wmap = _mapping(data["windows"], path, data.lines["windows"], "windows")
                 for wname, wdef in wmap.items():
                     line = wmap.lines[wname]
+                    self._where = (path, line)
                     if not WINDOW_NAME.match(wname):
                         raise _err(
                             path, line, f"window name {wname!r} must be lower_case_with_underscores"
@@ -518,7 +521,7 @@ class Compiler:
                 _unknown_keys(body, {"reason"}, path, "approve")
                 reason = body.get("reason", "within the policy")
                 reason_line = body.lines.get("reason", out_line)
-                template_names = _template_names(reason, path, reason_line)
+                template_names = _template_names(reason, path, reason_line, label)
         elif outcome == "reject":
             body = _mapping(body, path, out_line, f"{label} reject")
             _unknown_keys(body, {"reason", "suggested_size"}, path, "reject")
@@ -526,7 +529,7 @@ class Compiler:
                 raise _err(path, out_line, f"{label}: reject needs a reason")
             reason = body["reason"]
             reason_line = body.lines["reason"]
-            template_names = _template_names(reason, path, reason_line)
+            template_names = _template_names(reason, path, reason_line, label)
             if "suggested_size" in body:
                 sline = body.lines["suggested_size"]
                 ssrc = body["suggested_size"]
@@ -550,7 +553,7 @@ class Compiler:
                 raise _err(path, out_line, f"{label}: action needs a reason")
             reason = body["reason"]
             reason_line = body.lines["reason"]
-            template_names = _template_names(reason, path, reason_line)
+            template_names = _template_names(reason, path, reason_line, label)
             if "fraction" in body:
                 fline = body.lines["fraction"]
                 raw_fraction = body["fraction"]
