@@ -20,7 +20,9 @@ A rule file::
 
 Outcomes: ``approve: true`` | ``reject: {reason, suggested_size}`` (orders) or
 ``action: {kind, reason, fraction}`` (ticks and fills; kind is one of
-emergency_close, reduce_position, add_margin, trip_breaker).
+emergency_close, reduce_position, add_margin, trip_breaker). A reason's
+placeholders name facts, parameters or ``suggested_size``, with bounded format
+specs (:mod:`bot4.risk.reasons`).
 
 Optional top-level sections: ``settings`` (``maintenance_margin_rate``, needed
 by the liquidation facts; one file may set it) and ``windows`` (event-time
@@ -48,31 +50,16 @@ import attrs
 
 from bot4.errors import RuleFileError
 from bot4.model import RiskActionKind
-from bot4.risk import expr
+from bot4.risk import expr, reasons
 from bot4.risk.engine import MAX_FIELDS
-from bot4.risk.expr import BOOL, NUMBER, ExprError, Node, Value
+from bot4.risk.expr import NUMBER, ExprError, Node, Value
 from bot4.risk.facts import BUILTIN_FACTS, FILL, LIQUIDATION_FACTS, ORDER, STAGES, TICK
+from bot4.risk.reasons import render
 from bot4.risk.windows import WindowSpec
 from bot4.risk.yamlsrc import YList, YMap, load_yaml
 
 RULE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 WINDOW_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_TEMPLATE = re.compile(r"\{([^{}:]*)(?::([^{}]*))?\}")
-# Python's format-spec mini-language, so that width and precision can be
-# bounded before format() ever sees them: "{x:100000000}" would make every
-# rejection 100 MB, and a larger width raises MemoryError.
-_SPEC = re.compile(
-    r"^(?:(?P<fill>.)?[<>=^])?[-+ ]?z?#?0?(?P<width>\d*)[,_]?"
-    r"(?:\.(?P<precision>\d*))?[bcdeEfFgGnosxX%]?$",
-    re.DOTALL,
-)
-MAX_TEMPLATE_CHARS = 500
-MAX_FORMAT_WIDTH = 64
-MAX_FORMAT_PRECISION = 20
-# A reason is one line in a log, an event and a journal row: bounded at
-# compile time (worst case over every value a fact may take) and, as a
-# second line of defence, cut at this length when rendered.
-MAX_REASON_CHARS = 1024
 MAX_RULES = 500
 DEFAULT_PRIORITY = 100
 SEVERITY = {
@@ -253,68 +240,6 @@ def _stages(value: object, path: str, line: int) -> frozenset[str]:
         if item not in STAGES:
             raise _err(path, line, f"'on' names {item!r}; expected one of {', '.join(STAGES)}")
     return frozenset(items)
-
-
-def _template_names(template: str, path: str, line: int, label: str) -> list[tuple[str, str]]:
-    if not isinstance(template, str) or not template.strip():
-        raise _err(path, line, f"{label}: reason must be a non-empty string")
-    if len(template) > MAX_TEMPLATE_CHARS:
-        raise _err(path, line, f"{label}: reason longer than {MAX_TEMPLATE_CHARS} characters")
-    out = []
-    for match in _TEMPLATE.finditer(template):
-        out.append((match.group(1).strip(), match.group(2) or ""))
-    stripped = _TEMPLATE.sub("", template)
-    if "{" in stripped or "}" in stripped:
-        raise _err(
-            path, line, f"{label}: reason has an unmatched {{ or }} (format specs cannot nest)"
-        )
-    return out
-
-
-def _check_spec(name: str, spec: str, path: str, line: int, label: str) -> None:
-    """Refuse a format spec before format() sees it: it must parse, and its
-    width and precision are bounded (a huge one allocates, or raises MemoryError)."""
-    match = _SPEC.match(spec)
-    if match is None:
-        raise _err(path, line, f"{label}: reason format {{{name}:{spec}}} is not a format spec")
-    for part, limit in (("width", MAX_FORMAT_WIDTH), ("precision", MAX_FORMAT_PRECISION)):
-        digits = match.group(part) or ""
-        if len(digits) > 6 or int(digits or 0) > limit:
-            raise _err(
-                path,
-                line,
-                f"{label}: reason format {{{name}:{spec}}}: {part} above {limit}",
-            )
-
-
-def _longest(samples: Sequence[object], spec: str) -> int:
-    """The longest text ``spec`` makes of any sample (no spec: as render shows it)."""
-    from bot4.risk.facts import describe
-
-    if not spec:
-        return max(len(describe(v)) for v in samples)
-    return max(len(format(v, spec)) for v in samples)
-
-
-# Values that make the longest text for a kind: the largest magnitude (fixed
-# point), the smallest (exponents), many significant digits, and a
-# suggested size (a Decimal with eight places).
-_WORST: dict[str, tuple[object, ...]] = {
-    expr.NUMBER: (
-        -expr.MAX_MAGNITUDE,
-        -(expr.MAX_MAGNITUDE - 0.125),
-        -1.2345678901234567e-300,
-        -5e-324,
-        -0.12345678901234568,
-        -123456.78901234567,
-    ),
-    expr.BOOL: (True, False),
-    expr.STRING: ("x" * 100,),  # string facts are at most 100 characters
-}
-_SIZE_WORST = (Decimal("-999999999999999.99999999"), Decimal("0.00000001"))
-
-
-_SAMPLE: dict[str, Value] = {NUMBER: 1.5, BOOL: True, expr.STRING: "buy"}
 
 
 class Compiler:
@@ -521,7 +446,7 @@ class Compiler:
                 _unknown_keys(body, {"reason"}, path, "approve")
                 reason = body.get("reason", "within the policy")
                 reason_line = body.lines.get("reason", out_line)
-                template_names = _template_names(reason, path, reason_line, label)
+                template_names = reasons.placeholders(reason, path, reason_line, label)
         elif outcome == "reject":
             body = _mapping(body, path, out_line, f"{label} reject")
             _unknown_keys(body, {"reason", "suggested_size"}, path, "reject")
@@ -529,7 +454,7 @@ class Compiler:
                 raise _err(path, out_line, f"{label}: reject needs a reason")
             reason = body["reason"]
             reason_line = body.lines["reason"]
-            template_names = _template_names(reason, path, reason_line, label)
+            template_names = reasons.placeholders(reason, path, reason_line, label)
             if "suggested_size" in body:
                 sline = body.lines["suggested_size"]
                 ssrc = body["suggested_size"]
@@ -553,7 +478,7 @@ class Compiler:
                 raise _err(path, out_line, f"{label}: action needs a reason")
             reason = body["reason"]
             reason_line = body.lines["reason"]
-            template_names = _template_names(reason, path, reason_line, label)
+            template_names = reasons.placeholders(reason, path, reason_line, label)
             if "fraction" in body:
                 fline = body.lines["fraction"]
                 raw_fraction = body["fraction"]
@@ -572,40 +497,9 @@ class Compiler:
                 fraction = Decimal(repr(float(raw_fraction)))
 
         facts = expr.facts_of(when) + (expr.facts_of(suggested) if suggested is not None else [])
-        rendered = len(_TEMPLATE.sub("", reason))
-        for fname, spec in template_names:
-            _check_spec(fname, spec, path, reason_line, label)
-            samples: Sequence[object]
-            if fname == "suggested_size":
-                sample: Value = 1.5
-                samples = _SIZE_WORST
-            elif fname in params:
-                sample = params[fname]
-                samples = (sample,)
-            else:
-                fk = lookup(fname)
-                if fk is None:
-                    raise _err(
-                        path,
-                        reason_line,
-                        f"{label}: reason names {fname!r}, which is neither a fact nor a parameter",
-                    )
-                facts.append(fname)
-                sample = _SAMPLE[fk]
-                samples = _WORST[fk]
-            try:
-                format(sample, spec)
-                rendered += _longest(samples, spec)
-            except (ValueError, TypeError) as exc:
-                raise _err(
-                    path, reason_line, f"{label}: reason format {{{fname}:{spec}}}: {exc}"
-                ) from None
-        if rendered > MAX_REASON_CHARS:
-            raise _err(
-                path,
-                reason_line,
-                f"{label}: reason can render to {rendered} characters; at most {MAX_REASON_CHARS}",
-            )
+        facts.extend(
+            reasons.check(template_names, reason, path, reason_line, label, params, lookup)
+        )
         unique = list(dict.fromkeys(facts))
         for fact in unique:
             available = self.stages_of(fact)
@@ -675,30 +569,6 @@ class Compiler:
         return StagePlan(
             stage, tuple(rules), keys, by_key, definition, fields, reads, windows, names, quiet
         )
-
-
-def render(template: str, values: Mapping[str, Any]) -> str:
-    """Fill a reason template. Names and specs were checked at compile time; a
-    value that is somehow missing shows as ``?`` rather than failing the
-    decision, and the text is never longer than MAX_REASON_CHARS."""
-    from bot4.risk.facts import describe
-
-    def one(match: re.Match[str]) -> str:
-        name, spec = match.group(1).strip(), match.group(2) or ""
-        if name not in values:
-            return "?"
-        value = values[name]
-        if not spec:
-            return describe(value)
-        try:
-            return format(value, spec)
-        except (ValueError, TypeError):
-            return describe(value)
-
-    text = _TEMPLATE.sub(one, template)
-    if len(text) > MAX_REASON_CHARS:
-        text = text[: MAX_REASON_CHARS - 1] + "\u2026"
-    return text
 
 
 __all__ = [

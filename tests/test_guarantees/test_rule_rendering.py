@@ -23,7 +23,7 @@ import pytest
 from bot4.errors import RuleFileError
 from bot4.model import Rejected
 from bot4.risk import RiskPolicy, compiler, expr, windows, yamlsrc
-from bot4.risk.compiler import MAX_FORMAT_PRECISION, MAX_FORMAT_WIDTH, MAX_REASON_CHARS, render
+from bot4.risk.reasons import MAX_FORMAT_PRECISION, MAX_FORMAT_WIDTH, MAX_REASON_CHARS, render
 from tests.riskkit import market, order, portfolio
 from tests.test_guarantees.reloadkit import copy_rules, run_with_broken_files
 
