@@ -81,6 +81,9 @@ class SessionConfig:
     journal: str | None = None
     # Risk-rule packs by name: None = every installed one, () = none.
     packs: tuple[str, ...] | None = None
+    # Where the choice was made, for the error naming a pack not installed
+    # ("session.yaml:7: packs", "--packs"); not part of the recording.
+    packs_where: str = attrs.field(default="packs", eq=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -230,6 +233,8 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
         packs_line = _key_line(text, "packs") if "packs" in raw else None
         packs_where = where if packs_line is None else f"{path}:{packs_line}"
     packs = _packs(raw.get("packs"), packs_where)
+    if packs_where != "--packs":
+        packs_where = f"{packs_where}: packs"
     return SessionConfig(
         data=data,
         exchange=exchange,
@@ -247,6 +252,7 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
         if raw["journal"] is False
         else str(raw["journal"]),
         packs=packs,
+        packs_where=packs_where,
     )
 
 
@@ -326,7 +332,7 @@ def session_packs(manager: PluginManager, config: SessionConfig) -> list[RiskRul
 
     registry = manager.registry.risk_rules
     own = {p.name: p for p in default_packs(config)}
-    names = choose([*registry, *own], config.packs, "packs")
+    names = choose([*registry, *own], config.packs, config.packs_where)
     return [own[name] if name in own else registry[name].factory({}) for name in names]
 
 

@@ -164,7 +164,7 @@ def test_a_session_lists_its_packs_and_failed_plugins_and_replays_with_the_same(
     refused = run_bot4(*common, "--out", str(tmp_path / "n"), env=env)
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines()[-1] == (
-        "bot4 run: packs: no risk pack named 'nope' is installed "
+        f"bot4 run: {config}:4: packs: no risk pack named 'nope' is installed "
         "(installed: correlation, extra; see `bot4 plugins list`)"
     )
 

@@ -305,3 +305,20 @@ def test_a_file_that_cannot_be_opened_is_refused_at_start_and_on_reload() -> Non
     assert lines["start"].endswith("10-breaker.yaml: cannot open: Permission denied")
     assert lines["reload"].endswith("10-breaker.yaml: cannot open: Permission denied")
     assert lines["kept"] == "True"
+
+
+def test_a_rules_folder_that_disappears_or_empties_keeps_the_policy(tmp_path: Path) -> None:
+    rules = copy_rules(tmp_path)
+    policy = RiskPolicy.load([rules], [pack()])
+    before = policy.digest
+    rules.rename(tmp_path / "moved")
+    outcome = policy.reload_if_changed()
+    assert outcome is not None
+    assert str(outcome.error) == f"{rules}: no such file or directory"
+    rules.mkdir()
+    outcome = policy.reload_if_changed()
+    assert outcome is not None
+    assert str(outcome.error) == f"{rules}: no *.yaml rule files in this directory"
+    assert policy.digest == before
+    assert "breaker-tripped" in policy.rule_names
+    policy.close()
