@@ -371,8 +371,9 @@ async def run_session(
     """Run one session to the end of its data and return what happened.
     With ``metrics``, the session also feeds those Prometheus metrics (a
     service added after the others; serving them is the caller's business).
-    ``announce`` is given one line per plugin that failed to load and the
-    risk packs in use, before the session starts (``bot4 run`` prints them)."""
+    ``announce`` is given one line per plugin that failed to load, the risk
+    packs in use and the policy's rule count and digest, before the session
+    starts (``bot4 run`` prints them)."""
     from bot4.report import SessionReport
     from bot4.risk import RiskPolicy, default_rules_path
 
@@ -399,6 +400,8 @@ async def run_session(
     )
     sources = rule_sources(paths)
     policy = RiskPolicy.load(paths, packs)
+    if announce is not None:  # the figures a hot reload reports, to compare with
+        announce(f"policy: {policy.summary} in {len(policy.files)} files")
     balance = Decimal(str(config.exchange_params.get("balance", "10000")))
     tracker = PortfolioTracker(balance)
     symbols = sorted({sym for s in config.strategies for sym in s.params.get("symbols", ())})

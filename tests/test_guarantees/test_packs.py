@@ -146,6 +146,7 @@ def test_a_session_lists_its_packs_and_failed_plugins_and_replays_with_the_same(
     assert every.returncode == 0, every.stderr
     lines = every.stderr.splitlines()
     assert "risk packs in use: correlation, extra" in lines
+    assert any(line.startswith("policy: 18 rules, sha256 ") for line in lines)
     broken = [line for line in lines if "broken" in line]
     assert broken == ["plugin broken not loaded: failed: RuntimeError: cannot reach the mothership"]
     assert "extra-score" in json.loads(every.stdout)["rejections_by_rule"]
