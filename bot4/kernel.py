@@ -249,7 +249,7 @@ class Kernel:
                 # decides (and a raise there rejects the order).
                 await self._error(f"risk pack {pack.name} failed on market data", exc)
         if self.stats.ticks % _RELOAD_POLL_TICKS == 0:
-            self._maybe_reload()
+            await self._maybe_reload()
         # RiskPolicy.on_tracked_tick builds no Portfolio snapshot for a tick of
         # a symbol not held (most ticks); other policies get on_market_data.
         tracked: Callable[[MarketData, Tracker, int], list[RiskAction]] | None = getattr(
@@ -593,17 +593,33 @@ class Kernel:
 
     # -- housekeeping -----------------------------------------------------------
 
-    def _maybe_reload(self) -> None:
+    async def _maybe_reload(self) -> None:
+        """Poll the rule files. A refused reload (a file that does not compile
+        or cannot be read) leaves the last good policy in force and is reported
+        on ``kernel.error`` and counted (``bot4_rule_reloads_total{result}``);
+        it never ends the session, even when the policy's reload raises."""
         now = time.monotonic()
         if now - self._reload_checked < self.reload_every:
             return
         self._reload_checked = now
-        outcome = self.policy.reload_if_changed()
-        if outcome is not None:
-            if getattr(outcome, "error", None) is None:
-                self.stats.reloads += 1
-            else:
-                self.stats.reload_failures += 1
+        try:
+            outcome = self.policy.reload_if_changed()
+        except Exception as exc:  # the policy in force stays; the session goes on
+            self.stats.reload_failures += 1
+            await self._error("rule reload failed, keeping the previous policy", exc)
+            return
+        if outcome is None:
+            return
+        error = getattr(outcome, "error", None)
+        if error is None:
+            self.stats.reloads += 1
+            return
+        self.stats.reload_failures += 1
+        await self.bus.publish(
+            "kernel.error",
+            redact(f"rule reload refused, keeping the previous policy: {error}"),
+            ts=self._now_ns,
+        )
 
     async def _error(self, what: str, exc: BaseException) -> None:
         await self.bus.publish(

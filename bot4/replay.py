@@ -94,6 +94,8 @@ def config_from_header(header: dict[str, Any], out: Path) -> SessionConfig:
         record=True,
         session_id=c["session_id"],
         journal="off",  # a replay re-decides in a sandbox: it must not touch the live journal
+        # The same risk packs (a recording from before packs were recorded: all).
+        packs=None if c.get("packs") is None else tuple(c["packs"]),
     )
 
 

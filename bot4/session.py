@@ -1,8 +1,9 @@
 """Build a session from configuration and run it: the body of ``bot4 run``.
 
 A session is: one exchange (a registered plugin; ``paper`` by default, fed
-from a data file), one or more strategies, every loaded risk-rule pack, the
-rule files, a portfolio tracker, the event bus with a recorder (for
+from a data file), one or more strategies, the risk-rule packs (every loaded
+one, or those ``packs:`` / ``--packs`` names; listed at start), the rule
+files, a portfolio tracker, the event bus with a recorder (for
 ``bot4 replay``) and a report. With no configuration at all it is a paper
 session on the bundled sample data with the default rules and sma_cross.
 
@@ -81,6 +82,11 @@ class SessionConfig:
     # Where the journal goes (bot4.journal): None = $BOT4_DATABASE_URL, else
     # <out>/journal.sqlite; a path; a postgresql:// URL; or "off".
     journal: str | None = None
+    # Risk-rule packs by name: None = every installed one, () = none.
+    packs: tuple[str, ...] | None = None
+    # Where the choice was made, for the error naming a pack not installed
+    # ("session.yaml:7: packs", "--packs"); not part of the recording.
+    packs_where: str = attrs.field(default="packs", eq=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -91,6 +97,7 @@ class SessionConfig:
             "rules": list(self.rules),
             "speed": self.speed,
             "session_id": self.session_id,
+            "packs": None if self.packs is None else list(self.packs),
         }
 
 
@@ -99,11 +106,45 @@ def _need(cond: bool, where: str, what: str) -> None:
         raise ConfigError(f"{where}: {what}")
 
 
+def _key_line(text: str, key: str) -> int | None:
+    """The line of a top-level ``key:`` in a YAML mapping (for messages)."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    if isinstance(node, yaml.MappingNode):
+        for k, _ in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == key:
+                return int(k.start_mark.line) + 1
+    return None
+
+
+def _packs(value: object, where: str) -> tuple[str, ...] | None:
+    """``packs:`` as given: a list of names, a comma string, ``none`` / ``[]``
+    / ``false`` for none, absent for every installed pack."""
+    from bot4.risk.packs import parse_names
+
+    if value is None:
+        return None
+    if value is False:  # YAML reads a bare `off` / `no` as False
+        return ()
+    if isinstance(value, str):
+        return parse_names(value)
+    names = list(value) if isinstance(value, (list, tuple)) else [value]
+    _need(
+        all(isinstance(n, str) and n.strip() for n in names),
+        where,
+        "packs: expected a list of risk-pack names (or none)",
+    )
+    return tuple(dict.fromkeys(str(n).strip() for n in names))
+
+
 def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfig:
     """Read a YAML config file (optional) and apply command-line overrides.
     Every bad key or value is a ConfigError that names the file and the key."""
     raw: dict[str, Any] = {}
     where = str(path) if path else "command line"
+    text = ""
     if path is not None:
         try:
             text = path.read_text(encoding="utf-8")
@@ -141,6 +182,7 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
         "record",
         "session_id",
         "journal",
+        "packs",
     }
     unknown = sorted(set(raw) - known)
     _need(
@@ -188,6 +230,14 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
     )
     data = raw.get("data")
     _need(data is None or isinstance(data, str), where, "data: expected a file path")
+    if overrides.get("packs") is not None:
+        packs_where = "--packs"
+    else:
+        packs_line = _key_line(text, "packs") if "packs" in raw else None
+        packs_where = where if packs_line is None else f"{path}:{packs_line}"
+    packs = _packs(raw.get("packs"), packs_where)
+    if packs_where != "--packs":
+        packs_where = f"{packs_where}: packs"
     return SessionConfig(
         data=data,
         exchange=exchange,
@@ -204,17 +254,18 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
         else "off"
         if raw["journal"] is False
         else str(raw["journal"]),
+        packs=packs,
+        packs_where=packs_where,
     )
 
 
 def rule_sources(paths: Sequence[Path]) -> dict[str, str]:
-    """The text of every rule file the policy will load, by file name."""
-    sources: dict[str, str] = {}
-    for path in paths:
-        files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
-        for f in files:
-            sources[f.name] = f.read_text(encoding="utf-8")
-    return sources
+    """The text of every rule file the policy will load, by file name: the
+    files the policy finds (an unreadable entry is an error, as there)."""
+    from bot4.risk import sources
+    from bot4.risk.yamlsrc import MAX_FILE_BYTES
+
+    return {f.name: sources.read_text(f, MAX_FILE_BYTES) for f in sources.rule_files(paths)}
 
 
 @attrs.define
@@ -281,6 +332,18 @@ def default_packs(config: SessionConfig) -> list[RiskRules]:
     return shared_packs()
 
 
+def session_packs(manager: PluginManager, config: SessionConfig) -> list[RiskRules]:
+    """The risk packs a session uses: the registered ones and bot4's own
+    (:func:`default_packs`), all of them or those ``config.packs`` names (an
+    unknown name is a ConfigError). Only the chosen ones are built."""
+    from bot4.risk.packs import choose
+
+    registry = manager.registry.risk_rules
+    own = {p.name: p for p in default_packs(config)}
+    names = choose([*registry, *own], config.packs, config.packs_where)
+    return [own[name] if name in own else registry[name].factory({}) for name in names]
+
+
 def data_path(config: SessionConfig) -> Path:
     from bot4 import data
 
@@ -311,13 +374,15 @@ async def run_session(
     progress: ProgressHook | None = None,
     services: Sequence[SessionService] | None = None,
     metrics: Metrics | None = None,
-    notice: Callable[[str], None] | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> SessionResult:
     """Run one session to the end of its data and return what happened.
     With ``metrics``, the session also feeds those Prometheus metrics (a
     service added after the others; serving them is the caller's business).
-    ``notice`` gets the session-start lines for a person (which protection
-    mode guards the positions, :mod:`bot4.protection`)."""
+    ``announce`` is given one line per plugin that failed to load, the risk
+    packs in use and the policy's rule count and digest, before the session
+    starts, and then which protection mode guards the positions
+    (:mod:`bot4.protection`); ``bot4 run`` prints them."""
     from bot4.report import SessionReport
     from bot4.risk import RiskPolicy, default_rules_path
 
@@ -332,11 +397,11 @@ async def run_session(
     strategies: list[Strategy] = [
         manager.registry.strategy(s.name).factory(s.params) for s in config.strategies
     ]
-    packs: list[RiskRules] = [
-        manager.registry.risk_rules[name].factory({})
-        for name in sorted(manager.registry.risk_rules)
-    ]
-    packs.extend(default_packs(config))
+    packs = session_packs(manager, config)
+    if announce is not None:
+        for plugin in manager.failed():
+            announce(f"plugin {plugin.name} not loaded: {plugin.status}")
+        announce(f"risk packs in use: {', '.join(p.name for p in packs) or 'none'}")
     paths = (
         list(rule_paths)
         if rule_paths is not None
@@ -344,6 +409,8 @@ async def run_session(
     )
     sources = rule_sources(paths)
     policy = RiskPolicy.load(paths, packs)
+    if announce is not None:  # the figures a hot reload reports, to compare with
+        announce(f"policy: {policy.summary} in {len(policy.files)} files")
     balance = Decimal(str(config.exchange_params.get("balance", "10000")))
     tracker = PortfolioTracker(balance)
     symbols = sorted({sym for s in config.strategies for sym in s.params.get("symbols", ())})
@@ -367,7 +434,7 @@ async def run_session(
             session_id=config.session_id,
             on_tick=_pacer(config.speed, progress),
         )
-        kernel.announce = notice
+        kernel.announce = announce
         header = {"config": config.as_dict(), "rules": sources, "balance": str(balance)}
         ctx = SessionContext(
             config, manager, exchange, policy, tracker, kernel.gate, bus, kernel, out, metrics

@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import tomllib
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +18,24 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
+
+
+def bundled_plugins() -> list[str]:
+    """The plugins this repository ships: the ``bot4`` entry points of
+    ``plugins/<kind>/<name>/pyproject.toml``."""
+    names: list[str] = []
+    for project in sorted(REPO.glob("plugins/*/*/pyproject.toml")):
+        data = tomllib.loads(project.read_text(encoding="utf-8"))
+        names.extend(data.get("project", {}).get("entry-points", {}).get("bot4", {}))
+    return sorted(names)
+
+
+# The suite never depends on what else is installed: a third-party risk pack
+# joins every policy (its facts and rule files) and would change what the
+# policy tests see. Every test, and every `bot4` it starts (they inherit the
+# environment), loads the bundled plugins only; a test that means to see all
+# installed plugins removes the variable (tests/test_plugins.py).
+os.environ["BOT4_PLUGINS"] = ",".join(bundled_plugins())
 
 
 def write_ticks(path: Path, seconds: int = 3000) -> Path:
@@ -55,10 +75,19 @@ def make_plugin_dist(
 
 
 def run_bot4(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120
+    *args: str,
+    env: Mapping[str, str | None] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real ``bot4`` command (as ``python -m bot4``) in a subprocess."""
-    full_env = {**os.environ, **(env or {})}
+    """Run the real ``bot4`` command (as ``python -m bot4``) in a subprocess,
+    in this environment updated by ``env`` (a None value removes a variable)."""
+    full_env = dict(os.environ)
+    for key, value in (env or {}).items():
+        if value is None:
+            full_env.pop(key, None)
+        else:
+            full_env[key] = value
     return subprocess.run(
         [sys.executable, "-m", "bot4", *args],
         capture_output=True,

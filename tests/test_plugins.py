@@ -34,17 +34,16 @@ def register_risk_rules(register):
 """
 
 
-def _listing(env: dict[str, str]) -> dict[str, dict[str, object]]:
+def _listing(env: dict[str, str | None]) -> dict[str, dict[str, object]]:
     result = run_bot4("plugins", "list", "--json", env=env)
     assert result.returncode == 0, result.stderr
     return {row["name"]: row for row in json.loads(result.stdout)}
 
 
-def _with_site(site: Path) -> dict[str, str]:
+def _with_site(site: Path) -> dict[str, str | None]:
     path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH", "")]))
-    env = {"PYTHONPATH": path}
-    env.pop("BOT4_PLUGINS", None)
-    return env
+    # Every installed plugin: without the suite's BOT4_PLUGINS (tests/conftest.py).
+    return {"PYTHONPATH": path, "BOT4_PLUGINS": None}
 
 
 def test_bundled_plugins_load() -> None:

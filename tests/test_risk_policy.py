@@ -334,7 +334,21 @@ def test_no_verdict_is_reject(tmp_path: Path) -> None:
     assert "only.yaml" in decision.reason
 
 
-def test_engine_runs_on_the_callers_thread_without_timers(policy: RiskPolicy) -> None:
+def test_engine_runs_on_the_callers_thread_without_timers(
+    policy: RiskPolicy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the engine starts is what counts: every Thread.start (a Timer is a
+    # Thread) is recorded, so a thread started and already finished is caught
+    # too; threads left by other tests (trio's idle workers exit on their own
+    # schedule) may come and go without making this fail.
+    started: list[threading.Thread] = []
+    real_start = threading.Thread.start
+
+    def recording_start(self: threading.Thread) -> None:
+        started.append(self)
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", recording_start)
     before = set(threading.enumerate())
     for i in range(50):
         policy.check_order(order(cid=f"t{i}"), portfolio(), market(), i)
@@ -343,7 +357,8 @@ def test_engine_runs_on_the_callers_thread_without_timers(policy: RiskPolicy) ->
     other = RiskPolicy.load([RULES], [FixedCorrelation()])
     other.close()
     after = set(threading.enumerate())
-    assert after == before
+    assert started == []
+    assert after - before == set()  # nor through a lower-level call than Thread.start
     assert not any(isinstance(t, threading.Timer) for t in after)
 
 

@@ -41,7 +41,8 @@ def test_new_plugins_install_list_and_pass_their_conformance_tests(tmp_path: Pat
     )
     assert install.returncode == 0, install.stderr
 
-    listing = run_bot4("plugins", "list", "--json", env=_env(site))
+    # Every installed plugin: without the suite's BOT4_PLUGINS (tests/conftest.py).
+    listing = run_bot4("plugins", "list", "--json", env={**_env(site), "BOT4_PLUGINS": None})
     assert listing.returncode == 0, listing.stderr
     rows = {row["name"]: row for row in json.loads(listing.stdout)}
     assert rows["acme"]["status"] == "loaded"

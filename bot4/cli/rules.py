@@ -9,9 +9,11 @@
   (``PATH/tests/*.yaml``) and exits 1 if any fails.
 
 PATH defaults to :func:`bot4.risk.default_rules_path`. Installed risk-rule
-packs are loaded (their facts and rule files) unless ``--no-packs``.
+packs are loaded (their facts and rule files): all of them, or those named by
+``--packs NAME,...``, or none with ``--no-packs``. ``check`` lists the files it
+compiled and the packs in use.
 Exit codes: 0 ok, 1 a check or test failed, 2 bad input (unreadable
-scenario, policy that does not compile for eval).
+scenario, policy that does not compile for eval, a pack that is not installed).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bot4.contracts import RiskRules
-from bot4.errors import RiskError, RuleFileError
+from bot4.errors import ConfigError, RiskError, RuleFileError
 from bot4.model import Approved, Rejected
 from bot4.risk import Explanation, RiskPolicy, default_rules_path
 from bot4.risk.facts import describe
@@ -64,7 +66,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         help="scenario file (YAML or JSON); default: read one from stdin",
     )
     ev.add_argument("--json", action="store_true", help="print JSON instead of text")
-    ev.add_argument("--no-packs", action="store_true", help="do not load installed risk-rule packs")
+    pack_options(ev)
     ev.set_defaults(func=cmd_eval)
 
     test = sub.add_parser("test", help="run the scenario tests beside the rule files")
@@ -88,9 +90,30 @@ def _paths(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="rule file or directory (default: the default policy)",
     )
-    parser.add_argument(
-        "--no-packs", action="store_true", help="do not load installed risk-rule packs"
+    pack_options(parser)
+
+
+def pack_options(parser: argparse.ArgumentParser) -> None:
+    """``--packs NAME,...`` | ``--no-packs`` (shared with ``bot4 run``)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--packs",
+        metavar="NAME,...",
+        help="use only these installed risk-rule packs (default: every installed pack)",
     )
+    group.add_argument(
+        "--no-packs", action="store_true", help="use no risk-rule pack (their facts and rules)"
+    )
+
+
+def chosen_packs(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """The packs named on the command line: None = not chosen there."""
+    from bot4.risk.packs import parse_names
+
+    if getattr(args, "no_packs", False):
+        return ()
+    packs: str | None = getattr(args, "packs", None)
+    return None if packs is None else parse_names(packs)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -99,11 +122,12 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _packs(args: argparse.Namespace) -> list[RiskRules]:
-    if getattr(args, "no_packs", False):
+    wanted = chosen_packs(args)
+    if wanted == ():
         return []
     from bot4.risk.packs import installed_packs
 
-    return installed_packs()
+    return installed_packs(wanted)
 
 
 def _rule_paths(args: argparse.Namespace) -> list[Path]:
@@ -116,24 +140,33 @@ def _quiet() -> None:
     logging.getLogger("bot4.risk").setLevel(logging.ERROR)
 
 
-def _load(args: argparse.Namespace, err: TextIO) -> RiskPolicy | None:
+def _load(args: argparse.Namespace, err: TextIO, refused: int) -> RiskPolicy | int:
+    """The policy, or the exit code after one line on ``err``: ``refused``
+    for rules that do not compile, 2 for a pack that is not installed."""
     try:
         return RiskPolicy.load(_rule_paths(args), _packs(args))
     except RuleFileError as exc:
         print(str(exc), file=err)
-        return None
+        return refused
+    except ConfigError as exc:
+        print(f"bot4 rules: {exc}", file=err)
+        return 2
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    policy = _load(args, sys.stderr)
-    if policy is None:
-        return 1
+    policy = _load(args, sys.stderr, 1)
+    if isinstance(policy, int):
+        return policy
     try:
         stages = {s: len(p.rules) for s, p in policy.compiled.stages.items()}
         print(
             f"ok: {len(policy.rule_names)} rules in {len(policy.files)} files "
             f"({', '.join(f'{n} on {s}' for s, n in stages.items())})"
         )
+        for f in policy.files:
+            print(f"  {f}")
+        print(f"risk packs: {', '.join(p.name for p in policy.packs) or 'none'}")
+        print(f"sha256: {policy.digest}")
     finally:
         policy.close()
     return 0
@@ -148,9 +181,9 @@ def _read_scenarios(args: argparse.Namespace) -> list[Scenario]:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     _quiet()
-    policy = _load(args, sys.stderr)
-    if policy is None:
-        return 2
+    policy = _load(args, sys.stderr, 2)
+    if isinstance(policy, int):
+        return policy
     try:
         try:
             scenarios = _read_scenarios(args)
@@ -228,9 +261,9 @@ def print_explanation(scenario: Scenario | None, result: Explanation, out: TextI
 
 def cmd_test(args: argparse.Namespace) -> int:
     _quiet()
-    policy = _load(args, sys.stderr)
-    if policy is None:
-        return 1
+    policy = _load(args, sys.stderr, 1)
+    if isinstance(policy, int):
+        return policy
     try:
         files: list[Path] = []
         if args.scenarios:

@@ -33,6 +33,9 @@ def add_commands(sub: Any) -> None:
     run.add_argument(
         "--config", type=Path, help="YAML session config; options given here override it"
     )
+    from bot4.cli.rules import pack_options
+
+    pack_options(run)
     run.add_argument(
         "--speed", type=float, help="0 = as fast as possible (default); 1 = real time; 60 = 60x"
     )
@@ -64,7 +67,12 @@ def add_commands(sub: Any) -> None:
     rep.set_defaults(func=cmd_replay)
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from bot4.cli.rules import chosen_packs
     from bot4.session import count_rows, data_path, load_config, progress_bar, run_session
 
     try:
@@ -77,6 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "rules": args.rules,
                 "speed": args.speed,
                 "out": args.out,
+                "packs": chosen_packs(args),
             },
         )
         progress = progress_bar(count_rows(data_path(config)) if sys.stderr.isatty() else None)
@@ -99,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     return 1
                 print(f"metrics: {server.url}", file=sys.stderr, flush=True)
             result = trio.run(
-                lambda: run_session(config, progress=progress, metrics=metrics, notice=_to_stderr)
+                lambda: run_session(config, progress=progress, metrics=metrics, announce=_say)
             )
     except Bot4Error as exc:
         print(f"bot4 run: {redact(str(exc))}", file=sys.stderr)
@@ -134,10 +143,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         if result.recording is not None:
             print(f"replay:  bot4 replay {result.recording}")
     return 0
-
-
-def _to_stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

@@ -20,7 +20,9 @@ A rule file::
 
 Outcomes: ``approve: true`` | ``reject: {reason, suggested_size}`` (orders) or
 ``action: {kind, reason, fraction}`` (ticks and fills; kind is one of
-emergency_close, reduce_position, add_margin, trip_breaker).
+emergency_close, reduce_position, add_margin, trip_breaker). A reason's
+placeholders name facts, parameters or ``suggested_size``, with bounded format
+specs (:mod:`bot4.risk.reasons`).
 
 Optional top-level sections: ``settings`` (``maintenance_margin_rate``, needed
 by the liquidation facts; one file may set it) and ``windows`` (event-time
@@ -50,17 +52,17 @@ import attrs
 
 from bot4.errors import RuleFileError
 from bot4.model import RiskActionKind
-from bot4.risk import expr
+from bot4.risk import expr, reasons
 from bot4.risk.engine import MAX_FIELDS
 from bot4.risk.exact import ExactCondition, ExactError, First, compile_condition, compile_first
 from bot4.risk.expr import BOOL, NUMBER, ExprError, Node, Value
 from bot4.risk.facts import BUILTIN_FACTS, FILL, LIQUIDATION_FACTS, ORDER, STAGES, TICK
+from bot4.risk.reasons import render
 from bot4.risk.windows import WindowSpec
 from bot4.risk.yamlsrc import YList, YMap, load_yaml
 
 RULE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 WINDOW_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_TEMPLATE = re.compile(r"\{([^{}:]*)(?::([^{}]*))?\}")
 MAX_RULES = 500
 DEFAULT_PRIORITY = 100
 SEVERITY = {
@@ -166,6 +168,13 @@ class _Raw:
     data: YMap
 
 
+def describe_error(exc: BaseException) -> str:
+    """An unexpected exception as one line: its type, and its text if any
+    (``str(MemoryError())`` is empty)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _err(path: str, line: int | None, message: str) -> RuleFileError:
     return RuleFileError(path, line, message)
 
@@ -216,8 +225,14 @@ def _params(value: object, path: str, line: int, what: str) -> dict[str, Value]:
 
 
 def read_file(path: Path, text: str | None = None) -> tuple[_Raw, str]:
-    data, text = load_yaml(path, text)
+    """Parse one rule file. Raises RuleFileError naming it, and nothing else."""
     name = str(path)
+    try:
+        data, text = load_yaml(path, text)
+    except RuleFileError:
+        raise
+    except Exception as exc:  # MemoryError, RecursionError: still a message, not a traceback
+        raise _err(name, None, f"cannot read: {describe_error(exc)}") from None
     if not isinstance(data, YMap):
         raise _err(name, 1, "a rule file is a mapping with a 'rules' list")
     _unknown_keys(data, _FILE_KEYS, name, "a rule file")
@@ -234,23 +249,6 @@ def _stages(value: object, path: str, line: int) -> frozenset[str]:
         if item not in STAGES:
             raise _err(path, line, f"'on' names {item!r}; expected one of {', '.join(STAGES)}")
     return frozenset(items)
-
-
-def _template_names(template: str, path: str, line: int) -> list[tuple[str, str]]:
-    if not isinstance(template, str) or not template.strip():
-        raise _err(path, line, "reason must be a non-empty string")
-    if len(template) > 500:
-        raise _err(path, line, "reason longer than 500 characters")
-    out = []
-    for match in _TEMPLATE.finditer(template):
-        out.append((match.group(1).strip(), match.group(2) or ""))
-    stripped = _TEMPLATE.sub("", template)
-    if "{" in stripped or "}" in stripped:
-        raise _err(path, line, "reason has an unmatched { or }")
-    return out
-
-
-_SAMPLE: dict[str, Value] = {NUMBER: 1.5, BOOL: True, expr.STRING: "buy"}
 
 
 class Compiler:
@@ -281,11 +279,24 @@ class Compiler:
         return frozenset({ORDER})  # pack facts need an order (FactContext)
 
     def compile(self, raws: Sequence[_Raw]) -> CompiledPolicy:
+        """Raises RuleFileError and nothing else: whatever a rule file holds,
+        a surprise (MemoryError, RecursionError, a bug) is reported at the
+        file and line being compiled, never as a traceback."""
+        self._where: tuple[str, int | None] = (raws[0].path if raws else "<policy>", None)
+        try:
+            return self._compile(raws)
+        except RuleFileError:
+            raise
+        except Exception as exc:
+            raise _err(*self._where, f"cannot compile: {describe_error(exc)}") from None
+
+    def _compile(self, raws: Sequence[_Raw]) -> CompiledPolicy:
         windows: dict[str, WindowSpec] = {}
         mmr: Decimal | None = None
         mmr_where = ""
         for raw in raws:
             path, data = raw.path, raw.data
+            self._where = (path, data.line)
             if "settings" in data:
                 settings = _mapping(data["settings"], path, data.lines["settings"], "settings")
                 _unknown_keys(settings, _SETTINGS, path, "settings")
@@ -308,6 +319,7 @@ class Compiler:
                 wmap = _mapping(data["windows"], path, data.lines["windows"], "windows")
                 for wname, wdef in wmap.items():
                     line = wmap.lines[wname]
+                    self._where = (path, line)
                     if not WINDOW_NAME.match(wname):
                         raise _err(
                             path, line, f"window name {wname!r} must be lower_case_with_underscores"
@@ -326,6 +338,7 @@ class Compiler:
         seen: dict[str, Rule] = {}
         for file_index, raw in enumerate(raws):
             path, data = raw.path, raw.data
+            self._where = (path, data.line)
             file_params = _params(
                 data.get("params"), path, data.lines.get("params", data.line), "params"
             )
@@ -333,6 +346,7 @@ class Compiler:
             if not isinstance(items, YList):
                 raise _err(path, data.lines["rules"], "'rules' must be a list")
             for index, item in enumerate(items):
+                self._where = (path, items.lines[index])
                 rule = self._rule(
                     item, path, items.lines[index], file_params, lookup, (file_index, index)
                 )
@@ -432,6 +446,7 @@ class Compiler:
         action: RiskActionKind | None = None
         fraction = Decimal(1)
         template_names: list[tuple[str, str]] = []
+        reason_line = out_line
         if outcome == "approve":
             if body is True:
                 reason = "within the policy"
@@ -439,14 +454,16 @@ class Compiler:
                 body = _mapping(body, path, out_line, f"{label} approve")
                 _unknown_keys(body, {"reason"}, path, "approve")
                 reason = body.get("reason", "within the policy")
-                template_names = _template_names(reason, path, body.lines.get("reason", out_line))
+                reason_line = body.lines.get("reason", out_line)
+                template_names = reasons.placeholders(reason, path, reason_line, label)
         elif outcome == "reject":
             body = _mapping(body, path, out_line, f"{label} reject")
             _unknown_keys(body, {"reason", "suggested_size"}, path, "reject")
             if "reason" not in body:
                 raise _err(path, out_line, f"{label}: reject needs a reason")
             reason = body["reason"]
-            template_names = _template_names(reason, path, body.lines["reason"])
+            reason_line = body.lines["reason"]
+            template_names = reasons.placeholders(reason, path, reason_line, label)
             if "suggested_size" in body:
                 sline = body.lines["suggested_size"]
                 ssrc = body["suggested_size"]
@@ -469,7 +486,8 @@ class Compiler:
             if "reason" not in body:
                 raise _err(path, out_line, f"{label}: action needs a reason")
             reason = body["reason"]
-            template_names = _template_names(reason, path, body.lines["reason"])
+            reason_line = body.lines["reason"]
+            template_names = reasons.placeholders(reason, path, reason_line, label)
             if "fraction" in body:
                 fline = body.lines["fraction"]
                 raw_fraction = body["fraction"]
@@ -488,28 +506,9 @@ class Compiler:
                 fraction = Decimal(repr(float(raw_fraction)))
 
         facts = expr.facts_of(when) + (expr.facts_of(suggested) if suggested is not None else [])
-        for fname, spec in template_names:
-            reason_line = out_line
-            if fname == "suggested_size":
-                sample: Value = 1.5
-            elif fname in params:
-                sample = params[fname]
-            else:
-                fk = lookup(fname)
-                if fk is None:
-                    raise _err(
-                        path,
-                        reason_line,
-                        f"{label}: reason names {fname!r}, which is neither a fact nor a parameter",
-                    )
-                facts.append(fname)
-                sample = _SAMPLE[fk]
-            try:
-                format(sample, spec)
-            except (ValueError, TypeError) as exc:
-                raise _err(
-                    path, reason_line, f"{label}: reason format {{{fname}:{spec}}}: {exc}"
-                ) from None
+        facts.extend(
+            reasons.check(template_names, reason, path, reason_line, label, params, lookup)
+        )
         unique = list(dict.fromkeys(facts))
         for fact in unique:
             available = self.stages_of(fact)
@@ -565,6 +564,7 @@ class Compiler:
         by_key: dict[str, Rule] = {}
         for index, rule in enumerate(rules):
             key = f"r{index}"
+            self._where = (rule.path, rule.line)
             try:
                 test = expr.to_durable(rule.when, keys.__getitem__)
             except ExprError as exc:
@@ -617,26 +617,6 @@ def _inward(bound: float, direction: int) -> float:
     return bound + direction * max(abs(bound) * QUIET_MARGIN, QUIET_FLOOR)
 
 
-def render(template: str, values: Mapping[str, Any]) -> str:
-    """Fill a reason template. Names were checked at compile time; a value
-    that is somehow missing shows as ``?`` rather than failing the decision."""
-    from bot4.risk.facts import describe
-
-    def one(match: re.Match[str]) -> str:
-        name, spec = match.group(1).strip(), match.group(2) or ""
-        if name not in values:
-            return "?"
-        value = values[name]
-        if not spec:
-            return describe(value)
-        try:
-            return format(value, spec)
-        except (ValueError, TypeError):
-            return describe(value)
-
-    return _TEMPLATE.sub(one, template)
-
-
 __all__ = [
     "FILL",
     "ORDER",
@@ -646,6 +626,7 @@ __all__ = [
     "Compiler",
     "Rule",
     "StagePlan",
+    "describe_error",
     "read_file",
     "render",
 ]

@@ -39,7 +39,7 @@ from bot4.model import (
     RiskAction,
     RiskActionKind,
 )
-from bot4.risk import expr
+from bot4.risk import expr, sources
 from bot4.risk.breaker import Breaker
 from bot4.risk.compiler import (
     RESERVED_ROOTS,
@@ -48,6 +48,7 @@ from bot4.risk.compiler import (
     Compiler,
     Rule,
     StagePlan,
+    describe_error,
     read_file,
     render,
 )
@@ -93,10 +94,19 @@ class ReloadOutcome:
     reloaded: bool
     files: tuple[str, ...]
     error: RuleFileError | None = None
+    rules: int = 0  # of the policy now in force, when reloaded
+    digest: str = ""  # sha256 of the policy now in force, when reloaded
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def message(self) -> str:
+        """One line for a person: what is in force now."""
+        if self.error is not None:
+            return f"rule reload refused, keeping the previous policy: {self.error}"
+        return f"policy reloaded: {self.rules} rules, sha256 {self.digest[:16]}"
 
 
 @attrs.frozen(slots=True)
@@ -124,61 +134,8 @@ class Explanation:
 
 
 # --- rule sources ------------------------------------------------------------------------
-
-
-def _resolve(paths: Sequence[Path], packs: Sequence[RiskRules]) -> list[Path]:
-    files: list[Path] = []
-    for path in paths:
-        path = Path(path)
-        if path.is_dir():
-            found = sorted(p for p in path.glob("*.yaml") if p.is_file())
-            if not found:
-                raise RuleFileError(str(path), None, "no *.yaml rule files in this directory")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise RuleFileError(str(path), None, "no such file or directory")
-    for pack in packs:
-        try:
-            extra = list(pack.rule_files())
-        except Exception as exc:  # a pack is third-party code
-            raise RuleFileError(
-                f"risk pack {pack.name!r}", None, f"rule_files() failed: {exc}"
-            ) from None
-        for path in extra:
-            if not Path(path).is_file():
-                raise RuleFileError(
-                    str(path), None, f"rule file of risk pack {pack.name!r} not found"
-                )
-            files.append(Path(path))
-    if not files:
-        raise RuleFileError("<policy>", None, "no rule files given")
-    seen: set[Path] = set()
-    unique = []
-    for f in files:
-        key = f.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(f)
-    return unique
-
-
-def _signature(paths: Sequence[Path], packs: Sequence[RiskRules]) -> tuple[Any, ...]:
-    """Cheap fingerprint (names, mtimes, sizes) to notice edits without
-    reading files; contents are hashed only when it changes."""
-    try:
-        files = _resolve(paths, packs)
-    except RuleFileError as exc:
-        return ("error", str(exc))
-    out: list[Any] = []
-    for f in files:
-        try:
-            st = f.stat()
-            out.append((str(f), st.st_mtime_ns, st.st_size))
-        except OSError:
-            out.append((str(f), None, None))
-    return tuple(out)
+# Finding and reading the files is bot4.risk.sources: an entry that is not a
+# readable rule file is an error naming it, never skipped.
 
 
 def _pack_facts(packs: Sequence[RiskRules]) -> dict[str, str]:
@@ -225,8 +182,23 @@ class _Active:
 
 
 def _build(paths: Sequence[Path], packs: Sequence[RiskRules]) -> _Active:
-    signature = _signature(paths, packs)
-    files = _resolve(paths, packs)
+    """Compile a policy. Whatever the files hold, the only exception is a
+    RuleFileError (the compiler turns its own surprises into ``file:line``
+    ones; this is the net under it), so a hot reload can keep the last good
+    policy."""
+    try:
+        return _build_unguarded(paths, packs)
+    except RuleFileError:
+        raise
+    except Exception as exc:  # MemoryError, RecursionError, a bug: never a traceback
+        where = ", ".join(str(p) for p in paths) or "<policy>"
+        message = f"cannot compile the policy: {describe_error(exc)}"
+        raise RuleFileError(where, None, message) from None
+
+
+def _build_unguarded(paths: Sequence[Path], packs: Sequence[RiskRules]) -> _Active:
+    signature = sources.fingerprint(paths, packs)
+    files = sources.rule_files(paths, packs)
     raws = []
     digest = hashlib.sha256()
     for f in files:
@@ -239,7 +211,7 @@ def _build(paths: Sequence[Path], packs: Sequence[RiskRules]) -> _Active:
         for stage, plan in compiled.stages.items():
             if plan.rules:
                 engines[stage] = EngineRuleset(stage, plan.definition)
-    except RiskError as exc:
+    except Exception as exc:
         for engine in engines.values():
             engine.close()
         raise RuleFileError(
@@ -360,14 +332,34 @@ class RiskPolicy:
     def packs(self) -> tuple[RiskRules, ...]:
         return self._packs
 
+    @property
+    def digest(self) -> str:
+        """sha256 over every compiled file's name and text."""
+        return self._active.digest
+
+    @property
+    def summary(self) -> str:
+        """``N rules, sha256 <first 16 hex digits>``, as reloads report it."""
+        return f"{len(self.rule_names)} rules, sha256 {self.digest[:16]}"
+
     # --- hot reload ---
 
     def reload_if_changed(self) -> ReloadOutcome | None:
-        """Recompile if a rule file changed (by mtime/size, confirmed by content
-        hash). A file that fails to compile is refused whole; the last good
-        policy stays in force and the error is returned (and logged) once per
-        distinct broken state."""
-        signature = _signature(self._paths, self._packs)
+        """Recompile if a rule file changed (by identity, mode, times and size,
+        confirmed by content hash). Never raises. A file that fails to compile
+        or cannot be read is refused whole; the last good policy stays in
+        force and the error is returned (and logged) once per distinct broken
+        state. A reload that took is logged with its rule count and digest, so
+        a person sees that an edit took."""
+        try:
+            return self._reload()
+        except Exception as exc:  # a net: a reload must never take the session down
+            error = RuleFileError("<policy>", None, f"reload failed: {describe_error(exc)}")
+            log.error("rule reload refused, keeping the previous policy: %s", error)  # noqa: TRY400
+            return ReloadOutcome(reloaded=False, files=self.files, error=error)
+
+    def _reload(self) -> ReloadOutcome | None:
+        signature = sources.fingerprint(self._paths, self._packs)
         if signature == self._active.signature or signature == self._failed_signature:
             return None
         try:
@@ -377,16 +369,30 @@ class RiskPolicy:
             # A refused file is an expected outcome, not a crash: no traceback.
             log.error("rule reload refused, keeping the previous policy: %s", exc)  # noqa: TRY400
             return ReloadOutcome(reloaded=False, files=self.files, error=exc)
+        recovered = self._failed_signature is not None
         self._failed_signature = None
         if fresh.digest == self._active.digest:
             fresh.close()
             self._active = attrs.evolve(self._active, signature=signature)
+            if recovered:
+                log.warning(
+                    "rule files readable again; the policy in force is unchanged: %s",
+                    self.summary,
+                )
             return None
         old, self._active = self._active, fresh
         old.close()
         self._set_horizon()
-        log.info("risk policy reloaded from %s", ", ".join(fresh.compiled.files))
-        return ReloadOutcome(reloaded=True, files=fresh.compiled.files)
+        outcome = ReloadOutcome(
+            reloaded=True,
+            files=fresh.compiled.files,
+            rules=len(self.rule_names),
+            digest=self.digest,
+        )
+        # A warning, not info: a changed policy in a live session is what the
+        # person running it must see (bot4 run shows warnings and errors).
+        log.warning("%s (%s)", outcome.message, ", ".join(outcome.files))
+        return outcome
 
     # --- orders ---
 

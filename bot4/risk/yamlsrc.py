@@ -20,6 +20,7 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from bot4.errors import RuleFileError
+from bot4.risk.sources import read_text
 
 # Rule files are small and written by people; a huge file is a mistake or an
 # attack on the parser, not a policy.
@@ -97,16 +98,9 @@ def load_yaml(path: Path, text: str | None = None) -> tuple[Any, str]:
     text that was parsed (so callers can hash exactly what they compiled)."""
     name = str(path)
     if text is None:
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            raise RuleFileError(name, None, f"cannot read: {exc.strerror or exc}") from None
-        if len(raw) > MAX_FILE_BYTES:
-            raise RuleFileError(name, None, f"larger than {MAX_FILE_BYTES} bytes")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise RuleFileError(name, None, f"not UTF-8 text: {exc.reason}") from None
+        # Never blocks (a FIFO), never skips: anything but a readable regular
+        # UTF-8 file is a RuleFileError naming the path.
+        text = read_text(path, MAX_FILE_BYTES)
     if len(text) > MAX_FILE_BYTES:
         raise RuleFileError(name, None, f"larger than {MAX_FILE_BYTES} characters")
     try:
