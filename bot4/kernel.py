@@ -23,6 +23,14 @@ paper exchange does). For any other exchange the kernel does it: after every
 fill it keeps one reduce-only stop-loss (and take-profit, when the signal had
 one) covering the whole position, and cancels them when the position is flat.
 Either way a fill of a stop-loss order is a stop-out for the breaker rules.
+
+Stopping: :meth:`Kernel.request_stop` (a signal, from ``bot4 run``) ends the
+run between two events: the event being handled is finished, none is taken
+after it, so no order is left half-way (intent journaled, never sent). Only a
+wait for the next event or for the real-time pacer is cut short. An error a
+user caused in the input (a bad data row, :class:`bot4.errors.ConfigError`)
+ends the run the same way, kept in :attr:`Kernel.stop_error`; the session
+then ends normally (summary, journal, recording) and reports it.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ import trio
 
 from bot4.bus import Bus
 from bot4.contracts import Capability, Exchange, MarketInfo, RiskRules, Strategy
-from bot4.errors import ExchangeFailed, ExchangeRefused
+from bot4.errors import ConfigError, ExchangeFailed, ExchangeRefused
 from bot4.gate import RiskGate
 from bot4.model import (
     ZERO,
@@ -194,6 +202,15 @@ class Kernel:
         self._placed: dict[str, Order] = {}
         self._now_ns = 0
         self._reload_checked = time.monotonic()
+        # Awaited with every successful hot reload (the session records it,
+        # with the new rule text, so that a replay reloads at the same tick).
+        self.on_reload: Callable[[object], Awaitable[None]] | None = None
+        self.stop_reason: str | None = None  # set by request_stop()
+        self.stop_error: ConfigError | None = None  # the input error that ended the run
+        # Cancelled by request_stop() only while the kernel waits (for the
+        # next event, or for the pacer), never while it handles an event.
+        self._run_scope: trio.CancelScope | None = None
+        self._waiting = False
 
     # -- the loop ----------------------------------------------------------
 
@@ -201,7 +218,33 @@ class Kernel:
         await self.exchange.connect()
         try:
             self._markets = dict(await self.exchange.fetch_markets())
-            async for event in self.exchange.stream(symbols):
+            # The venue's trading rules, for a replay that answers from the recording.
+            await self.bus.publish("exchange.markets", self._markets, ts=0)
+            with trio.CancelScope() as self._run_scope:
+                await self._events(symbols)
+        finally:
+            self._run_scope = None
+            with trio.CancelScope(shield=True):
+                await self.exchange.close()
+        return self.stats
+
+    async def _events(self, symbols: Sequence[str]) -> None:
+        events = self.exchange.stream(symbols)
+        try:
+            while not self.stop_requested():
+                self._waiting = True
+                try:
+                    event = await events.__anext__()
+                except StopAsyncIteration:
+                    return
+                except ConfigError as exc:  # a bad data row: end as a stop does
+                    self.stop_error = exc
+                    self.stop_reason = str(exc)
+                    return
+                finally:
+                    self._waiting = False
+                if self.stop_requested():
+                    return  # asked to stop while waiting: do not start on this event
                 if isinstance(event, MarketData):
                     await self._tick(event)
                 elif isinstance(event, Fill):
@@ -209,9 +252,28 @@ class Kernel:
                 elif isinstance(event, OrderState):
                     await self._order_update(event)
         finally:
-            with trio.CancelScope(shield=True):
-                await self.exchange.close()
-        return self.stats
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                with trio.CancelScope(shield=True):
+                    await aclose()
+
+    @property
+    def now_ns(self) -> int:
+        """The event time of the event being handled (ns since the epoch)."""
+        return self._now_ns
+
+    def stop_requested(self) -> bool:
+        """A stop was requested (or an input error ended the run). A call, not
+        a property: the flag changes under the loop, from another task."""
+        return self.stop_reason is not None
+
+    def request_stop(self, reason: str) -> None:
+        """End the run after the event being handled (synchronous: callable
+        from ``TrioToken.run_sync_soon``, as a signal handler does)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        if self._waiting and self._run_scope is not None:
+            self._run_scope.cancel()
 
     async def _tick(self, tick: MarketData) -> None:
         self.stats.ticks += 1
@@ -220,7 +282,13 @@ class Kernel:
         self.tracker.mark(tick.symbol, tick.last)
         await self.bus.publish(f"market.{tick.symbol}", tick, ts=now)
         if self._on_tick is not None:
-            await self._on_tick(tick)  # progress display, real-time pacing
+            self._waiting = True  # real-time pacing: a stop may cut the wait short
+            try:
+                await self._on_tick(tick)  # progress display, real-time pacing
+            finally:
+                self._waiting = False
+            if self.stop_requested():
+                return
         for pack in self.packs:
             try:
                 pack.on_market_data(tick)
@@ -229,7 +297,9 @@ class Kernel:
                 # decides (and a raise there rejects the order).
                 await self._error(f"risk pack {pack.name} failed on market data", exc)
         if self.stats.ticks % _RELOAD_POLL_TICKS == 0:
-            self._maybe_reload()
+            reloaded = self._maybe_reload()
+            if reloaded is not None and self.on_reload is not None:
+                await self.on_reload(reloaded)
         # RiskPolicy.on_tracked_tick builds no Portfolio snapshot for a tick of
         # a symbol not held (most ticks); other policies get on_market_data.
         tracked: Callable[[MarketData, Tracker, int], list[RiskAction]] | None = getattr(
@@ -586,17 +656,19 @@ class Kernel:
 
     # -- housekeeping -----------------------------------------------------------
 
-    def _maybe_reload(self) -> None:
+    def _maybe_reload(self) -> object | None:
+        """Poll the rule files; return the outcome of a successful reload."""
         now = time.monotonic()
         if now - self._reload_checked < self.reload_every:
-            return
+            return None
         self._reload_checked = now
         outcome = self.policy.reload_if_changed()
         if outcome is not None:
             if getattr(outcome, "error", None) is None:
                 self.stats.reloads += 1
-            else:
-                self.stats.reload_failures += 1
+                return outcome
+            self.stats.reload_failures += 1
+        return None
 
     async def _error(self, what: str, exc: BaseException) -> None:
         await self.bus.publish(
