@@ -352,6 +352,8 @@ async def replay(
             pack_names=packs,
             reload_every=0.0,  # poll on the kernel's tick schedule only, as recorded
         )
+        if result.error is not None:
+            raise result.error  # the recording itself is bad (a line that cannot be read)
         assert result.recording is not None
         compared, mismatch = compare(recording, result.recording)
         kept = result.recording if out is not None else recording
