@@ -27,10 +27,12 @@ Either way a fill of a stop-loss order is a stop-out for the breaker rules.
 Stopping: :meth:`Kernel.request_stop` (a signal, from ``bot4 run``) ends the
 run between two events: the event being handled is finished, none is taken
 after it, so no order is left half-way (intent journaled, never sent). Only a
-wait for the next event or for the real-time pacer is cut short. An error a
-user caused in the input (a bad data row, :class:`bot4.errors.ConfigError`)
-ends the run the same way, kept in :attr:`Kernel.stop_error`; the session
-then ends normally (summary, journal, recording) and reports it.
+wait is cut short: for the next event, or for the real-time pacer (the tick
+is then handled at once). An error
+the stream raises on purpose (a :class:`bot4.errors.Bot4Error`: a bad data
+row, a venue that gave up) ends the run the same way, kept in
+:attr:`Kernel.stop_error`; the session then ends normally (summary, journal,
+recording) and reports it.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ import trio
 
 from bot4.bus import Bus
 from bot4.contracts import Capability, Exchange, MarketInfo, RiskRules, Strategy
-from bot4.errors import ConfigError, ExchangeFailed, ExchangeRefused
+from bot4.errors import Bot4Error, ExchangeFailed, ExchangeRefused
 from bot4.gate import RiskGate
 from bot4.model import (
     ZERO,
@@ -206,11 +208,12 @@ class Kernel:
         # with the new rule text, so that a replay reloads at the same tick).
         self.on_reload: Callable[[object], Awaitable[None]] | None = None
         self.stop_reason: str | None = None  # set by request_stop()
-        self.stop_error: ConfigError | None = None  # the input error that ended the run
+        self.stop_error: Bot4Error | None = None  # the stream's error that ended the run
         # Cancelled by request_stop() only while the kernel waits (for the
         # next event, or for the pacer), never while it handles an event.
         self._run_scope: trio.CancelScope | None = None
         self._waiting = False
+        self._pacing: trio.CancelScope | None = None
 
     # -- the loop ----------------------------------------------------------
 
@@ -237,7 +240,7 @@ class Kernel:
                     event = await events.__anext__()
                 except StopAsyncIteration:
                     return
-                except ConfigError as exc:  # a bad data row: end as a stop does
+                except Bot4Error as exc:  # a bad data row, a venue gone: end as a stop does
                     self.stop_error = exc
                     self.stop_reason = str(exc)
                     return
@@ -272,7 +275,9 @@ class Kernel:
         from ``TrioToken.run_sync_soon``, as a signal handler does)."""
         if self.stop_reason is None:
             self.stop_reason = reason
-        if self._waiting and self._run_scope is not None:
+        if self._pacing is not None:
+            self._pacing.cancel()
+        elif self._waiting and self._run_scope is not None:
             self._run_scope.cancel()
 
     async def _tick(self, tick: MarketData) -> None:
@@ -282,13 +287,12 @@ class Kernel:
         self.tracker.mark(tick.symbol, tick.last)
         await self.bus.publish(f"market.{tick.symbol}", tick, ts=now)
         if self._on_tick is not None:
-            self._waiting = True  # real-time pacing: a stop may cut the wait short
-            try:
-                await self._on_tick(tick)  # progress display, real-time pacing
-            finally:
-                self._waiting = False
-            if self.stop_requested():
-                return
+            # Progress display, real-time pacing. A stop cuts the pacer's wait
+            # short and the tick is still handled whole: a recording never
+            # ends in the middle of a tick, and a stopped session replays.
+            with trio.CancelScope() as self._pacing:
+                await self._on_tick(tick)
+            self._pacing = None
         for pack in self.packs:
             try:
                 pack.on_market_data(tick)

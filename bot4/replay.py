@@ -42,8 +42,14 @@ import attrs
 from bot4.contracts import Capability, Exchange
 from bot4.errors import ConfigError
 from bot4.plugins import PluginManager
-from bot4.replayvenue import ReplayVenue, recorded_ticks, records
-from bot4.session import SessionConfig, StrategyConfig, policy_sha256, run_session
+from bot4.replayvenue import RecordedPrefix, RecordedTicks, ReplayVenue, records
+from bot4.session import (
+    SessionConfig,
+    StrategyConfig,
+    pack_rules_sha256,
+    policy_sha256,
+    run_session,
+)
 
 # Everything the kernel decided or the exchange did; market data is input.
 _OUTPUT_PREFIXES = ("signal.", "risk.", "order.", "fill.", "kernel.")
@@ -221,6 +227,10 @@ def check_plugins(header: Mapping[str, Any], manager: PluginManager, path: Path)
         installed = versions.get(plugin)
         if installed is not None and installed != version:
             notes.append(f"{label} is installed as version {installed}")
+        if kind == "risk_rules" and "rules_sha256" in entry:
+            pack = manager.registry.risk_rule_pack(name).factory({})
+            if pack_rules_sha256(pack) != entry["rules_sha256"]:
+                notes.append(f"{label}: its rule files differ from the recorded ones")
     if missing:
         raise ConfigError(
             f"{path}:1: plugins the recorded session used are missing, so it cannot be "
@@ -237,13 +247,12 @@ def compare(original: Path, again: Path) -> tuple[int, str | None]:
     compared = 0
     for a, b in zip_longest(_outputs(original), _outputs(again)):
         if a is None or b is None:
-            which = "replay" if a is None else "original"
+            ended, goes_on = ("original", "replay") if a is None else ("replay", "original")
             extra = b if a is None else a
             assert extra is not None
-            other = "original" if a is None else "replay"
             return compared, (
-                f"the {which} ended early; the {other} goes on with\n"
-                f"  {other} line {extra[0]}: {extra[1]} {extra[2]}"
+                f"the {ended} ended early; the {goes_on} goes on with\n"
+                f"  {goes_on} line {extra[0]}: {extra[1]} {extra[2]}"
             )
         if a[1:] != b[1:]:
             return compared, (
@@ -276,7 +285,9 @@ class _RecordedRules:
         self.generation += 1
         stamp = 1_000_000_000 * self.generation
         for i, (name, text) in enumerate(sources.items()):
-            target = self.folder / f"{i:03d}-{Path(name).name}"
+            # Only a bare name (never a path from the file), numbered, as *.yaml.
+            base = Path(name).name
+            target = self.folder / f"{i:03d}-{base.removesuffix('.yaml')}.yaml"
             target.write_text(text, encoding="utf-8")
             os.utime(target, ns=(stamp, stamp))
 
@@ -337,10 +348,11 @@ async def replay(
         config = config_from_header(header, target)
         exchange: Exchange
         if paper:
-            feed = recorded_ticks(recording, rules.reload)
-            exchange = manager.registry.exchange("paper").factory(
+            feed = RecordedTicks(recording, rules.reload)
+            paper_venue = manager.registry.exchange("paper").factory(
                 {**config.exchange_params, "feed": feed}
             )
+            exchange = RecordedPrefix(paper_venue, feed)
         else:
             exchange = _venue(header, config, recording, rules)
         result = await run_session(

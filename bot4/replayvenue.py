@@ -31,7 +31,7 @@ from bot4.contracts import Capability, Exchange, ExchangeEvent, MarketInfo
 from bot4.errors import ConfigError, ExchangeFailed, ExchangeRefused, OrderNotFound
 from bot4.model import Balance, Fill, MarketData, Order, OrderState, Position
 
-__all__ = ["ReplayVenue", "is_input", "recorded_ticks", "records"]
+__all__ = ["RecordedPrefix", "RecordedTicks", "ReplayVenue", "is_input", "records"]
 
 Record = tuple[int, dict[str, Any]]
 ReloadHook = Callable[[int, Mapping[str, Any]], None]
@@ -73,21 +73,90 @@ def _decode(path: Path, number: int, record: Mapping[str, Any], kind: type[Any])
     return value
 
 
-def recorded_ticks(path: Path, on_reload: ReloadHook) -> Iterator[MarketData]:
-    """The recorded ticks, in order. A reload recorded after tick *n* (it
-    happened while tick *n* was handled) is passed to ``on_reload`` before
-    tick *n* is yielded: the feed reads one tick ahead."""
-    pending: MarketData | None = None
-    for number, record in records(path):
-        topic = record["topic"]
-        if topic.startswith("market."):
-            if pending is not None:
-                yield pending
-            pending = _decode(path, number, record, MarketData)
-        elif topic == "policy.reload":
-            on_reload(number, record.get("payload") or {})
-    if pending is not None:
-        yield pending
+class RecordedTicks(Iterator[MarketData]):
+    """The recorded ticks, in order, as a paper exchange's feed. A reload
+    recorded after tick *n* (it happened while tick *n* was handled) is passed
+    to ``on_reload`` before tick *n* is handed over: the feed reads one tick
+    ahead. ``inputs`` counts the exchange events read so far; once
+    ``exhausted``, it is the recording's total (see :class:`RecordedPrefix`)."""
+
+    def __init__(self, path: Path, on_reload: ReloadHook) -> None:
+        self.inputs = 0
+        self.exhausted = False
+        self._ticks = self._read(path, on_reload)
+
+    def __next__(self) -> MarketData:
+        return next(self._ticks)
+
+    def _read(self, path: Path, on_reload: ReloadHook) -> Iterator[MarketData]:
+        pending: MarketData | None = None
+        for number, record in records(path):
+            topic = record["topic"]
+            if is_input(topic):
+                self.inputs += 1
+            if topic.startswith("market."):
+                if pending is not None:
+                    yield pending
+                pending = _decode(path, number, record, MarketData)
+            elif topic == "policy.reload":
+                on_reload(number, record.get("payload") or {})
+        self.exhausted = True
+        if pending is not None:
+            yield pending
+
+
+class RecordedPrefix(Exchange):
+    """A venue (the paper re-simulation) cut after as many exchange events as
+    the recording holds. A session stopped by a signal ends between two
+    events; the simulation would go on with the fills it still had queued."""
+
+    def __init__(self, venue: Exchange, feed: RecordedTicks) -> None:
+        self.venue = venue
+        self.feed = feed
+        self.name = venue.name
+        self.capabilities = venue.capabilities
+        self.durable = False
+
+    async def stream(self, symbols: Sequence[str]) -> AsyncIterator[ExchangeEvent]:
+        taken = 0
+        events = self.venue.stream(symbols)
+        while not (self.feed.exhausted and taken >= self.feed.inputs):
+            try:
+                event = await events.__anext__()
+            except StopAsyncIteration:
+                return
+            taken += 1
+            yield event
+
+    async def connect(self) -> None:
+        await self.venue.connect()
+
+    async def close(self) -> None:
+        await self.venue.close()
+
+    async def fetch_markets(self) -> Mapping[str, MarketInfo]:
+        return await self.venue.fetch_markets()
+
+    async def place_order(self, order: Order) -> OrderState:
+        return await self.venue.place_order(order)
+
+    async def cancel_order(self, symbol: str, client_order_id: str) -> OrderState:
+        return await self.venue.cancel_order(symbol, client_order_id)
+
+    async def fetch_order(self, symbol: str, client_order_id: str) -> OrderState:
+        return await self.venue.fetch_order(symbol, client_order_id)
+
+    async def fetch_open_orders(self, symbol: str | None = None) -> Sequence[OrderState]:
+        return await self.venue.fetch_open_orders(symbol)
+
+    async def fetch_fills(self, since: datetime | None = None) -> Sequence[Fill]:
+        return await self.venue.fetch_fills(since)
+
+    async def fetch_balance(self) -> Balance:
+        return await self.venue.fetch_balance()
+
+    async def fetch_positions(self) -> Sequence[Position]:
+        return await self.venue.fetch_positions()
 
 
 def _markets(path: Path, number: int, payload: object) -> dict[str, MarketInfo]:

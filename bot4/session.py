@@ -26,7 +26,7 @@ import trio
 from bot4 import codec
 from bot4.bus import Bus, EventRecorder, open_bus
 from bot4.contracts import Exchange, RiskRules, Strategy
-from bot4.errors import ConfigError
+from bot4.errors import Bot4Error, ConfigError
 from bot4.gate import RiskGate
 from bot4.kernel import Kernel, KernelStats
 from bot4.model import MarketData
@@ -301,7 +301,7 @@ class SessionResult:
     # Why the run ended before its data did: a signal's name, or the message
     # of the input error (``error``) that ended it; None when the data ran out.
     stopped: str | None = None
-    error: ConfigError | None = None
+    error: Bot4Error | None = None
 
 
 ProgressHook = Callable[[MarketData], Awaitable[None]]

@@ -11,6 +11,7 @@ from typing import Any
 
 import trio
 
+from bot4.errors import ExchangeError
 from bot4.secrets import redact
 
 _DEBUG = "on an error, show the traceback (same as bot4 --debug)"
@@ -112,9 +113,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             sys.stderr.write("\n")
         _write_outputs(args, config.out, result)
     if result.error is not None:
-        # A bad data row ended the session; everything up to it is written.
+        # A bad data row (or a venue that gave up) ended the session; everything
+        # up to it is written.
         print(f"bot4: {redact(str(result.error))}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(result.error, ExchangeError) else 2
     return 0
 
 

@@ -28,7 +28,7 @@ import trio
 from bot4.data import iter_ticks
 from bot4.model import MarketData
 from bot4.plugins import PluginManager
-from bot4.replay import replay
+from bot4.replay import compare, replay
 from bot4.risk import default_rules_path
 from bot4.session import SessionConfig, StrategyConfig, policy_sha256, run_session
 from tests.conftest import REPO, run_bot4, write_ticks
@@ -337,3 +337,54 @@ def test_a_reload_whose_text_does_not_match_its_hash_is_refused(tmp_path: Path) 
     assert result.stderr.strip().endswith(
         f":{at + 1}: policy.reload: the rule text does not match its sha256"
     )
+
+
+def test_a_session_stopped_between_two_events_replays_to_a_match(tmp_path: Path) -> None:
+    """Stopped (as by a signal) right after its first order: the venue still
+    holds that order's fill, which the session never took. The replay must
+    end where the recording ends, not simulate past it."""
+    data = write_ticks(tmp_path / "ticks.csv", seconds=1500)
+    config = SessionConfig(
+        data=str(data),
+        strategies=(StrategyConfig("sma_cross", PARAMS),),
+        out=str(tmp_path / "out"),
+        journal="off",
+    )
+
+    def stop_after_first_order(kernel: Any) -> None:
+        place = kernel.exchange.place_order
+
+        async def placed_then_stop(order: Any) -> Any:
+            state = await place(order)
+            kernel.request_stop("SIGINT")
+            return state
+
+        kernel.exchange.place_order = placed_then_stop
+
+    result = trio.run(lambda: run_session(config, services=[], on_kernel=stop_after_first_order))
+    assert result.stopped == "SIGINT"
+    assert result.recording is not None
+    records = _lines(result.recording)
+    assert records[-1]["topic"] == "order.placed"  # its fill was never taken
+    assert not any(r["topic"].startswith("fill.") for r in records)
+    replayed = trio.run(replay, result.recording)
+    assert replayed.mismatch is None
+    assert replayed.compared > 0
+
+
+def test_a_recording_that_ends_early_is_named_with_the_next_record(
+    recorded: Path, tmp_path: Path
+) -> None:
+    records = _lines(recorded)
+    last = max(i for i, r in enumerate(records) if r["topic"].startswith("fill."))
+    short = _write(tmp_path / "short.jsonl", records[:last])
+    compared, mismatch = compare(short, recorded)
+    assert compared > 0
+    assert mismatch is not None
+    head, detail = mismatch.split("\n")
+    assert head == "the original ended early; the replay goes on with"
+    assert detail.startswith(f"  replay line {last + 1}: {records[last]['topic']} ")
+    assert json.loads(detail.split(f"{records[last]['topic']} ", 1)[1]) == records[last]["payload"]
+    reverse = compare(recorded, short)[1]
+    assert reverse is not None
+    assert reverse.startswith("the replay ended early; the original goes on with")

@@ -123,6 +123,10 @@ def test_a_signal_stops_the_session_cleanly(tmp_path: Path, sig: signal.Signals)
     assert len(ticks) == summary["ticks"]  # every tick handled was recorded, whole
     verified = run_bot4("journal", "verify", str(folder / "journal.sqlite"))
     assert verified.returncode == 0, verified.stdout + verified.stderr
+    # The recording ends between two events: the stopped session replays.
+    replayed = run_bot4("replay", str(folder / "recording.jsonl"))
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert replayed.stdout.startswith("replay matched: ")
     # The journal is free: the next session on it starts (and resumes).
     again = run_bot4(
         "run",
