@@ -222,7 +222,8 @@ class Kernel:
         try:
             self._markets = dict(await self.exchange.fetch_markets())
             # The venue's trading rules, for a replay that answers from the recording.
-            await self.bus.publish("exchange.markets", self._markets, ts=0)
+            markets = {symbol: attrs.asdict(info) for symbol, info in self._markets.items()}
+            await self.bus.publish("exchange.markets", markets, ts=0)
             with trio.CancelScope() as self._run_scope:
                 await self._events(symbols)
         finally:

@@ -12,6 +12,7 @@ run the session again: the configuration and the text of every rule file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sys
 import time
@@ -77,6 +78,10 @@ class SessionConfig:
     # Where the journal goes (bot4.journal): None = $BOT4_DATABASE_URL, else
     # <out>/journal.sqlite; a path; a postgresql:// URL; or "off".
     journal: str | None = None
+    # Where the exchange's and each strategy's settings were written
+    # ("exchange", "strategies[0]" -> "session.yaml:4"): a plugin refusing
+    # one of them is reported at that line. Not part of the recording.
+    origin: Mapping[str, str] = attrs.field(factory=dict, eq=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -216,7 +221,11 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
     )
     data = raw.get("data")
     _need(data is None or isinstance(data, str), at("data"), "data: expected a file path")
+    origin = {"exchange": at("exchange")} if "exchange" in raw else {}
+    for i in range(len(strategies)):
+        origin[f"strategies[{i}]"] = at(items_key, i if isinstance(items, list) else None)
     return SessionConfig(
+        origin={k: v for k, v in origin.items() if v not in (where, "command line")},
         data=data,
         exchange=exchange,
         exchange_params=exchange_params,
@@ -243,6 +252,18 @@ def rule_sources(paths: Sequence[Path]) -> dict[str, str]:
         for f in files:
             sources[f.name] = f.read_text(encoding="utf-8")
     return sources
+
+
+@contextlib.contextmanager
+def _at(where: str | None) -> Iterator[None]:
+    """A plugin's ConfigError about settings written at ``where`` (file:line)
+    names that place first."""
+    try:
+        yield
+    except ConfigError as exc:
+        if where is None or str(exc).startswith(where.split(":")[0]):
+            raise
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def policy_sha256(sources: Mapping[str, str]) -> str:
@@ -407,12 +428,14 @@ async def run_session(
             from bot4.data import iter_ticks
 
             feed = iter_ticks(data_path(config))
-        exchange = manager.registry.exchange(config.exchange).factory(
-            {**config.exchange_params, "feed": feed}
-        )
-    strategies: list[Strategy] = [
-        manager.registry.strategy(s.name).factory(s.params) for s in config.strategies
-    ]
+        with _at(config.origin.get("exchange")):
+            exchange = manager.registry.exchange(config.exchange).factory(
+                {**config.exchange_params, "feed": feed}
+            )
+    strategies: list[Strategy] = []
+    for i, s in enumerate(config.strategies):
+        with _at(config.origin.get(f"strategies[{i}]")):
+            strategies.append(manager.registry.strategy(s.name).factory(s.params))
     if pack_names is None:
         packs: list[RiskRules] = [
             manager.registry.risk_rules[name].factory({})

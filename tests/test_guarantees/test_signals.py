@@ -248,3 +248,16 @@ def test_an_unreachable_server_is_one_line(tmp_path: Path, variable: str) -> Non
     assert debug.returncode == 2
     assert "Traceback" in debug.stderr
     assert debug.stderr.splitlines()[-1] == lines[0]
+
+
+def test_a_plugin_refusing_a_setting_names_the_config_line(tmp_path: Path) -> None:
+    data = write_ticks(tmp_path / "ticks.csv", seconds=10)
+    (tmp_path / "session.yaml").write_text(
+        "out: o\nstrategies:\n  - name: sma_cross\n    params: {fast: 10, slow: 60}\n"
+        "exchange:\n  name: paper\n  taker_fee: lots\n"
+    )
+    result = run_bot4("run", "--config", "session.yaml", "--data", str(data), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "bot4: session.yaml:6: paper: config field 'taker_fee': 'lots' is not a number"
+    ]
