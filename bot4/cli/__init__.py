@@ -84,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except (Bot4Error, BaseExceptionGroup) as exc:
+        if isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None:
+            print("interrupted", file=sys.stderr)  # Ctrl-C outside bot4 run, inside trio
+            return 130
         error = user_error(exc)
         if error is None:
             raise  # not the user's doing: a bug, keep the traceback
