@@ -228,7 +228,7 @@ def test_the_header_lists_plugins_with_versions_and_the_policy_hash(recorded: Pa
     assert used[("strategy", "sma_cross")]["version"] == installed["sma_cross"]
     assert used[("exchange", "paper")]["version"] == installed["paper"]
     assert ("risk_rules", "correlation") in used
-    texts = {f.name: f.read_text() for f in sorted(default_rules_path().glob("*.yaml"))}
+    texts = {f.name: f.read_text() for f in sorted((REPO / "rules").glob("*.yaml"))}  # cwd=REPO
     assert header["rules"] == texts
     assert header["policy_sha256"] == policy_sha256(texts)
 

@@ -23,6 +23,7 @@ import pytest
 import trio
 
 from bot4.journal import open_store
+from bot4.journal.service import journal_service
 from bot4.session import SessionConfig, StrategyConfig, run_session
 from tests.conftest import REPO, make_plugin_dist, run_bot4, write_ticks
 
@@ -195,7 +196,7 @@ def test_a_bad_data_row_releases_the_journal_lock(tmp_path: Path) -> None:
         out=str(tmp_path / "out"),
         journal=str(journal),
     )
-    result = trio.run(run_session, config)
+    result = trio.run(lambda: run_session(config, services=journal_service(config)))
     assert result.error is not None
     assert str(result.error).startswith(f"{data}:{bad}: ")
     assert result.stats.ticks == bad - 2
