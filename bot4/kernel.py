@@ -28,11 +28,10 @@ Stopping: :meth:`Kernel.request_stop` (a signal, from ``bot4 run``) ends the
 run between two events: the event being handled is finished, none is taken
 after it, so no order is left half-way (intent journaled, never sent). Only a
 wait is cut short: for the next event, or for the real-time pacer (the tick
-is then handled at once). An error
-the stream raises on purpose (a :class:`bot4.errors.Bot4Error`: a bad data
-row, a venue that gave up) ends the run the same way, kept in
-:attr:`Kernel.stop_error`; the session then ends normally (summary, journal,
-recording) and reports it.
+is then handled at once). An error the stream raises on purpose (a
+:class:`bot4.errors.Bot4Error`: a bad data row, a venue that gave up) ends
+the run the same way, kept in :attr:`Kernel.stop_error`; the session then
+ends normally (summary, journal, recording) and reports it.
 """
 
 from __future__ import annotations

@@ -100,9 +100,9 @@ def _need(cond: bool, where: str, what: str) -> None:
         raise ConfigError(f"{where}: {what}")
 
 
-def _read_yaml(path: Path) -> tuple[dict[str, Any], Mapping[str, int], Any]:
-    """The config file as a mapping, the line of each key's value, and the
-    line-aware value itself (bot4.risk.yamlsrc: the same reader as rule files)."""
+def _read_yaml(path: Path) -> tuple[dict[str, Any], Mapping[str, int]]:
+    """The config file as a mapping (values that know their lines) and the
+    line of each key's value (bot4.risk.yamlsrc: the reader of rule files)."""
     from bot4.errors import RuleFileError
     from bot4.risk.yamlsrc import YMap, load_yaml
 
@@ -111,7 +111,7 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], Mapping[str, int], Any]:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
     if not text.strip():
-        return {}, {}, None
+        return {}, {}
     try:
         loaded, _ = load_yaml(path, text)
     except RuleFileError as exc:
@@ -122,7 +122,7 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], Mapping[str, int], Any]:
     if not isinstance(loaded, YMap):
         line = getattr(loaded, "line", 1)
         raise ConfigError(f"{path}:{line}: the config must be a mapping of keys")
-    return dict(loaded), loaded.lines, loaded
+    return dict(loaded), loaded.lines
 
 
 def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfig:
@@ -134,7 +134,7 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
     lines: Mapping[str, int] = {}
     where = str(path) if path else "command line"
     if path is not None:
-        raw, lines, _ = _read_yaml(path)
+        raw, lines = _read_yaml(path)
     given = {k for k, v in overrides.items() if v is not None}
 
     def at(key: str, index: int | None = None) -> str:
@@ -276,7 +276,7 @@ def policy_sha256(sources: Mapping[str, str]) -> str:
 
 
 def pack_rules_sha256(pack: RiskRules) -> str:
-    """The hash of the rule files a risk pack adds (empty when it adds none)."""
+    """The hash of the rule files a risk pack adds (their names and bytes)."""
     digest = hashlib.sha256()
     for path in pack.rule_files():
         digest.update(Path(path).name.encode() + b"\0" + Path(path).read_bytes() + b"\0")
