@@ -388,3 +388,69 @@ def test_a_recording_that_ends_early_is_named_with_the_next_record(
     reverse = compare(recorded, short)[1]
     assert reverse is not None
     assert reverse.startswith("the replay ended early; the original goes on with")
+
+
+def _as_live(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same recording, as if made against a live venue (no paper engine
+    at replay: the venue's side is played back from the records)."""
+    header = records[0]["payload"]
+    header["config"]["exchange"] = "ccxt"
+    header["config"]["exchange_params"] = {"exchange": "binance"}
+    header["plugins"] = [
+        {**p, "name": "ccxt", "plugin": "ccxt"} if p["kind"] == "exchange" else p
+        for p in header["plugins"]
+    ]
+    return records
+
+
+def test_a_hot_reload_is_replayed_against_the_recorded_venue_too(tmp_path: Path) -> None:
+    records = _as_live(_lines(_reloading_session(tmp_path)))
+    live = _write(tmp_path / "live.jsonl", records)
+    result = trio.run(replay, live)
+    assert result.mismatch is None
+    at = next(i for i, r in enumerate(records) if r["topic"] == "policy.reload")
+    without = _write(tmp_path / "no-reload.jsonl", records[:at] + records[at + 1 :])
+    assert trio.run(replay, without).mismatch is not None
+
+
+def test_a_venue_refusal_and_failure_are_answered_from_the_recording(tmp_path: Path) -> None:
+    from bot4.errors import ExchangeUnavailable, InvalidOrder
+
+    data = write_ticks(tmp_path / "ticks.csv", seconds=1500)
+    config = SessionConfig(
+        data=str(data),
+        strategies=(StrategyConfig("sma_cross", PARAMS),),
+        out=str(tmp_path / "out"),
+        journal="off",
+    )
+    calls: list[str] = []
+
+    def flaky_venue(kernel: Any) -> None:
+        place = kernel.exchange.place_order
+
+        async def placed(order: Any) -> Any:
+            calls.append(order.client_order_id)
+            distinct = list(dict.fromkeys(calls))
+            if len(distinct) == 2 and order.client_order_id == distinct[1]:
+                raise InvalidOrder("qty below the venue's minimum")
+            if len(distinct) == 4 and order.client_order_id == distinct[3]:
+                raise ExchangeUnavailable("503 maintenance")
+            return await place(order)
+
+        kernel.exchange.place_order = placed
+
+    result = trio.run(lambda: run_session(config, services=[], on_kernel=flaky_venue))
+    assert result.recording is not None
+    records = _lines(result.recording)
+    errors = [r["payload"] for r in records if r["topic"] == "kernel.error"]
+    assert any("InvalidOrder: qty below" in e for e in errors)
+    assert any("giving up on" in e and "ExchangeUnavailable: 503" in e for e in errors)
+    live = _write(tmp_path / "live.jsonl", _as_live(records))
+    replayed = trio.run(replay, live)
+    assert replayed.mismatch is None, replayed.mismatch
+    # Without the recorded refusal the replayed venue has no answer: a difference.
+    at = next(i for i, r in enumerate(records) if "InvalidOrder" in str(r["payload"]))
+    cut = _write(tmp_path / "cut.jsonl", records[:at] + records[at + 1 :])
+    mismatch = trio.run(replay, cut).mismatch
+    assert mismatch is not None
+    assert "the recording holds no answer for order" in mismatch
