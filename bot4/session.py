@@ -17,7 +17,7 @@ import hashlib
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,7 @@ import trio
 from bot4 import codec
 from bot4.bus import Bus, EventRecorder, open_bus
 from bot4.contracts import Exchange, RiskRules, Strategy
-from bot4.errors import Bot4Error, ConfigError
+from bot4.errors import Bot4Error, ConfigError, RuleFileError
 from bot4.gate import RiskGate
 from bot4.kernel import Kernel, KernelStats
 from bot4.model import MarketData
@@ -103,7 +103,6 @@ def _need(cond: bool, where: str, what: str) -> None:
 def _read_yaml(path: Path) -> tuple[dict[str, Any], Mapping[str, int]]:
     """The config file as a mapping (values that know their lines) and the
     line of each key's value (bot4.risk.yamlsrc: the reader of rule files)."""
-    from bot4.errors import RuleFileError
     from bot4.risk.yamlsrc import YMap, load_yaml
 
     try:
@@ -250,7 +249,10 @@ def rule_sources(paths: Sequence[Path]) -> dict[str, str]:
     for path in paths:
         files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
         for f in files:
-            sources[f.name] = f.read_text(encoding="utf-8")
+            try:
+                sources[f.name] = f.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise RuleFileError(str(f), None, f"cannot read: {exc}") from None
     return sources
 
 
@@ -449,9 +451,16 @@ async def run_session(
         if rule_paths is not None
         else ([Path(p) for p in config.rules] if config.rules else [default_rules_path()])
     )
+    policy = RiskPolicy.load(paths, packs)  # first: a missing file is a RuleFileError
     sources = rule_sources(paths)
-    policy = RiskPolicy.load(paths, packs)
-    balance = Decimal(str(config.exchange_params.get("balance", "10000")))
+    raw_balance = config.exchange_params.get("balance", "10000")
+    try:
+        balance = Decimal(str(raw_balance))
+    except InvalidOperation:
+        balance = Decimal("NaN")
+    if not balance.is_finite() or balance <= 0 or isinstance(raw_balance, bool):
+        where = config.origin.get("exchange", "exchange")
+        raise ConfigError(f"{where}: balance: {raw_balance!r} is not a positive number")
     tracker = PortfolioTracker(balance)
     symbols = sorted({sym for s in config.strategies for sym in s.params.get("symbols", ())})
     out = Path(config.out)

@@ -262,3 +262,23 @@ def test_a_plugin_refusing_a_setting_names_the_config_line(tmp_path: Path) -> No
     assert result.stderr.splitlines() == [
         "bot4: session.yaml:6: paper: config field 'taker_fee': 'lots' is not a number"
     ]
+
+
+def test_a_missing_rule_file_is_one_line(tmp_path: Path) -> None:
+    data = write_ticks(tmp_path / "ticks.csv", seconds=10)
+    result = run_bot4(
+        "run", "--data", str(data), "--rules", "gone.yaml", "--out", "o", cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["bot4: gone.yaml: no such file or directory"]
+
+
+def test_a_bad_session_balance_names_the_config_line(tmp_path: Path) -> None:
+    (tmp_path / "session.yaml").write_text(
+        "out: o\nexchange:\n  name: ccxt\n  exchange: binance\n  balance: lots\n"
+    )
+    result = run_bot4("run", "--config", "session.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "bot4: session.yaml:3: balance: 'lots' is not a positive number"
+    ]
