@@ -490,6 +490,9 @@ async def run_session(
             "rules": sources,
             "policy_sha256": policy_sha256(sources),
             "plugins": plugins_used(manager, config, packs),
+            "plugins_loaded": [
+                {"name": p.name, "version": p.version} for p in manager.plugins if p.ok
+            ],
             "capabilities": sorted(c.value for c in exchange.capabilities),
             "balance": str(balance),
         }

@@ -228,6 +228,8 @@ def test_the_header_lists_plugins_with_versions_and_the_policy_hash(recorded: Pa
     assert used[("strategy", "sma_cross")]["version"] == installed["sma_cross"]
     assert used[("exchange", "paper")]["version"] == installed["paper"]
     assert ("risk_rules", "correlation") in used
+    loaded = {p["name"]: p["version"] for p in header["plugins_loaded"]}
+    assert loaded == {p.name: p.version for p in PluginManager.load().plugins if p.ok}
     texts = {f.name: f.read_text() for f in sorted((REPO / "rules").glob("*.yaml"))}  # cwd=REPO
     assert header["rules"] == texts
     assert header["policy_sha256"] == policy_sha256(texts)
