@@ -30,6 +30,15 @@ sets it), the kernel journals its ladder latches and calls ``checkpoint()``
 after a breaker trip, a stop-out and a ladder rung, so what a restart
 restores (:mod:`bot4.journal.riskstate`) includes them even when the process
 dies in the same tick.
+
+Stopping: :meth:`Kernel.request_stop` (a signal, from ``bot4 run``) ends the
+run between two events: the event being handled is finished, none is taken
+after it, so no order is left half-way (intent journaled, never sent). Only a
+wait is cut short: for the next event, or for the real-time pacer (the tick
+is then handled at once). An error the stream raises on purpose (a
+:class:`bot4.errors.Bot4Error`: a bad data row, a venue that gave up) ends
+the run the same way, kept in :attr:`Kernel.stop_error`; the session then
+ends normally (summary, journal, recording) and reports it.
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ import trio
 
 from bot4.bus import Bus
 from bot4.contracts import Exchange, MarketInfo, RiskRules, Strategy
-from bot4.errors import ExchangeFailed, ExchangeRefused
+from bot4.errors import Bot4Error, ExchangeFailed, ExchangeRefused
 from bot4.gate import RiskGate
 from bot4.model import (
     ZERO,
@@ -209,6 +218,16 @@ class Kernel:
         self._placed: dict[str, Order] = {}
         self._now_ns = 0
         self._reload_checked = time.monotonic()
+        # Awaited with every successful hot reload (the session records it,
+        # with the new rule text, so that a replay reloads at the same tick).
+        self.on_reload: Callable[[object], Awaitable[None]] | None = None
+        self.stop_reason: str | None = None  # set by request_stop()
+        self.stop_error: Bot4Error | None = None  # the stream's error that ended the run
+        # Cancelled by request_stop() only while the kernel waits (for the
+        # next event, or for the pacer), never while it handles an event.
+        self._run_scope: trio.CancelScope | None = None
+        self._waiting = False
+        self._pacing: trio.CancelScope | None = None
 
     # -- the loop ----------------------------------------------------------
 
@@ -219,7 +238,34 @@ class Kernel:
             line = await self.protection.start()
             if self.announce is not None:
                 self.announce(line)
-            async for event in self.exchange.stream(symbols):
+            # The venue's trading rules, for a replay that answers from the recording.
+            markets = {symbol: attrs.asdict(info) for symbol, info in self._markets.items()}
+            await self.bus.publish("exchange.markets", markets, ts=0)
+            with trio.CancelScope() as self._run_scope:
+                await self._events(symbols)
+        finally:
+            self._run_scope = None
+            with trio.CancelScope(shield=True):
+                await self.exchange.close()
+        return self.stats
+
+    async def _events(self, symbols: Sequence[str]) -> None:
+        events = self.exchange.stream(symbols)
+        try:
+            while not self.stop_requested():
+                self._waiting = True
+                try:
+                    event = await events.__anext__()
+                except StopAsyncIteration:
+                    return
+                except Bot4Error as exc:  # a bad data row, a venue gone: end as a stop does
+                    self.stop_error = exc
+                    self.stop_reason = str(exc)
+                    return
+                finally:
+                    self._waiting = False
+                if self.stop_requested():
+                    return  # asked to stop while waiting: do not start on this event
                 if isinstance(event, MarketData):
                     await self._tick(event)
                 elif isinstance(event, Fill):
@@ -227,9 +273,30 @@ class Kernel:
                 elif isinstance(event, OrderState):
                     await self._order_update(event)
         finally:
-            with trio.CancelScope(shield=True):
-                await self.exchange.close()
-        return self.stats
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                with trio.CancelScope(shield=True):
+                    await aclose()
+
+    @property
+    def now_ns(self) -> int:
+        """The event time of the event being handled (ns since the epoch)."""
+        return self._now_ns
+
+    def stop_requested(self) -> bool:
+        """A stop was requested (or an input error ended the run). A call, not
+        a property: the flag changes under the loop, from another task."""
+        return self.stop_reason is not None
+
+    def request_stop(self, reason: str) -> None:
+        """End the run after the event being handled (synchronous: callable
+        from ``TrioToken.run_sync_soon``, as a signal handler does)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        if self._pacing is not None:
+            self._pacing.cancel()
+        elif self._waiting and self._run_scope is not None:
+            self._run_scope.cancel()
 
     async def _tick(self, tick: MarketData) -> None:
         self.stats.ticks += 1
@@ -240,7 +307,12 @@ class Kernel:
         if self.protection.levels:
             await self.protection.on_tick(tick)  # kernel-held stops, before anything else
         if self._on_tick is not None:
-            await self._on_tick(tick)  # progress display, real-time pacing
+            # Progress display, real-time pacing. A stop cuts the pacer's wait
+            # short and the tick is still handled whole: a recording never
+            # ends in the middle of a tick, and a stopped session replays.
+            with trio.CancelScope() as self._pacing:
+                await self._on_tick(tick)
+            self._pacing = None
         for pack in self.packs:
             try:
                 pack.on_market_data(tick)
@@ -249,7 +321,9 @@ class Kernel:
                 # decides (and a raise there rejects the order).
                 await self._error(f"risk pack {pack.name} failed on market data", exc)
         if self.stats.ticks % _RELOAD_POLL_TICKS == 0:
-            await self._maybe_reload()
+            reloaded = await self._maybe_reload()
+            if reloaded is not None and self.on_reload is not None:
+                await self.on_reload(reloaded)
         # RiskPolicy.on_tracked_tick builds no Portfolio snapshot for a tick of
         # a symbol not held (most ticks); other policies get on_market_data.
         tracked: Callable[[MarketData, Tracker, int], list[RiskAction]] | None = getattr(
@@ -372,11 +446,6 @@ class Kernel:
                 self._ladder[symbol] = (rung, position.side)
                 restored += 1
         return restored, stale
-
-    @property
-    def now_ns(self) -> int:
-        """Event time of the event being handled (the last tick's time)."""
-        return self._now_ns
 
     async def _signal(self, signal: Signal) -> None:
         self.stats.signals += 1
@@ -593,33 +662,35 @@ class Kernel:
 
     # -- housekeeping -----------------------------------------------------------
 
-    async def _maybe_reload(self) -> None:
-        """Poll the rule files. A refused reload (a file that does not compile
-        or cannot be read) leaves the last good policy in force and is reported
-        on ``kernel.error`` and counted (``bot4_rule_reloads_total{result}``);
-        it never ends the session, even when the policy's reload raises."""
+    async def _maybe_reload(self) -> object | None:
+        """Poll the rule files; return the outcome of a reload that took. A
+        refused reload (a file that does not compile or cannot be read) leaves
+        the last good policy in force and is reported on ``kernel.error`` and
+        counted (``bot4_rule_reloads_total{result}``); it never ends the
+        session, even when the policy's reload raises."""
         now = time.monotonic()
         if now - self._reload_checked < self.reload_every:
-            return
+            return None
         self._reload_checked = now
         try:
             outcome = self.policy.reload_if_changed()
         except Exception as exc:  # the policy in force stays; the session goes on
             self.stats.reload_failures += 1
             await self._error("rule reload failed, keeping the previous policy", exc)
-            return
+            return None
         if outcome is None:
-            return
+            return None
         error = getattr(outcome, "error", None)
         if error is None:
             self.stats.reloads += 1
-            return
+            return outcome
         self.stats.reload_failures += 1
         await self.bus.publish(
             "kernel.error",
             redact(f"rule reload refused, keeping the previous policy: {error}"),
             ts=self._now_ns,
         )
+        return None
 
     async def _error(self, what: str, exc: BaseException) -> None:
         await self.bus.publish(

@@ -13,22 +13,22 @@ run the session again: the configuration and the text of every rule file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
-import yaml
 
 from bot4 import codec
 from bot4.bus import Bus, EventRecorder, open_bus
 from bot4.contracts import Exchange, RiskRules, Strategy
-from bot4.errors import ConfigError
+from bot4.errors import Bot4Error, ConfigError, RuleFileError
 from bot4.gate import RiskGate
 from bot4.kernel import Kernel, KernelStats
 from bot4.model import MarketData
@@ -87,6 +87,10 @@ class SessionConfig:
     # Where the choice was made, for the error naming a pack not installed
     # ("session.yaml:7: packs", "--packs"); not part of the recording.
     packs_where: str = attrs.field(default="packs", eq=False)
+    # Where the exchange's and each strategy's settings were written
+    # ("exchange", "strategies[0]" -> "session.yaml:4"): a plugin refusing
+    # one of them is reported at that line. Not part of the recording.
+    origin: Mapping[str, str] = attrs.field(factory=dict, eq=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -106,17 +110,28 @@ def _need(cond: bool, where: str, what: str) -> None:
         raise ConfigError(f"{where}: {what}")
 
 
-def _key_line(text: str, key: str) -> int | None:
-    """The line of a top-level ``key:`` in a YAML mapping (for messages)."""
+def _read_yaml(path: Path) -> tuple[dict[str, Any], Mapping[str, int]]:
+    """The config file as a mapping (values that know their lines) and the
+    line of each key's value (bot4.risk.yamlsrc: the reader of rule files)."""
+    from bot4.risk.yamlsrc import YMap, load_yaml
+
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return None
-    if isinstance(node, yaml.MappingNode):
-        for k, _ in node.value:
-            if isinstance(k, yaml.ScalarNode) and k.value == key:
-                return int(k.start_mark.line) + 1
-    return None
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+    if not text.strip():
+        return {}, {}
+    try:
+        loaded, _ = load_yaml(path, text)
+    except RuleFileError as exc:
+        where = f"{path}:{exc.line}" if exc.line is not None else str(path)
+        raise ConfigError(
+            f"{where}: not valid YAML: {exc.message.removeprefix('YAML syntax: ')}"
+        ) from None
+    if not isinstance(loaded, YMap):
+        line = getattr(loaded, "line", 1)
+        raise ConfigError(f"{path}:{line}: the config must be a mapping of keys")
+    return dict(loaded), loaded.lines
 
 
 def _packs(value: object, where: str) -> tuple[str, ...] | None:
@@ -141,29 +156,27 @@ def _packs(value: object, where: str) -> tuple[str, ...] | None:
 
 def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfig:
     """Read a YAML config file (optional) and apply command-line overrides.
-    Every bad key or value is a ConfigError that names the file and the key."""
+    Every bad key or value is a ConfigError that names the file, the line of
+    the value (``session.yaml:3: speed: ...``) and the key; a value given on
+    the command line is named as such."""
     raw: dict[str, Any] = {}
+    lines: Mapping[str, int] = {}
     where = str(path) if path else "command line"
-    text = ""
     if path is not None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark is not None else ""
-            raise ConfigError(
-                f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}"
-            ) from exc
-        _need(
-            isinstance(loaded, dict) or loaded is None,
-            where,
-            "the config must be a mapping of keys",
-        )
-        raw = dict(loaded or {})
+        raw, lines = _read_yaml(path)
+    given = {k for k, v in overrides.items() if v is not None}
+
+    def at(key: str, index: int | None = None) -> str:
+        """Where the value of ``key`` (its item ``index``) was written."""
+        if key in given or path is None:
+            return "command line"
+        value = raw.get(key)
+        item_lines = getattr(value, "lines", None)
+        if index is not None and isinstance(item_lines, list) and index < len(item_lines):
+            return f"{path}:{item_lines[index]}"
+        line = lines.get(key)
+        return f"{path}:{line}" if line is not None else where
+
     # `--exchange NAME` with a config whose `exchange:` mapping is for the same
     # plugin (or names none) overrides only the name: the settings are kept.
     configured, chosen = raw.get("exchange"), overrides.get("exchange")
@@ -187,7 +200,7 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
     unknown = sorted(set(raw) - known)
     _need(
         not unknown,
-        where,
+        at(unknown[0]) if unknown else where,
         f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
     )
 
@@ -196,12 +209,18 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
     if isinstance(exchange, dict):
         exchange_params = {k: v for k, v in exchange.items() if k != "name"}
         exchange = exchange.get("name", DEFAULT_EXCHANGE)
-    _need(isinstance(exchange, str) and bool(exchange), where, "exchange: must be a plugin name")
+    _need(
+        isinstance(exchange, str) and bool(exchange),
+        at("exchange"),
+        "exchange: must be a plugin name",
+    )
 
     strategies: list[StrategyConfig] = []
+    items_key = "strategies" if "strategies" in raw else "strategy"
     items = raw.get("strategies", raw.get("strategy", DEFAULT_STRATEGY))
     for i, item in enumerate(items if isinstance(items, list) else [items]):
         key = f"strategies[{i}]"
+        item_at = at(items_key, i if isinstance(items, list) else None)
         if item == DEFAULT_STRATEGY:
             strategies.append(StrategyConfig(item, DEFAULT_STRATEGY_PARAMS))
         elif isinstance(item, str):
@@ -209,36 +228,38 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
         else:
             _need(
                 isinstance(item, dict) and isinstance(item.get("name"), str),
-                where,
+                item_at,
                 f"{key}: expected a name or a mapping with name and params",
             )
             params = item.get("params", {})
-            _need(isinstance(params, dict), where, f"{key}.params: expected a mapping")
+            _need(isinstance(params, dict), item_at, f"{key}.params: expected a mapping")
             strategies.append(StrategyConfig(item["name"], params))
-    _need(bool(strategies), where, "strategies: at least one strategy is needed")
+    _need(bool(strategies), at(items_key), "strategies: at least one strategy is needed")
 
     rules = raw.get("rules", ())
     rules = (rules,) if isinstance(rules, str) else tuple(rules)
     _need(
-        all(isinstance(r, str) for r in rules), where, "rules: expected a path or a list of paths"
+        all(isinstance(r, str) for r in rules),
+        at("rules"),
+        "rules: expected a path or a list of paths",
     )
     speed = raw.get("speed", 0.0)
     _need(
         isinstance(speed, int | float) and not isinstance(speed, bool) and speed >= 0,
-        where,
+        at("speed"),
         f"speed: expected a number >= 0 (0 = as fast as possible), got {speed!r}",
     )
     data = raw.get("data")
-    _need(data is None or isinstance(data, str), where, "data: expected a file path")
-    if overrides.get("packs") is not None:
-        packs_where = "--packs"
-    else:
-        packs_line = _key_line(text, "packs") if "packs" in raw else None
-        packs_where = where if packs_line is None else f"{path}:{packs_line}"
+    _need(data is None or isinstance(data, str), at("data"), "data: expected a file path")
+    origin = {"exchange": at("exchange")} if "exchange" in raw else {}
+    for i in range(len(strategies)):
+        origin[f"strategies[{i}]"] = at(items_key, i if isinstance(items, list) else None)
+    packs_where = "--packs" if overrides.get("packs") is not None else at("packs")
     packs = _packs(raw.get("packs"), packs_where)
     if packs_where != "--packs":
         packs_where = f"{packs_where}: packs"
     return SessionConfig(
+        origin={k: v for k, v in origin.items() if v not in (where, "command line")},
         data=data,
         exchange=exchange,
         exchange_params=exchange_params,
@@ -268,6 +289,64 @@ def rule_sources(paths: Sequence[Path]) -> dict[str, str]:
     return {f.name: sources.read_text(f, MAX_FILE_BYTES) for f in sources.rule_files(paths)}
 
 
+@contextlib.contextmanager
+def _at(where: str | None) -> Iterator[None]:
+    """A plugin's ConfigError about settings written at ``where`` (file:line)
+    names that place first."""
+    try:
+        yield
+    except ConfigError as exc:
+        if where is None or str(exc).startswith(where.split(":")[0]):
+            raise
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def policy_sha256(sources: Mapping[str, str]) -> str:
+    """The hash of a policy's rule files (name and text, in load order): the
+    same in a recording's header, in its reload events and at replay."""
+    digest = hashlib.sha256()
+    for name, text in sources.items():
+        digest.update(name.encode() + b"\0" + text.encode() + b"\0")
+    return digest.hexdigest()
+
+
+def pack_rules_sha256(pack: RiskRules) -> str:
+    """The hash of the rule files a risk pack adds (their names and bytes)."""
+    digest = hashlib.sha256()
+    for path in pack.rule_files():
+        digest.update(Path(path).name.encode() + b"\0" + Path(path).read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def plugins_used(
+    manager: PluginManager, config: SessionConfig, packs: Sequence[RiskRules]
+) -> list[dict[str, str]]:
+    """The plugins a session uses (kind, registered name, plugin, version), for
+    the recording's header: a replay names the missing ones before it starts."""
+    versions = {p.name: p.version for p in manager.plugins}
+    used: list[dict[str, str]] = []
+
+    def add(kind: str, name: str, plugin: str, **extra: str) -> None:
+        entry = {"kind": kind, "name": name, "plugin": plugin, "version": versions.get(plugin, "")}
+        used.append({**entry, **extra})
+
+    registry = manager.registry
+    exchange = registry.exchanges.get(config.exchange)
+    if exchange is not None:
+        add("exchange", config.exchange, exchange.plugin)
+    for s in config.strategies:
+        strategy = registry.strategies.get(s.name)
+        if strategy is not None and not any(
+            u["kind"] == "strategy" and u["name"] == s.name for u in used
+        ):
+            add("strategy", s.name, strategy.plugin)
+    for pack in packs:
+        registered = registry.risk_rules.get(pack.name)
+        plugin = registered.plugin if registered is not None else "(bot4)"
+        add("risk_rules", pack.name, plugin, rules_sha256=pack_rules_sha256(pack))
+    return used
+
+
 @attrs.define
 class SessionResult:
     stats: KernelStats
@@ -277,6 +356,10 @@ class SessionResult:
     rules_digest: str
     # The earlier runs when this one resumed a session, else None.
     history: RunHistory | None = None
+    # Why the run ended before its data did: a signal's name, or the message
+    # of the input error (``error``) that ended it; None when the data ran out.
+    stopped: str | None = None
+    error: Bot4Error | None = None
 
 
 ProgressHook = Callable[[MarketData], Awaitable[None]]
@@ -375,10 +458,20 @@ async def run_session(
     services: Sequence[SessionService] | None = None,
     metrics: Metrics | None = None,
     announce: Callable[[str], None] | None = None,
+    exchange: Exchange | None = None,
+    pack_names: Sequence[str] | None = None,
+    reload_every: float | None = None,
+    on_kernel: Callable[[Kernel], None] | None = None,
 ) -> SessionResult:
     """Run one session to the end of its data and return what happened.
     With ``metrics``, the session also feeds those Prometheus metrics (a
     service added after the others; serving them is the caller's business).
+
+    ``bot4 replay`` passes its own ``exchange`` (none is built from the
+    config), the risk packs to load by name (``pack_names``; default: every
+    registered pack plus bot4's own chosen by environment) and
+    ``reload_every``. ``on_kernel`` is called with the kernel inside trio
+    before it runs (``bot4 run`` connects its signal handlers there).
     ``announce`` is given one line per plugin that failed to load, the risk
     packs in use and the policy's rule count and digest, before the session
     starts, and then which protection mode guards the positions
@@ -387,17 +480,24 @@ async def run_session(
     from bot4.risk import RiskPolicy, default_rules_path
 
     manager = manager or PluginManager.load()
-    if feed is None:
-        from bot4.data import iter_ticks
+    if exchange is None:
+        if feed is None:
+            from bot4.data import iter_ticks
 
-        feed = iter_ticks(data_path(config))
-    exchange = manager.registry.exchange(config.exchange).factory(
-        {**config.exchange_params, "feed": feed}
-    )
-    strategies: list[Strategy] = [
-        manager.registry.strategy(s.name).factory(s.params) for s in config.strategies
-    ]
-    packs = session_packs(manager, config)
+            feed = iter_ticks(data_path(config))
+        with _at(config.origin.get("exchange")):
+            exchange = manager.registry.exchange(config.exchange).factory(
+                {**config.exchange_params, "feed": feed}
+            )
+    strategies: list[Strategy] = []
+    for i, s in enumerate(config.strategies):
+        with _at(config.origin.get(f"strategies[{i}]")):
+            strategies.append(manager.registry.strategy(s.name).factory(s.params))
+    packs: list[RiskRules]
+    if pack_names is None:
+        packs = session_packs(manager, config)
+    else:
+        packs = [manager.registry.risk_rule_pack(name).factory({}) for name in pack_names]
     if announce is not None:
         for plugin in manager.failed():
             announce(f"plugin {plugin.name} not loaded: {plugin.status}")
@@ -407,11 +507,18 @@ async def run_session(
         if rule_paths is not None
         else ([Path(p) for p in config.rules] if config.rules else [default_rules_path()])
     )
+    policy = RiskPolicy.load(paths, packs)  # first: a missing file is a RuleFileError
     sources = rule_sources(paths)
-    policy = RiskPolicy.load(paths, packs)
     if announce is not None:  # the figures a hot reload reports, to compare with
         announce(f"policy: {policy.summary} in {len(policy.files)} files")
-    balance = Decimal(str(config.exchange_params.get("balance", "10000")))
+    raw_balance = config.exchange_params.get("balance", "10000")
+    try:
+        balance = Decimal(str(raw_balance))
+    except InvalidOperation:
+        balance = Decimal("NaN")
+    if not balance.is_finite() or balance <= 0 or isinstance(raw_balance, bool):
+        where = config.origin.get("exchange", "exchange")
+        raise ConfigError(f"{where}: balance: {raw_balance!r} is not a positive number")
     tracker = PortfolioTracker(balance)
     symbols = sorted({sym for s in config.strategies for sym in s.params.get("symbols", ())})
     out = Path(config.out)
@@ -435,7 +542,32 @@ async def run_session(
             on_tick=_pacer(config.speed, progress),
         )
         kernel.announce = announce
-        header = {"config": config.as_dict(), "rules": sources, "balance": str(balance)}
+        if reload_every is not None:
+            kernel.reload_every = reload_every
+        header = {
+            "config": config.as_dict(),
+            "rules": sources,
+            "policy_sha256": policy_sha256(sources),
+            "plugins": plugins_used(manager, config, packs),
+            "plugins_loaded": [
+                {"name": p.name, "version": p.version} for p in manager.plugins if p.ok
+            ],
+            "capabilities": sorted(c.value for c in exchange.capabilities),
+            "balance": str(balance),
+        }
+
+        async def record_reload(outcome: object) -> None:
+            # The text as the files hold it right after the reload compiled it.
+            texts = rule_sources(paths)
+            await bus.publish(
+                "policy.reload",
+                {"sha256": policy_sha256(texts), "rules": texts},
+                ts=kernel.now_ns,
+            )
+
+        kernel.on_reload = record_reload
+        if on_kernel is not None:
+            on_kernel(kernel)
         ctx = SessionContext(
             config, manager, exchange, policy, tracker, kernel.gate, bus, kernel, out, metrics
         )
@@ -458,7 +590,14 @@ async def run_session(
             await bus.drain()
             nursery.cancel_scope.cancel()
     return SessionResult(
-        stats, report, recording, time.perf_counter() - started, digest, ctx.history
+        stats,
+        report,
+        recording,
+        time.perf_counter() - started,
+        digest,
+        stopped=kernel.stop_reason,
+        error=kernel.stop_error,
+        history=ctx.history,
     )
 
 

@@ -484,7 +484,7 @@ def test_postgres_refusing_connections_is_a_clear_error(tmp_path: Path) -> None:
         env={"BOT4_DATABASE_URL": url},
         timeout=60,
     )
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert "cannot connect to the PostgreSQL journal" in done.stderr
     assert "sekrit" not in done.stderr
     assert not (tmp_path / "out" / "summary.json").exists()

@@ -84,7 +84,7 @@ def test_bad_data_file_names_file_line_and_column(tmp_path: Path) -> None:
     text[3] = text[3].replace(",BTC-USDT,", ",BTC-USDT,abc,", 1).rsplit(",", 1)[0]
     data.write_text("\n".join(text) + "\n")
     result = run_bot4("run", "--data", str(data), "--out", str(tmp_path / "out"), "--no-chart")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert f"{data}:4: column 'bid'" in result.stderr
 
 
@@ -92,8 +92,8 @@ def test_bad_config_names_the_key(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("strategy: sma_cross\nspeed: fast\n")
     result = run_bot4("run", "--config", str(config), "--out", str(tmp_path / "out"))
-    assert result.returncode == 1
-    assert f"{config}: speed: expected a number" in result.stderr
+    assert result.returncode == 2
+    assert f"{config}:2: speed: expected a number" in result.stderr
 
 
 def test_unknown_strategy_points_at_plugins_list(tmp_path: Path) -> None:
@@ -101,7 +101,7 @@ def test_unknown_strategy_points_at_plugins_list(tmp_path: Path) -> None:
     result = run_bot4(
         "run", "--data", str(data), "--strategy", "nope", "--out", str(tmp_path / "o")
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "no strategy named 'nope'" in result.stderr
     assert "bot4 plugins list" in result.stderr
 

@@ -11,8 +11,10 @@ from typing import Any
 
 import trio
 
-from bot4.errors import Bot4Error
+from bot4.errors import ExchangeError
 from bot4.secrets import redact
+
+_DEBUG = "on an error, show the traceback (same as bot4 --debug)"
 
 
 def add_commands(sub: Any) -> None:
@@ -57,6 +59,7 @@ def add_commands(sub: Any) -> None:
         metavar="ADDR",
         help="address the metrics endpoint binds to (default: 127.0.0.1; 0.0.0.0 in a container)",
     )
+    run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG)
     run.set_defaults(func=cmd_run)
 
     rep = sub.add_parser(
@@ -64,6 +67,7 @@ def add_commands(sub: Any) -> None:
     )
     rep.add_argument("recording", type=Path, help="recording.jsonl written by bot4 run")
     rep.add_argument("--out", type=Path, help="keep the replay's own recording here")
+    rep.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG)
     rep.set_defaults(func=cmd_replay)
 
 
@@ -73,53 +77,66 @@ def _say(line: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bot4.cli.rules import chosen_packs
+    from bot4.cli.signals import SignalStop
     from bot4.session import count_rows, data_path, load_config, progress_bar, run_session
 
-    try:
-        config = load_config(
-            args.config,
-            {
-                "data": args.data,
-                "strategy": args.strategy,
-                "exchange": args.exchange,
-                "rules": args.rules,
-                "speed": args.speed,
-                "out": args.out,
-                "packs": chosen_packs(args),
-            },
-        )
-        progress = progress_bar(count_rows(data_path(config)) if sys.stderr.isatty() else None)
-        with ExitStack() as stack:
-            metrics = None
-            if args.metrics_port is not None:
-                from bot4.metrics import Metrics
+    # Bad options, config values and rule files raise Bot4Error: bot4.cli.main
+    # prints them as one line and exits 2.
+    config = load_config(
+        args.config,
+        {
+            "data": args.data,
+            "strategy": args.strategy,
+            "exchange": args.exchange,
+            "rules": args.rules,
+            "speed": args.speed,
+            "out": args.out,
+            "packs": chosen_packs(args),
+        },
+    )
+    progress = progress_bar(count_rows(data_path(config)) if sys.stderr.isatty() else None)
+    stop = SignalStop()
+    with ExitStack() as stack:
+        stack.enter_context(stop.installed())
+        metrics = None
+        if args.metrics_port is not None:
+            from bot4.metrics import Metrics
 
-                metrics = Metrics()
-                try:
-                    server = stack.enter_context(
-                        metrics.serve(args.metrics_port, args.metrics_addr)
-                    )
-                except OSError as exc:
-                    print(
-                        f"bot4 run: cannot serve metrics on {args.metrics_addr}:"
-                        f"{args.metrics_port}: {exc.strerror or exc}",
-                        file=sys.stderr,
-                    )
-                    return 1
-                print(f"metrics: {server.url}", file=sys.stderr, flush=True)
-            result = trio.run(
-                lambda: run_session(config, progress=progress, metrics=metrics, announce=_say)
+            metrics = Metrics()
+            try:
+                server = stack.enter_context(metrics.serve(args.metrics_port, args.metrics_addr))
+            except OSError as exc:
+                print(
+                    f"bot4 run: cannot serve metrics on {args.metrics_addr}:"
+                    f"{args.metrics_port}: {exc.strerror or exc}",
+                    file=sys.stderr,
+                )
+                return 1
+            print(f"metrics: {server.url}", file=sys.stderr, flush=True)
+        result = trio.run(
+            lambda: run_session(
+                config, progress=progress, metrics=metrics, on_kernel=stop.attach, announce=_say
             )
-    except Bot4Error as exc:
-        print(f"bot4 run: {redact(str(exc))}", file=sys.stderr)
-        return 1
-    if progress is not None:
-        sys.stderr.write("\n")
+        )
+        # Still under the handlers: a second signal while the summary and the
+        # chart are written exits at once.
+        if progress is not None:
+            sys.stderr.write("\n")
+        _write_outputs(args, config.out, result)
+    if result.error is not None:
+        # A bad data row (or a venue that gave up) ended the session; everything
+        # up to it is written.
+        print(f"bot4: {redact(str(result.error))}", file=sys.stderr)
+        return 1 if isinstance(result.error, ExchangeError) else 2
+    return 0
+
+
+def _write_outputs(args: argparse.Namespace, out_dir: str, result: Any) -> None:
     from bot4.session_summary import resumed_text, summary_json
 
     summary = result.report.finish(result.stats)
     summary.wall_seconds = result.wall_seconds
-    out = Path(config.out)
+    out = Path(out_dir)
     document = summary_json(summary, result.report, result.history)
     (out / "summary.json").write_text(json.dumps(document, indent=2) + "\n")
     chart_path = None
@@ -137,22 +154,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         resumed = resumed_text(document)
         if resumed is not None:
             print(resumed)
+        if result.stopped is not None and result.error is None:
+            print(f"stopped: {result.stopped} after {result.stats.ticks:,} ticks")
         print(f"summary: {out / 'summary.json'}")
         if chart_path is not None:
             print(f"chart:   {chart_path}")
         if result.recording is not None:
             print(f"replay:  bot4 replay {result.recording}")
-    return 0
+    sys.stdout.flush()
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from bot4.replay import replay
 
-    try:
-        result = trio.run(replay, args.recording, args.out)
-    except Bot4Error as exc:
-        print(f"bot4 replay: {redact(str(exc))}", file=sys.stderr)
-        return 1
+    # A recording that cannot be replayed (unreadable, missing plugins) raises
+    # Bot4Error: one line, exit 2 (bot4.cli.main). A difference exits 1.
+    result = trio.run(replay, args.recording, args.out)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
     if result.matched:
         print(f"replay matched: {result.compared} decisions, orders and fills identical")
         return 0

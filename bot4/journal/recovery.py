@@ -322,6 +322,8 @@ async def _restore_risk_state(
         report.window_events[kind] = policy.restore_window_events(
             kind, [(r.symbol, r.ts_ns) for r in rows]
         )
+
+
 def _levels(
     state: dict[str, Any], rows: Iterable[OrderRow], positions: dict[str, str]
 ) -> dict[str, dict[str, Any]]:

@@ -55,7 +55,7 @@ from bot4.model import RiskActionKind
 from bot4.risk import expr, reasons
 from bot4.risk.engine import MAX_FIELDS
 from bot4.risk.exact import ExactCondition, ExactError, First, compile_condition, compile_first
-from bot4.risk.expr import BOOL, NUMBER, ExprError, Node, Value
+from bot4.risk.expr import NUMBER, ExprError, Node, Value
 from bot4.risk.facts import BUILTIN_FACTS, FILL, LIQUIDATION_FACTS, ORDER, STAGES, TICK
 from bot4.risk.reasons import render
 from bot4.risk.windows import WindowSpec

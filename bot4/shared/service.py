@@ -154,6 +154,14 @@ class SharedService:
     async def __call__(self, ctx: SessionContext, nursery: trio.Nursery) -> None:
         self.ctx = ctx
         conn = self.conn = SharedConnection(self.config)
+        # Unreachable at the start is a setting to fix (a wrong URL, no server):
+        # one line and exit 2. An outage later is survived (orders are refused
+        # until Redis answers again).
+        try:
+            await conn.call(lambda client: client.ping())
+        except SharedUnavailable as exc:
+            conn.close()
+            raise SharedUnavailable(f"{ENV_URL}: {exc}") from None
         self.budget = SharedBudget(conn, self.limits, lease=self.lease)
         self.breaker = SharedBreaker(conn)
         packs = getattr(ctx.policy, "packs", ())
