@@ -38,8 +38,11 @@ With ``--vs-nautilus``, the anchor runs under PYTHON interleaved with bot4
 from __future__ import annotations
 
 import argparse
+import cProfile
 import gc
+import io
 import json
+import pstats
 import random
 import resource
 import shutil
@@ -194,8 +197,9 @@ def _bench_rules(tmp: Path) -> Path:
     return rules
 
 
-def child(case: str, ticks: int) -> dict[str, Any]:
-    """Run one case in this (fresh) process and return its figures."""
+def child(case: str, ticks: int, profile: Path | None = None) -> dict[str, Any]:
+    """Run one case in this (fresh) process and return its figures; with
+    ``profile``, under cProfile, writing the top 25 functions by own time there."""
     import bot4_correlation
     import bot4_paper
     import trio
@@ -245,7 +249,14 @@ def child(case: str, ticks: int) -> dict[str, Any]:
             gc.collect()
             cpu = time.process_time()
             started[0] = time.perf_counter()
-            stats = await kernel.run(["BTC-USDT"])
+            if profile is None:
+                stats = await kernel.run(["BTC-USDT"])
+            else:
+                profiler = cProfile.Profile()
+                profiler.enable()
+                stats = await kernel.run(["BTC-USDT"])
+                profiler.disable()
+                _write_profile(profiler, profile, f"{case}, {ticks:,} ticks")
             return stats, time.perf_counter() - started[0], time.process_time() - cpu
 
     stats, seconds, cpu_s = trio.run(main)
@@ -279,6 +290,17 @@ def child(case: str, ticks: int) -> dict[str, Any]:
         out["first_half_s"] = halves[0]
         out["second_half_s"] = seconds - halves[0]
     return out
+
+
+def _write_profile(profiler: cProfile.Profile, path: Path, title: str) -> None:
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    stats.strip_dirs().sort_stats(pstats.SortKey.TIME).print_stats(25)
+    # Keep the table, not the header about this machine's file names.
+    body = text.getvalue()
+    body = body[body.index("   ncalls") :] if "   ncalls" in body else body
+    total = sum(row[2] for row in stats.stats.values())
+    path.write_text(f"{title}: {total:.2f} s own time in all, top 25 by own time\n\n{body}")
 
 
 def _with_cpu_rates(result: dict[str, Any]) -> dict[str, Any]:
@@ -498,10 +520,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="a tenth of the ticks")
     parser.add_argument("--ticks", type=int, help="ticks of the no-op case (orders: a fifth)")
     parser.add_argument("--child", choices=CASES, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="with --child CASE: run it under cProfile, top 25 by own time to FILE",
+    )
     add_options(parser)
     args = parser.parse_args(argv)
     if args.child:
-        print(RESULT_PREFIX + json.dumps(child(args.child, args.ticks or FULL["noop"])))
+        result = child(args.child, args.ticks or FULL["noop"], args.profile)
+        print(RESULT_PREFIX + json.dumps(result))
         return 0
     try:
         report = run(args.quick, args.ticks, args.rounds, args.vs_nautilus, args.nautilus_script)

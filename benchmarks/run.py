@@ -59,8 +59,11 @@ def main(argv: list[str]) -> int:
             print(f"== {name}: {BENCHMARKS.get(name, '')}", flush=True)
             module = importlib.import_module(name)
             opts = kernel_opts if name == "bench_kernel" else {}
-            report = module.run(args.quick, **opts)
-            print(module.format_table(report), flush=True)
+            during = Conditions()
+            table = module.format_table(module.run(args.quick, **opts))
+            print(table, flush=True)
+            if "load average" not in table:
+                print(during.line(), flush=True)
             print()
     except HarnessError as exc:
         print(f"bench: {exc}", file=sys.stderr)
