@@ -293,3 +293,34 @@ def test_conditions_line_states_date_load_cpu_and_python() -> None:
     assert "at end" in line
     assert "Python 3." in line
     assert "CPUs (" in line
+
+
+def test_dev_bench_reads_a_relative_interpreter_from_the_callers_folder(
+    tmp_path: Path,
+    fake_anchor: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bot4_dev_script", REPO / "dev.py")
+    assert spec is not None
+    assert spec.loader is not None
+    dev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dev)
+    # The venv is this interpreter's; its set-up is not what is tested here.
+    monkeypatch.setattr(dev, "setup", lambda: None)
+    monkeypatch.setattr(dev, "PY", Path(sys.executable))
+    (tmp_path / "nt").mkdir()
+    python = tmp_path / "nt" / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    python.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    code = dev.main(["bench", "--vs-nautilus", "nt/python", "--nautilus-script", str(fake_anchor)])
+    assert code == 2
+    # Found relative to the caller's folder: refused for lacking NautilusTrader,
+    # not for being absent.
+    assert capfd.readouterr().err.strip().splitlines() == [
+        "bench: --vs-nautilus: nt/python cannot import nautilus_trader "
+        "(see ../shared/bench/README.md for its set-up)"
+    ]
