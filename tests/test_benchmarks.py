@@ -204,12 +204,13 @@ def test_the_plan_alternates_bot4_and_the_anchor_on_the_same_ticks(tmp_path: Pat
     assert jobs[1].argv[:4] == ["/opt/nt/python", str(anchor), "run", "--scenario"]
     assert jobs[3].argv[-2:] == ["--every", "10"]
     assert [j.scenario for j in once] == ["oversized", "flat"]
+    assert [n_of(j) for j in once] == [200_000, 1_000_000]
     quick, _ = bench_kernel.plan(True, None, None)
     assert {j.scenario: n_of(j) for j in quick} == {
         "noop": 100_000,
         "orders": 20_000,
         "oversized": 20_000,
-        "flat": 20_000,
+        "flat": 100_000,
     }
 
 
