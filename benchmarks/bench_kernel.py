@@ -124,7 +124,7 @@ def build_ticks(n: int) -> list[Any]:
     t0 = datetime(2024, 1, 1, tzinfo=UTC)
     step = timedelta(milliseconds=100)
     volume = Decimal(10)
-    ticks = []
+    ticks: list[Any] = []
     append = ticks.append
     for i, px in enumerate(price_path(n)):
         append(
@@ -301,7 +301,7 @@ def _write_profile(profiler: cProfile.Profile, path: Path, title: str) -> None:
     # Keep the table, not the header about this machine's file names.
     body = text.getvalue()
     body = body[body.index("   ncalls") :] if "   ncalls" in body else body
-    total = sum(row[2] for row in stats.stats.values())
+    total = stats.total_tt  # type: ignore[attr-defined]
     head = f"{title}: {total:.2f} CPU s of own time in all, top 25 by own time"
     path.write_text(f"{head}\n\n{body}")
 
