@@ -79,9 +79,8 @@ def main(argv: list[str]) -> int:
             [str(PY), str(ROOT / "tools" / "check.py"), *rest], cwd=ROOT, env=env
         )
     if command == "bench":
-        return subprocess.call(
-            [str(PY), str(ROOT / "benchmarks" / "run.py"), *rest], cwd=ROOT, env=env
-        )
+        # From the caller's folder: a relative `--vs-nautilus PYTHON` is theirs.
+        return subprocess.call([str(PY), str(ROOT / "benchmarks" / "run.py"), *rest], env=env)
     exe = BIN / command
     if exe.exists():
         return subprocess.call([str(exe), *rest], cwd=ROOT, env=env)

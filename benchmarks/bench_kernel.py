@@ -1,52 +1,90 @@
-"""The order path, on the same workload as our NautilusTrader measurement.
+"""The order path, on the workload of NautilusTrader's anchor benchmark.
 
-1,000,000 synthetic trade ticks (a random walk of +/-0.2 around 50,000, 100 ms
-apart) through the kernel with the paper exchange and the default policy:
+The ticks are those of ``../shared/bench/nautilus_bench.py``: one symbol,
+100 ms apart from 2024-01-01, a random walk from 50,000.0 in steps of
+-0.2..+0.2 (``random.Random(12345).choice((-2, -1, 0, 1, 2))`` tenths). Both
+sides build every tick object before timing; the timed region is the run
+alone (``kernel.run`` here, ``engine.run`` there), in CPU time
+(``time.process_time``) and wall time. Cases:
 
-  (a) a strategy that does nothing;
-  (b) a market order every 10th tick, 0.01 BTC, sides chosen so the net
-      position moves between +1 and +2 lots and never goes flat; each order
-      through the full default risk policy, a paper fill and the portfolio;
-  (c) as (b), every 100th order oversized so the size rule rejects it;
-  flat: as (b) but the position goes flat every other fill, so closed
-      positions pile up: the cost per order must not grow with them.
+  noop      1,000,000 ticks, a strategy that does nothing;
+  orders    200,000 ticks, a market order every 10th tick, 0.01 BTC, sides
+            chosen so the net position moves between +1 and +2 lots and never
+            goes flat; each order through the full default risk policy (with
+            the correlation pack), a paper fill and the portfolio; no journal;
+  oversized as ``orders``, every 100th order 5 BTC so the size rule rejects it;
+  flat      as ``orders`` on 1,000,000 ticks, but the position goes flat every
+            other fill, so closed positions pile up: the cost per order must not
+            grow with them (second half / first half of the run's CPU time ~1.0,
+            RSS growth per order ~0).
 
-Each case runs in a fresh process (peak RSS is that process's high-water mark).
-Only the run is timed: the price path is generated first (8 bytes a tick in
-an array), and the MarketData objects are built as the feed is consumed, as a
-data loader would. The default policy's order-rate rule (10 orders a minute)
-would refuse 5 of 6 orders at one order a second, so the benchmark raises that
-one threshold in a copy of the rules; every other rule is the default.
+Each case runs in a fresh process (peak RSS is that process's high-water
+mark, tick list included on both sides). The anchor's trade ticks carry a
+size of 0.001-0.05 BTC; the paper venue takes a tick's volume as the size at
+the best price and would fill a 0.01 order in parts, so the bot4 ticks carry
+10 BTC: one fill per order on both sides, as NautilusTrader's L1 book gives.
+The default order-rate rule (10 orders a minute) would refuse 5 of 6 orders
+at one order a second of simulated time (NautilusTrader's default allows 100
+a second), so the benchmark raises that one threshold in a copy of the rules;
+every other rule is the default.
 
-    python benchmarks/bench_kernel.py [--quick] [--ticks N]
+    python benchmarks/bench_kernel.py [--quick] [--ticks N] [--rounds R]
+                                      [--vs-nautilus PYTHON [--nautilus-script PATH]]
+
+With ``--vs-nautilus``, the anchor runs under PYTHON interleaved with bot4
+(bot4 noop, NT noop, bot4 orders, NT orders, NT bypass, then again; at least
+3 rounds) and the ratios printed come from this run alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import gc
+import io
 import json
+import pstats
 import random
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-# NautilusTrader 1.231 on this kind of machine (the issue's figures).
-ANCHOR = {
-    "a": {"ticks_per_s": 163_000, "rss_mib": 579},
-    "b": {"orders_per_s": 2_308, "rss_mib": 954, "kib_per_order": 4.3},
-}
-TARGET = {"a_ticks_per_s": 500_000, "b_orders_per_s": 23_000, "rss_mib": 150}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import (
+    RESULT_PREFIX,
+    Conditions,
+    HarnessError,
+    Job,
+    Measured,
+    Spread,
+    UsageError,
+    anchor_script,
+    check_nautilus,
+    collect,
+    interleave,
+    python_version_of,
+    resolve_python,
+    run_child,
+)
+
 LOT = Decimal("0.01")
-CASES = ("a", "b", "c", "flat")
+CASES = ("noop", "orders", "oversized", "flat")
+EVERY = 10
+SEED = 12345  # the anchor's
+FULL = {"noop": 1_000_000, "orders": 200_000}
+QUICK = {"noop": 100_000, "orders": 20_000}
+MIN_ROUNDS_VS = 3
+# NautilusTrader's scenarios beside ours: (ours, theirs); bypass is the
+# anchor with its risk engine off, for reference.
+PAIRS = (("noop", "noop"), ("orders", "orders"), (None, "bypass"))
 
 
 def _rss_kib() -> int:
@@ -56,9 +94,8 @@ def _rss_kib() -> int:
 
 
 def _peak_rss_kib() -> int:
-    """This process's peak RSS. VmHWM belongs to the address space, which exec
-    replaces; ``ru_maxrss`` is kept across exec on Linux and so reports the
-    parent's size at fork when the parent was bigger (benchmarks/run.py is)."""
+    """This process's own peak RSS (VmHWM belongs to the address space that
+    exec created; ``ru_maxrss`` would include the parent's size at fork)."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("VmHWM:"):
@@ -66,29 +103,42 @@ def _peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def _prices(n: int, seed: int = 7) -> array[float]:
+def price_path(n: int, seed: int = SEED) -> list[int]:
+    """The anchor's prices, in tenths: 500,000 (50,000.0) plus a walk of
+    ``rng.choice((-2, -1, 0, 1, 2))`` per tick, drawn in the same order."""
     rng = random.Random(seed)
-    out = array("d", bytes(8 * n))
-    p = 50_000.0
-    for i in range(n):
-        p += 0.2 if rng.random() < 0.5 else -0.2
-        # Keep the walk around 50,000 so every case sees the same price range.
-        if abs(p - 50_000.0) > 500:
-            p -= 0.4 if p > 50_000.0 else -0.4
-        out[i] = p
+    steps = (-2, -1, 0, 1, 2)
+    px = 500_000
+    out = []
+    for _ in range(n):
+        px += rng.choice(steps)
+        out.append(px)
     return out
 
 
-def _feed(prices: array[float]) -> Iterator[Any]:
+def build_ticks(n: int) -> list[Any]:
+    """Every MarketData of the run, built before timing as the anchor builds
+    its TradeTicks: last = the walk's price, bid/ask 0.05 either side."""
     from bot4.model import MarketData
 
     t0 = datetime(2024, 1, 1, tzinfo=UTC)
     step = timedelta(milliseconds=100)
-    half = Decimal("0.05")
-    vol = Decimal(10)
-    for i, p in enumerate(prices):
-        last = Decimal(f"{p:.1f}")
-        yield MarketData("BTC-USDT", "paper", last - half, last + half, last, vol, t0 + step * i)
+    volume = Decimal(10)
+    ticks: list[Any] = []
+    append = ticks.append
+    for i, px in enumerate(price_path(n)):
+        append(
+            MarketData(
+                "BTC-USDT",
+                "paper",
+                Decimal(px * 10 - 5).scaleb(-2),
+                Decimal(px * 10 + 5).scaleb(-2),
+                Decimal(px).scaleb(-1),
+                volume,
+                t0 + step * i,
+            )
+        )
+    return ticks
 
 
 def _strategy(case: str) -> Any:
@@ -104,8 +154,10 @@ def _strategy(case: str) -> Any:
             self.lots = 0  # net position in lots, as the strategy intends it
 
         async def on_market_data(self, tick: MarketData) -> Sequence[Signal]:
+            if case == "noop":
+                return ()
             self.n += 1
-            if case == "a" or self.n % 10:
+            if self.n % EVERY:
                 return ()
             self.orders += 1
             if case == "flat":
@@ -114,7 +166,7 @@ def _strategy(case: str) -> Any:
                 # 0 -> 1 -> 2 -> 1 -> 2 ...: never flat after the first order.
                 side = Side.BUY if self.lots < 2 else Side.SELL
             size = LOT
-            if case == "c" and self.orders % 100 == 0:
+            if case == "oversized" and self.orders % 100 == 0:
                 size = Decimal(5)  # 250,000 of notional: far over 2% of equity
             else:
                 self.lots += 1 if side is Side.BUY else -1
@@ -146,8 +198,9 @@ def _bench_rules(tmp: Path) -> Path:
     return rules
 
 
-def child(case: str, ticks: int) -> dict[str, Any]:
-    """Run one case in this (fresh) process and return its figures."""
+def child(case: str, ticks: int, profile: Path | None = None) -> dict[str, Any]:
+    """Run one case in this (fresh) process and return its figures; with
+    ``profile``, under cProfile, writing the top 25 functions by own time there."""
     import bot4_correlation
     import bot4_paper
     import trio
@@ -158,22 +211,28 @@ def child(case: str, ticks: int) -> dict[str, Any]:
     from bot4.portfolio import PortfolioTracker
     from bot4.risk import RiskPolicy
 
-    prices = _prices(ticks)
+    t = time.perf_counter()
+    feed = build_ticks(ticks)
+    gen_s = time.perf_counter() - t
     # Kept for the whole run: the kernel polls the rule files for edits.
     tmp = tempfile.TemporaryDirectory()
-    policy = RiskPolicy.load([_bench_rules(Path(tmp.name))], [bot4_correlation.factory({})])
+    packs = [bot4_correlation.factory({})]
+    policy = RiskPolicy.load([_bench_rules(Path(tmp.name))], packs)
     balance = "1000000"
-    exchange = bot4_paper.create({"feed": _feed(prices), "balance": balance, "slippage_bps": "0"})
+    exchange = bot4_paper.create({"feed": feed, "balance": balance, "slippage_bps": "0"})
+    del feed  # the exchange holds the list, as the anchor's engine holds its data
     strategy = _strategy(case)
+    # Only `flat` samples during the run (an extra call per tick): the RSS
+    # growth per order and the time of each half.
     rss: list[tuple[int, int]] = []  # (orders so far, RSS KiB)
-    halves: list[float] = []
-    started = [0.0]
+    halves: list[float] = []  # CPU seconds at half way: wall time here is the neighbours'
+    started = [0.0, 0.0]  # wall, CPU
 
     async def sample(tick: Any) -> None:
         if strategy.n % (ticks // 8) == 0:
             rss.append((strategy.orders, _rss_kib()))
         if strategy.n == ticks // 2:
-            halves.append(time.perf_counter() - started[0])
+            halves.append(time.process_time() - started[1])
 
     async def main() -> Any:
         async with open_bus() as bus:
@@ -184,106 +243,307 @@ def child(case: str, ticks: int) -> dict[str, Any]:
                 policy=policy,
                 tracker=PortfolioTracker(Decimal(balance)),
                 bus=bus,
-                packs=[],
-                on_tick=sample,
+                packs=packs,
+                on_tick=sample if case == "flat" else None,
                 resize_rejected=False,
             )
-            started[0] = time.perf_counter()
-            stats = await kernel.run(["BTC-USDT"])
-            return stats, time.perf_counter() - started[0]
+            gc.collect()
+            started[:] = [time.perf_counter(), time.process_time()]
+            if profile is None:
+                stats = await kernel.run(["BTC-USDT"])
+            else:
+                # CPU time, not wall time: on a shared machine a function's
+                # wall time is mostly other processes' turns.
+                profiler = cProfile.Profile(time.process_time)
+                profiler.enable()
+                stats = await kernel.run(["BTC-USDT"])
+                profiler.disable()
+                _write_profile(profiler, profile, f"{case}, {ticks:,} ticks")
+            return stats, time.perf_counter() - started[0], time.process_time() - started[1]
 
-    stats, seconds = trio.run(main)
+    stats, seconds, cpu_s = trio.run(main)
     tmp.cleanup()
-    peak_kib = _peak_rss_kib()
-    # Growth per order between the first and last quarter of the run (after
-    # warm-up), from the process's current RSS.
-    growth = 0.0
-    if len(rss) >= 3 and rss[-1][0] > rss[1][0]:
-        growth = (rss[-1][1] - rss[1][1]) / (rss[-1][0] - rss[1][0])
-    first, second = halves[0], seconds - halves[0]
-    return {
-        "case": case,
-        "ticks": stats.ticks,
-        "orders": stats.approved + stats.rejected,
+    orders = stats.approved + stats.rejected
+    out: dict[str, Any] = {
+        "scenario": case,
+        "n_ticks": stats.ticks,
+        "gen_s": round(gen_s, 3),
+        "run_s": round(seconds, 4),
+        "run_cpu_s": round(cpu_s, 4),
+        "ticks_per_s": stats.ticks / seconds,
+        "ticks_per_cpu_s": stats.ticks / cpu_s,
+        "submitted": orders,
         "approved": stats.approved,
         "rejected": stats.rejected,
-        "rejections": dict(stats.rejections_by_rule),
-        "fills": stats.fills,
-        "seconds": seconds,
-        "ticks_per_s": stats.ticks / seconds,
-        "orders_per_s": (stats.approved + stats.rejected) / seconds,
-        "peak_rss_mib": peak_kib / 1024,
-        "kib_per_order": growth,
-        "first_half_s": first,
-        "second_half_s": second,
+        "deny_reasons": dict(stats.rejections_by_rule),
+        "filled": stats.fills,
+        "orders_per_s": orders / seconds if case != "noop" else None,
+        "orders_per_cpu_s": orders / cpu_s if case != "noop" else None,
+        "peak_rss_mib": round(_peak_rss_kib() / 1024, 1),
+        "python": sys.version.split()[0],
     }
+    if case == "flat":
+        # Growth per order between the first and last quarter of the run
+        # (after warm-up), from the process's current RSS.
+        growth = 0.0
+        if len(rss) >= 3 and rss[-1][0] > rss[1][0]:
+            growth = (rss[-1][1] - rss[1][1]) / (rss[-1][0] - rss[1][0])
+        out["kib_per_order"] = growth
+        out["first_half_cpu_s"] = halves[0]
+        out["second_half_cpu_s"] = cpu_s - halves[0]
+    return out
 
 
-def run(quick: bool = False, ticks: int | None = None) -> list[dict[str, Any]]:
-    n = ticks or (100_000 if quick else 1_000_000)
-    rows = []
-    for case in CASES:
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", case, "--ticks", str(n)],
-            capture_output=True,
-            text=True,
-            check=True,
+def _write_profile(profiler: cProfile.Profile, path: Path, title: str) -> None:
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    stats.strip_dirs().sort_stats(pstats.SortKey.TIME).print_stats(25)
+    # Keep the table, not the header about this machine's file names.
+    body = text.getvalue()
+    body = body[body.index("   ncalls") :] if "   ncalls" in body else body
+    total = stats.total_tt  # type: ignore[attr-defined]
+    head = f"{title}: {total:.2f} CPU s of own time in all, top 25 by own time"
+    path.write_text(f"{head}\n\n{body}")
+
+
+def _with_cpu_rates(result: dict[str, Any]) -> dict[str, Any]:
+    """The anchor reports wall rates only; derive the CPU ones the same way."""
+    cpu = result.get("run_cpu_s")
+    if cpu:
+        result.setdefault("ticks_per_cpu_s", result["n_ticks"] / cpu)
+        if result.get("orders_per_s") is not None:
+            result.setdefault("orders_per_cpu_s", result["submitted"] / cpu)
+    return result
+
+
+def ticks_for(case: str, quick: bool, ticks: int | None) -> int:
+    base = QUICK if quick else FULL
+    # `flat` runs as long as the no-op case: enough closed positions to fill
+    # the venue's bounded history (10,000) early and then show the cost flat.
+    long = case in ("noop", "flat")
+    if ticks is None:
+        return base["noop"] if long else base["orders"]
+    # --ticks sets the no-op run; the order runs keep the anchor's 1:5 ratio.
+    return ticks if long else max(ticks // 5, EVERY * 100)
+
+
+def bot4_job(case: str, n: int) -> Job:
+    return Job("bot4", case, [sys.executable, __file__, "--child", case, "--ticks", str(n)])
+
+
+def nautilus_job(python: str, script: Path, scenario: str, n: int) -> Job:
+    argv = [python, str(script), "run", "--scenario", scenario, "--n", str(n)]
+    return Job("nautilus", scenario, [*argv, "--every", str(EVERY)])
+
+
+def plan(
+    quick: bool, ticks: int | None, nautilus: tuple[str, Path] | None
+) -> tuple[list[Job], list[Job]]:
+    """(interleaved jobs, jobs run once after them)."""
+    if nautilus is None:
+        return [bot4_job(c, ticks_for(c, quick, ticks)) for c in CASES], []
+    python, script = nautilus
+    jobs: list[Job] = []
+    for ours, theirs in PAIRS:
+        n = ticks_for(ours or "orders", quick, ticks)
+        if ours is not None:
+            jobs.append(bot4_job(ours, n))
+        jobs.append(nautilus_job(python, script, theirs, n))
+    once = [bot4_job(c, ticks_for(c, quick, ticks)) for c in ("oversized", "flat")]
+    return jobs, once
+
+
+def prepare_anchor(
+    vs_nautilus: str, nautilus_script: str | None = None
+) -> tuple[str, Path, dict[str, str]]:
+    """(interpreter, anchor script, versions), or UsageError naming what is
+    missing: checked before any benchmark runs."""
+    python = resolve_python(vs_nautilus)
+    script = anchor_script(nautilus_script)
+    versions = {"nautilus_trader": check_nautilus(python), "NT Python": python_version_of(python)}
+    return python, script, versions
+
+
+def run(
+    quick: bool = False,
+    ticks: int | None = None,
+    rounds: int | None = None,
+    vs_nautilus: str | None = None,
+    nautilus_script: str | None = None,
+) -> dict[str, Any]:
+    """Measure; raises HarnessError (one line) when the anchor cannot run."""
+    conditions = Conditions()
+    versions: dict[str, str] = {"bot4 Python": python_version_of(sys.executable)}
+    nautilus = None
+    if vs_nautilus is not None:
+        python, script, theirs = prepare_anchor(vs_nautilus, nautilus_script)
+        versions.update(theirs)
+        nautilus = (python, script)
+        rounds = max(rounds or MIN_ROUNDS_VS, MIN_ROUNDS_VS)
+    jobs, once = plan(quick, ticks, nautilus)
+
+    def show(m: Measured) -> None:
+        r = m.result
+        print(
+            f"  round {m.round + 1} {m.job.side:<8} {m.job.scenario:<9} "
+            f"run {r['run_s']:.2f} s wall, {r['run_cpu_s']:.2f} s CPU; "
+            f"peak RSS {r['child_peak_rss_mib']:.0f} MiB",
+            file=sys.stderr,
+            flush=True,
         )
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    runner = lambda argv: _with_cpu_rates(run_child(argv))  # noqa: E731
+    done = interleave(jobs, rounds or 1, runner, show)
+    done += interleave(once, 1, runner, show)
+    return {"measured": done, "conditions": conditions.line(), "versions": versions}
+
+
+def _fmt(s: Spread, unit: str = "") -> str:
+    return f"{s.median:,.0f}{unit} (+/-{s.pct:.0f}%)"
+
+
+def summarize(done: Sequence[Measured]) -> list[dict[str, Any]]:
+    """One row per (side, scenario): medians and spreads over the rounds."""
+    rows = []
+    seen: list[tuple[str, str]] = []
+    for m in done:
+        key = (m.job.side, m.job.scenario)
+        if key not in seen:
+            seen.append(key)
+    for side, scenario in seen:
+        row: dict[str, Any] = {"side": side, "scenario": scenario}
+        for k in (
+            "ticks_per_s",
+            "ticks_per_cpu_s",
+            "orders_per_s",
+            "orders_per_cpu_s",
+            "run_s",
+            "run_cpu_s",
+            "child_peak_rss_mib",
+        ):
+            values = collect(done, side, scenario, k)
+            row[k] = Spread.of(values) if values else None
+        last = [m.result for m in done if (m.job.side, m.job.scenario) == (side, scenario)][-1]
+        row["last"] = last
+        rows.append(row)
     return rows
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    by = {r["case"]: r for r in rows}
+def ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """bot4 / NautilusTrader per scenario, from medians of this run: above 1
+    means bot4 is faster (rates) or bigger (RSS)."""
+    by = {(r["side"], r["scenario"]): r for r in rows}
+    out = []
+    for ours, theirs in PAIRS:
+        for ref in [theirs, "bypass"] if ours == "orders" else [theirs]:
+            a, b = by.get(("bot4", ours or "")), by.get(("nautilus", ref))
+            if ours is None or a is None or b is None:
+                continue
+            rate = "ticks" if ours == "noop" else "orders"
+            out.append(
+                {
+                    "scenario": ours,
+                    "against": ref,
+                    "cpu": a[f"{rate}_per_cpu_s"].median / b[f"{rate}_per_cpu_s"].median,
+                    "wall": a[f"{rate}_per_s"].median / b[f"{rate}_per_s"].median,
+                    "rss": a["child_peak_rss_mib"].median / b["child_peak_rss_mib"].median,
+                    "unit": f"{rate}/s",
+                }
+            )
+    return out
+
+
+def format_table(report: dict[str, Any]) -> str:
+    rows = summarize(report["measured"])
+    rounds = max(r["run_s"].n for r in rows)
     lines = [
-        f"bot4 kernel benchmark: {rows[0]['ticks']:,} ticks per case "
-        "(paper exchange, default policy, fresh process per case)",
-        f"{'case':<6}{'ticks/s':>12}{'orders/s':>11}{'approved':>10}{'rejected':>10}"
-        f"{'peak RSS MiB':>14}{'KiB/order':>11}{'2nd/1st half':>14}",
+        "bot4 kernel benchmark on the anchor's workload (ticks built before timing; "
+        f"timed region = the run; median of {rounds} round(s), +/- half the range)",
+        f"{'side':<9}{'scenario':<10}{'ticks':>10}{'ticks/s CPU':>20}{'ticks/s wall':>20}"
+        f"{'orders/s CPU':>18}{'orders/s wall':>18}{'peak RSS MiB':>14}",
     ]
     for r in rows:
-        ratio = r["second_half_s"] / r["first_half_s"] if r["first_half_s"] else float("nan")
+        last = r["last"]
+        ocpu = _fmt(r["orders_per_cpu_s"]) if r["orders_per_cpu_s"] else "-"
+        owall = _fmt(r["orders_per_s"]) if r["orders_per_s"] else "-"
         lines.append(
-            f"{r['case']:<6}{r['ticks_per_s']:>12,.0f}{r['orders_per_s']:>11,.0f}"
-            f"{r['approved']:>10,}{r['rejected']:>10,}{r['peak_rss_mib']:>14.1f}"
-            f"{r['kib_per_order']:>11.2f}{ratio:>14.2f}"
+            f"{r['side']:<9}{r['scenario']:<10}{last['n_ticks']:>10,}"
+            f"{_fmt(r['ticks_per_cpu_s']):>20}{_fmt(r['ticks_per_s']):>20}"
+            f"{ocpu:>18}{owall:>18}{r['child_peak_rss_mib'].median:>14.0f}"
         )
-    a, b = by["a"], by["b"]
-    b_target = b["orders_per_s"] / TARGET["b_orders_per_s"]
-    lines += [
-        "",
-        "against NautilusTrader 1.231 (same workload, this kind of machine) and our targets:",
-        f"  (a) ticks/s   {a['ticks_per_s']:>10,.0f}  NT {ANCHOR['a']['ticks_per_s']:,} "
-        f"(x{a['ticks_per_s'] / ANCHOR['a']['ticks_per_s']:.2f})  "
-        f"target {TARGET['a_ticks_per_s']:,} (x{a['ticks_per_s'] / TARGET['a_ticks_per_s']:.2f})",
-        f"  (b) orders/s  {b['orders_per_s']:>10,.0f}  NT {ANCHOR['b']['orders_per_s']:,} "
-        f"(x{b['orders_per_s'] / ANCHOR['b']['orders_per_s']:.2f})  "
-        f"target {TARGET['b_orders_per_s']:,} (x{b_target:.2f})",
-        f"  (a) peak RSS  {a['peak_rss_mib']:>8.1f} MiB  NT {ANCHOR['a']['rss_mib']} MiB "
-        f"(x{a['peak_rss_mib'] / ANCHOR['a']['rss_mib']:.2f})  target <= {TARGET['rss_mib']} MiB",
-        f"  (b) peak RSS  {b['peak_rss_mib']:>8.1f} MiB  NT {ANCHOR['b']['rss_mib']} MiB "
-        f"(x{b['peak_rss_mib'] / ANCHOR['b']['rss_mib']:.2f})  target <= {TARGET['rss_mib']} MiB",
-        f"  (b) RSS growth {b['kib_per_order']:>7.2f} KiB/order  NT {ANCHOR['b']['kib_per_order']} "
-        "KiB/order  target: flat",
-        f"  (c) rejected by rule: {by['c']['rejections']}",
-        "  flat: second half / first half time ~1.0 means the cost per order does not grow "
-        "with closed positions",
-    ]
+    for r in rows:
+        last = r["last"]
+        if last.get("submitted"):
+            lines.append(
+                f"  {r['side']} {r['scenario']}: {last['submitted']:,} orders, "
+                f"{last.get('denied', last.get('rejected', 0)):,} refused"
+                f"{' ' + str(last['deny_reasons']) if last['deny_reasons'] else ''}, "
+                f"{last['filled']:,} fills"
+            )
+        if "first_half_cpu_s" in last:
+            lines.append(
+                f"  {r['side']} {r['scenario']}: second half / first half of the run "
+                f"{last['second_half_cpu_s'] / last['first_half_cpu_s']:.2f} in CPU time; "
+                "RSS growth "
+                f"{last['kib_per_order']:.2f} KiB/order"
+            )
+    found = ratios(rows)
+    if found:
+        lines.append("bot4 / NautilusTrader, same run (above 1: bot4 faster; RSS: bot4 bigger):")
+        for q in found:
+            lines.append(
+                f"  {q['scenario']:<7} vs NT {q['against']:<7} {q['unit']}: "
+                f"x{q['cpu']:.2f} CPU, x{q['wall']:.2f} wall; peak RSS x{q['rss']:.2f}"
+            )
+    else:
+        lines.append("(no anchor in this run: `--vs-nautilus PYTHON` prints bot4 / NT ratios)")
+    lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()))
+    lines.append(report["conditions"])
     return "\n".join(lines)
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--vs-nautilus",
+        metavar="PYTHON",
+        help="also run ../shared/bench/nautilus_bench.py under PYTHON, interleaved",
+    )
+    parser.add_argument(
+        "--nautilus-script",
+        metavar="PATH",
+        help="the anchor script (default: $BOT4_NAUTILUS_BENCH, else "
+        "../shared/bench/nautilus_bench.py above the repository)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, help=f"kernel rounds (default 1; {MIN_ROUNDS_VS} or more with NT)"
+    )
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="100,000 ticks per case")
-    parser.add_argument("--ticks", type=int)
+    parser.add_argument("--quick", action="store_true", help="a tenth of the ticks")
+    parser.add_argument("--ticks", type=int, help="ticks of the no-op case (orders: a fifth)")
     parser.add_argument("--child", choices=CASES, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="with --child CASE: run it under cProfile, top 25 by own time to FILE",
+    )
+    add_options(parser)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.ticks or 1_000_000)))
+        result = child(args.child, args.ticks or FULL["noop"], args.profile)
+        print(RESULT_PREFIX + json.dumps(result))
         return 0
-    print(format_table(run(args.quick, args.ticks)))
+    try:
+        report = run(args.quick, args.ticks, args.rounds, args.vs_nautilus, args.nautilus_script)
+    except HarnessError as exc:
+        print(f"bench_kernel: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, UsageError) else 1
+    print(format_table(report))
     return 0
 
 
