@@ -472,9 +472,9 @@ async def run_session(
     registered pack plus bot4's own chosen by environment) and
     ``reload_every``. ``on_kernel`` is called with the kernel inside trio
     before it runs (``bot4 run`` connects its signal handlers there).
-    ``announce`` is given one line per plugin that failed to load, the risk
-    packs in use and the policy's rule count and digest, before the session
-    starts, and then which protection mode guards the positions
+    ``announce`` is given one line per plugin that failed to load, then, once
+    the services are up, the risk packs in use and the policy's rule count
+    and digest, and then which protection mode guards the positions
     (:mod:`bot4.protection`); ``bot4 run`` prints them."""
     from bot4.report import SessionReport
     from bot4.risk import RiskPolicy, default_rules_path
@@ -498,10 +498,14 @@ async def run_session(
         packs = session_packs(manager, config)
     else:
         packs = [manager.registry.risk_rule_pack(name).factory({}) for name in pack_names]
+    # A plugin that failed to load is said at once (it may explain an error
+    # that follows); what the session runs with is said once it starts, so
+    # an error before that is the only line a person sees.
+    starting: list[str] = []
     if announce is not None:
         for plugin in manager.failed():
             announce(f"plugin {plugin.name} not loaded: {plugin.status}")
-        announce(f"risk packs in use: {', '.join(p.name for p in packs) or 'none'}")
+    starting.append(f"risk packs in use: {', '.join(p.name for p in packs) or 'none'}")
     paths = (
         list(rule_paths)
         if rule_paths is not None
@@ -509,8 +513,8 @@ async def run_session(
     )
     policy = RiskPolicy.load(paths, packs)  # first: a missing file is a RuleFileError
     sources = rule_sources(paths)
-    if announce is not None:  # the figures a hot reload reports, to compare with
-        announce(f"policy: {policy.summary} in {len(policy.files)} files")
+    # The figures a hot reload reports, to compare with.
+    starting.append(f"policy: {policy.summary} in {len(policy.files)} files")
     raw_balance = config.exchange_params.get("balance", "10000")
     try:
         balance = Decimal(str(raw_balance))
@@ -577,6 +581,9 @@ async def run_session(
         async with trio.open_nursery() as nursery:
             for service in chosen:
                 await service(ctx, nursery)
+            if announce is not None:
+                for line in starting:
+                    announce(line)
             if config.record:
                 earlier = ctx.history.runs if ctx.history is not None else 0
                 recording = recording_path(out, earlier)

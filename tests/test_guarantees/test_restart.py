@@ -264,7 +264,9 @@ def _play(scenario: Scenario, work: Path, journal: str, schema: str | None) -> O
         entry_name="restart_probe",
     )
     pythonpath = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH", "")]))
-    env = {"PYTHONPATH": pythonpath}
+    # The suite loads only the bundled plugins (tests/conftest.py): name the probe too.
+    plugins = ",".join(filter(None, [os.environ.get("BOT4_PLUGINS", ""), "restart_probe"]))
+    env = {"PYTHONPATH": pythonpath, "BOT4_PLUGINS": plugins}
     rules = _rules(work / "rules", scenario.rules)
     first_data = _write_ticks(work / "first.csv", scenario.first)
     second_data = _write_ticks(work / "second.csv", scenario.second)

@@ -133,9 +133,10 @@ def test_rules_check_and_run_refuse_a_bad_entry_in_one_line(case: str, tmp_path:
         "--no-chart",
         timeout=120,
     )
-    assert run.returncode == 1
+    assert run.returncode == 2
     assert "Traceback" not in run.stderr
-    assert f"bot4 run: {entry}: {BAD_ENTRIES[case][1]}" in run.stderr
+    [line] = run.stderr.strip().splitlines()
+    assert line.startswith(f"bot4: {entry}: {BAD_ENTRIES[case][1]}")
     assert not (tmp_path / "out" / "summary.json").exists()
 
 
@@ -145,8 +146,8 @@ def test_a_rules_path_that_does_not_exist_is_one_line(tmp_path: Path) -> None:
     assert check.returncode == 1
     assert check.stderr.strip() == f"{missing}: no such file or directory"
     run = run_bot4("run", "--rules", str(missing), "--out", str(tmp_path / "out"), timeout=60)
-    assert run.returncode == 1
-    assert run.stderr.strip().splitlines()[-1] == f"bot4 run: {missing}: no such file or directory"
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [f"bot4: {missing}: no such file or directory"]
     assert "Traceback" not in run.stderr
 
 
