@@ -188,7 +188,9 @@ def test_a_bad_data_row_mid_run_ends_the_session_like_a_signal(tmp_path: Path) -
     # one line after them, and nothing else is said.
     lines = result.stderr.splitlines()
     assert lines[-1] == f"bot4: {data}:{bad}: column 'ask': 'x' is not a number"
-    assert all(line.startswith(("risk packs in use:", "policy:", "protection:")) for line in lines[:-1])
+    assert all(
+        line.startswith(("risk packs in use:", "policy:", "protection:")) for line in lines[:-1]
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ticks"] == bad - 2  # every row before the bad one
     assert "bot4 session summary" in result.stdout
