@@ -2,9 +2,13 @@
 # Prometheus metrics on :9464. Used by docker-compose.yml; on its own:
 #   docker build -t bot4 . && docker run --rm -p 127.0.0.1:9464:9464 bot4
 
+# bot4 supports Python 3.11, 3.12 and 3.13; pick one with
+#   docker build --build-arg PYTHON_VERSION=3.13 -t bot4 .
+ARG PYTHON_VERSION=3.11
+
 # durable-rules ships only a source distribution (a C++ extension), so wheels
 # are built in a stage with a compiler and the runtime image stays slim.
-FROM python:3.11-slim AS build
+FROM python:${PYTHON_VERSION}-slim AS build
 RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential \
     && rm -rf /var/lib/apt/lists/*
@@ -13,11 +17,19 @@ COPY pyproject.toml README.md ./
 COPY bot4 ./bot4
 COPY rules ./rules
 COPY plugins ./plugins
-RUN pip wheel --no-cache-dir --wheel-dir /wheels . plugins/*/*/
+# The engine is built as dev.py builds it: its C code calls PyEval_CallObject,
+# which Python 3.13 removed, so from 3.13 on that name is defined as its
+# replacement (in CPPFLAGS: durable-rules' setup.py overwrites CFLAGS).
+RUN if python -c 'import sys; sys.exit(sys.version_info < (3, 13))'; then \
+        export CPPFLAGS="-DPyEval_CallObject=PyObject_CallObject"; \
+    fi \
+    && pip wheel --no-cache-dir --no-binary durable-rules --wheel-dir /wheels . plugins/*/*/
 
-FROM python:3.11-slim
+FROM python:${PYTHON_VERSION}-slim
 COPY --from=build /wheels /wheels
+# The import check fails the build, not the first session, if the engine is broken.
 RUN pip install --no-cache-dir --no-index --find-links /wheels /wheels/*.whl \
+    && python -c "import durable_rules_engine" \
     && rm -rf /wheels \
     && useradd --create-home --uid 10001 bot4 \
     && mkdir -p /data \

@@ -184,7 +184,8 @@ def test_bot4_service_runs_a_paper_session_with_metrics() -> None:
     assert command[command.index("--metrics-port") + 1] == METRICS_PORT
     assert command[command.index("--metrics-addr") + 1] == "0.0.0.0"
     text = DOCKERFILE.read_text()
-    assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
+    assert re.search(r"^ARG PYTHON_VERSION=3\.1[123]$", text, re.M), "a supported default Python"
+    assert len(re.findall(r"^FROM python:\$\{PYTHON_VERSION\}-slim\b", text, re.M)) == 2
     assert "plugins/*/*/" in text, "the image installs every bundled plugin"
     assert f'"--metrics-port", "{METRICS_PORT}"' in text
     for copied in re.findall(r"^COPY (?!--)(\S+)", text, re.M):

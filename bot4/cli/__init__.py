@@ -23,6 +23,7 @@ import trio
 
 from bot4 import __version__
 from bot4.cli import plugins as plugins_cmd
+from bot4.engine_check import engine_load_problem
 from bot4.errors import Bot4Error, ExchangeError
 from bot4.plugins import PluginManager
 from bot4.secrets import redact
@@ -64,6 +65,12 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before anything imports the rule engine: a build that cannot load (Python
+    # 3.13's removed PyEval_CallObject) gets one line with the fix, not a traceback.
+    problem = engine_load_problem()
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 2
     args_list = list(sys.argv[1:] if argv is None else argv)
     # Plugin commands need the plugins loaded before parsing; built-in commands
     # load them themselves when (and only when) they need them.

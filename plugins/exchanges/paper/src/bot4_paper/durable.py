@@ -88,7 +88,13 @@ class DurableEngine(PaperEngine):
         self._dirty: set[str] = set()
         self._unsaved_ticks = 0
         self._last_ts: datetime | None = None
-        self._load()
+        try:
+            self._load()
+        except BaseException:
+            # A refused state file: close it now, as nobody holds this engine
+            # to close it later (Python 3.13 warns about unclosed connections).
+            self.close()
+            raise
 
     # -- the engine's commands, persisted ---------------------------------------
 
@@ -132,6 +138,7 @@ class DurableEngine(PaperEngine):
                 raise ConfigError(
                     f"paper: config field 'state': folder {self.state_path.parent} does not exist"
                 )
+            conn: sqlite3.Connection | None = None
             try:
                 conn = sqlite3.connect(self.state_path, isolation_level=None)
                 conn.execute("PRAGMA journal_mode=WAL")
@@ -139,6 +146,11 @@ class DurableEngine(PaperEngine):
                 for statement in _SCHEMA:
                     conn.execute(statement)
             except sqlite3.DatabaseError as exc:
+                # Closed here, not left to the garbage collector: Python 3.13
+                # warns (an error under filterwarnings) about a connection
+                # that was never closed.
+                if conn is not None:
+                    conn.close()
                 raise ConfigError(
                     f"paper: config field 'state': {self.state_path} is not a paper state "
                     f"file ({exc})"
