@@ -38,6 +38,9 @@ def test_bot4_run_against_the_fake_binance(tmp_path: Path) -> None:
             str(data),
             "--interval",
             "0.05",
+            # The ticks start when bot4 first asks for a quote: a bot4 slow to
+            # start on a loaded machine would otherwise miss them.
+            "--start-on-request",
         ],
         stdout=subprocess.PIPE,
         text=True,

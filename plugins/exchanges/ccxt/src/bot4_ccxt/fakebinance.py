@@ -175,6 +175,7 @@ class FakeBinance:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._quoted = threading.Event()  # a client has asked for a quote
         self._by_symbol = {_venue_symbol(s): s for s in self.engine.markets}
         self._ids: dict[str, int] = {}  # client order id -> orderId
         self._coids: dict[int, str] = {}
@@ -243,13 +244,22 @@ class FakeBinance:
             self.engine.on_tick(tick)
             self._tickers[tick.symbol] = tick
 
-    def feed(self, ticks: Iterable[MarketData], interval: float) -> None:
+    def feed(
+        self, ticks: Iterable[MarketData], interval: float, *, on_first_quote: bool = False
+    ) -> None:
         """Push ``ticks`` from a background thread, one per ``interval`` seconds
-        (the last quote stays up when they run out)."""
+        (the last quote stays up when they run out). With ``on_first_quote``
+        the first tick is pushed at once and the rest wait until a client first
+        asks for a quote, so a client that is slow to start (a loaded machine)
+        still sees every tick."""
 
         def run() -> None:
-            for tick in ticks:
+            for n, tick in enumerate(ticks):
                 self.push(tick)
+                if n == 0 and on_first_quote:
+                    while not self._quoted.wait(0.05):
+                        if self._stopping.is_set():
+                            return
                 if self._stopping.wait(interval):
                     return
 
@@ -324,6 +334,8 @@ class FakeBinance:
         if fault is not None and not fault.process:
             self._fail(req, fault, method, path)
             return
+        if path.startswith("/api/v3/ticker"):
+            self._quoted.set()
         try:
             status, payload, headers = 200, self._route(method, path, query, body, req), {}
         except _ApiError as err:
@@ -869,6 +881,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--data", help="tick/candle file served one tick per --interval")
     parser.add_argument("--interval", type=float, default=0.1, help="seconds per tick")
+    parser.add_argument(
+        "--start-on-request",
+        action="store_true",
+        help="serve the first tick at once and the rest from a client's first quote request",
+    )
     parser.add_argument("--balance", default="10000", help="starting quote balance")
     parser.add_argument("--api-key", default=API_KEY, help="API key the server accepts")
     parser.add_argument(
@@ -898,7 +915,7 @@ def main(argv: list[str] | None = None) -> int:
     venue = FakeBinance(engine, host=args.host, port=args.port, api_key=args.api_key, secret=secret)
     venue.start()
     if args.data:
-        venue.feed(ticks, args.interval)
+        venue.feed(ticks, args.interval, on_first_quote=args.start_on_request)
     print(f"fakebinance listening on {venue.url}", flush=True)
     try:
         while True:
