@@ -73,7 +73,7 @@ from bot4.model import (
     Side,
     Signal,
 )
-from bot4.protection import Protector
+from bot4.protection import Protector, closing_order
 from bot4.secrets import redact
 
 # How often (in ticks) the kernel looks at the wall clock to decide whether to
@@ -626,17 +626,7 @@ class Kernel:
             return
         if action.kind is RiskActionKind.EMERGENCY_CLOSE:
             await self.protection.cancel(action.symbol)
-        cid = self._client_id("x")
-        order = Order(
-            cid,
-            action.symbol,
-            Side.SELL if position.qty > 0 else Side.BUY,
-            OrderType.MARKET,
-            qty,
-            reduce_only=True,
-            strategy="kernel",
-            correlation_id=cid,
-        )
+        order = closing_order(self._client_id("x"), action.symbol, position.qty, qty)
         await self._submit(order)
 
     # -- kill switch -------------------------------------------------------------

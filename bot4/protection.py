@@ -112,6 +112,22 @@ class Levels:
     pause_ns: int = _RETRY_NS
 
 
+def closing_order(cid: str, symbol: str, position_qty: Decimal, qty: Decimal) -> Order:
+    """The kernel's own reduce-only market order taking ``qty`` off a position
+    of signed size ``position_qty`` (a held stop, a fail-closed close, a
+    ladder rung)."""
+    return Order(
+        cid,
+        symbol,
+        Side.SELL if position_qty > 0 else Side.BUY,
+        OrderType.MARKET,
+        qty,
+        reduce_only=True,
+        strategy="kernel",
+        correlation_id=cid,
+    )
+
+
 class Protector:
     """The kernel's protective exits (see the module docstring)."""
 
@@ -383,16 +399,7 @@ class Protector:
         if qty <= 0:
             return True  # dust below the market minimum: nothing can be sent
         cid = self.k._client_id(tag)
-        order = Order(
-            cid,
-            symbol,
-            Side.SELL if position.qty > 0 else Side.BUY,
-            OrderType.MARKET,
-            qty,
-            reduce_only=True,
-            strategy="kernel",
-            correlation_id=cid,
-        )
+        order = closing_order(cid, symbol, position.qty, qty)
         if stop_out:
             self._stop_closes[cid] = symbol
         state = await self.k._submit(order)
