@@ -310,8 +310,7 @@ def test_dev_bench_reads_a_relative_interpreter_from_the_callers_folder(
     dev = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(dev)
     # The venv is this interpreter's; its set-up is not what is tested here.
-    monkeypatch.setattr(dev, "setup", lambda: None)
-    monkeypatch.setattr(dev, "PY", Path(sys.executable))
+    monkeypatch.setattr(dev, "setup", lambda: Path(sys.executable).parent)
     (tmp_path / "nt").mkdir()
     python = tmp_path / "nt" / "python"
     python.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')

@@ -12,10 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import subprocess
-import sys
-import tempfile
-import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -251,61 +247,47 @@ async def test_a_bad_entry_on_hot_reload_keeps_the_last_good_policy_and_is_repor
 
 # --- permission denied ----------------------------------------------------------------------
 
-_UNREADABLE = textwrap.dedent(
-    """
-    import os, shutil, sys, tempfile
-    from pathlib import Path
-    import bot4_correlation
-    from bot4.errors import RuleFileError
-    from bot4.risk import RiskPolicy
 
-    rules = Path(tempfile.mkdtemp()) / "rules"
-    shutil.copytree(sys.argv[1], rules, ignore=shutil.ignore_patterns("tests"))
-    pack = bot4_correlation.factory({})
+def _unopenable(tmp_path: Path) -> Path:
+    """A regular file whose open() for reading fails with EACCES for this
+    process. chmod 000 stops every user but root, and the tests may run as
+    root: a write-only sysctl file is refused to root too (procfs checks its
+    mode for every user), so as root that is the file."""
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked.yaml"
+        locked.write_text("rules: []\n")
+        locked.chmod(0)
+        return locked
+    sysctl = Path("/proc/sys/vm/drop_caches")  # --w-------: reading is refused
+    assert sysctl.exists(), "needs Linux procfs to make a file root cannot open"
+    return sysctl
+
+
+def test_a_file_that_cannot_be_opened_is_refused_at_start_and_on_reload(tmp_path: Path) -> None:
+    target = _unopenable(tmp_path)
+    with pytest.raises(PermissionError):
+        target.open("rb")  # the premise: this process cannot open it
+    rules = copy_rules(tmp_path)
     entry = rules / "10-breaker.yaml"
-    entry.chmod(0)
-    try:
-        RiskPolicy.load([rules], [pack])
-        print("start: loaded")
-    except RuleFileError as exc:
-        print(f"start: {exc}")
-    entry.chmod(0o644)
-    policy = RiskPolicy.load([rules], [pack])
+    good = entry.read_text()
+    entry.unlink()
+    entry.symlink_to(target)
+    with pytest.raises(RuleFileError) as info:
+        RiskPolicy.load([rules], [pack()])
+    assert str(info.value).endswith("10-breaker.yaml: cannot open: Permission denied")
+
+    entry.unlink()
+    entry.write_text(good)
+    policy = RiskPolicy.load([rules], [pack()])
     before = policy.digest
-    entry.chmod(0)
+    entry.unlink()
+    entry.symlink_to(target)
     outcome = policy.reload_if_changed()
-    print(f"reload: {outcome.error if outcome else None}")
-    print(f"kept: {policy.digest == before and 'breaker-tripped' in policy.rule_names}")
-    """
-)
-
-
-def test_a_file_that_cannot_be_opened_is_refused_at_start_and_on_reload() -> None:
-    # chmod 000 stops every user but root, and the tests may run as root: the
-    # check then runs in a child process as an unprivileged user (nobody),
-    # which copies the rules into a folder of its own and makes one file
-    # unreadable to itself. This proves the refusal for a file whose open()
-    # fails with EACCES, at start and on reload.
-    kwargs: dict[str, object] = {}
-    if os.geteuid() == 0:
-        kwargs = {"user": 65534, "group": 65534, "extra_groups": []}
-    with tempfile.TemporaryDirectory() as home:
-        os.chmod(home, 0o777)
-        result = subprocess.run(
-            [sys.executable, "-c", _UNREADABLE, str(RULES)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-            cwd=home,
-            env={**os.environ, "HOME": home, "TMPDIR": home},
-            **kwargs,  # type: ignore[call-overload]
-        )
-    assert result.returncode == 0, result.stderr
-    lines = dict(line.split(": ", 1) for line in result.stdout.splitlines())
-    assert lines["start"].endswith("10-breaker.yaml: cannot open: Permission denied")
-    assert lines["reload"].endswith("10-breaker.yaml: cannot open: Permission denied")
-    assert lines["kept"] == "True"
+    assert outcome is not None
+    assert str(outcome.error).endswith("10-breaker.yaml: cannot open: Permission denied")
+    assert policy.digest == before
+    assert "breaker-tripped" in policy.rule_names
+    policy.close()
 
 
 def test_a_rules_folder_that_disappears_or_empties_keeps_the_policy(tmp_path: Path) -> None:
