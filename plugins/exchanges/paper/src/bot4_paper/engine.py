@@ -51,7 +51,9 @@ Execution rules (all documented behaviour, relied on by tests):
 * **Time.** Fills carry the timestamp of the tick they executed on; fills
   between ticks carry ``now`` (default: the latest tick time seen).
 
-Memory grows with orders and fills, never with ticks.
+Memory grows with orders and fills, never with ticks. A tick's cost does not
+grow with the resting orders either: they are indexed by trigger price
+(:mod:`bot4_paper.triggers`) and a tick matches only those it can execute.
 """
 
 from __future__ import annotations
