@@ -218,7 +218,10 @@ class DurableEngine(PaperEngine):
             "now": self._now.isoformat() if self._now is not None else None,
             "last_tick": self._last_ts.isoformat() if self._last_ts is not None else None,
             "last": {s: codec.encode(t) for s, t in self._last.items()},
-            "avail": {s: {k.value: str(v) for k, v in a.items()} for s, a in self._avail.items()},
+            "avail": {
+                s: {Side.BUY.value: str(a[0]), Side.SELL.value: str(a[1])}
+                for s, a in self._avail.items()
+            },
             "markets": [_market(m) for m in self._markets.values()],
             "balance": codec.encode(self.balance()),
             "positions": [codec.encode(p) for p in self.positions()],
@@ -299,7 +302,7 @@ class DurableEngine(PaperEngine):
             cid = live.order.client_order_id
             self._orders[cid] = live
             if live.status.is_open:
-                self._open.setdefault(live.order.symbol, {})[cid] = live
+                self._rest(live)
             else:  # the engine's bounded history of closed orders
                 self._closed.append(cid)
                 while len(self._closed) > self._history:
@@ -327,7 +330,8 @@ class DurableEngine(PaperEngine):
             self._last[symbol] = codec.decode(tick)
             self.tracker.on_market_data(self._last[symbol])
         self._avail = {
-            s: {Side(k): Decimal(v) for k, v in a.items()} for s, a in meta["avail"].items()
+            s: [Decimal(a[Side.BUY.value]), Decimal(a[Side.SELL.value])]
+            for s, a in meta["avail"].items()
         }
         self._seq = int(meta["seq"])
         self._fill_seq = int(meta["fill_seq"])

@@ -51,7 +51,9 @@ Execution rules (all documented behaviour, relied on by tests):
 * **Time.** Fills carry the timestamp of the tick they executed on; fills
   between ticks carry ``now`` (default: the latest tick time seen).
 
-Memory grows with orders and fills, never with ticks.
+Memory grows with orders and fills, never with ticks. A tick's cost does not
+grow with the resting orders either: they are indexed by trigger price
+(:mod:`bot4_paper.triggers`) and a tick matches only those it can execute.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ from bot4.model import (
     Side,
 )
 from bot4.portfolio import PortfolioTracker
+from bot4_paper.triggers import TriggerIndex
 
 __all__ = ["DEFAULT_MARKETS", "EngineEvent", "PaperEngine", "round_price", "round_qty"]
 
@@ -167,6 +170,9 @@ class PaperEngine:
         self.tracker = PortfolioTracker(balance)
         self._orders: dict[str, _Live] = {}
         self._open: dict[str, dict[str, _Live]] = {}
+        # The same open orders by trigger price, so a tick visits only those it
+        # can execute (bot4_paper.triggers).
+        self._triggers: dict[str, TriggerIndex[_Live]] = {}
         # Like a venue's recent-history endpoints, the engine remembers the last
         # ``history`` fills and closed orders (idempotent retries and recovery
         # look back seconds, not days); open orders are always kept. This keeps
@@ -175,8 +181,10 @@ class PaperEngine:
         self._closed: deque[str] = deque()
         self._history = history
         self._last: dict[str, MarketData] = {}
-        # Size left at the best ask (buys) and bid (sells) of each symbol's last tick.
-        self._avail: dict[str, dict[Side, Decimal]] = {}
+        # Size left at the best ask (buys, index 0) and bid (sells, index 1) of
+        # each symbol's last tick: a list, not a dict keyed by Side, since the
+        # hash of an Enum is Python code and this is set on every tick.
+        self._avail: dict[str, list[Decimal]] = {}
         self._outbox: list[EngineEvent] = []
         self._now: datetime | None = None
         self._seq = 0
@@ -283,14 +291,17 @@ class PaperEngine:
         self._last[symbol] = tick
         if self._now is None or tick.timestamp > self._now:
             self._now = tick.timestamp
-        self._avail[symbol] = {Side.BUY: tick.volume, Side.SELL: tick.volume}
+        self._avail[symbol] = [tick.volume, tick.volume]
         self.tracker.on_market_data(tick)
-        book = self._open.get(symbol)
-        if book:
-            # A snapshot: orders created while matching (brackets) wait for the next tick.
-            for live in list(book.values()):
+        index = self._triggers.get(symbol)
+        if index is not None and index.orders:
+            # Computed before matching: orders created while matching (brackets)
+            # wait for the next tick.
+            for live in index.due(tick.bid, tick.ask):
                 if live.status.is_open:
                     self._match(live, tick, tick.timestamp, resting=True)
+        if not self._outbox:
+            return []  # the common tick: nothing to execute, nothing pending
         return self.drain()
 
     # --- validation ---------------------------------------------------------------
@@ -419,8 +430,17 @@ class PaperEngine:
         self._seq += 1
         live = _Live(order=order, placed=placed, seq=self._seq, exchange_order_id=f"P{self._seq}")
         self._orders[order.client_order_id] = live
-        self._open.setdefault(order.symbol, {})[order.client_order_id] = live
+        self._rest(live)
         return live
+
+    def _rest(self, live: _Live) -> None:
+        """Enter an open order in its symbol's book and trigger index."""
+        symbol = live.order.symbol
+        self._open.setdefault(symbol, {})[live.order.client_order_id] = live
+        index = self._triggers.get(symbol)
+        if index is None:
+            index = self._triggers[symbol] = TriggerIndex[_Live]()
+        index.add(live)
 
     def _execute_now(self, live: _Live, when: datetime) -> None:
         """Execute a just-placed market or marketable limit order against the
@@ -448,6 +468,7 @@ class PaperEngine:
             if not hit:
                 return
             live.triggered = True
+            self._triggers[order.symbol].trigger(live)
 
         if kind is OrderType.LIMIT:
             assert order.price is not None
@@ -474,7 +495,8 @@ class PaperEngine:
             )
 
         avail = self._avail[order.symbol]
-        qty = min(live.remaining, avail[order.side])
+        side_index = 0 if buy else 1
+        qty = min(live.remaining, avail[side_index])
         if order.reduce_only:
             reducible = max(ZERO, -self.tracker.qty(order.symbol) * order.side.sign)
             if not reducible:
@@ -514,7 +536,7 @@ class PaperEngine:
             stop_loss=order.stop_loss if opening else None,
         )
         self._fills.append(fill)
-        avail[order.side] -= qty
+        avail[side_index] -= qty
         live.filled += qty
         live.notional += qty * price
         if live.remaining == 0:
@@ -602,6 +624,9 @@ class PaperEngine:
         book = self._open.get(live.order.symbol)
         if book is not None:
             book.pop(live.order.client_order_id, None)
+        index = self._triggers.get(live.order.symbol)
+        if index is not None:
+            index.remove(live)
         self._closed.append(live.order.client_order_id)
         while len(self._closed) > self._history:
             self._orders.pop(self._closed.popleft(), None)

@@ -201,13 +201,17 @@ class _Stream(AsyncIterator[ExchangeEvent]):
         return self
 
     async def __anext__(self) -> ExchangeEvent:
+        buffer = self._buffer
+        if buffer:
+            return buffer.popleft()
         engine = self._exchange.engine
-        while not self._buffer:
+        while True:
             # What place_order/cancel_order did since the last event goes out
-            # before the next tick is read.
-            self._buffer.extend(engine.drain())
-            if self._buffer:
-                break
+            # before the next tick is read. (The outbox is read directly: most
+            # ticks find it empty, and drain() would build a list for nothing.)
+            if engine._outbox:
+                buffer.extend(engine.drain())
+                return buffer.popleft()
             if self._done or self._exchange._closed:
                 raise StopAsyncIteration
             tick = next(self._ticks, None)
@@ -218,16 +222,24 @@ class _Stream(AsyncIterator[ExchangeEvent]):
                 raise ConfigError(f"paper: the feed yielded {type(tick).__name__}, not MarketData")
             if self._resume is not None and tick.timestamp <= self._resume:
                 continue
-            self._buffer.extend(engine.on_tick(tick))
-            if not self._wanted or tick.symbol in self._wanted:
-                self._buffer.append(tick)
+            events = engine.on_tick(tick)
+            if events:
+                buffer.extend(events)
+            wanted = not self._wanted or tick.symbol in self._wanted
             # Let other tasks run (and cancellation in) even when the consumer
             # never blocks; every 32 ticks, since a trio checkpoint costs about
             # as much as matching a tick.
             self._read += 1
             if not self._read & 31:
                 await trio.lowlevel.checkpoint()
-        return self._buffer.popleft()
+            if buffer:
+                if wanted:
+                    buffer.append(tick)
+                return buffer.popleft()
+            if wanted:
+                # The common tick: nothing executed, so the tick itself is the
+                # next event and needs no trip through the buffer.
+                return tick
 
     async def aclose(self) -> None:
         self._done = True
