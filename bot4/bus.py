@@ -52,6 +52,9 @@ Design
   ``BLOCK`` subscriber: handlers run when the publishing task next yields.
   A producer loop that never awaits anything else should yield itself
   (``await bus.drain()`` or ``trio.lowlevel.checkpoint()``).
+  :meth:`Bus.post` is the synchronous form for hot paths: it makes no
+  coroutine unless it must wait, and builds no envelope for a topic that
+  no subscriber matches (the seq still advances).
 * **Shutdown**: leaving ``open_bus`` normally drains every queue (all queued
   events are delivered) and then closes the bus, so delivery tasks end on
   their own.  Leaving it with an exception or by cancellation cancels the
@@ -532,8 +535,41 @@ class Bus:
         if route is None:
             route = self._route_miss(topic)
         event = self._next_event(topic, payload, correlation_id, ts)
-        await self._dispatch(route[0], event)
+        rest = self._dispatch_now(route[0], event)
+        if rest is not None:
+            await rest
         return event
+
+    def post(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        correlation_id: str | None = None,
+        ts: int | None = None,
+    ) -> Awaitable[None] | None:
+        """:meth:`publish` for a hot path: synchronous unless it must wait.
+
+        Routes the event exactly as ``publish`` does and returns None, with
+        no coroutine made and no await, unless a matching ``BLOCK``
+        subscriber is full: then it returns an awaitable the caller must
+        await at once, which waits for room and delivers to the rest (the
+        subscribers routed before the full one already have the event, as
+        with ``publish``).  Use it as ``if (w := bus.post(...)) is not None:
+        await w``.  A topic no subscriber matches builds no envelope and
+        reads no clock: only the seq advances, so later seqs are the same
+        as with ``publish``.
+        """
+        if self._closed:
+            raise BusClosed(f"cannot publish {topic!r}: the bus is closed")
+        route = self._routes.get(topic)
+        if route is None:
+            route = self._route_miss(topic)
+        subs = route[0]
+        if not subs:
+            self._seq += 1
+            return None
+        return self._dispatch_now(subs, self._next_event(topic, payload, correlation_id, ts))
 
     async def reply(
         self, to: Event, topic: str, payload: Any = None, *, ts: int | None = None
@@ -571,6 +607,19 @@ class Bus:
         await self._dispatch(route[0], event)
 
     async def _dispatch(self, subs: tuple[Subscription, ...], event: Event) -> None:
+        rest = self._dispatch_now(subs, event)
+        if rest is not None:
+            await rest
+
+    def _dispatch_now(self, subs: tuple[Subscription, ...], event: Event) -> Awaitable[None] | None:
+        """Route ``event`` to ``subs`` in order without waiting.
+
+        Returns None when every subscriber took it (or dropped it by its
+        policy), else a coroutine that waits for the first full ``BLOCK``
+        subscriber and then routes to the remaining ones: the caller awaits
+        it, so a synchronous caller pays for a coroutine only when it must
+        really wait.
+        """
         for sub in subs:
             if sub.filter is not None and not self._accepts(sub, event):
                 continue
@@ -579,11 +628,21 @@ class Bus:
                 queue.append(event)
                 if not sub._busy:
                     self._mark_busy(sub)
-            else:
-                while not self._overflow(sub, event):
-                    await self._wait_for_room(sub, event)
+            elif not self._overflow(sub, event):
+                return self._dispatch_blocked(subs, subs.index(sub), event)
         if self._pending:
             self._flush_errors()
+        return None
+
+    async def _dispatch_blocked(
+        self, subs: tuple[Subscription, ...], index: int, event: Event
+    ) -> None:
+        sub = subs[index]
+        while not self._overflow(sub, event):
+            await self._wait_for_room(sub, event)
+        rest = self._dispatch_now(subs[index + 1 :], event)
+        if rest is not None:
+            await rest
 
     def publish_nowait(
         self,

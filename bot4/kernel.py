@@ -46,6 +46,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from typing import Any, Protocol
 
@@ -162,9 +163,14 @@ class KernelStats:
     actions: Counter[str] = attrs.field(factory=Counter)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def _ns(tick: MarketData | Fill) -> int:
-    ts = tick.timestamp
-    return int(ts.timestamp()) * 1_000_000_000 + ts.microsecond * 1000
+    # Exact integer arithmetic in C (timedelta // timedelta is an int): about
+    # half the cost of going through a float timestamp, and no float at all.
+    return (tick.timestamp - _EPOCH) // _MICROSECOND * 1000
 
 
 class Kernel:
@@ -206,6 +212,12 @@ class Kernel:
         self.decision_observer: Callable[[str, str, float], None] | None = None
         self._markets: dict[str, MarketInfo] = {}
         self._last: dict[str, MarketData] = {}
+        # Topic strings bound once per symbol: no f-string per tick.
+        self._market_topics: dict[str, str] = {}
+        # The policy's tracked-tick hook, looked up once per policy object
+        # (``policy`` is a public attribute: rebound if it is replaced).
+        self._tracked_of: object = None
+        self._tracked: Callable[[MarketData, Tracker, int], list[RiskAction]] | None = None
         self._next_id = 0
         self._open_stops: set[str] = set()  # open stop-loss orders, wherever placed
         self.protection = Protector(self)
@@ -251,11 +263,14 @@ class Kernel:
 
     async def _events(self, symbols: Sequence[str]) -> None:
         events = self.exchange.stream(symbols)
+        # stop_requested() inlined in the loop's test (the flag is stop_reason);
+        # the second test stays a call, as the flag changes while we wait.
+        next_event = events.__anext__
         try:
-            while not self.stop_requested():
+            while self.stop_reason is None:
                 self._waiting = True
                 try:
-                    event = await events.__anext__()
+                    event = await next_event()
                 except StopAsyncIteration:
                     return
                 except Bot4Error as exc:  # a bad data row, a venue gone: end as a stop does
@@ -299,11 +314,23 @@ class Kernel:
             self._run_scope.cancel()
 
     async def _tick(self, tick: MarketData) -> None:
-        self.stats.ticks += 1
+        # The hot path: every step that cannot wait is a plain call (no
+        # coroutine, no lambda); an await is paid only where something may
+        # really wait (a full BLOCK subscriber, the pacer, a risk action, the
+        # strategies, whose hooks are async by contract).
+        stats = self.stats
+        stats.ticks += 1
+        symbol = tick.symbol
         self._now_ns = now = _ns(tick)
-        self._last[tick.symbol] = tick
-        self.tracker.mark(tick.symbol, tick.last)
-        await self.bus.publish(f"market.{tick.symbol}", tick, ts=now)
+        self._last[symbol] = tick
+        tracker = self.tracker
+        tracker.mark(symbol, tick.last)
+        topic = self._market_topics.get(symbol)
+        if topic is None:
+            topic = self._market_topics[symbol] = f"market.{symbol}"
+        waiting = self.bus.post(topic, tick, ts=now)
+        if waiting is not None:
+            await waiting
         if self.protection.levels:
             await self.protection.on_tick(tick)  # kernel-held stops, before anything else
         if self._on_tick is not None:
@@ -320,22 +347,37 @@ class Kernel:
                 # The pack's facts are now suspect; its next facts() call
                 # decides (and a raise there rejects the order).
                 await self._error(f"risk pack {pack.name} failed on market data", exc)
-        if self.stats.ticks % _RELOAD_POLL_TICKS == 0:
+        if stats.ticks % _RELOAD_POLL_TICKS == 0:
             reloaded = await self._maybe_reload()
             if reloaded is not None and self.on_reload is not None:
                 await self.on_reload(reloaded)
         # RiskPolicy.on_tracked_tick builds no Portfolio snapshot for a tick of
         # a symbol not held (most ticks); other policies get on_market_data.
-        tracked: Callable[[MarketData, Tracker, int], list[RiskAction]] | None = getattr(
-            self.policy, "on_tracked_tick", None
-        )
-        if tracked is not None:
-            await self._monitor(lambda: tracked(tick, self.tracker, now))
+        # The same steps as _monitor, inlined: no awaits when nothing is asked.
+        policy = self.policy
+        if policy is not self._tracked_of:
+            self._tracked_of = policy
+            self._tracked = getattr(policy, "on_tracked_tick", None)
+        tracked = self._tracked
+        try:
+            if tracked is not None:
+                actions = tracked(tick, tracker, now)
+            else:
+                actions = policy.on_market_data(tick, tracker.snapshot(), now)
+        except Exception as exc:  # a blind risk monitor: stop opening risk
+            await self._monitor_failed(exc)
         else:
-            await self._monitor(
-                lambda: self.policy.on_market_data(tick, self.tracker.snapshot(), now)
-            )
-        await self._consult(lambda s: s.on_market_data(tick), f"on {tick.symbol}")
+            for action in actions:
+                await self._act(action)
+        for strategy in self.strategies:
+            try:
+                signals = await strategy.on_market_data(tick)
+            except Exception as exc:  # a plugin error must not stop the session
+                stats.strategy_errors += 1
+                await self._error(f"strategy {strategy.name} failed on {symbol}", exc)
+                continue
+            for signal in signals:
+                await self._signal(signal)
 
     async def _fill(self, fill: Fill) -> None:
         self.stats.fills += 1
@@ -372,11 +414,14 @@ class Kernel:
         try:
             actions = check()
         except Exception as exc:  # a blind risk monitor: stop opening risk
-            await self._error("risk monitor failed", exc)
-            await self.halt(f"risk monitor failed: {type(exc).__name__}: {exc}")
+            await self._monitor_failed(exc)
             return
         for action in actions:
             await self._act(action)
+
+    async def _monitor_failed(self, exc: Exception) -> None:
+        await self._error("risk monitor failed", exc)
+        await self.halt(f"risk monitor failed: {type(exc).__name__}: {exc}")
 
     async def _consult(
         self, ask: Callable[[Strategy], Awaitable[Sequence[Signal]]], what: str
