@@ -49,6 +49,7 @@ from bot4.model import MarketData
 
 __all__ = [
     "COMPRESSLEVEL",
+    "FLUSH_TICKS",
     "MAX_LINE",
     "MAX_RATIO",
     "RECORDING",
@@ -63,6 +64,8 @@ COMPRESSLEVEL = 6
 MAX_LINE = 16 * 1024 * 1024
 # Compact recordings compress about 10:1; past this ratio the file is not one.
 MAX_RATIO = 200
+# Ticks between two sync flushes (every other event is flushed at once).
+FLUSH_TICKS = 4096
 _RATIO_FLOOR = 16 * 1024 * 1024  # the ratio is checked past this many bytes
 _GZIP_MAGIC = b"\x1f\x8b"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -86,11 +89,15 @@ class CompactWriter:
         )
         self._ids: dict[tuple[str, str, str], int] = {}
         self._prefix: str | None = None
+        self._unflushed = 0
         self.written = 0
 
     def write(self, topic: str, payload: Any, ts: int, seq: int, correlation_id: str) -> None:
         if isinstance(payload, MarketData):
             self._tick(topic, payload, ts, seq, correlation_id)
+            self._unflushed += 1
+            if self._unflushed >= FLUSH_TICKS:
+                self.flush()
         else:
             self._line(
                 {
@@ -101,7 +108,14 @@ class CompactWriter:
                     "payload": self._encode(payload),
                 }
             )
+            self.flush()  # a decision reaches the disk even if the process is killed
         self.written += 1
+
+    def flush(self) -> None:
+        """Everything written so far onto the disk as complete gzip data (a
+        sync flush: a killed session's recording still holds its head)."""
+        self._file.flush()
+        self._unflushed = 0
 
     def _line(self, value: Any) -> None:
         self._file.write(json.dumps(value, separators=(",", ":")) + "\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -23,7 +24,7 @@ from bot4 import codec
 from bot4.bus import EventRecorder, open_bus
 from bot4.errors import ConfigError
 from bot4.model import MarketData
-from bot4.recording import RECORDING, SessionRecorder, read_records
+from bot4.recording import RECORDING, CompactWriter, SessionRecorder, read_records
 from tests.conftest import run_bot4, write_ticks
 
 CONFIG = """
@@ -161,3 +162,22 @@ def test_one_endless_line_is_refused(tmp_path: Path) -> None:
             f.write(b"[" * (1024 * 1024))
     with pytest.raises(ConfigError, match=r"endless\.jsonl\.gz:1: a line longer than"):
         list(read_records(endless))
+
+
+def test_a_killed_session_leaves_its_head_and_decisions_on_disk(tmp_path: Path) -> None:
+    """The writer is never closed (the process was killed): what is on disk
+    still inflates to the header, the ticks so far and the last decision."""
+    path = tmp_path / "killed.jsonl.gz"
+    writer = CompactWriter(path, codec.encode)
+    writer.write("session.start", {"config": {}, "rules": {}}, 0, 1, "p-1")
+    stamp = datetime(2024, 3, 1, tzinfo=UTC)
+    ts = 1_709_251_200_000_000_000
+    for seq in range(2, 12):
+        writer.write("market.BTC-USDT", _tick("BTC-USDT", "50000.10", stamp), ts, seq, f"p-{seq}")
+    writer.write("signal.sma_cross", {"why": "cross"}, ts, 12, "p-12")
+    inflated = zlib.decompressobj(wbits=31).decompress(path.read_bytes()).decode()
+    lines = inflated.splitlines()
+    assert json.loads(lines[0])["topic"] == "session.start"
+    assert json.loads(lines[-1])["topic"] == "signal.sma_cross"
+    assert sum(line.startswith('["m",') for line in lines) == 10
+    writer.close()
