@@ -64,6 +64,14 @@ def _quick_data(folder: Path) -> Path:
     return path
 
 
+def _events(recording: Path) -> int:
+    """The events a recording holds: its lines, less the compact form's
+    declarations (a symbol, the correlation-id prefix), read as a stream."""
+    opener = gzip.open if recording.name.endswith(".gz") else open
+    with opener(recording, "rb") as f:
+        return sum(1 for line in f if not line.startswith((b'["M",', b'["P",')))
+
+
 def _checked(done: Process, name: str) -> Process:
     if done.returncode != 0:
         raise HarnessError(done.failure(name))
@@ -81,10 +89,11 @@ def run(quick: bool = False) -> dict[str, Any]:
         session = _checked(run_process(argv), "bot4 run")
         loop = parse_result(session.stdout)
         summary = json.loads((out / "summary.json").read_text())
-        recording = out / "recording.jsonl"
+        # The session's recording, whichever form this checkout writes
+        # (recording.jsonl.gz since the compact recording, recording.jsonl before).
+        (recording,) = [p for p in out.iterdir() if p.name.startswith("recording.")]
         sizes = {p.name: p.stat().st_size for p in out.iterdir() if p.is_file()}
-        with recording.open("rb") as f:
-            events = sum(1 for _ in f)
+        events = _events(recording)
         replay = run_process([*bot4, "replay", str(recording)])
     if replay.returncode not in (0, 1):  # 1: replay ran and differs, reported below
         raise HarnessError(replay.failure("bot4 replay"))
@@ -97,6 +106,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         "session_loop_cpu_s": loop["loop_cpu_s"],
         "session": session,
         "sizes": sizes,
+        "recording": recording.name,
         "recording_events": events,
         "replay": replay,
         "replay_verdict": replay.stdout.strip().splitlines()[-1:] or [""],
@@ -108,11 +118,11 @@ def format_table(r: dict[str, Any]) -> str:
     s: Process = r["session"]
     p: Process = r["replay"]
     mb = 1e6
-    rec = r["sizes"].get("recording.jsonl", 0)
+    rec = r["sizes"].get(r["recording"], 0)
     others = ", ".join(
         f"{name} {size / mb:.1f} MB"
         for name, size in sorted(r["sizes"].items())
-        if name != "recording.jsonl" and size
+        if name != r["recording"] and size
     )
     data = f"first {QUICK_ROWS:,} rows of the sample" if r["quick"] else "the bundled sample"
     ticks = r["ticks"]
@@ -125,7 +135,7 @@ def format_table(r: dict[str, Any]) -> str:
         f"  whole command  {s.wall_s:8.1f} s wall  {ticks / s.wall_s:>10,.0f} ticks/s;  "
         f"{s.cpu_s:.1f} s CPU  {ticks / s.cpu_s:,.0f} ticks/CPU-s;  peak RSS "
         f"{s.peak_rss_mib:.0f} MiB",
-        f"  recording      {rec / mb:8.1f} MB, {r['recording_events']:,} events "
+        f"  {r['recording']}  {rec / mb:8.1f} MB, {r['recording_events']:,} events "
         f"({rec / ticks:,.0f} bytes a tick); also {others}",
         f"  bot4 replay    {p.wall_s:8.1f} s wall  {ticks / p.wall_s:>10,.0f} ticks/s;  "
         f"{p.cpu_s:.1f} s CPU  {ticks / p.cpu_s:,.0f} ticks/CPU-s;  peak RSS "

@@ -19,7 +19,6 @@ which the session reloaded, so that the replay's kernel reloads on that tick.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -30,6 +29,7 @@ from bot4 import codec, errors
 from bot4.contracts import Capability, Exchange, ExchangeEvent, MarketInfo
 from bot4.errors import ConfigError, ExchangeFailed, ExchangeRefused, OrderNotFound
 from bot4.model import Balance, Fill, MarketData, Order, OrderState, Position
+from bot4.recording import read_records
 
 __all__ = ["RecordedPrefix", "RecordedTicks", "ReplayVenue", "is_input", "records"]
 
@@ -38,22 +38,9 @@ ReloadHook = Callable[[int, Mapping[str, Any]], None]
 
 
 def records(path: Path) -> Iterator[Record]:
-    """(line number, record) for every line of a recording, streamed."""
-    try:
-        f = path.open(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the recording: {exc.strerror or exc}") from None
-    with f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{number}: not a recording line: {exc.msg}") from None
-            if not isinstance(record, dict) or not isinstance(record.get("topic"), str):
-                raise ConfigError(f"{path}:{number}: not a recording line (no topic)")
-            yield number, record
+    """(line number, record) for every event of a recording, streamed (a
+    compact gzip recording or an old plain one: see :mod:`bot4.recording`)."""
+    return read_records(path)
 
 
 def is_input(topic: str) -> bool:

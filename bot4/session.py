@@ -26,7 +26,7 @@ import attrs
 import trio
 
 from bot4 import codec
-from bot4.bus import Bus, EventRecorder, open_bus
+from bot4.bus import Bus, open_bus
 from bot4.contracts import Exchange, RiskRules, Strategy
 from bot4.errors import Bot4Error, ConfigError, RuleFileError
 from bot4.gate import RiskGate
@@ -34,6 +34,7 @@ from bot4.kernel import Kernel, KernelStats
 from bot4.model import MarketData
 from bot4.plugins import PluginManager
 from bot4.portfolio import PortfolioTracker
+from bot4.recording import RECORDING, SessionRecorder
 
 if TYPE_CHECKING:
     from bot4.journal.riskstate import RunHistory
@@ -55,7 +56,6 @@ DEFAULT_STRATEGY_PARAMS = {
     "take_profit_pct": "6",
 }
 DEFAULT_EXCHANGE = "paper"
-RECORDING = "recording.jsonl"
 
 
 @attrs.frozen
@@ -588,7 +588,7 @@ async def run_session(
                 earlier = ctx.history.runs if ctx.history is not None else 0
                 recording = recording_path(out, earlier)
             if recording is not None:
-                async with EventRecorder(bus, recording, encode=codec.encode):
+                async with SessionRecorder(bus, recording, encode=codec.encode):
                     await bus.publish("session.start", header, ts=0)
                     stats = await kernel.run(symbols)
                     await bus.drain()
@@ -609,15 +609,17 @@ async def run_session(
 
 
 def recording_path(out: Path, earlier_runs: int) -> Path:
-    """Where this run records: ``recording.jsonl`` for a new session; a run
-    that resumes one (``earlier_runs`` before it) keeps their recordings and
-    writes ``recording-<run>.jsonl`` (run 2, 3, ...; the next free number)."""
+    """Where this run records: ``recording.jsonl.gz`` for a new session; a
+    run that resumes one (``earlier_runs`` before it) keeps their recordings
+    and writes ``recording-<run>.jsonl.gz`` (run 2, 3, ...; the next number
+    free in either form, so an older plain ``recording-<run>.jsonl`` is kept
+    too)."""
     if earlier_runs <= 0:
         return out / RECORDING
     run = earlier_runs + 1
-    while (out / f"recording-{run}.jsonl").exists():
+    while any((out / f"recording-{run}{ext}").exists() for ext in (".jsonl", ".jsonl.gz")):
         run += 1
-    return out / f"recording-{run}.jsonl"
+    return out / f"recording-{run}.jsonl.gz"
 
 
 def _pacer(speed: float, progress: ProgressHook | None) -> ProgressHook | None:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from bot4.recording import read_records
 from tests.conftest import REPO, run_bot4
 
 EXAMPLE = REPO / "examples" / "stress"
@@ -45,8 +46,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 
 def _events(out: Path, topic: str) -> list[dict[str, Any]]:
-    with (out / "recording.jsonl").open(encoding="utf-8") as f:
-        return [e for e in map(json.loads, f) if e["topic"] == topic]
+    return [e for _, e in read_records(out / "recording.jsonl.gz") if e["topic"] == topic]
 
 
 def test_the_summary_shows_every_rule_acting(session: tuple[Path, str]) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bot4.recording import read_records
 from tests.conftest import run_bot4, write_ticks
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
@@ -43,15 +44,14 @@ def test_run_prints_summary_and_writes_outputs(session: tuple[Path, str]) -> Non
     # Every rejection is attributed to a named rule.
     assert sum(summary["rejections_by_rule"].values()) == summary["orders_rejected"]
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with (out / "recording.jsonl").open() as f:
-        first = json.loads(f.readline())
+    _, first = next(read_records(out / "recording.jsonl.gz"))
     assert first["topic"] == "session.start"
     assert first["payload"]["config"]["strategies"][0]["params"]["slow"] == 60
 
 
 def test_replay_matches_bit_for_bit(session: tuple[Path, str]) -> None:
     out, _ = session
-    result = run_bot4("replay", str(out / "recording.jsonl"))
+    result = run_bot4("replay", str(out / "recording.jsonl.gz"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("replay matched: ")
     compared = int(result.stdout.split()[2])
@@ -60,7 +60,7 @@ def test_replay_matches_bit_for_bit(session: tuple[Path, str]) -> None:
 
 def test_replay_reports_the_first_difference(session: tuple[Path, str], tmp_path: Path) -> None:
     out, _ = session
-    lines = (out / "recording.jsonl").read_text().splitlines()
+    lines = [json.dumps(r) for _, r in read_records(out / "recording.jsonl.gz")]
     # Change the price of one recorded fill: the replay must notice.
     for i, line in enumerate(lines):
         record = json.loads(line)

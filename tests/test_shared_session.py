@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import redis
 
+from bot4.recording import read_records
 from bot4.shared.bridge import StreamReader
 from bot4.shared.connection import RedisConfig, SharedConnection
 from tests.conftest import REPO, run_bot4
@@ -55,7 +56,7 @@ def _session(tmp: Path, name: str, seconds: int, env: dict[str, str]) -> subproc
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [record for _, record in read_records(path)]
 
 
 def _wait_for(predicate: Any, timeout: float, what: str) -> None:
@@ -118,7 +119,7 @@ def test_kill_from_a_shell_stops_two_sessions_within_a_second(
         assert proc.returncode == 0, outputs[name][1]
     # Every process followed: from its recording (bus order), nothing opened after the halt.
     for name in sessions:
-        records = _records(tmp_path / name / "recording.jsonl")
+        records = _records(tmp_path / name / "recording.jsonl.gz")
         topics = [r["topic"] for r in records]
         halted = topics.index("kernel.halted")
         assert records[halted]["payload"] == "bot4 kill: test kill"
@@ -173,7 +174,7 @@ def test_redis_stopped_mid_session(tmp_path: Path) -> None:
             session.kill()
             session.communicate()
         server.stop()
-    records = _records(tmp_path / "bot-x" / "recording.jsonl")
+    records = _records(tmp_path / "bot-x" / "recording.jsonl.gz")
     rejected = [r for r in records if r["topic"] == "risk.rejected"]
     down = [r for r in rejected if "Redis at redis://127.0.0.1:" in r["payload"]["reason"]]
     assert down, "no order was refused while Redis was down"

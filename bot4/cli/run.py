@@ -65,7 +65,11 @@ def add_commands(sub: Any) -> None:
     rep = sub.add_parser(
         "replay", help="re-run a recorded session and check every decision matches"
     )
-    rep.add_argument("recording", type=Path, help="recording.jsonl written by bot4 run")
+    rep.add_argument(
+        "recording",
+        type=Path,
+        help="recording.jsonl.gz (or an older plain recording.jsonl) written by bot4 run",
+    )
     rep.add_argument("--out", type=Path, help="keep the replay's own recording here")
     rep.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG)
     rep.set_defaults(func=cmd_replay)

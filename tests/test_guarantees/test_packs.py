@@ -157,7 +157,7 @@ def test_a_session_lists_its_packs_and_failed_plugins_and_replays_with_the_same(
     assert "extra-score" not in json.loads(chosen.stdout)["rejections_by_rule"]
     # The recording keeps the choice: replayed where the extra pack is
     # installed, the same packs decide again.
-    again = run_bot4("replay", str(tmp_path / "c" / "recording.jsonl"), env=env)
+    again = run_bot4("replay", str(tmp_path / "c" / "recording.jsonl.gz"), env=env)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "replay matched" in again.stdout
 

@@ -28,6 +28,7 @@ import trio
 from bot4.data import iter_ticks
 from bot4.model import MarketData
 from bot4.plugins import PluginManager
+from bot4.recording import read_records
 from bot4.replay import compare, replay
 from bot4.risk import default_rules_path
 from bot4.session import SessionConfig, StrategyConfig, policy_sha256, run_session
@@ -53,11 +54,11 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "run", "--data", str(data), "--config", str(config), "--out", str(out), "--no-chart"
     )
     assert result.returncode == 0, result.stderr
-    return out / "recording.jsonl"
+    return out / "recording.jsonl.gz"
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [record for _, record in read_records(path)]
 
 
 def _write(path: Path, records: list[dict[str, Any]]) -> Path:
@@ -385,7 +386,9 @@ def test_a_recording_that_ends_early_is_named_with_the_next_record(
     assert mismatch is not None
     head, detail = mismatch.split("\n")
     assert head == "the original ended early; the replay goes on with"
-    assert detail.startswith(f"  replay line {last + 1}: {records[last]['topic']} ")
+    # The file's own line number (a compact recording also has declaration lines).
+    line = list(read_records(recorded))[last][0]
+    assert detail.startswith(f"  replay line {line}: {records[last]['topic']} ")
     assert json.loads(detail.split(f"{records[last]['topic']} ", 1)[1]) == records[last]["payload"]
     reverse = compare(recorded, short)[1]
     assert reverse is not None

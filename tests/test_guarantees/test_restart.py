@@ -38,6 +38,7 @@ import yaml
 from bot4.journal import open_store
 from bot4.journal.base import StoredRecord
 from bot4.model import Approved, Fill, Rejected
+from bot4.recording import read_records
 from tests.conftest import REPO, T0, make_plugin_dist, run_bot4
 from tests.journalkit import PG_URL, fresh_schema
 
@@ -422,14 +423,12 @@ def test_summary_after_resume_has_the_session_and_this_run(stop_outs: Outcome) -
 
 
 def test_resume_keeps_the_earlier_recording(stop_outs: Outcome) -> None:
-    first = stop_outs.out / "recording.jsonl"
-    second = stop_outs.out / "recording-2.jsonl"
-    with first.open(encoding="utf-8") as f:
-        header = json.loads(f.readline())
+    first = stop_outs.out / "recording.jsonl.gz"
+    second = stop_outs.out / "recording-2.jsonl.gz"
+    _, header = next(read_records(first))
     assert header["topic"] == "session.start"
     assert header["payload"]["config"]["data"] == str(stop_outs.first_data)
-    with second.open(encoding="utf-8") as f:
-        header = json.loads(f.readline())
+    _, header = next(read_records(second))
     assert header["payload"]["config"]["data"] != str(stop_outs.first_data)
 
 

@@ -24,6 +24,7 @@ import trio
 
 from bot4.journal import open_store
 from bot4.journal.service import journal_service
+from bot4.recording import read_records
 from bot4.session import SessionConfig, StrategyConfig, run_session
 from tests.conftest import REPO, make_plugin_dist, run_bot4, write_ticks
 
@@ -88,11 +89,11 @@ def _start_run(
 
 def _wait_until_trading(tmp_path: Path, proc: subprocess.Popen[str]) -> None:
     """Until the session has recorded a few hundred events (it is running)."""
-    recording = tmp_path / "out" / "recording.jsonl"
+    recording = tmp_path / "out" / "recording.jsonl.gz"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
-        if recording.exists() and recording.stat().st_size > 50_000:
+        if recording.exists() and recording.stat().st_size > 20_000:
             return
         time.sleep(0.1)
     proc.kill()
@@ -119,13 +120,13 @@ def test_a_signal_stops_the_session_cleanly(tmp_path: Path, sig: signal.Signals)
     summary = json.loads((folder / "summary.json").read_text())
     assert 0 < summary["ticks"] < 6000  # stopped early, not at the end of the data
     assert (folder / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    records = [json.loads(line) for line in (folder / "recording.jsonl").read_text().splitlines()]
+    records = [r for _, r in read_records(folder / "recording.jsonl.gz")]
     ticks = [r for r in records if r["topic"].startswith("market.")]
     assert len(ticks) == summary["ticks"]  # every tick handled was recorded, whole
     verified = run_bot4("journal", "verify", str(folder / "journal.sqlite"))
     assert verified.returncode == 0, verified.stdout + verified.stderr
     # The recording ends between two events: the stopped session replays.
-    replayed = run_bot4("replay", str(folder / "recording.jsonl"))
+    replayed = run_bot4("replay", str(folder / "recording.jsonl.gz"))
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     assert replayed.stdout.startswith("replay matched: ")
     # The journal is free: the next session on it starts (and resumes).

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from bot4_ccxt.fakebinance import API_KEY, SECRET
 
+from bot4.recording import read_records
+
 
 def _ticks(path: Path, count: int = 120) -> None:
     rows = ["timestamp,symbol,bid,ask,last,volume"]
@@ -97,9 +99,9 @@ def test_bot4_run_against_the_fake_binance(tmp_path: Path) -> None:
     assert summary["orders_approved"] >= 1
     assert summary["fills"] >= 1
     errors = [
-        line
-        for line in (tmp_path / "out" / "recording.jsonl").read_text().splitlines()
-        if '"kernel.error"' in line
+        record
+        for _, record in read_records(tmp_path / "out" / "recording.jsonl.gz")
+        if record["topic"] == "kernel.error"
     ]
     assert errors == []
     assert summary["exchange_refusals"] == 0

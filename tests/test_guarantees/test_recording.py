@@ -1,0 +1,183 @@
+"""The session recording is compact, exact and safe to read.
+
+A session records to ``recording.jsonl.gz``: ticks as short rows, gzip on
+top, a few bytes per tick instead of ~290. Reading gives back exactly what
+the plain recorder wrote (every digit, timestamp and correlation id); an old
+plain ``recording.jsonl`` still replays; a damaged, truncated or bomb-like
+gzip stream is one clear line and exit 2.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from bot4 import codec
+from bot4.bus import EventRecorder, open_bus
+from bot4.errors import ConfigError
+from bot4.model import MarketData
+from bot4.recording import RECORDING, CompactWriter, SessionRecorder, read_records
+from tests.conftest import run_bot4, write_ticks
+
+CONFIG = """
+strategies:
+  - name: sma_cross
+    params: {fast: 10, slow: 60, size: "0.01", stop_loss_pct: "2", take_profit_pct: "4"}
+"""
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real paper session's recording, and its folder."""
+    tmp = tmp_path_factory.mktemp("recorded")
+    data = write_ticks(tmp / "ticks.csv", seconds=1500)
+    config = tmp / "session.yaml"
+    config.write_text(CONFIG)
+    out = tmp / "out"
+    result = run_bot4(
+        "run", "--data", str(data), "--config", str(config), "--out", str(out), "--no-chart"
+    )
+    assert result.returncode == 0, result.stderr
+    return out / RECORDING
+
+
+def _one_clear_line(result: Any, path: Path) -> str:
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(path) in lines[0]
+    return lines[0]
+
+
+def _tick(symbol: str, price: str, stamp: datetime) -> MarketData:
+    p = Decimal(price)
+    return MarketData(symbol, "data", p, p + Decimal("0.10"), p, Decimal("1.500"), stamp)
+
+
+def test_reading_gives_back_exactly_what_the_plain_recorder_wrote(tmp_path: Path) -> None:
+    """Prices with trailing zeros, a tick whose own timestamp is not the bus
+    time, a tick with its own correlation id, a non-tick event and a bus
+    error: all read back as the plain recorder's lines, field for field."""
+    t0 = datetime(2024, 3, 1, tzinfo=UTC)
+    late = datetime(2024, 3, 1, 0, 0, 1, 123456, tzinfo=UTC)
+    compact, plain = tmp_path / "c.jsonl.gz", tmp_path / "p.jsonl"
+
+    async def session() -> None:
+        async with (
+            open_bus() as bus,
+            SessionRecorder(bus, compact, encode=codec.encode),
+            EventRecorder(bus, plain, encode=codec.encode),
+        ):
+            await bus.publish("session.start", {"config": {}, "rules": {}}, ts=0)
+            ts = 1_709_251_200_000_000_000
+            await bus.publish("market.BTC-USDT", _tick("BTC-USDT", "50000.10", t0), ts=ts)
+            await bus.publish("market.ETH-USDT", _tick("ETH-USDT", "3000.00", t0), ts=ts)
+            await bus.publish("market.BTC-USDT", _tick("BTC-USDT", "50001.0", late), ts=ts + 7)
+            await bus.publish(
+                "market.BTC-USDT", _tick("BTC-USDT", "49999.99", t0), ts=ts, correlation_id="x-1"
+            )
+            await bus.publish("signal.sma_cross", {"why": "cross", "n": [1, 2]}, ts=ts)
+
+            def broken(event: Any) -> None:
+                raise RuntimeError("subscriber broke")
+
+            bus.subscribe("boom", broken)
+            await bus.publish("boom", 1, ts=ts)
+            await bus.drain()
+
+    trio.run(session)
+    expected = [json.loads(line) for line in plain.read_text().splitlines()]
+    assert any(r["topic"] == "bus.error" for r in expected)
+    got = [record for _, record in read_records(compact)]
+    assert got == expected
+    # And the tick rows really are compact (not the object form, gzipped).
+    rows = gzip.decompress(compact.read_bytes()).decode().splitlines()
+    assert sum(row.startswith('["m",') for row in rows) == 4
+
+
+def test_a_session_recording_is_a_few_bytes_per_tick(recorded: Path) -> None:
+    ticks = sum(1 for _, r in read_records(recorded) if r["topic"].startswith("market."))
+    assert ticks == 3000
+    # The plain recorder wrote about 290 bytes per tick.
+    assert recorded.stat().st_size / ticks < 40
+    assert recorded.read_bytes()[:2] == b"\x1f\x8b"
+
+
+def test_an_old_plain_recording_still_replays(recorded: Path, tmp_path: Path) -> None:
+    old = tmp_path / "recording.jsonl"
+    with old.open("w", encoding="utf-8") as f:
+        for _, record in read_records(recorded):
+            f.write(json.dumps(record, separators=(",", ":")) + "\n")
+    result = run_bot4("replay", str(old))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("replay matched: ")
+
+
+def test_a_truncated_gzip_recording_is_one_clear_error(recorded: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.jsonl.gz"
+    data = recorded.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    line = _one_clear_line(run_bot4("replay", str(cut)), cut)
+    assert "damaged gzip stream" in line
+
+
+def test_a_corrupted_gzip_recording_is_one_clear_error(recorded: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl.gz"
+    data = bytearray(recorded.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(64)
+    bad.write_bytes(bytes(data))
+    line = _one_clear_line(run_bot4("replay", str(bad)), bad)
+    assert "damaged gzip stream" in line or "not a recording line" in line
+
+
+def test_a_gzip_bomb_is_refused_before_it_inflates(recorded: Path, tmp_path: Path) -> None:
+    """A valid header, then ~200 MB of blank lines packed into ~200 kB: refused
+    once it inflates past the ratio no recording reaches, not read to the end."""
+    _, header = next(read_records(recorded))
+    bomb = tmp_path / "bomb.jsonl.gz"
+    with gzip.open(bomb, "wb", compresslevel=9) as f:
+        f.write((json.dumps(header) + "\n").encode())
+        chunk = (b" " * 1023 + b"\n") * 1024
+        for _ in range(200):
+            f.write(chunk)
+    assert bomb.stat().st_size < 1_000_000
+    line = _one_clear_line(run_bot4("replay", str(bomb)), bomb)
+    assert "gzip bomb" in line
+
+
+def test_one_endless_line_is_refused(tmp_path: Path) -> None:
+    endless = tmp_path / "endless.jsonl.gz"
+    with gzip.open(endless, "wb", compresslevel=1) as f:
+        for _ in range(20):
+            f.write(b"[" * (1024 * 1024))
+    with pytest.raises(ConfigError, match=r"endless\.jsonl\.gz:1: a line longer than"):
+        list(read_records(endless))
+
+
+def test_a_killed_session_leaves_its_head_and_decisions_on_disk(tmp_path: Path) -> None:
+    """The writer is never closed (the process was killed): what is on disk
+    still inflates to the header, the ticks so far and the last decision."""
+    path = tmp_path / "killed.jsonl.gz"
+    writer = CompactWriter(path, codec.encode)
+    writer.write("session.start", {"config": {}, "rules": {}}, 0, 1, "p-1")
+    stamp = datetime(2024, 3, 1, tzinfo=UTC)
+    ts = 1_709_251_200_000_000_000
+    for seq in range(2, 12):
+        writer.write("market.BTC-USDT", _tick("BTC-USDT", "50000.10", stamp), ts, seq, f"p-{seq}")
+    writer.write("signal.sma_cross", {"why": "cross"}, ts, 12, "p-12")
+    inflated = zlib.decompressobj(wbits=31).decompress(path.read_bytes()).decode()
+    lines = inflated.splitlines()
+    assert json.loads(lines[0])["topic"] == "session.start"
+    assert json.loads(lines[-1])["topic"] == "signal.sma_cross"
+    assert sum(line.startswith('["m",') for line in lines) == 10
+    writer.close()
