@@ -109,3 +109,24 @@ def service_missing(what: str, reason: str) -> None:
     if in_ci():
         pytest.fail(f"{message} (CI=true: services are required)")
     pytest.skip(message)
+
+
+PAPER_SESSION_CONFIG = """
+strategies:
+  - name: sma_cross
+    params: {fast: 10, slow: 60, size: "0.01", stop_loss_pct: "2", take_profit_pct: "4"}
+"""
+
+
+def record_paper_session(folder: Path, seconds: int = 1500) -> Path:
+    """Run a real paper session (with orders, fills and rejections) on
+    generated ticks in ``folder``; return its output folder."""
+    data = write_ticks(folder / "ticks.csv", seconds=seconds)
+    config = folder / "session.yaml"
+    config.write_text(PAPER_SESSION_CONFIG)
+    out = folder / "out"
+    result = run_bot4(
+        "run", "--data", str(data), "--config", str(config), "--out", str(out), "--no-chart"
+    )
+    assert result.returncode == 0, result.stderr
+    return out

@@ -25,27 +25,13 @@ from bot4.bus import EventRecorder, open_bus
 from bot4.errors import ConfigError
 from bot4.model import MarketData
 from bot4.recording import RECORDING, CompactWriter, SessionRecorder, read_records
-from tests.conftest import run_bot4, write_ticks
-
-CONFIG = """
-strategies:
-  - name: sma_cross
-    params: {fast: 10, slow: 60, size: "0.01", stop_loss_pct: "2", take_profit_pct: "4"}
-"""
+from tests.conftest import record_paper_session, run_bot4
 
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real paper session's recording, and its folder."""
-    tmp = tmp_path_factory.mktemp("recorded")
-    data = write_ticks(tmp / "ticks.csv", seconds=1500)
-    config = tmp / "session.yaml"
-    config.write_text(CONFIG)
-    out = tmp / "out"
-    result = run_bot4(
-        "run", "--data", str(data), "--config", str(config), "--out", str(out), "--no-chart"
-    )
-    assert result.returncode == 0, result.stderr
+    out = record_paper_session(tmp_path_factory.mktemp("recorded"))
     return out / RECORDING
 
 

@@ -32,28 +32,15 @@ from bot4.recording import read_records
 from bot4.replay import compare, replay
 from bot4.risk import default_rules_path
 from bot4.session import SessionConfig, StrategyConfig, policy_sha256, run_session
-from tests.conftest import REPO, run_bot4, write_ticks
+from tests.conftest import REPO, record_paper_session, run_bot4, write_ticks
 
 PARAMS = {"fast": 10, "slow": 60, "size": "0.01", "stop_loss_pct": "2", "take_profit_pct": "4"}
-CONFIG = """
-strategies:
-  - name: sma_cross
-    params: {fast: 10, slow: 60, size: "0.01", stop_loss_pct: "2", take_profit_pct: "4"}
-"""
 
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real paper session's recording (with orders, fills and rejections)."""
-    tmp = tmp_path_factory.mktemp("recorded")
-    data = write_ticks(tmp / "ticks.csv", seconds=1500)
-    config = tmp / "session.yaml"
-    config.write_text(CONFIG)
-    out = tmp / "out"
-    result = run_bot4(
-        "run", "--data", str(data), "--config", str(config), "--out", str(out), "--no-chart"
-    )
-    assert result.returncode == 0, result.stderr
+    out = record_paper_session(tmp_path_factory.mktemp("recorded"))
     return out / "recording.jsonl.gz"
 
 
