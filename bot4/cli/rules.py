@@ -7,6 +7,12 @@
   evaluated; ``--json`` for machines.
 * ``test [PATH...]`` runs the scenario files beside the rule files
   (``PATH/tests/*.yaml``) and exits 1 if any fails.
+  ``--coverage`` reports the rules that never fired and the conditions
+  never seen both true and false (:mod:`bot4.risk.coverage`);
+  ``--min-coverage PERCENT`` fails under a threshold.
+* ``fmt [PATH...] [--check | --diff]`` rewrites rule and scenario files in
+  one canonical layout (:mod:`bot4.risk.fmt`, as ``opa fmt``); ``--check``
+  exits 1 if a file is not formatted (for CI).
 
 PATH defaults to :func:`bot4.risk.default_rules_path`. Installed risk-rule
 packs are loaded (their facts and rule files): all of them, or those named by
@@ -79,7 +85,36 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         help="scenario file or directory (default: PATH/tests/*.yaml)",
     )
     test.add_argument("-v", "--verbose", action="store_true", help="print every scenario")
+    test.add_argument(
+        "--coverage",
+        action="store_true",
+        help="report which rules fired and which conditions were seen true and false",
+    )
+    test.add_argument(
+        "--min-coverage",
+        type=float,
+        metavar="PERCENT",
+        help="fail (exit 1) when coverage is below PERCENT (implies --coverage)",
+    )
+    test.add_argument(
+        "--coverage-json", type=Path, metavar="FILE", help="also write the coverage as JSON"
+    )
     test.set_defaults(func=cmd_test)
+
+    fmt = sub.add_parser("fmt", help="rewrite rule and scenario files in the canonical layout")
+    fmt.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        metavar="PATH",
+        help="rule or scenario file, or a policy directory (default: the default policy)",
+    )
+    mode = fmt.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if a file is not formatted"
+    )
+    mode.add_argument("--diff", action="store_true", help="write nothing; print what would change")
+    fmt.set_defaults(func=cmd_fmt)
 
 
 def _paths(parser: argparse.ArgumentParser) -> None:
@@ -275,6 +310,10 @@ def cmd_test(args: argparse.Namespace) -> int:
         if not files:
             print("no scenario files found (looked in PATH/tests/*.yaml)", file=sys.stderr)
             return 1
+        from bot4.risk.coverage import Coverage, check_minimum
+
+        measuring = args.coverage or args.min_coverage is not None or args.coverage_json
+        coverage = Coverage(policy.compiled) if measuring else None
         passed = failed = 0
         for f in files:
             try:
@@ -287,6 +326,8 @@ def cmd_test(args: argparse.Namespace) -> int:
                 try:
                     result = run_scenario(policy, scenario)
                     problems = check_expected(scenario, result)
+                    if coverage is not None:
+                        coverage.add(result)
                 except (RuleFileError, RiskError) as exc:
                     problems = [str(exc)]
                 where = f"{scenario.path}:{scenario.line}"
@@ -300,9 +341,93 @@ def cmd_test(args: argparse.Namespace) -> int:
                     if args.verbose:
                         print(f"PASS {where}: {scenario.name}")
         print(f"{passed} passed, {failed} failed")
-        return 1 if failed else 0
+        if coverage is None:
+            return 1 if failed else 0
+        for line in coverage.lines():
+            print(line)
+        if args.coverage_json is not None:
+            args.coverage_json.write_text(json.dumps(coverage.as_dict(), indent=2) + "\n")
+        under = check_minimum(coverage, args.min_coverage)
+        if under is not None:
+            print(f"FAIL {under}")
+        return 1 if failed or under is not None else 0
     finally:
         policy.close()
+
+
+def _yaml_files(paths: Sequence[Path]) -> list[Path]:
+    """A directory is a policy: its rule files and those of its ``tests/``
+    (scenarios) and ``examples/`` folders, as ``bot4 rules test`` reads them."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            for folder in (path, path / "tests", path / "examples"):
+                files.extend(sorted(folder.glob("*.yaml")))
+        else:
+            files.append(path)
+    return files
+
+
+def cmd_fmt(args: argparse.Namespace) -> int:
+    """Exit 0 when every file is (now) formatted, 1 with ``--check`` when one
+    is not, 2 for a file that cannot be read or is not YAML (one line each;
+    no file is written then, so a run never stops half-way)."""
+    from bot4.risk.fmt import Formatted, format_file
+
+    files = _yaml_files(list(args.paths) or [default_rules_path()])
+    if not files:
+        print("bot4 rules fmt: no *.yaml files found", file=sys.stderr)
+        return 2
+    results: list[Formatted] = []
+    bad = 0
+    for path in files:
+        try:
+            results.append(format_file(str(path)))
+        except RuleFileError as exc:
+            print(f"bot4: {exc}", file=sys.stderr)
+            bad += 1
+    if bad:
+        return 2
+    changed = [r for r in results if r.changed]
+    if args.diff:
+        import difflib
+
+        for r in changed:
+            sys.stdout.writelines(
+                difflib.unified_diff(
+                    r.original.splitlines(True),
+                    r.text.splitlines(True),
+                    r.path,
+                    r.path + " (formatted)",
+                )
+            )
+    elif args.check:
+        for r in changed:
+            print(f"would reformat {r.path}")
+    else:
+        for r in changed:
+            _write(Path(r.path), r.text)
+            print(f"reformatted {r.path}")
+    verb = "would be reformatted" if args.check or args.diff else "reformatted"
+    print(f"{len(changed)} files {verb}, {len(results) - len(changed)} already formatted")
+    return 1 if changed and (args.check or args.diff) else 0
+
+
+def _write(path: Path, text: str) -> None:
+    # A whole file or none: a crash never leaves a rule file half written.
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, path.stat().st_mode & 0o7777)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def main(argv: Sequence[str] | None = None) -> int:
