@@ -161,7 +161,9 @@ class Coverage:
             for c in never:
                 why = "never evaluated" if not c.evaluated else f"evaluated {c.evaluated}x"
                 out.append(f"    {c.rule.where} {c.rule.name} ({why})")
-        partial = [(c, k) for c in rules for k in c.conditions if not (k.seen_true and k.seen_false)]
+        partial = [
+            (c, k) for c in rules for k in c.conditions if not (k.seen_true and k.seen_false)
+        ]
         if partial:
             out.append("  conditions not seen both ways:")
             for c, k in partial:
