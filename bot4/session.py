@@ -35,6 +35,7 @@ from bot4.model import MarketData
 from bot4.plugins import PluginManager
 from bot4.portfolio import PortfolioTracker
 from bot4.recording import RECORDING, SessionRecorder
+from bot4.suggest import did_you_mean
 
 if TYPE_CHECKING:
     from bot4.journal.riskstate import RunHistory
@@ -201,7 +202,8 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
     _need(
         not unknown,
         at(unknown[0]) if unknown else where,
-        f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+        f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        + (did_you_mean(unknown[0], known) if unknown else ""),
     )
 
     exchange = raw.get("exchange", DEFAULT_EXCHANGE)

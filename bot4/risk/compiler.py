@@ -60,6 +60,7 @@ from bot4.risk.facts import BUILTIN_FACTS, FILL, LIQUIDATION_FACTS, ORDER, STAGE
 from bot4.risk.reasons import render
 from bot4.risk.windows import WindowSpec
 from bot4.risk.yamlsrc import YList, YMap, load_yaml
+from bot4.suggest import did_you_mean
 
 RULE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 WINDOW_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -194,10 +195,11 @@ def _mapping(value: object, path: str, line: int, what: str) -> YMap:
 def _unknown_keys(m: YMap, allowed: set[str], path: str, what: str) -> None:
     for key in m:
         if key not in allowed:
+            hint = did_you_mean(str(key), allowed)
             raise _err(
                 path,
                 m.lines[key],
-                f"unknown key {key!r} in {what} (allowed: {', '.join(sorted(allowed))})",
+                f"unknown key {key!r} in {what} (allowed: {', '.join(sorted(allowed))}){hint}",
             )
 
 
@@ -256,6 +258,7 @@ class Compiler:
 
     def __init__(self, pack_facts: Mapping[str, str]) -> None:
         self.pack_facts = dict(pack_facts)
+        self._known_facts: list[str] = []
 
     def fact_kind(self, windows: Mapping[str, WindowSpec]) -> Callable[[str], str | None]:
         def lookup(name: str) -> str | None:
@@ -269,6 +272,10 @@ class Compiler:
             return None
 
         return lookup
+
+    def fact_names(self, windows: Mapping[str, WindowSpec]) -> list[str]:
+        """Every fact a condition may name (for "did you mean")."""
+        return [*BUILTIN_FACTS, *(f"window.{w}" for w in windows), *self.pack_facts]
 
     def stages_of(self, name: str) -> frozenset[str]:
         spec = BUILTIN_FACTS.get(name)
@@ -334,6 +341,7 @@ class Compiler:
                     windows[wname] = WindowSpec.parse(wname, wdef, path, line)
 
         lookup = self.fact_kind(windows)
+        self._known_facts = self.fact_names(windows)  # for "did you mean" in errors
         rules: list[Rule] = []
         seen: dict[str, Rule] = {}
         for file_index, raw in enumerate(raws):
@@ -426,7 +434,7 @@ class Compiler:
         when_line = m.lines["when"]
         source = m["when"]
         try:
-            when = expr.parse(source, lookup, params)
+            when = expr.parse(source, lookup, params, known_facts=self._known_facts)
         except ExprError as exc:
             raise _expr_err(path, when_line, exc, f"{label} when", source) from None
 
@@ -468,7 +476,14 @@ class Compiler:
                 sline = body.lines["suggested_size"]
                 ssrc = body["suggested_size"]
                 try:
-                    suggested = expr.parse(ssrc, lookup, params, expect=NUMBER, allow_division=True)
+                    suggested = expr.parse(
+                        ssrc,
+                        lookup,
+                        params,
+                        expect=NUMBER,
+                        allow_division=True,
+                        known_facts=self._known_facts,
+                    )
                 except ExprError as exc:
                     raise _expr_err(path, sline, exc, f"{label} suggested_size", ssrc) from None
         else:

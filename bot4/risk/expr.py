@@ -35,10 +35,12 @@ import ast
 import math
 import operator
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
+
+from bot4.suggest import did_you_mean
 
 # Facts and constants are bounded in magnitude and a condition may hold only a
 # few multiplications, so no intermediate value can overflow to infinity (and
@@ -197,8 +199,10 @@ class _Parser:
         fact_kind: Callable[[str], str | None],
         params: Mapping[str, Value],
         allow_division: bool,
+        known_facts: Iterable[str] = (),
     ) -> None:
         self.fact_kind = fact_kind
+        self.known_facts = known_facts  # for "did you mean" only
         self.params = params
         self.allow_division = allow_division
         self.count = 0
@@ -286,7 +290,8 @@ class _Parser:
                 return Const(False)
             if node.id not in self.params:
                 known = ", ".join(sorted(self.params)) or "none"
-                raise self.fail(node, f"unknown parameter {node.id!r} (parameters: {known})")
+                hint = did_you_mean(node.id, self.params)
+                raise self.fail(node, f"unknown parameter {node.id!r} (parameters: {known}){hint}")
             value = self.params[node.id]
             return Const(value, node.id)
         if isinstance(node, ast.Attribute):
@@ -297,9 +302,11 @@ class _Parser:
                 )
             fact_kind = self.fact_kind(name)
             if fact_kind is None:
+                hint = did_you_mean(name, self.known_facts)
                 raise self.fail(
                     node,
-                    f"unknown fact {name!r} (not a bot4 fact, and no loaded risk pack provides it)",
+                    f"unknown fact {name!r} (not a bot4 fact, and no loaded risk pack "
+                    f"provides it){hint}",
                 )
             return Fact(name, fact_kind)
         raise self.fail(node, f"unsupported syntax ({type(node).__name__})")
@@ -351,6 +358,7 @@ def parse(
     *,
     expect: str = BOOL,
     allow_division: bool = False,
+    known_facts: Iterable[str] = (),
 ) -> Node:
     """Parse one expression. ``source`` may be a string, a bool (``when: true``)
     or a number (``suggested_size: 0``)."""
@@ -369,7 +377,7 @@ def parse(
             raise ExprError(f"syntax error: {exc.msg}", exc.lineno or 1) from None
         except (ValueError, RecursionError, MemoryError):
             raise ExprError("expression cannot be parsed") from None
-        parser = _Parser(fact_kind, params, allow_division)
+        parser = _Parser(fact_kind, params, allow_division, known_facts)
         try:
             tree = parser.parse(module.body)
         except RecursionError:

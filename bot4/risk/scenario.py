@@ -46,6 +46,7 @@ from bot4.risk.expr import FACT_NAME
 from bot4.risk.facts import FILL, ORDER, STAGES, TICK
 from bot4.risk.policy import Explanation, RiskPolicy
 from bot4.risk.yamlsrc import YList, YMap, load_yaml
+from bot4.suggest import did_you_mean
 
 _SCENARIO_KEYS = {"name", "event", "facts", "history", "expected", "description"}
 _FACT_SECTIONS = {"portfolio", "order", "market", "breaker", "now", "fill", "stop_out"}
@@ -100,7 +101,8 @@ def _scenario(item: object, path: str, line: int) -> Scenario:
         item = _wrap(item)  # a bare facts mapping (eval on stdin)
     for key in item:
         if key not in _SCENARIO_KEYS:
-            raise _err(path, item.lines[key], f"unknown key {key!r} in a scenario")
+            hint = did_you_mean(str(key), _SCENARIO_KEYS)
+            raise _err(path, item.lines[key], f"unknown key {key!r} in a scenario{hint}")
     event = item.get("event", ORDER)
     if event not in STAGES:
         raise _err(path, item.lines.get("event", line), f"event must be one of {', '.join(STAGES)}")
@@ -116,7 +118,8 @@ def _scenario(item: object, path: str, line: int) -> Scenario:
             raise _err(path, item.lines["expected"], "expected must be a mapping")
         for key in expected:
             if key not in _EXPECTED_KEYS:
-                raise _err(path, expected.lines[key], f"unknown key {key!r} in expected")
+                hint = did_you_mean(str(key), _EXPECTED_KEYS)
+                raise _err(path, expected.lines[key], f"unknown key {key!r} in expected{hint}")
     name = item.get("name", f"{Path(path).name}:{line}")
     return Scenario(str(name), path, line, str(event), facts, history, expected)
 
@@ -156,9 +159,11 @@ def _portfolio(facts: YMap, path: str) -> Portfolio:
     section = _section(facts, "portfolio", path)
     if section is None:
         return Portfolio(cash=Decimal(100000), peak_equity=Decimal(100000))
+    portfolio_keys = ("equity", "cash", "peak_equity", "positions")
     for key in section:
-        if key not in ("equity", "cash", "peak_equity", "positions"):
-            raise _err(path, section.lines[key], f"unknown key {key!r} in portfolio")
+        if key not in portfolio_keys:
+            hint = did_you_mean(str(key), portfolio_keys)
+            raise _err(path, section.lines[key], f"unknown key {key!r} in portfolio{hint}")
     line = section.line
     cash = _num(section.get("cash", section.get("equity", 100000)), path, line, "portfolio cash")
     positions: dict[str, Position] = {}
@@ -213,7 +218,8 @@ def _order(section: YMap, path: str, cid: str = "scenario") -> Order:
     }
     for key in section:
         if key not in allowed:
-            raise _err(path, section.lines[key], f"unknown key {key!r} in order")
+            hint = did_you_mean(str(key), allowed)
+            raise _err(path, section.lines[key], f"unknown key {key!r} in order{hint}")
     line = section.line
     price = section.get("price")
     try:
@@ -242,7 +248,8 @@ def _market(section: YMap | None, symbol: str, path: str) -> MarketData | None:
         return None
     for key in section:
         if key not in ("symbol", "bid", "ask", "last"):
-            raise _err(path, section.lines[key], f"unknown key {key!r} in market")
+            hint = did_you_mean(str(key), ("symbol", "bid", "ask", "last"))
+            raise _err(path, section.lines[key], f"unknown key {key!r} in market{hint}")
     line = section.line
     last = section.get("last", section.get("bid"))
     if last is None:
@@ -266,7 +273,8 @@ def _fill(section: YMap, path: str, fid: str = "scenario") -> Fill:
     line = section.line
     for key in section:
         if key not in ("symbol", "side", "qty", "price", "fee"):
-            raise _err(path, section.lines[key], f"unknown key {key!r} in fill")
+            hint = did_you_mean(str(key), ("symbol", "side", "qty", "price", "fee"))
+            raise _err(path, section.lines[key], f"unknown key {key!r} in fill{hint}")
     try:
         return Fill(
             fill_id=fid,
@@ -293,7 +301,8 @@ def run_scenario(policy: RiskPolicy, scenario: Scenario) -> Explanation:
     path, facts = scenario.path, scenario.facts
     for key in facts:
         if key not in _FACT_SECTIONS and not FACT_NAME.match(key):
-            raise _err(path, facts.lines[key], f"unknown fact section {key!r}")
+            hint = did_you_mean(str(key), _FACT_SECTIONS)
+            raise _err(path, facts.lines[key], f"unknown fact section {key!r}{hint}")
     fresh = policy.spawn()
     try:
         portfolio = _portfolio(facts, path)
@@ -320,7 +329,8 @@ def run_scenario(policy: RiskPolicy, scenario: Scenario) -> Explanation:
         known = set(fresh.compiled.pack_facts) | _builtin_names()
         for name in overrides:
             if name not in known:
-                raise _err(path, facts.lines[name], f"{name} is not a fact of this policy")
+                hint = did_you_mean(name, known)
+                raise _err(path, facts.lines[name], f"{name} is not a fact of this policy{hint}")
         if scenario.event == ORDER:
             section = _section(facts, "order", path)
             if section is None:

@@ -29,6 +29,7 @@ import attrs
 
 from bot4.errors import RuleFileError
 from bot4.risk.yamlsrc import YMap
+from bot4.suggest import did_you_mean
 
 ORDERS = "orders"
 STOP_OUTS = "stop_outs"
@@ -55,8 +56,9 @@ class WindowSpec:
             )
         for key in value:
             if key not in ("count", "seconds", "per_symbol"):
+                hint = did_you_mean(str(key), ("count", "seconds", "per_symbol"))
                 raise RuleFileError(
-                    path, value.lines[key], f"unknown key {key!r} in window {name!r}"
+                    path, value.lines[key], f"unknown key {key!r} in window {name!r}{hint}"
                 )
         count = value.get("count")
         if count not in EVENT_KINDS:
