@@ -154,6 +154,18 @@ class RiskRules(abc.ABC):
         """Names of the facts :meth:`facts` returns, declared up front so a rule
         file that uses an unknown fact fails to compile."""
 
+    def fact_types(self) -> Mapping[str, str]:
+        """The type of each fact: ``"number"``, ``"bool"`` or ``"string"``
+        (default: every fact is a number). A ``bool`` fact can stand alone
+        as a condition (``when: mypack.blocked``); a value of another type
+        than declared rejects the order."""
+        return {}
+
+    def fact_docs(self) -> Mapping[str, str]:
+        """One line per fact saying what it means (and its unit), shown by
+        ``bot4 rules facts``. Optional."""
+        return {}
+
     @abc.abstractmethod
     def facts(self, ctx: FactContext) -> Mapping[str, Any]:
         """Facts about one order (numbers, booleans, strings). Synchronous and

@@ -10,6 +10,8 @@
   ``--coverage`` reports the rules that never fired and the conditions
   never seen both true and false (:mod:`bot4.risk.coverage`);
   ``--min-coverage PERCENT`` fails under a threshold.
+* ``facts [PATH...] [--json | --markdown]`` lists every fact a rule can
+  name: bot4's, the policy's windows, the packs' (:mod:`bot4.risk.catalogue`).
 * ``fmt [PATH...] [--check | --diff]`` rewrites rule and scenario files in
   one canonical layout (:mod:`bot4.risk.fmt`, as ``opa fmt``); ``--check``
   exits 1 if a file is not formatted (for CI).
@@ -100,6 +102,13 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "--coverage-json", type=Path, metavar="FILE", help="also write the coverage as JSON"
     )
     test.set_defaults(func=cmd_test)
+
+    facts = sub.add_parser("facts", help="list every fact a rule can name")
+    _paths(facts)
+    shape = facts.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    shape.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    facts.set_defaults(func=cmd_facts)
 
     fmt = sub.add_parser("fmt", help="rewrite rule and scenario files in the canonical layout")
     fmt.add_argument(
@@ -353,6 +362,26 @@ def cmd_test(args: argparse.Namespace) -> int:
         return 1 if failed or under is not None else 0
     finally:
         policy.close()
+
+
+def cmd_facts(args: argparse.Namespace) -> int:
+    """The fact catalogue of the policy at PATH with the packs in use."""
+    from bot4.risk.catalogue import as_markdown, as_table, catalogue
+
+    policy = _load(args, sys.stderr, 2)
+    if isinstance(policy, int):
+        return policy
+    try:
+        entries = catalogue(policy.compiled.windows, policy.packs)
+    finally:
+        policy.close()
+    if args.json:
+        print(json.dumps([e.as_dict() for e in entries], indent=2))
+    elif args.markdown:
+        sys.stdout.write(as_markdown(entries))
+    else:
+        sys.stdout.write(as_table(entries))
+    return 0
 
 
 def _yaml_files(paths: Sequence[Path]) -> list[Path]:

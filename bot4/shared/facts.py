@@ -42,6 +42,18 @@ FACTS = frozenset(
     }
 )
 
+DOCS: Mapping[str, str] = {
+    "shared.exposure": "filled exposure of every process (quote currency)",
+    "shared.reserved": "exposure reserved by open orders of every process (quote currency)",
+    "shared.used": "exposure + reserved (quote currency)",
+    "shared.used_after": "used + this order's notional (quote currency)",
+    "shared.symbol_used": "exposure and reservations in the order's symbol (quote currency)",
+    "shared.equity": "summed equity of the live processes (quote currency)",
+    "shared.leverage": "used / equity (x; 0 without equity)",
+    "shared.processes": "live processes sharing the budget (count)",
+    "shared.age": "seconds since the figures were read from Redis",
+}
+
 
 class SharedFacts(RiskRules):
     """The ``shared`` pack: facts from the last read of the shared budget."""
@@ -61,6 +73,9 @@ class SharedFacts(RiskRules):
 
     def fact_names(self) -> frozenset[str]:
         return FACTS
+
+    def fact_docs(self) -> Mapping[str, str]:
+        return DOCS
 
     def facts(self, ctx: FactContext) -> Mapping[str, Any]:
         figures = self.figures

@@ -72,6 +72,15 @@ class CorrelationPack(RiskRules):
     def fact_names(self) -> frozenset[str]:
         return frozenset({FACT})
 
+    def fact_types(self) -> Mapping[str, str]:
+        return {FACT: "number"}
+
+    def fact_docs(self) -> Mapping[str, str]:
+        return {
+            FACT: "highest Pearson correlation (-1..1) of the order's symbol's returns with "
+            "a position held in the same direction; 0 without enough data"
+        }
+
     def on_market_data(self, tick: MarketData) -> None:
         price = float(tick.last)
         previous = self._last.get(tick.symbol)
