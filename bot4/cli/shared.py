@@ -71,18 +71,30 @@ def _fail(command: str, text: str, code: int = 1) -> int:
     return code
 
 
-def _live(conn: Any) -> list[str]:
-    ns = conn.config.namespace
+def _leases(conn: Any) -> dict[str, float]:
+    """Live processes by lease: each one whose heartbeat key has not expired,
+    with the seconds its lease has left. A process that registered and then
+    died is not live, whatever ``<ns>:procs`` still lists."""
+    ns = conn.config.prefix
 
-    def read(client: Any) -> list[str]:
+    def read(client: Any) -> dict[str, float]:
         procs = sorted(client.smembers(f"{ns}:procs"))
         pipe = client.pipeline(transaction=False)
         for proc in procs:
-            pipe.exists(f"{ns}:hb:{proc}")
-        return [p for p, alive in zip(procs, pipe.execute(), strict=True) if alive]
+            pipe.pttl(f"{ns}:hb:{proc}")
+        # PTTL: -2 for a key that is gone (lease expired), -1 for no expiry.
+        return {
+            p: ms / 1000
+            for p, ms in zip(procs, pipe.execute(), strict=True)
+            if ms is not None and ms > 0
+        }
 
-    result: list[str] = conn.run(read)
+    result: dict[str, float] = conn.run(read)
     return result
+
+
+def _live(conn: Any) -> list[str]:
+    return list(_leases(conn))
 
 
 def cmd_breaker(args: argparse.Namespace) -> int:
@@ -107,7 +119,8 @@ def cmd_breaker(args: argparse.Namespace) -> int:
                 return 0
             state = breaker.state_sync()
             figures = SharedBudget(conn).figures_sync()
-            live = _live(conn)
+            leases = _leases(conn)
+            live = list(leases)
     except Bot4Error as exc:
         return _fail(command, str(exc))
     if args.json:
@@ -123,6 +136,7 @@ def cmd_breaker(args: argparse.Namespace) -> int:
                     "killed": state.killed,
                     "kill_reason": state.kill_reason,
                     "processes": live,
+                    "leases": {p: round(left, 3) for p, left in leases.items()},
                     "exposure": str(figures.exposure),
                     "reserved": str(figures.reserved),
                     "equity": str(figures.equity),
@@ -133,7 +147,8 @@ def cmd_breaker(args: argparse.Namespace) -> int:
         return 0
     print(f"redis:     {config.safe_url} (namespace {config.namespace})")
     print(f"breaker:   {state.describe()}")
-    print(f"processes: {len(live)} live" + (f" ({', '.join(live)})" if live else ""))
+    shown = ", ".join(f"{p}, lease {left:.1f} s left" for p, left in leases.items())
+    print(f"processes: {len(live)} live by lease" + (f" ({shown})" if live else ""))
     print(
         f"budget:    exposure {figures.exposure:,.2f}, reserved {figures.reserved:,.2f}, "
         f"equity {figures.equity:,.2f}"

@@ -108,10 +108,12 @@ class SharedBreaker:
             raise ValueError(f"breaker action must be one of {ACTIONS}, not {action!r}")
         at = time.time_ns()
         message = json.dumps({"action": action, "reason": reason, "by": by, "at_ns": at})
-        ns = self.conn.config.namespace
+        ns = self.conn.config.prefix
         return int(
             self.conn.run(
-                lambda _c: self._change(keys=[], args=[ns, action, reason, by, str(at), message])
+                lambda _c: self._change(
+                    keys=[self.key], args=[ns, action, reason, by, str(at), message]
+                )
             )
         )
 

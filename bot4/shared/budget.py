@@ -359,7 +359,7 @@ class SharedBudget:
         self.limits = limits or BudgetLimits()
         self.lease = lease
         self.process = conn.config.process
-        self.prefix = conn.config.namespace
+        self.prefix = conn.config.prefix  # hash-tagged on a cluster
         self._scripts = {
             name: conn.client.register_script(text)
             for name, text in (
@@ -372,6 +372,7 @@ class SharedBudget:
                 ("withdraw", _WITHDRAW),
             )
         }
+        self._route = f"{self.prefix}:budget:res"
         self._lock = threading.Lock()
         self._held: dict[str, tuple[str, int]] = {}  # order id -> (symbol, units left)
         self.available = False  # the last call reached Redis
@@ -390,7 +391,9 @@ class SharedBudget:
 
     def _eval(self, name: str, argv: list[str]) -> Any:
         def go(_: redis.Redis) -> Any:
-            return self._scripts[name](keys=[], args=[self.prefix, *argv])
+            # The one key names the slot: on a cluster the script runs on the
+            # node that holds every key of the namespace (one hash tag).
+            return self._scripts[name](keys=[self._route], args=[self.prefix, *argv])
 
         try:
             answer = self.conn.run(go)
