@@ -289,6 +289,9 @@ class RiskPolicy:
         ) = None
         self._breaker = Breaker()
         self._events = EventLog()
+        # Whether an approval counts in the order windows. A shadow policy
+        # (bot4.risk.shadow) counts the live policy's approvals instead.
+        self.count_approvals = True
         self._breaker.on_reset(lambda: self._events.clear(STOP_OUTS))
         self._set_horizon()
 
@@ -488,7 +491,7 @@ class RiskPolicy:
             )
             log.error("order rejected, fail closed: %s", decision.reason)
         elif decider.outcome == "approve":
-            if compiled.counts_orders:
+            if compiled.counts_orders and self.count_approvals:
                 self._events.record(ORDERS, order.symbol, now_ns)
             decision = Approved(order=order, rules=plan.rule_names)
         else:
