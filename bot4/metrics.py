@@ -72,6 +72,7 @@ Metric names (all prefixed ``bot4_``)::
                                              run; session_id and run (1, 2, ... from
                                              the journal) are kept across a resume
     session_start_time_seconds, session_running, build_info{version}
+    notifications_total{notifier,outcome}    sent|failed|timeout|dropped|rate_limited
 """
 
 from __future__ import annotations
@@ -335,6 +336,13 @@ class Metrics:
         self.run_id = uuid.uuid4().hex[:12]
         self._breaker_series: tuple[str, str] | None = None
         self._reasons = _Bounded(32)
+        self._notifiers = _Bounded(16)
+        self.notifications = counter(
+            "notifications",
+            "Notifications to a person, by notifier and outcome "
+            "(sent, failed, timeout, dropped, rate_limited)",
+            ("notifier", "outcome"),
+        )
         self._feed_seen: dict[str, tuple[datetime, float]] = {}
         self.running = gauge("session_running", "1 while the session's kernel runs")
         build = gauge("build_info", "bot4 version (value 1)", ("version",))
@@ -384,6 +392,12 @@ class Metrics:
     def observe_exchange_retry(self, venue: str, method: str, outcome: str) -> None:
         """An exchange plugin retries ``method`` after a failure of ``outcome``."""
         self.exchange_retries.labels(self._exchanges(venue), method, outcome).inc()
+
+    def count_notification(self, notifier: str, outcome: str, count: int = 1) -> None:
+        """For :mod:`bot4.notify`: a notification ended with ``outcome``."""
+        child = self.notifications.labels(self._notifiers(notifier), outcome)
+        if count:
+            child.inc(count)
 
     def _set_breaker(self, state: str, reason: str) -> None:
         series = (state, self._reasons(redact(reason)[:REASON_LEN]) if reason else "")
