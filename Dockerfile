@@ -5,7 +5,7 @@
 #
 # Build arguments:
 #   PYTHON_VERSION=3.11   bot4 supports 3.11, 3.12 and 3.13
-#   WITH_CCXT=0           1 adds the ccxt exchange plugin (and ccxt, ~40 MB)
+#   WITH_CCXT=0           1 adds the ccxt exchange plugin (ccxt: ~117 MB installed)
 # Installs are pinned by constraints.txt (tools/constraints.py writes it).
 ARG PYTHON_VERSION=3.11
 
