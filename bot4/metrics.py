@@ -77,35 +77,31 @@ Metric names (all prefixed ``bot4_``)::
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from decimal import Decimal
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import generate_latest, start_http_server
+from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 
 import bot4
 from bot4.bus import Backpressure, Bus, Event, Subscription
 from bot4.exchange_metrics import METHODS, OUTCOMES, InstrumentedExchange
 from bot4.kernel import KernelStats
+from bot4.metrics_server import DEFAULT_ADDR, MetricsServer
 from bot4.model import Fill, OrderState, OrderStatus, RiskActionKind
 from bot4.secrets import redact
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from bot4.session import SessionContext
 
 __all__ = ["DEFAULT_ADDR", "Metrics", "MetricsServer"]
 
-DEFAULT_ADDR = "127.0.0.1"
 OTHER = "other"
 APPROVED_RULE = "none"
 
@@ -637,37 +633,4 @@ class Metrics:
 
     def serve(self, port: int, addr: str = DEFAULT_ADDR) -> MetricsServer:
         """Serve ``/metrics`` over HTTP in a background thread until closed."""
-        return MetricsServer(self, port, addr)
-
-
-class MetricsServer:
-    """The HTTP endpoint. ``port=0`` picks a free port (see :attr:`port`).
-    Use as a context manager, or call :meth:`close`."""
-
-    def __init__(self, metrics: Metrics, port: int, addr: str = DEFAULT_ADDR) -> None:
-        server, thread = start_http_server(port, addr=addr, registry=metrics.registry)
-        self._server: WSGIServer = server
-        self._thread: threading.Thread = thread
-        self.addr = addr
-        self.port: int = server.server_port
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.addr}]" if ":" in self.addr else self.addr
-        return f"http://{host}:{self.port}/metrics"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-
-    def __enter__(self) -> MetricsServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        return MetricsServer(self.registry, port, addr)
