@@ -47,3 +47,24 @@ def test_an_unreadable_file_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="UnicodeDecodeError") as refused:
         env_value("X", {"X_FILE": str(binary)})
     assert "secret" not in str(refused.value)
+
+
+def test_journal_migrate_reads_the_url_from_a_file(tmp_path: Path) -> None:
+    """The compose `migrate` service: `bot4 journal migrate` with only
+    BOT4_DATABASE_URL_FILE set (here naming a SQLite journal)."""
+    from tests.conftest import run_bot4
+
+    journal = tmp_path / "journal.sqlite"
+    secret = tmp_path / "database_url"
+    secret.write_text(f"{journal}\n")
+    env = {"BOT4_DATABASE_URL": None, "BOT4_DATABASE_URL_FILE": str(secret)}
+    result = run_bot4("journal", "migrate", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert journal.exists()
+    missing = run_bot4(
+        "journal", "migrate", env={**env, "BOT4_DATABASE_URL_FILE": str(tmp_path / "nope")}
+    )
+    assert missing.returncode == 2
+    assert missing.stderr.strip().startswith("bot4")
+    assert "BOT4_DATABASE_URL_FILE: cannot read" in missing.stderr
+    assert "Traceback" not in missing.stderr
