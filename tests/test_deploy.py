@@ -596,3 +596,24 @@ def test_the_top_row_reads_the_status(live_registry: set[str]) -> None:
     words = {k: v["text"] for k, v in mapping["options"].items()}
     assert words == {"0": "DOWN", "1": "RUNNING", "2": "TRIPPED", "3": "HALTED", "4": "STOPPED"}
     assert metric_names(record["expr"]) <= live_registry
+
+
+def test_smoke_script_parses_and_says_when_it_cannot_run(tmp_path: Path) -> None:
+    """deploy/smoke.sh needs a Docker engine; here it must parse and, without
+    `docker compose`, exit 77 (skipped) saying so, starting nothing."""
+    smoke = REPO / "deploy" / "smoke.sh"
+    parsed = subprocess.run(["sh", "-n", str(smoke)], capture_output=True, text=True, check=False)
+    assert parsed.returncode == 0, parsed.stderr
+    if _compose_command() is not None:
+        pytest.skip("docker compose is installed: run deploy/smoke.sh by hand")
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    result = subprocess.run(
+        ["sh", str(smoke)],
+        env={"PATH": f"{bare}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 77, result.stderr
+    assert "no `docker compose` here" in result.stderr
