@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import pluggy
 
 from bot4.contracts import Exchange, RiskRules, Strategy
+from bot4.notify import Notifier
 
 hookspec = pluggy.HookspecMarker("bot4")
 hookimpl = pluggy.HookimplMarker("bot4")
@@ -47,6 +48,12 @@ class RegisterStrategy(Protocol):
 class RegisterRiskRules(Protocol):
     def __call__(
         self, name: str, factory: Callable[[Config], RiskRules], *, description: str = ""
+    ) -> None: ...
+
+
+class RegisterNotifier(Protocol):
+    def __call__(
+        self, name: str, factory: Callable[[Config], Notifier | None], *, description: str = ""
     ) -> None: ...
 
 
@@ -74,6 +81,14 @@ def register_strategies(register: RegisterStrategy) -> None:
 @hookspec
 def register_risk_rules(register: RegisterRiskRules) -> None:
     """Register risk-rule packs (facts and extra rule files)."""
+
+
+@hookspec
+def register_notifiers(register: RegisterNotifier) -> None:
+    """Register notifiers: ``register(name, factory)``. The factory reads
+    its configuration (environment, secrets files) and returns a
+    :class:`bot4.notify.Notifier`, or None when it is not configured; bot4
+    feeds every configured one (:mod:`bot4.notify`)."""
 
 
 @hookspec

@@ -10,10 +10,25 @@ never clash. It is a session service (:meth:`Metrics.service`): given to
   ``bot4_bus_dropped_events_total{subscriber="metrics.*"}``). Market data is
   not subscribed to, so metrics cost nothing per tick;
 * sets ``kernel.decision_observer`` to time every gate decision;
-* samples the book, the breaker, the kernel's counters and the bus every
-  ``sample_every`` seconds (and once more when the session ends) from the trio
-  thread. The HTTP server's thread only reads prometheus-client objects, which
-  are thread-safe; it never touches the tracker or the bus.
+* samples the book, the breaker, the kill switch, the feed, the kernel's
+  counters and the bus every ``sample_every`` seconds (and once more when the
+  session ends) from the trio thread. The HTTP server's thread only reads
+  prometheus-client objects, which are thread-safe; it never touches the
+  tracker or the bus;
+* wraps ``kernel.exchange`` in :class:`~bot4.exchange_metrics.InstrumentedExchange`,
+  so every request to the venue is counted by outcome and timed.
+
+The book's gauges (equity, PnL, exposure, ...) have no sample at all until the
+book has its first mark: a scrape before the first price reads "no data", not
+an equity of 0. The feed's age is measured in wall-clock seconds since the
+sampler last saw a symbol's latest tick change (so a replay at any speed and a
+live feed read the same way), to the sampler's resolution (``sample_every``).
+
+Hooks for other parts of bot4, all cheap, synchronous and safe to call from
+the trio thread: :meth:`Metrics.observe_journal_write` (one durable write),
+:meth:`Metrics.set_journal_queue` (records waiting and the age of the oldest),
+:meth:`Metrics.count_journal_failure`, :meth:`Metrics.observe_exchange_request`
+and :meth:`Metrics.observe_exchange_retry`.
 
 Counts the kernel keeps itself (decisions by rule, risk actions, breaker
 trips, ticks) are taken from :class:`~bot4.kernel.KernelStats` as deltas, at
@@ -43,35 +58,50 @@ Metric names (all prefixed ``bot4_``)::
     leverage, margin_used, open_positions
     bus_events_total, bus_queue_depth{subscriber},
     bus_dropped_events_total{subscriber}, bus_handler_errors_total{subscriber}
-    plugin_load_failures, journal_write_seconds (histogram)
-    session_info{session_id,exchange}, session_running, build_info{version}
+    plugin_load_failures
+    journal_write_seconds (histogram), journal_queue_depth, journal_lag_seconds,
+    journal_write_failures_total
+    exchange_requests_total{venue,method,outcome}   outcome ok|refused|rate_limited|
+                                                    timeout|unreachable|error
+    exchange_request_seconds{venue,method}   histogram
+    exchange_retries_total{venue,method,outcome}     retries inside a plugin
+    feed_age_seconds{symbol}, feed_last_tick_timestamp_seconds{symbol}
+    breaker_info{state,reason}               state armed|tripped, value 1
+    halted, kill_switch                      1 while trading is halted / by the kill switch
+    session_info{session_id,run_id,run,exchange}   run_id is new for every process
+                                             run; session_id and run (1, 2, ... from
+                                             the journal) are kept across a resume
+    session_start_time_seconds, session_running, build_info{version}
+    notifications_total{notifier,outcome}    sent|failed|timeout|dropped|rate_limited
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterable, Mapping
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
 from decimal import Decimal
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import generate_latest, start_http_server
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric
 
 import bot4
 from bot4.bus import Backpressure, Bus, Event, Subscription
+from bot4.exchange_metrics import METHODS, OUTCOMES, InstrumentedExchange
 from bot4.kernel import KernelStats
+from bot4.metrics_server import DEFAULT_ADDR, MetricsServer
 from bot4.model import Fill, OrderState, OrderStatus, RiskActionKind
+from bot4.secrets import redact
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from bot4.session import SessionContext
 
 __all__ = ["DEFAULT_ADDR", "Metrics", "MetricsServer"]
 
-DEFAULT_ADDR = "127.0.0.1"
 OTHER = "other"
 APPROVED_RULE = "none"
 
@@ -95,6 +125,10 @@ DECISION_BUCKETS = (
 )
 # A journal write is a local fsync or a PostgreSQL round trip.
 JOURNAL_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+# A venue answers in milliseconds to seconds; a timeout is tens of seconds.
+EXCHANGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Breaker reasons are free text: cut to this length (and bounded in number).
+REASON_LEN = 120
 
 _SUBSCRIPTIONS = (
     ("order.#", "metrics.orders"),
@@ -127,6 +161,25 @@ def _f(value: Decimal) -> float:
     return float(value)
 
 
+class _UntilMarked:
+    """A collector for the book's gauges that yields nothing until
+    :attr:`ready`: before the first mark the book is not known, and a 0 would
+    read as a wiped-out account."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.gauges: list[Gauge] = []
+
+    def describe(self) -> Iterator[Metric]:
+        for gauge in self.gauges:
+            yield from gauge.describe()
+
+    def collect(self) -> Iterator[Metric]:
+        if self.ready:
+            for gauge in self.gauges:
+                yield from gauge.collect()
+
+
 class Metrics:
     """Every metric bot4 exports, in a registry of its own."""
 
@@ -155,6 +208,13 @@ class Metrics:
 
         def gauge(name: str, doc: str, labels: Iterable[str] = ()) -> Gauge:
             return Gauge(f"bot4_{name}", doc, labelnames=tuple(labels), registry=r)
+
+        self._book = _UntilMarked()
+
+        def book(name: str, doc: str, labels: Iterable[str] = ()) -> Gauge:
+            made = Gauge(f"bot4_{name}", doc, labelnames=tuple(labels), registry=None)
+            self._book.gauges.append(made)
+            return made
 
         # decisions
         self.decisions = counter(
@@ -185,21 +245,22 @@ class Metrics:
         self.signals = counter("signals", "Strategy signals")
         self.strategy_errors = counter("strategy_errors", "Strategy calls that raised")
         self.kernel_errors = counter("kernel_errors", "Errors the kernel reported on kernel.error")
-        # book
-        self.equity = gauge("equity", "Cash plus unrealised PnL, quote currency")
-        self.cash = gauge("cash", "Starting cash plus realised PnL minus fees")
-        self.pnl = gauge("pnl", "Equity minus starting cash (net of fees)")
-        self.realized = gauge("realized_pnl", "Realised PnL before fees")
-        self.unrealized = gauge("unrealized_pnl", "Unrealised PnL of open positions")
-        self.fees = gauge("fees", "Fees paid")
-        self.peak = gauge("peak_equity", "High-water mark of equity")
-        self.drawdown = gauge("drawdown_ratio", "(peak - equity) / peak, 0.1 = 10 % down")
-        self.gross = gauge("gross_exposure", "Sum of position notionals at the marks")
-        self.net = gauge("net_exposure", "Signed sum of position notionals (long minus short)")
-        self.exposure = gauge("exposure", "Position notional at the mark", ("symbol",))
-        self.leverage = gauge("leverage", "Gross exposure / equity (0 when flat)")
-        self.margin = gauge("margin_used", "Initial margin held by open positions")
-        self.positions = gauge("open_positions", "Symbols with an open position")
+        # book (no sample before the first mark)
+        self.equity = book("equity", "Cash plus unrealised PnL, quote currency")
+        self.cash = book("cash", "Starting cash plus realised PnL minus fees")
+        self.pnl = book("pnl", "Equity minus starting cash (net of fees)")
+        self.realized = book("realized_pnl", "Realised PnL before fees")
+        self.unrealized = book("unrealized_pnl", "Unrealised PnL of open positions")
+        self.fees = book("fees", "Fees paid")
+        self.peak = book("peak_equity", "High-water mark of equity")
+        self.drawdown = book("drawdown_ratio", "(peak - equity) / peak, 0.1 = 10 % down")
+        self.gross = book("gross_exposure", "Sum of position notionals at the marks")
+        self.net = book("net_exposure", "Signed sum of position notionals (long minus short)")
+        self.exposure = book("exposure", "Position notional at the mark", ("symbol",))
+        self.leverage = book("leverage", "Gross exposure / equity (0 when flat)")
+        self.margin = book("margin_used", "Initial margin held by open positions")
+        self.positions = book("open_positions", "Symbols with an open position")
+        r.register(self._book)
         # bus
         self.bus_events = counter("bus_events", "Events published on the bus")
         self.queue_depth = gauge(
@@ -219,9 +280,66 @@ class Metrics:
             buckets=JOURNAL_BUCKETS,
             registry=r,
         )
-        self.session_info = gauge(
-            "session_info", "The running session (value 1)", ("session_id", "exchange")
+        self.journal_depth = gauge("journal_queue_depth", "Journal records waiting to be written")
+        self.journal_lag = gauge(
+            "journal_lag_seconds", "Age of the oldest journal record not yet written (0 if none)"
         )
+        self.journal_failures = counter(
+            "journal_write_failures", "Journal writes (flushes) that failed"
+        )
+        # exchange
+        self.exchange_requests = counter(
+            "exchange_requests",
+            "Requests to the exchange by venue, method and outcome",
+            ("venue", "method", "outcome"),
+        )
+        self.exchange_latency = Histogram(
+            "bot4_exchange_request_seconds",
+            "Time an exchange request took, whatever its outcome",
+            labelnames=("venue", "method"),
+            buckets=EXCHANGE_BUCKETS,
+            registry=r,
+        )
+        self.exchange_retries = counter(
+            "exchange_retries",
+            "Requests an exchange plugin retried, by the outcome that made it retry",
+            ("venue", "method", "outcome"),
+        )
+        # feed
+        self.feed_age = gauge(
+            "feed_age_seconds", "Wall-clock seconds since the symbol's last tick", ("symbol",)
+        )
+        self.feed_ts = gauge(
+            "feed_last_tick_timestamp_seconds",
+            "Timestamp (data time, Unix seconds) of the symbol's last tick",
+            ("symbol",),
+        )
+        # state
+        self.breaker_info = gauge(
+            "breaker_info", "The circuit breaker's state and reason (value 1)", ("state", "reason")
+        )
+        self.halted = gauge("halted", "1 while trading is halted (kill switch or a blind monitor)")
+        self.kill_switch = gauge("kill_switch", "1 while the kill switch holds trading halted")
+        self.session_info = gauge(
+            "session_info",
+            "The running session (value 1)",
+            ("session_id", "run_id", "run", "exchange"),
+        )
+        self.session_start = gauge(
+            "session_start_time_seconds", "When this run of the session started (Unix seconds)"
+        )
+        # New for every run of the process; the session id is the journal's.
+        self.run_id = uuid.uuid4().hex[:12]
+        self._breaker_series: tuple[str, str] | None = None
+        self._reasons = _Bounded(32)
+        self._notifiers = _Bounded(16)
+        self.notifications = counter(
+            "notifications",
+            "Notifications to a person, by notifier and outcome "
+            "(sent, failed, timeout, dropped, rate_limited)",
+            ("notifier", "outcome"),
+        )
+        self._feed_seen: dict[str, tuple[datetime, float]] = {}
         self.running = gauge("session_running", "1 while the session's kernel runs")
         build = gauge("build_info", "bot4 version (value 1)", ("version",))
         build.labels(bot4.__version__).set(1)
@@ -234,6 +352,7 @@ class Metrics:
         self.decisions.labels(APPROVED_RULE, "approved")
         for result in ("ok", "failed"):
             self.reloads.labels(result)
+        self._set_breaker("armed", "")
 
     # -- hooks called by the kernel and the journal --------------------------------
 
@@ -242,8 +361,48 @@ class Metrics:
         self.decision_latency.labels(outcome).observe(seconds)
 
     def observe_journal_write(self, seconds: float) -> None:
-        """For :mod:`bot4.journal`: one write took ``seconds`` to be durable."""
+        """For :mod:`bot4.journal`: one write (a flush of one batch, committed
+        or fsynced) took ``seconds`` to be durable. Call it for every write,
+        from the thread that made it (prometheus-client is thread-safe)."""
         self.journal_write.observe(seconds)
+
+    def set_journal_queue(self, depth: int, lag_seconds: float) -> None:
+        """For :mod:`bot4.journal`: ``depth`` records wait to be written, the
+        oldest queued ``lag_seconds`` ago (0 when none waits). Call it when the
+        queue changes or at least once per flush."""
+        self.journal_depth.set(depth)
+        self.journal_lag.set(lag_seconds if depth else 0.0)
+
+    def count_journal_failure(self) -> None:
+        """For :mod:`bot4.journal`: a write failed (it will be retried or spilled)."""
+        self.journal_failures.inc()
+
+    def observe_exchange_request(
+        self, venue: str, method: str, outcome: str, seconds: float
+    ) -> None:
+        """One request to ``venue`` ended with ``outcome`` after ``seconds``."""
+        venue = self._exchanges(venue)
+        self.exchange_requests.labels(venue, method, outcome).inc()
+        self.exchange_latency.labels(venue, method).observe(seconds)
+
+    def observe_exchange_retry(self, venue: str, method: str, outcome: str) -> None:
+        """An exchange plugin retries ``method`` after a failure of ``outcome``."""
+        self.exchange_retries.labels(self._exchanges(venue), method, outcome).inc()
+
+    def count_notification(self, notifier: str, outcome: str, count: int = 1) -> None:
+        """For :mod:`bot4.notify`: a notification ended with ``outcome``."""
+        child = self.notifications.labels(self._notifiers(notifier), outcome)
+        if count:
+            child.inc(count)
+
+    def _set_breaker(self, state: str, reason: str) -> None:
+        series = (state, self._reasons(redact(reason)[:REASON_LEN]) if reason else "")
+        if series == self._breaker_series:
+            return
+        if self._breaker_series is not None:
+            self.breaker_info.remove(*self._breaker_series)
+        self.breaker_info.labels(*series).set(1)
+        self._breaker_series = series
 
     # -- bus observer ----------------------------------------------------------------
 
@@ -286,18 +445,54 @@ class Metrics:
 
     # -- sampling ----------------------------------------------------------------------
 
-    def sample(self, tracker: Any, policy: Any, stats: KernelStats, bus: Bus | None) -> None:
-        """Copy the book, the breaker, the kernel's counters and the bus's
-        subscriber figures into the metrics. Call from the trio thread."""
+    def sample(
+        self,
+        tracker: Any,
+        policy: Any,
+        stats: KernelStats,
+        bus: Bus | None,
+        kernel: Any = None,
+    ) -> None:
+        """Copy the book, the breaker, the kernel's counters, its halt and
+        feed, and the bus's subscriber figures into the metrics. Call from the
+        trio thread."""
         self._sample_book(tracker)
         breaker = getattr(policy, "breaker", None)
-        self.breaker_tripped.set(1 if getattr(breaker, "tripped", False) else 0)
+        tripped = bool(getattr(breaker, "tripped", False))
+        self.breaker_tripped.set(1 if tripped else 0)
+        reason = str(getattr(breaker, "reason", "")) if tripped else ""
+        self._set_breaker("tripped" if tripped else "armed", reason)
         self._sample_stats(stats)
         if bus is not None:
             self._sample_bus(bus)
+        if kernel is not None:
+            self._sample_kernel(kernel)
+
+    def _sample_kernel(self, kernel: Any) -> None:
+        from bot4.shared.service import KILL_PREFIX  # late: it imports the session
+
+        halted = getattr(kernel, "halted", None)
+        self.halted.set(0 if halted is None else 1)
+        self.kill_switch.set(1 if halted is not None and halted.startswith(KILL_PREFIX) else 0)
+        # The kernel's last tick per symbol (read only; the dict is the kernel's).
+        last: Mapping[str, Any] = getattr(kernel, "_last", {})
+        now = time.time()
+        for symbol, tick in list(last.items()):
+            label = self._symbols(symbol)
+            stamp = getattr(tick, "timestamp", None)
+            if not isinstance(stamp, datetime):
+                continue
+            seen = self._feed_seen.get(label)
+            if seen is None or seen[0] != stamp:
+                seen = self._feed_seen[label] = (stamp, now)
+            self.feed_age.labels(label).set(now - seen[1])
+            self.feed_ts.labels(label).set(stamp.timestamp())
 
     def _sample_book(self, tracker: Any) -> None:
         book = tracker.snapshot()
+        if not book.marks and not self._book.ready:
+            return  # no price seen yet: the book's figures stay unexported
+        self._book.ready = True
         equity = book.equity
         self.equity.set(_f(equity))
         self.cash.set(_f(book.cash))
@@ -389,7 +584,20 @@ class Metrics:
         """A :data:`bot4.session.SessionService`: wire this session in."""
         self.set_plugin_failures(len(ctx.manager.failed()))
         self.attach(ctx.bus, exchange=getattr(ctx.exchange, "name", ctx.config.exchange))
-        self.session_info.labels(ctx.config.session_id, self.exchange).set(1)
+        # The journal service ran before this one and counted the earlier runs.
+        run = ctx.history.runs + 1 if ctx.history is not None else 1
+        self.session_info.labels(ctx.config.session_id, self.run_id, str(run), self.exchange).set(1)
+        self.session_start.set(time.time())
+        if not isinstance(ctx.kernel.exchange, InstrumentedExchange):
+            ctx.kernel.exchange = InstrumentedExchange(
+                ctx.kernel.exchange,
+                self.observe_exchange_request,
+                venue=self.exchange,
+                observe_retry=self.observe_exchange_retry,
+            )
+        for method in METHODS:
+            for outcome in OUTCOMES:
+                self.exchange_requests.labels(self.exchange, method, outcome)
         ctx.kernel.decision_observer = self.observe_decision
         self._stats = ctx.kernel.stats
         self.running.set(1)
@@ -399,13 +607,13 @@ class Metrics:
         kernel = ctx.kernel
         try:
             while True:
-                self.sample(ctx.tracker, ctx.policy, kernel.stats, ctx.bus)
+                self.sample(ctx.tracker, ctx.policy, kernel.stats, ctx.bus, kernel)
                 await trio.sleep(self.sample_every)
         finally:
             # The session's nursery is cancelled once the kernel has run and the
             # bus is drained: take the final figures (sync, so cancellation
             # cannot interrupt it).
-            self.sample(ctx.tracker, ctx.policy, kernel.stats, ctx.bus)
+            self.sample(ctx.tracker, ctx.policy, kernel.stats, ctx.bus, kernel)
             self.running.set(0)
 
     # -- reading ----------------------------------------------------------------------
@@ -425,37 +633,4 @@ class Metrics:
 
     def serve(self, port: int, addr: str = DEFAULT_ADDR) -> MetricsServer:
         """Serve ``/metrics`` over HTTP in a background thread until closed."""
-        return MetricsServer(self, port, addr)
-
-
-class MetricsServer:
-    """The HTTP endpoint. ``port=0`` picks a free port (see :attr:`port`).
-    Use as a context manager, or call :meth:`close`."""
-
-    def __init__(self, metrics: Metrics, port: int, addr: str = DEFAULT_ADDR) -> None:
-        server, thread = start_http_server(port, addr=addr, registry=metrics.registry)
-        self._server: WSGIServer = server
-        self._thread: threading.Thread = thread
-        self.addr = addr
-        self.port: int = server.server_port
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.addr}]" if ":" in self.addr else self.addr
-        return f"http://{host}:{self.port}/metrics"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-
-    def __enter__(self) -> MetricsServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        return MetricsServer(self.registry, port, addr)

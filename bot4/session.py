@@ -406,6 +406,9 @@ def default_services(config: SessionConfig) -> list[SessionService]:
     from bot4.shared.service import shared_services  # BOT4_REDIS_URL: shared risk state
 
     services.extend(shared_services(config))
+    from bot4.notify import notify_services  # notifier plugins (bot4.notify)
+
+    services.extend(notify_services(config))
     return services
 
 

@@ -27,11 +27,11 @@ KINDS = [k.value for k in RecordKind]
 
 
 def _target(args: argparse.Namespace) -> str:
-    import os
+    from bot4.secrets import env_value  # BOT4_DATABASE_URL or BOT4_DATABASE_URL_FILE
 
     if args.journal:
         return str(args.journal)
-    return os.environ.get(ENV_URL, "").strip() or str(Path("bot4-out") / "journal.sqlite")
+    return env_value(ENV_URL).strip() or str(Path("bot4-out") / "journal.sqlite")
 
 
 def _add_target(p: argparse.ArgumentParser) -> None:

@@ -23,6 +23,7 @@ import pluggy
 from bot4 import hookspecs
 from bot4.contracts import API_VERSION, Exchange, RiskRules, Strategy
 from bot4.errors import PluginApiMismatch, PluginError
+from bot4.notify import Notifier
 from bot4.plugins.finder import PluginSpec, find_plugins
 from bot4.secrets import redact
 
@@ -34,6 +35,7 @@ KIND_OF_HOOK = {
     "register_exchanges": "exchange",
     "register_strategies": "strategy",
     "register_risk_rules": "risk rules",
+    "register_notifiers": "notifier",
     "register_commands": "other",
 }
 
@@ -103,6 +105,7 @@ class Registry:
     exchanges: dict[str, Registered[Exchange]] = attrs.field(factory=dict)
     strategies: dict[str, Registered[Strategy]] = attrs.field(factory=dict)
     risk_rules: dict[str, Registered[RiskRules]] = attrs.field(factory=dict)
+    notifiers: dict[str, Registered[Notifier | None]] = attrs.field(factory=dict)
     commands: dict[str, Command] = attrs.field(factory=dict)
 
     def exchange(self, name: str) -> Registered[Exchange]:
@@ -220,6 +223,7 @@ class PluginManager:
         self.registry.exchanges.update(staged.exchanges)
         self.registry.strategies.update(staged.strategies)
         self.registry.risk_rules.update(staged.risk_rules)
+        self.registry.notifiers.update(staged.notifiers)
         self.registry.commands.update(staged.commands)
 
     def _registrar(
@@ -229,6 +233,7 @@ class PluginManager:
             "register_exchanges": (self.registry.exchanges, staged.exchanges, "exchange"),
             "register_strategies": (self.registry.strategies, staged.strategies, "strategy"),
             "register_risk_rules": (self.registry.risk_rules, staged.risk_rules, "risk-rule pack"),
+            "register_notifiers": (self.registry.notifiers, staged.notifiers, "notifier"),
             "register_commands": (self.registry.commands, staged.commands, "command"),
         }
         final, stage, what = tables[hook]
