@@ -381,7 +381,9 @@ class Subscription:
     """One subscriber: its queue, policy, counters and delivery task.
 
     Counters: ``delivered`` (handler returned normally), ``failed`` (handler
-    or filter raised), ``dropped`` (events lost to backpressure).  ``closed``
+    or filter raised), ``dropped`` (events lost to backpressure); a batch
+    counts as its events in ``delivered`` and ``dropped``, as one in
+    ``failed``.  ``closed``
     turns true on ``unsubscribe()``, on a FAIL overflow (then ``error`` holds
     the :class:`SubscriberFailed`) and when the bus closes.
     """
