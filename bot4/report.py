@@ -418,7 +418,9 @@ class SessionReport:
     def handle_batch(self, batch: EventBatch) -> None:
         """Take a batch of ticks (the bus's batch handler): the same figures as
         :meth:`handle` on each of its events, delivered at the same moment.
-        The book is read once for the batch, as it is the same for each."""
+        The book is read once for the batch, as it is the same for each; a
+        tick while flat (most of them) credits no exposure and leaves the
+        gross ratio at zero, so only the clock and the buckets move."""
         state: tuple[Decimal, Decimal] | None = None
         bucket_ns = self._bucket_ns
         price_open, prices, last_price = self._price_open, self._prices, self._last_price
@@ -430,7 +432,13 @@ class SessionReport:
                 state = None  # another handler may have read or changed the book
                 continue
             self._ticks += 1
-            ts = self._advance(event_ts)
+            equity_open = self._equity_open
+            flat = not self._open and self._first_ts is not None and equity_open is not None
+            if flat:  # _advance without a position: time only moves forward
+                ts = event_ts if event_ts > self._last_ts else self._last_ts
+                self._last_ts = ts
+            else:
+                ts = self._advance(event_ts)
             symbol, price = tick.symbol, tick.last
             last_price[symbol] = price
             index = ts // bucket_ns
@@ -445,6 +453,19 @@ class SessionReport:
                 bucket.add(ts, price)
             if state is None:
                 state = self._book_state()
+            if flat:  # _observe_at without a position
+                assert equity_open is not None
+                self._floats_stale = True
+                equity, drawdown = state
+                if index > equity_open.index:
+                    self._equity.append(equity_open.equity())
+                    self._equity_open = _Bucket(index, ts, equity, drawdown)
+                else:
+                    equity_open.add(ts, equity)
+                    if drawdown > equity_open.drawdown:
+                        equity_open.drawdown = drawdown
+                self._gross_ratio = 0.0
+                continue
             if self._open:
                 self._last_float[symbol] = float(price)
             else:
