@@ -753,22 +753,23 @@ class Bus:
         """Add one event to each batch subscriber's open batch, or queue a
         new batch holding it; like :meth:`_dispatch_now`, returns a coroutine
         only when a full ``BLOCK`` subscriber must be waited for."""
-        for index, sub in enumerate(subs):
+        for sub in subs:
             batch = sub._open
-            if batch is None:
-                batch = EventBatch(self._cid_prefix)
-                new = True
-            else:
-                new = False
+            if batch is not None:  # the common case: the open batch takes it
+                batch.topics.append(topic)
+                batch.payloads.append(payload)
+                batch.ts.append(ts)
+                batch.seqs.append(seq)
+                batch.correlation_ids.append(correlation_id)
+                if len(batch.seqs) >= sub._batch_size:
+                    sub._open = None  # full: the next event starts another
+                continue
+            batch = EventBatch(self._cid_prefix)
             batch.topics.append(topic)
             batch.payloads.append(payload)
             batch.ts.append(ts)
             batch.seqs.append(seq)
             batch.correlation_ids.append(correlation_id)
-            if not new:
-                if len(batch.seqs) >= sub._batch_size:
-                    sub._open = None  # full: the next event starts another
-                continue
             queue = sub._queue
             if len(queue) < sub._limit:
                 queue.append(batch)
@@ -778,7 +779,7 @@ class Bus:
                     self._mark_busy(sub)
             elif not self._overflow(sub, batch):
                 return self._batch_blocked(
-                    subs, index, batch, topic, payload, ts, seq, correlation_id
+                    subs, subs.index(sub), batch, topic, payload, ts, seq, correlation_id
                 )
         return None
 
