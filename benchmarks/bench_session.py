@@ -65,11 +65,11 @@ def _quick_data(folder: Path) -> Path:
 
 
 def _events(recording: Path) -> int:
-    """The events a recording holds: its lines, less the compact form's
-    declarations (a symbol, the correlation-id prefix), read as a stream."""
-    opener = gzip.open if recording.name.endswith(".gz") else open
-    with opener(recording, "rb") as f:
-        return sum(1 for line in f if not line.startswith((b'["M",', b'["P",')))
+    """The events a recording holds, read as a stream by bot4's own reader
+    (any of its forms: columnar frames, compact lines, plain lines)."""
+    from bot4.recording import read_records
+
+    return sum(1 for _ in read_records(recording))
 
 
 def _checked(done: Process, name: str) -> Process:

@@ -55,6 +55,22 @@ Design
   :meth:`Bus.post` is the synchronous form for hot paths: it makes no
   coroutine unless it must wait, and builds no envelope for a topic that
   no subscriber matches (the seq still advances).
+* **Batches**: a subscriber that takes events in bulk (a recorder, a
+  report) subscribes with ``on_batch`` and ``batch_topics`` (default
+  ``market.*``).  Events on those topics reach it as one
+  :class:`EventBatch` (columns: topics, payloads, ts, seqs, correlation
+  ids) instead of one envelope each; its other topics reach ``handler`` as
+  events.  Order is exact: the open batch is the last item of the
+  subscriber's queue and takes consecutive batched events until the
+  delivery task takes it, it holds ``batch_size`` events, or any other
+  event is queued for that subscriber (which closes it, so the batch is
+  delivered before that event, and a later batched event starts a new
+  batch).  Draining and closing treat a batch as one queued item, so
+  ``drain()`` delivers it.  A batch takes one queue slot (backpressure
+  applies when a new one is queued; ``dropped`` counts its events).
+  Per-event subscribers of the same topics are unaffected, and
+  :meth:`Bus.post` builds an envelope only if one of them matches.
+  ``bus.error`` is never batched; a filter cannot be combined with batches.
 * **Shutdown**: leaving ``open_bus`` normally drains every queue (all queued
   events are delivered) and then closes the bus, so delivery tasks end on
   their own.  Leaving it with an exception or by cancellation cancels the
@@ -88,7 +104,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from os import PathLike
 from types import TracebackType
@@ -102,11 +118,13 @@ from bot4.errors import Bot4Error
 __all__ = [
     "BUS_ERROR",
     "Backpressure",
+    "BatchHandler",
     "Bus",
     "BusClosed",
     "BusError",
     "BusErrorInfo",
     "Event",
+    "EventBatch",
     "EventRecorder",
     "Filter",
     "Handler",
@@ -125,6 +143,9 @@ ROUTE_CACHE_SIZE = 65_536
 """Topics cached before the route cache is cleared (bounds its memory)."""
 
 DEFAULT_CAPACITY = 1024
+
+DEFAULT_BATCH_SIZE = 4096
+"""Events a batch takes at most before the next one starts a new batch."""
 
 
 # ---------------------------------------------------------------- exceptions
@@ -208,6 +229,66 @@ def _make_event(topic: str, payload: Any, ts: int, seq: int, correlation_id: str
     return event
 
 
+class EventBatch:
+    """Consecutive batched events for one subscriber, delivered as one item.
+
+    Columns, one entry per event in publish order: ``topics``, ``payloads``,
+    ``ts`` and ``seqs``; ``correlation_ids`` holds the id given to the
+    publish, or None for the bus's own (``prefix`` + seq, see
+    :meth:`correlation_id`), so a batch builds no id string per event.
+    ``topic``, ``seq`` and ``correlation_id`` describe the first event (what
+    a ``bus.error`` report about the batch names).  A handler must not keep
+    the batch past its call expecting it to stay the same: it is the bus's
+    until delivered, then the handler's.
+    """
+
+    __slots__ = ("correlation_ids", "payloads", "prefix", "seqs", "topics", "ts")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.topics: list[str] = []
+        self.payloads: list[Any] = []
+        self.ts: list[int] = []
+        self.seqs: list[int] = []
+        self.correlation_ids: list[str | None] = []
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def __repr__(self) -> str:
+        return f"<EventBatch {len(self)} events from seq {self.seq}>"
+
+    def correlation_id_at(self, index: int) -> str:
+        """The correlation id of event ``index`` (the bus's own if none given)."""
+        cid = self.correlation_ids[index]
+        return f"{self.prefix}{self.seqs[index]}" if cid is None else cid
+
+    def events(self) -> Iterator[Event]:
+        """The batch as the envelopes a per-event subscriber gets (equal ones)."""
+        prefix = self.prefix
+        for topic, payload, ts, seq, cid in zip(
+            self.topics, self.payloads, self.ts, self.seqs, self.correlation_ids, strict=True
+        ):
+            yield _make_event(topic, payload, ts, seq, f"{prefix}{seq}" if cid is None else cid)
+
+    @property
+    def topic(self) -> str:
+        return self.topics[0]
+
+    @property
+    def seq(self) -> int:
+        return self.seqs[0]
+
+    @property
+    def correlation_id(self) -> str:
+        return self.correlation_id_at(0)
+
+
+def _count(item: Event | EventBatch) -> int:
+    """Events in a queued item (a batch holds several)."""
+    return len(item) if isinstance(item, EventBatch) else 1
+
+
 @attrs.frozen(slots=True)
 class BusErrorInfo:
     """Payload of ``bus.error`` events.
@@ -234,6 +315,9 @@ class Backpressure(enum.Enum):
 
 Handler = Callable[[Event], Awaitable[None] | None]
 """An ``async def`` or plain function taking an Event; returns None."""
+
+BatchHandler = Callable[[EventBatch], Awaitable[None] | None]
+"""An ``async def`` or plain function taking an EventBatch; returns None."""
 
 Filter = Callable[[Event], bool]
 """Subscriber-side predicate; events for which it is false are not queued."""
@@ -297,23 +381,30 @@ class Subscription:
     """One subscriber: its queue, policy, counters and delivery task.
 
     Counters: ``delivered`` (handler returned normally), ``failed`` (handler
-    or filter raised), ``dropped`` (events lost to backpressure).  ``closed``
+    or filter raised), ``dropped`` (events lost to backpressure); a batch
+    counts as its events in ``delivered`` and ``dropped``, as one in
+    ``failed``.  ``closed``
     turns true on ``unsubscribe()``, on a FAIL overflow (then ``error`` holds
     the :class:`SubscriberFailed`) and when the bus closes.
     """
 
     __slots__ = (
+        "_batch_fixed",
+        "_batch_size",
+        "_batch_tail",
         "_blocked",
         "_bus",
         "_busy",
         "_fixed",
         "_idle",
         "_limit",
+        "_open",
         "_queue",
         "_room",
         "_tail",
         "_task",
         "_waiter",
+        "batch_topics",
         "capacity",
         "delivered",
         "dropped",
@@ -323,6 +414,7 @@ class Subscription:
         "handler",
         "last_error",
         "name",
+        "on_batch",
         "pattern",
         "policy",
     )
@@ -336,6 +428,9 @@ class Subscription:
         policy: Backpressure,
         capacity: int,
         name: str,
+        on_batch: BatchHandler | None = None,
+        batch_topics: str = "market.*",
+        batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
         self.name = name
         self.pattern = pattern
@@ -350,7 +445,16 @@ class Subscription:
         self.last_error: Exception | None = None
         self._bus = bus
         self._fixed, self._tail = _compile_pattern(pattern)
-        self._queue: deque[Event] = deque()
+        # Batches: topics matching both patterns reach ``on_batch`` in an
+        # EventBatch; the open batch (``_open``) is the last item of the
+        # queue, not yet taken by the delivery task, and takes the next
+        # batched event without a queue slot or an envelope.
+        self.on_batch = on_batch
+        self.batch_topics = batch_topics
+        self._batch_fixed, self._batch_tail = _compile_pattern(batch_topics)
+        self._batch_size = batch_size
+        self._open: EventBatch | None = None
+        self._queue: deque[Event | EventBatch] = deque()
         # Room left is `_limit - len(queue)`; closing sets _limit to 0 so a
         # stale route tuple can never enqueue into a dead subscription, at no
         # cost on the fast path (the overflow branch checks `closed`).
@@ -372,7 +476,7 @@ class Subscription:
 
     @property
     def queued(self) -> int:
-        """Events waiting in this subscription's queue."""
+        """Items waiting in this subscription's queue (a batch is one)."""
         return len(self._queue)
 
     def unsubscribe(self) -> None:
@@ -401,9 +505,11 @@ class Subscription:
         )
 
 
-# Cached route: (all matching subscriptions, the BLOCK ones among them).
-# publish_nowait checks the second tuple, which is usually empty.
-_Route = tuple[tuple[Subscription, ...], tuple[Subscription, ...]]
+# Cached route: (the subscriptions taking the topic as events, the BLOCK ones
+# among all, the subscriptions taking it in batches).  publish_nowait checks
+# the second tuple, which is usually empty; the third is usually empty too
+# except on market topics.
+_Route = tuple[tuple[Subscription, ...], tuple[Subscription, ...], tuple[Subscription, ...]]
 
 
 # ---------------------------------------------------------------------- bus
@@ -469,22 +575,44 @@ class Bus:
         policy: Backpressure = Backpressure.BLOCK,
         capacity: int = DEFAULT_CAPACITY,
         name: str | None = None,
+        on_batch: BatchHandler | None = None,
+        batch_topics: str = "market.*",
+        batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> Subscription:
         """Deliver events whose topic matches ``pattern`` to ``handler``.
 
         Starts the subscription's delivery task in the bus nursery.  Events
         published after this call (even before the task first runs) are
-        delivered.
+        delivered.  With ``on_batch``, events whose topic also matches
+        ``batch_topics`` reach ``on_batch`` in :class:`EventBatch` items of
+        at most ``batch_size`` events instead (see the module docstring);
+        ``filter`` cannot be combined with batches (it takes an envelope).
         """
         if self._closed:
             raise BusClosed("cannot subscribe: the bus is closed")
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity!r}")
+        if on_batch is not None:
+            if batch_size < 1:
+                raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+            if filter is not None:
+                raise ValueError("a filter cannot be combined with on_batch")
         if name is None:
             self._names += 1
             label = getattr(handler, "__qualname__", type(handler).__name__)
             name = f"{label}#{self._names}"
-        sub = Subscription(self, pattern, handler, filter, policy, capacity, name)
+        sub = Subscription(
+            self,
+            pattern,
+            handler,
+            filter,
+            policy,
+            capacity,
+            name,
+            on_batch,
+            batch_topics,
+            batch_size,
+        )
         self._subs.append(sub)
         self._routes.clear()
         self._nursery.start_soon(self._deliver, sub, name=f"bus-deliver:{name}")
@@ -496,7 +624,18 @@ class Bus:
         _check_topic(topic)
         segments = topic.split(".")
         subs = tuple(s for s in self._subs if _match(s._fixed, s._tail, segments))
-        route = (subs, tuple(s for s in subs if s.policy is Backpressure.BLOCK))
+        batched = tuple(
+            s
+            for s in subs
+            if s.on_batch is not None
+            and topic != BUS_ERROR  # the bus's own reports are never held in a batch
+            and _match(s._batch_fixed, s._batch_tail, segments)
+        )
+        route = (
+            tuple(s for s in subs if s not in batched),
+            tuple(s for s in subs if s.policy is Backpressure.BLOCK),
+            batched,
+        )
         if len(self._routes) >= ROUTE_CACHE_SIZE:
             self._routes.clear()
         self._routes[topic] = route
@@ -535,6 +674,10 @@ class Bus:
         if route is None:
             route = self._route_miss(topic)
         event = self._next_event(topic, payload, correlation_id, ts)
+        if route[2]:
+            rest = self._batch_now(route[2], topic, payload, event.ts, event.seq, correlation_id)
+            if rest is not None:
+                await rest
         rest = self._dispatch_now(route[0], event)
         if rest is not None:
             await rest
@@ -565,11 +708,98 @@ class Bus:
         route = self._routes.get(topic)
         if route is None:
             route = self._route_miss(topic)
-        subs = route[0]
+        subs, _, batched = route
+        if batched:
+            # Batch subscribers take the event into their open batch: still
+            # no envelope, unless a per-event subscriber needs one too.
+            self._seq = seq = self._seq + 1
+            if ts is None:
+                ts = self._clock()
+            rest = self._batch_now(batched, topic, payload, ts, seq, correlation_id)
+            if not subs:
+                return rest
+            event = _make_event(
+                topic,
+                payload,
+                ts,
+                seq,
+                f"{self._cid_prefix}{seq}" if correlation_id is None else correlation_id,
+            )
+            if rest is not None:
+                return self._then_dispatch(rest, subs, event)
+            return self._dispatch_now(subs, event)
         if not subs:
             self._seq += 1
             return None
         return self._dispatch_now(subs, self._next_event(topic, payload, correlation_id, ts))
+
+    async def _then_dispatch(
+        self, first: Awaitable[None], subs: tuple[Subscription, ...], event: Event
+    ) -> None:
+        await first
+        rest = self._dispatch_now(subs, event)
+        if rest is not None:
+            await rest
+
+    def _batch_now(
+        self,
+        subs: tuple[Subscription, ...],
+        topic: str,
+        payload: Any,
+        ts: int,
+        seq: int,
+        correlation_id: str | None,
+    ) -> Awaitable[None] | None:
+        """Add one event to each batch subscriber's open batch, or queue a
+        new batch holding it; like :meth:`_dispatch_now`, returns a coroutine
+        only when a full ``BLOCK`` subscriber must be waited for."""
+        for sub in subs:
+            batch = sub._open
+            if batch is not None:  # the common case: the open batch takes it
+                batch.topics.append(topic)
+                batch.payloads.append(payload)
+                batch.ts.append(ts)
+                batch.seqs.append(seq)
+                batch.correlation_ids.append(correlation_id)
+                if len(batch.seqs) >= sub._batch_size:
+                    sub._open = None  # full: the next event starts another
+                continue
+            batch = EventBatch(self._cid_prefix)
+            batch.topics.append(topic)
+            batch.payloads.append(payload)
+            batch.ts.append(ts)
+            batch.seqs.append(seq)
+            batch.correlation_ids.append(correlation_id)
+            queue = sub._queue
+            if len(queue) < sub._limit:
+                queue.append(batch)
+                if sub._batch_size > 1:
+                    sub._open = batch
+                if not sub._busy:
+                    self._mark_busy(sub)
+            elif not self._overflow(sub, batch):
+                return self._batch_blocked(
+                    subs, subs.index(sub), batch, topic, payload, ts, seq, correlation_id
+                )
+        return None
+
+    async def _batch_blocked(
+        self,
+        subs: tuple[Subscription, ...],
+        index: int,
+        batch: EventBatch,
+        topic: str,
+        payload: Any,
+        ts: int,
+        seq: int,
+        correlation_id: str | None,
+    ) -> None:
+        sub = subs[index]
+        while not self._overflow(sub, batch):
+            await self._wait_for_room(sub, batch)
+        rest = self._batch_now(subs[index + 1 :], topic, payload, ts, seq, correlation_id)
+        if rest is not None:
+            await rest
 
     async def reply(
         self, to: Event, topic: str, payload: Any = None, *, ts: int | None = None
@@ -604,7 +834,16 @@ class Bus:
         if route is None:
             route = self._route_miss(event.topic)
         self._seq = event.seq
+        if route[2]:
+            await self._dispatch_batched(route[2], event)
         await self._dispatch(route[0], event)
+
+    async def _dispatch_batched(self, subs: tuple[Subscription, ...], event: Event) -> None:
+        rest = self._batch_now(
+            subs, event.topic, event.payload, event.ts, event.seq, event.correlation_id
+        )
+        if rest is not None:
+            await rest
 
     async def _dispatch(self, subs: tuple[Subscription, ...], event: Event) -> None:
         rest = self._dispatch_now(subs, event)
@@ -626,6 +865,7 @@ class Bus:
             queue = sub._queue
             if len(queue) < sub._limit:
                 queue.append(event)
+                sub._open = None  # a batch never takes events queued after this one
                 if not sub._busy:
                     self._mark_busy(sub)
             elif not self._overflow(sub, event):
@@ -662,24 +902,35 @@ class Bus:
         route = self._routes.get(topic)
         if route is None:
             route = self._route_miss(topic)
-        subs, blockers = route
+        subs, blockers, batched = route
         event = self._next_event(topic, payload, correlation_id, ts)
         # All-or-nothing: find a full BLOCK subscriber before enqueueing
         # anywhere, so a caller retrying after WouldBlock makes no duplicates.
+        # (A batch subscriber with an open batch has room for this event.)
         rejected: list[Subscription] = []
         for sub in blockers:
+            if sub in batched:
+                if sub._open is None and len(sub._queue) >= sub._limit > 0:
+                    if self._seq == event.seq:
+                        self._seq -= 1
+                    raise WouldBlock(sub.name, topic)
+                continue
             if len(sub._queue) >= sub._limit > 0:
                 if sub.filter is None or self._accepts(sub, event):
                     if self._seq == event.seq:  # give the unused number back
                         self._seq -= 1
                     raise WouldBlock(sub.name, topic)
                 rejected.append(sub)  # filter ran once already: skip below
+        if batched:
+            never = self._batch_now(batched, topic, payload, event.ts, event.seq, correlation_id)
+            assert never is None  # every full BLOCK one was refused above
         for sub in subs:
             if sub.filter is not None and (sub in rejected or not self._accepts(sub, event)):
                 continue
             queue = sub._queue
             if len(queue) < sub._limit:
                 queue.append(event)
+                sub._open = None
                 if not sub._busy:
                     self._mark_busy(sub)
             else:
@@ -732,12 +983,17 @@ class Bus:
             set_ts(event, ts)
             set_seq(event, seq)
             set_cid(event, f"{prefix}{seq}" if correlation_id is None else correlation_id)
+            if route[2]:
+                rest = self._batch_now(route[2], topic, payload, ts, seq, correlation_id)
+                if rest is not None:
+                    await rest
             for sub in route[0]:
                 if sub.filter is not None and not self._accepts(sub, event):
                     continue
                 queue = sub._queue
                 if len(queue) < sub._limit:
                     queue.append(event)
+                    sub._open = None
                     if not sub._busy:
                         self._mark_busy(sub)
                 else:
@@ -762,8 +1018,8 @@ class Bus:
             self._queue_error(sub, event, exc)
             return False
 
-    def _overflow(self, sub: Subscription, event: Event) -> bool:
-        """Handle an event for a subscriber without room.
+    def _overflow(self, sub: Subscription, event: Event | EventBatch) -> bool:
+        """Handle an event (or a new batch) for a subscriber without room.
 
         Returns False only if the publisher has to wait (BLOCK, still full).
         """
@@ -771,25 +1027,30 @@ class Bus:
             return True
         queue = sub._queue
         if len(queue) < sub._limit:  # room appeared while we waited
-            queue.append(event)
-            if not sub._busy:
-                self._mark_busy(sub)
+            self._enqueue(sub, event)
             return True
         if sub.policy is Backpressure.DROP_OLDEST:
-            queue.popleft()
-            queue.append(event)
-            sub.dropped += 1
+            sub.dropped += _count(queue.popleft())
+            self._enqueue(sub, event)
             return True
         if sub.policy is Backpressure.FAIL:
             error = SubscriberFailed(sub.name, event.topic, sub.capacity)
             sub.error = error
-            sub.dropped += len(queue) + 1
+            sub.dropped += sum(map(_count, queue)) + _count(event)
             self._close_subscription(sub)
             self._queue_error(sub, event, error)
             return True
         return False
 
-    async def _wait_for_room(self, sub: Subscription, event: Event) -> None:
+    def _enqueue(self, sub: Subscription, item: Event | EventBatch) -> None:
+        sub._queue.append(item)
+        # A new batch is open for more events; anything else closes the one
+        # before it, so batched events never overtake it.
+        sub._open = item if isinstance(item, EventBatch) and sub._batch_size > 1 else None
+        if not sub._busy:
+            self._mark_busy(sub)
+
+    async def _wait_for_room(self, sub: Subscription, event: Event | EventBatch) -> None:
         if trio.lowlevel.current_task() is sub._task:
             raise BusError(
                 f"handler of {sub.name!r} published {event.topic!r} into its own "
@@ -813,7 +1074,9 @@ class Bus:
 
     # -- errors
 
-    def _queue_error(self, sub: Subscription, event: Event, exc: BaseException) -> None:
+    def _queue_error(
+        self, sub: Subscription, event: Event | EventBatch, exc: BaseException
+    ) -> None:
         if event.topic == BUS_ERROR:
             return  # errors about error events would loop; kept on `sub` only
         info = BusErrorInfo(
@@ -856,6 +1119,7 @@ class Bus:
         self._delivery_tasks.add(me)
         queue = sub._queue
         handler = sub.handler
+        on_batch = sub.on_batch
         try:
             while True:
                 if not queue:
@@ -873,7 +1137,15 @@ class Bus:
                     if sub._blocked:
                         sub._room.unpark()
                     try:
-                        result = handler(event)
+                        if isinstance(event, EventBatch):
+                            if event is sub._open:
+                                sub._open = None  # taken: it must not grow any more
+                            assert on_batch is not None
+                            result = on_batch(event)
+                            count = len(event)
+                        else:
+                            result = handler(event)
+                            count = 1
                         if result is not None:
                             await result
                     except Exception as exc:
@@ -883,7 +1155,7 @@ class Bus:
                         if self._pending:
                             self._flush_errors()
                     else:
-                        sub.delivered += 1
+                        sub.delivered += count
                 if queue:
                     await trio.lowlevel.checkpoint()
         finally:
@@ -928,6 +1200,7 @@ class Bus:
         if sub._limit == 0:
             return
         sub._limit = 0
+        sub._open = None
         sub._queue.clear()
         self._subs.remove(sub)
         self._routes.clear()

@@ -42,6 +42,7 @@ import attrs
 from bot4.contracts import Capability, Exchange
 from bot4.errors import ConfigError
 from bot4.plugins import PluginManager
+from bot4.recording import read_stream
 from bot4.replayvenue import RecordedPrefix, RecordedTicks, ReplayVenue, records
 from bot4.session import (
     SessionConfig,
@@ -94,9 +95,10 @@ def read_header(path: Path) -> dict[str, Any]:
 
 
 def _outputs(path: Path) -> Iterator[tuple[int, str, str]]:
-    for number, record in records(path):
-        if record["topic"].startswith(_OUTPUT_PREFIXES):
-            yield number, record["topic"], json.dumps(record.get("payload"), sort_keys=True)
+    # Ticks are inputs: their columns are not even decoded.
+    for number, topic, record in read_stream(path, ticks="skip"):
+        if topic.startswith(_OUTPUT_PREFIXES):
+            yield number, topic, json.dumps(record.get("payload"), sort_keys=True)
 
 
 # -- what the header may set -------------------------------------------------------

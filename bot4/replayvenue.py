@@ -29,7 +29,7 @@ from bot4 import codec, errors
 from bot4.contracts import Capability, Exchange, ExchangeEvent, MarketInfo
 from bot4.errors import ConfigError, ExchangeFailed, ExchangeRefused, OrderNotFound
 from bot4.model import Balance, Fill, MarketData, Order, OrderState, Position
-from bot4.recording import read_records
+from bot4.recording import read_records, read_stream
 
 __all__ = ["RecordedPrefix", "RecordedTicks", "ReplayVenue", "is_input", "records"]
 
@@ -77,16 +77,18 @@ class RecordedTicks(Iterator[MarketData]):
 
     def _read(self, path: Path, on_reload: ReloadHook) -> Iterator[MarketData]:
         pending: MarketData | None = None
-        for number, record in records(path):
-            topic = record["topic"]
-            if is_input(topic):
-                self.inputs += 1
+        # Ticks come validated straight from the recording's columns.
+        for number, topic, item in read_stream(path, ticks="models"):
             if topic.startswith("market."):
+                self.inputs += 1
                 if pending is not None:
                     yield pending
-                pending = _decode(path, number, record, MarketData)
+                pending = item
+                continue
+            if is_input(topic):
+                self.inputs += 1
             elif topic == "policy.reload":
-                on_reload(number, record.get("payload") or {})
+                on_reload(number, item.get("payload") or {})
         self.exhausted = True
         if pending is not None:
             yield pending
@@ -195,8 +197,9 @@ class ReplayVenue(Exchange):
         self._balance = balance
         self._currency = currency
         self._on_reload = on_reload
-        self._records = records(path)
-        self._head: Record | None = None  # the next input event, already read
+        self._records = read_stream(path, ticks="models")
+        # The next input event, already read: (number, topic, record or tick).
+        self._head: tuple[int, str, Any] | None = None
         self._answers: list[Record] = []  # records after the event being handled
         self._markets: dict[str, MarketInfo] | None = None
         self._open: dict[str, OrderState] = {}
@@ -207,10 +210,9 @@ class ReplayVenue(Exchange):
         before it. Reloads go to ``on_reload``, the markets are kept."""
         before: list[Record] = []
         self._head = None
-        for number, record in self._records:
-            topic = record["topic"]
+        for number, topic, record in self._records:
             if is_input(topic):
-                self._head = (number, record)
+                self._head = (number, topic, record)
                 break
             if topic == "policy.reload":
                 if self._on_reload is not None:
@@ -233,12 +235,11 @@ class ReplayVenue(Exchange):
 
     async def stream(self, symbols: Sequence[str]) -> AsyncIterator[ExchangeEvent]:
         while self._head is not None:
-            number, record = self._head
+            number, topic, record = self._head
             self._answers = self._read_until_input()
-            topic = record["topic"]
             event: ExchangeEvent
             if topic.startswith("market."):
-                event = _decode(self.path, number, record, MarketData)
+                event = record  # a MarketData, validated by the reader
             elif topic.startswith("fill."):
                 event = _decode(self.path, number, record, Fill)
             else:

@@ -58,7 +58,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from bot4.bus import Backpressure, Bus, Event, Subscription
+from bot4.bus import Backpressure, Bus, Event, EventBatch, Subscription
 from bot4.kernel import KernelStats
 from bot4.model import ZERO, Fill, MarketData, Rejected, RiskAction, RiskActionKind, Side
 
@@ -359,6 +359,9 @@ class SessionReport:
         # Open positions as floats, only to weigh gross exposure.
         self._open: dict[str, float] = {}
         self._last_float: dict[str, float] = {}
+        # A batch of ticks while flat leaves _last_float behind _last_price
+        # (no float per tick); it is caught up before it is next read.
+        self._floats_stale = False
 
         self._ticks = 0
         self._approved = 0
@@ -399,6 +402,8 @@ class SessionReport:
             policy=Backpressure.BLOCK,
             capacity=capacity,
             name="session-report",
+            on_batch=self.handle_batch,
+            batch_topics="market.#",
         )
         return self._subscription
 
@@ -409,6 +414,63 @@ class SessionReport:
             handler = self._by_head.get(event.topic.partition(".")[0])
         if handler is not None:
             handler(event)
+
+    def handle_batch(self, batch: EventBatch) -> None:
+        """Take a batch of ticks (the bus's batch handler): the same figures as
+        :meth:`handle` on each of its events, delivered at the same moment.
+        The book is read once for the batch, as it is the same for each; a
+        tick while flat (most of them) credits no exposure and leaves the
+        gross ratio at zero, so only the clock and the buckets move."""
+        state: tuple[Decimal, Decimal] | None = None
+        bucket_ns = self._bucket_ns
+        price_open, prices, last_price = self._price_open, self._prices, self._last_price
+        for i, (topic, tick, event_ts) in enumerate(
+            zip(batch.topics, batch.payloads, batch.ts, strict=True)
+        ):
+            if not isinstance(tick, MarketData) or topic.partition(".")[0] != "market":
+                self.handle(Event(topic, tick, event_ts, batch.seqs[i], batch.correlation_id_at(i)))
+                state = None  # another handler may have read or changed the book
+                continue
+            self._ticks += 1
+            equity_open = self._equity_open
+            flat = not self._open and self._first_ts is not None and equity_open is not None
+            if flat:  # _advance without a position: time only moves forward
+                ts = event_ts if event_ts > self._last_ts else self._last_ts
+                self._last_ts = ts
+            else:
+                ts = self._advance(event_ts)
+            symbol, price = tick.symbol, tick.last
+            last_price[symbol] = price
+            index = ts // bucket_ns
+            bucket = price_open.get(symbol)
+            if bucket is None:
+                price_open[symbol] = _Bucket(index, ts, price)
+                prices[symbol] = []
+            elif index > bucket.index:
+                prices[symbol].append(bucket.price())
+                price_open[symbol] = _Bucket(index, ts, price)
+            else:
+                bucket.add(ts, price)
+            if state is None:
+                state = self._book_state()
+            if flat:  # _observe_at without a position
+                assert equity_open is not None
+                self._floats_stale = True
+                equity, drawdown = state
+                if index > equity_open.index:
+                    self._equity.append(equity_open.equity())
+                    self._equity_open = _Bucket(index, ts, equity, drawdown)
+                else:
+                    equity_open.add(ts, equity)
+                    if drawdown > equity_open.drawdown:
+                        equity_open.drawdown = drawdown
+                self._gross_ratio = 0.0
+                continue
+            if self._open:
+                self._last_float[symbol] = float(price)
+            else:
+                self._floats_stale = True
+            self._observe_at(ts, *state)
 
     # -- handlers -------------------------------------------------------------
 
@@ -493,6 +555,11 @@ class SessionReport:
     def _observe_book(self, ts: int) -> None:
         """Read equity and peak from the tracker: drawdown, equity bucket,
         gross exposure. Runs for every market, fill and risk-action event."""
+        self._observe_at(ts, *self._book_state())
+
+    def _book_state(self) -> tuple[Decimal, Decimal]:
+        """Equity and drawdown from the tracker now (the first equity and the
+        worst drawdown are kept)."""
         equity = self.tracker.equity
         if self._first_equity is None:
             self._first_equity = equity
@@ -502,6 +569,9 @@ class SessionReport:
         drawdown = (peak - equity) / peak if peak > 0 and equity < peak else ZERO
         if drawdown > self._max_drawdown:
             self._max_drawdown = drawdown
+        return equity, drawdown
+
+    def _observe_at(self, ts: int, equity: Decimal, drawdown: Decimal) -> None:
         index = ts // self._bucket_ns
         bucket = self._equity_open
         if bucket is None:
@@ -514,6 +584,10 @@ class SessionReport:
             if drawdown > bucket.drawdown:
                 bucket.drawdown = drawdown
         if self._open:
+            if self._floats_stale:
+                self._floats_stale = False
+                for symbol, price in self._last_price.items():
+                    self._last_float[symbol] = float(price)
             gross = 0.0
             for symbol, qty in self._open.items():
                 gross += abs(qty) * self._last_float[symbol]

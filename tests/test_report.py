@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 import trio
 
-from bot4.bus import Bus, open_bus
+from bot4.bus import Bus, EventBatch, open_bus
 from bot4.journal.riskstate import RunHistory
 from bot4.kernel import KernelStats
 from bot4.model import (
@@ -381,3 +381,54 @@ async def test_summary_json_of_a_resumed_run_adds_the_earlier_runs() -> None:
         "  resumed        run 3 of this session; all 3 runs: 11 fills, 6 approved, "
         "5 rejected, 1 breaker trips"
     )
+
+
+def test_ticks_in_batches_give_the_figures_of_ticks_one_by_one() -> None:
+    """The report attached to the bus takes ticks in batches (many ticks
+    between two yields, as the kernel publishes them); a second report
+    subscribed per event sees the same events at the same moments. Every
+    sample, figure and drawdown agrees, positions open and flat, with fills
+    and ticks of two symbols interleaved."""
+
+    async def main() -> None:
+        tracker = PortfolioTracker(D(1000))
+        async with open_bus() as bus:
+            batched = SessionReport(tracker, sample_every_s=30)
+            batches: list[int] = []
+            take = batched.handle_batch
+
+            def counted(batch: EventBatch) -> None:
+                batches.append(len(batch))
+                take(batch)
+
+            batched.handle_batch = counted  # type: ignore[method-assign]
+            batched.attach(bus)
+            one_by_one = SessionReport(tracker, sample_every_s=30)
+            per_event = bus.subscribe("#", one_by_one.handle)
+            t, n = 0.0, 0
+            for step in range(40):
+                for i in range(25):  # 25 ticks without a yield: one batch
+                    t += 1.7
+                    symbol = BTC if i % 3 else ETH
+                    p = D(100 + (step * 7 + i * 3) % 23) + D("0.25")
+                    tracker.mark(symbol, p)
+                    tick = MarketData(symbol, "paper", p, p, p, D(1), T0 + timedelta(seconds=t))
+                    bus.post(f"market.{symbol}", tick, ts=ns(t))
+                if step % 4 in (1, 3):
+                    n += 1
+                    side = "buy" if step % 8 < 4 else "sell"
+                    fill = Fill(f"f{n}", f"o{n}", BTC, side, D("0.5"), p, D("0.01"), T0)
+                    tracker.apply(fill)
+                    await bus.publish(f"fill.{BTC}", fill, ts=ns(t))
+                await bus.drain()
+            assert per_event.delivered == 1000 + n
+            assert batches == [25] * 40  # the report really took them in batches
+        a, b = batched.finish(KernelStats()), one_by_one.finish(KernelStats())
+        assert a.as_dict() == b.as_dict()
+        assert a.ticks == 1000
+        assert batched.equity_samples() == one_by_one.equity_samples()
+        for symbol in (BTC, ETH):
+            assert batched.price_samples(symbol) == one_by_one.price_samples(symbol)
+        assert batched.max_drawdown == one_by_one.max_drawdown > 0
+
+    trio.run(main)

@@ -1,10 +1,12 @@
 """The session recording is compact, exact and safe to read.
 
-A session records to ``recording.jsonl.gz``: ticks as short rows, gzip on
-top, a few bytes per tick instead of ~290. Reading gives back exactly what
-the plain recorder wrote (every digit, timestamp and correlation id); an old
-plain ``recording.jsonl`` still replays; a damaged, truncated or bomb-like
-gzip stream is one clear line and exit 2.
+A session records to ``recording.jsonl.gz``: events as JSON frames, ticks in
+columnar blocks taken from the bus in batches, gzip on top, a few bytes per
+tick instead of ~290. Reading gives back exactly what the plain recorder
+wrote (every digit, timestamp and correlation id); the recordings of the
+versions before (gzip JSON lines with short tick rows, plain
+``recording.jsonl``) still read and replay; a damaged, truncated, crafted or
+bomb-like stream is one clear line and exit 2.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from bot4 import codec
 from bot4.bus import EventRecorder, open_bus
 from bot4.errors import ConfigError
 from bot4.model import MarketData
-from bot4.recording import RECORDING, CompactWriter, SessionRecorder, read_records
+from bot4.recording import (
+    MAGIC,
+    RECORDING,
+    CompactWriter,
+    SessionRecorder,
+    read_records,
+    read_stream,
+)
 from tests.conftest import record_paper_session, run_bot4
 
 
@@ -42,6 +51,21 @@ def _one_clear_line(result: Any, path: Path) -> str:
     assert len(lines) == 1, result.stderr
     assert str(path) in lines[0]
     return lines[0]
+
+
+def _frames(data: bytes) -> list[tuple[bytes, bytes]]:
+    """The (kind, body) frames of an inflated version-2 recording."""
+    assert data.startswith(MAGIC)
+    at, frames = len(MAGIC), []
+    while at < len(data):
+        size = int.from_bytes(data[at + 1 : at + 5], "big")
+        frames.append((data[at : at + 1], data[at + 5 : at + 5 + size]))
+        at += 5 + size
+    return frames
+
+
+def _ticks_in(frames: list[tuple[bytes, bytes]]) -> int:
+    return sum(json.loads(body.partition(b"\n")[0])["n"] for kind, body in frames if kind == b"T")
 
 
 def _tick(symbol: str, price: str, stamp: datetime) -> MarketData:
@@ -85,16 +109,17 @@ def test_reading_gives_back_exactly_what_the_plain_recorder_wrote(tmp_path: Path
     assert any(r["topic"] == "bus.error" for r in expected)
     got = [record for _, record in read_records(compact)]
     assert got == expected
-    # And the tick rows really are compact (not the object form, gzipped).
-    rows = gzip.decompress(compact.read_bytes()).decode().splitlines()
-    assert sum(row.startswith('["m",') for row in rows) == 4
+    # And the ticks really are in columnar blocks (not the object form, gzipped).
+    frames = _frames(gzip.decompress(compact.read_bytes()))
+    assert _ticks_in(frames) == 4
+    assert not any(b'"market.' in body[:20] for kind, body in frames if kind == b"E")
 
 
 def test_a_session_recording_is_a_few_bytes_per_tick(recorded: Path) -> None:
     ticks = sum(1 for _, r in read_records(recorded) if r["topic"].startswith("market."))
     assert ticks == 3000
-    # The plain recorder wrote about 290 bytes per tick.
-    assert recorded.stat().st_size / ticks < 40
+    # The plain recorder wrote about 290 bytes per tick, the line format 20-40.
+    assert recorded.stat().st_size / ticks < 25
     assert recorded.read_bytes()[:2] == b"\x1f\x8b"
 
 
@@ -161,9 +186,116 @@ def test_a_killed_session_leaves_its_head_and_decisions_on_disk(tmp_path: Path) 
     for seq in range(2, 12):
         writer.write("market.BTC-USDT", _tick("BTC-USDT", "50000.10", stamp), ts, seq, f"p-{seq}")
     writer.write("signal.sma_cross", {"why": "cross"}, ts, 12, "p-12")
-    inflated = zlib.decompressobj(wbits=31).decompress(path.read_bytes()).decode()
-    lines = inflated.splitlines()
-    assert json.loads(lines[0])["topic"] == "session.start"
-    assert json.loads(lines[-1])["topic"] == "signal.sma_cross"
-    assert sum(line.startswith('["m",') for line in lines) == 10
+    frames = _frames(zlib.decompressobj(wbits=31).decompress(path.read_bytes()))
+    assert [kind for kind, _ in frames] == [b"E", b"T", b"E"]
+    assert json.loads(frames[0][1])["topic"] == "session.start"
+    assert json.loads(frames[-1][1])["topic"] == "signal.sma_cross"
+    assert _ticks_in(frames) == 10
     writer.close()
+
+
+def test_a_recording_of_the_line_format_before_still_reads(tmp_path: Path) -> None:
+    """The gzip JSON lines the version before wrote (a symbol declared once,
+    ticks as short rows, the correlation id prefix) read back in object form."""
+    old = tmp_path / "old.jsonl.gz"
+    rows = [
+        {"topic": "session.start", "ts": 0, "seq": 1, "correlation_id": "p-1", "payload": {}},
+        ["M", 1, "market.BTC-USDT", "BTC-USDT", "data"],
+        ["P", "p-"],
+        ["m", 1, 1_709_251_200_000_000_000, 2, "50000.10", "50000.20", "50000.10", "1.500"],
+    ]
+    with gzip.open(old, "wt") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    got = [record for _, record in read_records(old)]
+    assert got[1] == {
+        "topic": "market.BTC-USDT",
+        "ts": 1_709_251_200_000_000_000,
+        "seq": 2,
+        "correlation_id": "p-2",
+        "payload": {
+            "_t": "MarketData",
+            "symbol": "BTC-USDT",
+            "exchange": "data",
+            "bid": "50000.10",
+            "ask": "50000.20",
+            "last": "50000.10",
+            "volume": "1.500",
+            "timestamp": "2024-03-01T00:00:00+00:00",
+        },
+    }
+    (_, _, tick), *_ = (item for item in read_stream(old, ticks="models") if item[0] == 4)
+    assert tick == codec.decode(got[1]["payload"])
+
+
+def _with_block(tmp_path: Path, name: str, block: bytes, kind: bytes = b"T") -> Path:
+    """A version-2 recording: a header event, then one crafted frame."""
+    header = json.dumps({"topic": "session.start", "ts": 0, "seq": 1, "correlation_id": "p-1"})
+    path = tmp_path / name
+    with gzip.open(path, "wb") as f:
+        f.write(MAGIC + b"E" + len(header).to_bytes(4, "big") + header.encode())
+        f.write(kind + len(block).to_bytes(4, "big") + block)
+    return path
+
+
+def _block(n: int, symbols: list[Any], columns: bytes, text: list[bytes]) -> bytes:
+    head = {"n": n, "symbols": symbols, "prefix": "p-", "cids": [], "text": [len(t) for t in text]}
+    return json.dumps(head).encode() + b"\n" + columns + b"".join(text)
+
+
+_SYM = [[1, "market.BTC-USDT", "BTC-USDT", "data"]]
+_ONE = (
+    (1).to_bytes(4, "little")
+    + (1_709_251_200_000_000_000).to_bytes(8, "little")
+    + (2).to_bytes(8, "little")
+    + bytes(8)
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "block", "kind", "message"),
+    [
+        ("good", _block(1, _SYM, _ONE, [b"1.5", b"1.6", b"1.5", b"2"]), b"T", None),
+        ("kind", b"{}", b"X", "unknown kind"),
+        ("short", _block(2, _SYM, _ONE, [b"1.5", b"1.6", b"1.5", b"2"]), b"T", "does not add"),
+        ("undeclared", _block(1, [], _ONE, [b"1.5", b"1.6", b"1.5", b"2"]), b"T", "undeclared"),
+        ("nan", _block(1, _SYM, _ONE, [b"NaN", b"1.6", b"1.5", b"2"]), b"T", "unreadable tick"),
+        ("crossed", _block(1, _SYM, _ONE, [b"9", b"1.6", b"1.5", b"2"]), b"T", "unreadable tick"),
+        ("text", _block(1, _SYM, _ONE, [b"\xff", b"1.6", b"1.5", b"2"]), b"T", "does not add"),
+        ("topic", _block(1, [[1, "fill.X", "X-Y", "d"]], _ONE, [b"1"] * 4), b"T", "market"),
+        ("huge", _block(10**9, _SYM, _ONE, [b"1"] * 4), b"T", "does not add"),
+        ("event", b"[1, 2]", b"E", "without a topic"),
+    ],
+)
+def test_a_crafted_frame_is_one_clear_error(
+    tmp_path: Path, name: str, block: bytes, kind: bytes, message: str | None
+) -> None:
+    """Columns that do not add up, unknown symbols, hostile prices, a wrong
+    topic: a ConfigError naming the file and the event, never a traceback
+    (and the well-formed block beside them reads as the tick it is)."""
+    path = _with_block(tmp_path, f"{name}.jsonl.gz", block, kind)
+    if message is None:
+        (_, _, _header), (number, topic, tick) = read_stream(path, ticks="models")
+        assert (number, topic) == (2, "market.BTC-USDT")
+        assert tick == MarketData(
+            "BTC-USDT",
+            "data",
+            Decimal("1.5"),
+            Decimal("1.6"),
+            Decimal("1.5"),
+            Decimal("2"),
+            datetime(2024, 3, 1, tzinfo=UTC),
+        )
+        return
+    with pytest.raises(ConfigError, match=rf"{name}\.jsonl\.gz:2: .*{message}"):
+        list(read_stream(path, ticks="models"))
+
+
+def test_a_recording_cut_inside_a_frame_is_one_clear_error(recorded: Path, tmp_path: Path) -> None:
+    """A complete gzip stream whose content stops inside a frame (a session's
+    recording cut in the middle, then compressed again): refused by ``bot4
+    replay`` in one line, exit 2."""
+    whole = gzip.decompress(recorded.read_bytes())
+    cut = tmp_path / "cut-frame.jsonl.gz"
+    cut.write_bytes(gzip.compress(whole[: len(whole) // 2]))
+    line = _one_clear_line(run_bot4("replay", str(cut)), cut)
+    assert "ends inside a frame (truncated)" in line
