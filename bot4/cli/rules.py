@@ -10,6 +10,9 @@
   ``--coverage`` reports the rules that never fired and the conditions
   never seen both true and false (:mod:`bot4.risk.coverage`);
   ``--min-coverage PERCENT`` fails under a threshold.
+* ``diff --recording RUN --new RULES [--old RULES]`` re-runs a recorded
+  session under both policies and reports every decision that changes and
+  the effect on the session (:mod:`bot4.whatif`); exits 1 when one does.
 * ``facts [PATH...] [--json | --markdown]`` lists every fact a rule can
   name: bot4's, the policy's windows, the packs' (:mod:`bot4.risk.catalogue`).
 * ``fmt [PATH...] [--check | --diff]`` rewrites rule and scenario files in
@@ -102,6 +105,29 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "--coverage-json", type=Path, metavar="FILE", help="also write the coverage as JSON"
     )
     test.set_defaults(func=cmd_test)
+
+    diff = sub.add_parser(
+        "diff", help="what an edited policy would have decided in a recorded session"
+    )
+    diff.add_argument(
+        "--recording", type=Path, required=True, metavar="RUN",
+        help="a session's recording (bot4-out/recording.jsonl.gz) or its folder",
+    )  # fmt: skip
+    diff.add_argument(
+        "--old", type=Path, action="append", metavar="RULES",
+        help="the policy to compare with (default: the one recorded)",
+    )  # fmt: skip
+    diff.add_argument(
+        "--new", type=Path, action="append", required=True, metavar="RULES",
+        help="the edited policy: rule file or directory (repeatable)",
+    )  # fmt: skip
+    diff.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    diff.add_argument("--chart", type=Path, metavar="PNG", help="also draw the changes")
+    diff.add_argument(
+        "--keep", type=Path, metavar="DIR", help="keep both runs' recordings in DIR/old, DIR/new"
+    )
+    diff.add_argument("--limit", type=int, default=20, help="changes listed in the table (20)")
+    diff.set_defaults(func=cmd_diff)
 
     facts = sub.add_parser("facts", help="list every fact a rule can name")
     _paths(facts)
@@ -362,6 +388,40 @@ def cmd_test(args: argparse.Namespace) -> int:
         return 1 if failed or under is not None else 0
     finally:
         policy.close()
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Exit 0 when the policies decide alike, 1 when a decision changes (as
+    ``diff`` does), 2 for bad input (one line)."""
+    import trio
+
+    from bot4.errors import Bot4Error
+    from bot4.whatif import as_text, rules_diff
+
+    _quiet()
+    recording: Path = args.recording
+    if recording.is_dir():
+        recording = recording / "recording.jsonl.gz"
+    if not recording.is_file():
+        print(f"bot4: {recording}: no such recording", file=sys.stderr)
+        return 2
+    try:
+        result = trio.run(lambda: rules_diff(recording, args.new, args.old, keep=args.keep))
+    except Bot4Error as exc:
+        print(f"bot4: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2, default=str))
+    else:
+        for line in as_text(result, args.limit):
+            print(line)
+    if args.chart is not None:
+        from bot4.whatif_chart import write_diff_chart
+
+        write_diff_chart(result, args.chart)
+        if not args.json:
+            print(f"chart: {args.chart}")
+    return 1 if result.changes else 0
 
 
 def cmd_facts(args: argparse.Namespace) -> int:
