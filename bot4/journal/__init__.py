@@ -20,23 +20,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bot4.journal.base import (
-    FillRow,
-    Journal,
+from bot4.journal.errors import (
     JournalCorrupt,
     JournalError,
     JournalLocked,
     JournalUnavailable,
-    OrderRow,
-    Record,
-    RecordKind,
     RecoveryError,
     SchemaBehind,
     SchemaTooNew,
-    Store,
-    StoredRecord,
-    VerifyReport,
 )
+from bot4.journal.facade import Journal
+from bot4.journal.records import FillRow, OrderRow, Record, RecordKind, StoredRecord
+from bot4.journal.store import Store
+from bot4.journal.verify import VerifyReport
 
 ENV_URL = "BOT4_DATABASE_URL"
 DEFAULT_FILE = "journal.sqlite"

@@ -40,16 +40,16 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from bot4.journal.base import (
+from bot4.journal.errors import (
     JournalCorrupt,
     JournalError,
     JournalLocked,
     JournalUnavailable,
     SchemaBehind,
     SchemaTooNew,
-    Store,
 )
 from bot4.journal.migrations import LATEST, VERSION_TABLE_SQL, pending
+from bot4.journal.store import Store
 from bot4.secrets import redact
 
 __all__ = ["PostgresStore"]

@@ -43,9 +43,12 @@ import trio
 
 from bot4.bus import Backpressure, Bus, Event
 from bot4.journal import open_store, resolve_target
-from bot4.journal.base import Journal, JournalError, Record, RecordKind, Store
+from bot4.journal.errors import JournalError
+from bot4.journal.facade import Journal
+from bot4.journal.records import Record, RecordKind
 from bot4.journal.recovery import RecoveryReport, recover
 from bot4.journal.riskstate import PEAK_KEY, RunHistory, cleared_key, peak_to_journal
+from bot4.journal.store import Store
 from bot4.model import Approved, Fill, MarketData, Order, OrderState, Rejected, RiskAction
 from bot4.model import RiskActionKind as _Kind
 from bot4.portfolio import PortfolioTracker

@@ -33,16 +33,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from bot4.journal.base import (
+from bot4.journal.errors import (
     JournalCorrupt,
     JournalError,
     JournalLocked,
     JournalUnavailable,
     SchemaBehind,
     SchemaTooNew,
-    Store,
 )
 from bot4.journal.migrations import LATEST, VERSION_TABLE_SQL, pending
+from bot4.journal.store import Store
 
 if sys.platform != "win32":
     import fcntl
