@@ -40,7 +40,8 @@ import trio
 
 from bot4.data import iter_sample
 from bot4.journal import Journal, Record, RecordKind, open_store
-from bot4.journal.service import JournalService, JournalWriter
+from bot4.journal.service import JournalService
+from bot4.journal.writer import JournalWriter, VenueKind
 from bot4.model import Approved, Fill, Order, OrderState, OrderStatus, OrderType, Side
 from bot4.session import SessionConfig, StrategyConfig, run_session
 
@@ -137,7 +138,7 @@ def _records(i: int, ts: int) -> tuple[Order, list[Record]]:
 
 def _path(target: str, schema: str | None, sync: str, n: int) -> tuple[int, float]:
     store = open_store(target, schema=schema, migrate=True, lock=True, intent_sync=sync)
-    writer = JournalWriter(Journal(store))
+    writer = JournalWriter(Journal(store), venue=VenueKind.LIVE)
     prepared = [_records(i, 1_700_000_000_000_000_000 + i) for i in range(n)]
 
     async def main() -> float:

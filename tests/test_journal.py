@@ -34,7 +34,7 @@ from bot4.journal import (
 )
 from bot4.journal.migrations import LATEST
 from bot4.journal.recovery import highest_id
-from bot4.journal.service import JournalService, JournalWriter, journal_service
+from bot4.journal.service import JournalService, JournalWriter, VenueKind, journal_service
 from bot4.model import OrderStatus, Side
 from bot4.session import SessionConfig, SessionContext, run_session
 from tests.conftest import run_bot4
@@ -377,7 +377,7 @@ def test_recovery_trips_the_breaker_when_positions_differ(backend: Backend, tmp_
 def test_write_ahead_fails_closed(backend: Backend) -> None:
     store = backend.open()
     journal = Journal(store)
-    writer = JournalWriter(journal)
+    writer = JournalWriter(journal, venue=VenueKind.LIVE)
     writer.enqueue(Record(RecordKind.ERROR, {"message": "queued"}, 1))
 
     async def main() -> None:
