@@ -5,7 +5,7 @@ Why the *sync* psycopg API from trio: psycopg's async classes
 only; the psycopg project lists native asyncio (and gevent) support, not trio
 (psycopg/psycopg2#1057 asks for trio and is open). So bot4 uses the
 synchronous ``psycopg.Connection`` with ``psycopg_pool.ConnectionPool`` and
-calls it from trio worker threads (:class:`bot4.journal.base.Journal`:
+calls it from trio worker threads (:class:`bot4.journal.facade.Journal`:
 ``trio.to_thread.run_sync`` behind a ``CapacityLimiter(1)``). The trio loop
 never blocks on the network, and the pool keeps connections warm.
 
@@ -23,8 +23,8 @@ exchange for what they said).
 Schema: the tables live in the connection's ``search_path`` (``schema=``
 sets it, ``bot4 journal migrate`` creates it). Migrations are applied only by
 :meth:`PostgresStore.migrate` (``bot4 journal migrate``); opening a journal
-that is behind raises :class:`~bot4.journal.base.SchemaBehind`, one that is
-newer :class:`~bot4.journal.base.SchemaTooNew`. A second writer on the same
+that is behind raises :class:`~bot4.journal.errors.SchemaBehind`, one that is
+newer :class:`~bot4.journal.errors.SchemaTooNew`. A second writer on the same
 schema is refused (a session-level advisory lock).
 """
 

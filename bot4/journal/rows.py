@@ -131,8 +131,8 @@ class BatchRows:
                 seq,
                 seq,
             ]
-        elif row[_INTENT_SEQ] is None:  # its state came first in this batch
-            row[_ORIGIN], row[_BODY], row[_INTENT_SEQ] = "kernel", body, seq
+        # else: a row is there already (its state came first): as the table's
+        # ON CONFLICT DO NOTHING would, the intent leaves it as it is.
 
     def state(self, st: OrderState, seq: int) -> None:
         o = st.order

@@ -48,8 +48,6 @@ from bot4.journal.recovery import RecoveryReport, recover
 from bot4.journal.riskstate import RunHistory
 from bot4.journal.store import Store
 from bot4.journal.writer import (
-    DEFAULT_BATCH,
-    DEFAULT_INTERVAL,
     JournalWriter,
     VenueKind,
     venue_kind,
@@ -66,8 +64,8 @@ class JournalService:
         self,
         target: str,
         *,
-        batch: int = DEFAULT_BATCH,
-        interval: float = DEFAULT_INTERVAL,
+        batch: int | None = None,
+        interval: float | None = None,
         intent_sync: str | None = None,
         market_data: bool = False,
         schema: str | None = None,
