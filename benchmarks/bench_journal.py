@@ -300,8 +300,10 @@ def format_kernel(rows: list[dict[str, Any]]) -> str:
 
 
 def run(quick: bool = False, rounds: int | None = None) -> list[dict[str, Any]]:
+    conditions = Conditions()  # the load at the start, and at the end when printed
     rows = run_kernel(quick, rounds or (1 if quick else 3))
-    return rows + run_session_cases(quick)
+    rows += run_session_cases(quick)
+    return [*rows, {"case": "conditions", "line": conditions.line()}]
 
 
 def run_session_cases(quick: bool = False) -> list[dict[str, Any]]:
@@ -376,9 +378,10 @@ def _drop_tables(schema: str | None) -> None:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     kernel = [r for r in rows if r["case"] == "kernel"]
-    rows = [r for r in rows if r["case"] != "kernel"]
+    lines = [r["line"] for r in rows if r["case"] == "conditions"] or [Conditions().line()]
+    rows = [r for r in rows if r["case"] not in ("kernel", "conditions")]
     head = format_kernel(kernel) + "\n\n" if kernel else ""
-    return head + _format_rest(rows) + "\n" + Conditions().line()
+    return head + _format_rest(rows) + "\n" + lines[0]
 
 
 def _format_rest(rows: list[dict[str, Any]]) -> str:
