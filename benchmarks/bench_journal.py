@@ -1,8 +1,19 @@
 """The order path with the journal on: off vs SQLite vs PostgreSQL.
 
-    .venv/bin/python benchmarks/bench_journal.py [--quick]
+    .venv/bin/python benchmarks/bench_journal.py [--quick] [--rounds R]
 
-Two measurements:
+Three measurements:
+
+* ``kernel``: the order path of ``bench_kernel`` (its ticks built before
+  timing, a market order every 10th tick through the full default policy, a
+  paper fill), each run in a fresh process, in CPU time (``time.process_time``,
+  every thread of the process: the journal's worker thread included) beside
+  wall time: ``off`` (no journal), ``sqlite`` (the journal on SQLite against a
+  paper-kind venue, as a backtest runs it: intents ride the batch) and
+  ``sqlite-live`` (the same venue taken as live: each intent committed with
+  ``synchronous=FULL`` before ``place_order``; a fifth of the ticks, as it
+  waits for an fsync per order). Rounds are interleaved (off, sqlite, live,
+  then again); the ratio is of the medians, to ``off``.
 
 * ``session``: a real session (kernel, default rules and packs, sma_cross at
   fast=10/slow=40 so it trades often, the in-memory paper exchange) over the
@@ -24,9 +35,12 @@ skipped when it is not reachable.
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
+import json
 import os
 import secrets
+import statistics
 import sys
 import tempfile
 import time
@@ -38,9 +52,14 @@ from typing import Any
 
 import trio
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import RESULT_PREFIX, Conditions, run_child
+
 from bot4.data import iter_sample
 from bot4.journal import Journal, Record, RecordKind, open_store
-from bot4.journal.service import JournalService, JournalWriter
+from bot4.journal.service import JournalService
+from bot4.journal.writer import JournalWriter, VenueKind
 from bot4.model import Approved, Fill, Order, OrderState, OrderStatus, OrderType, Side
 from bot4.session import SessionConfig, StrategyConfig, run_session
 
@@ -137,7 +156,7 @@ def _records(i: int, ts: int) -> tuple[Order, list[Record]]:
 
 def _path(target: str, schema: str | None, sync: str, n: int) -> tuple[int, float]:
     store = open_store(target, schema=schema, migrate=True, lock=True, intent_sync=sync)
-    writer = JournalWriter(Journal(store))
+    writer = JournalWriter(Journal(store), venue=VenueKind.LIVE)
     prepared = [_records(i, 1_700_000_000_000_000_000 + i) for i in range(n)]
 
     async def main() -> float:
@@ -156,7 +175,138 @@ def _path(target: str, schema: str | None, sync: str, n: int) -> tuple[int, floa
     return n, trio.run(main)
 
 
-def run(quick: bool = False) -> list[dict[str, Any]]:
+KERNEL_MODES = ("off", "sqlite", "sqlite-live")
+
+
+def kernel_child(mode: str, ticks: int) -> dict[str, Any]:
+    """One ``kernel`` run in this (fresh) process: bench_kernel's ``orders``
+    case, with the journal as the session service attaches it."""
+    import bench_kernel as bk
+    import bot4_correlation
+    import bot4_paper
+
+    from bot4.bus import open_bus
+    from bot4.gate import RiskGate
+    from bot4.kernel import Kernel
+    from bot4.portfolio import PortfolioTracker
+    from bot4.risk import RiskPolicy
+
+    feed = bk.build_ticks(ticks)
+    with tempfile.TemporaryDirectory(prefix="bot4-bench-journal-") as tmp_name:
+        tmp = Path(tmp_name)
+        packs = [bot4_correlation.factory({})]
+        policy = RiskPolicy.load([bk._bench_rules(tmp)], packs)
+        exchange = bot4_paper.create({"feed": feed, "balance": "1000000", "slippage_bps": "0"})
+        del feed
+        strategy = bk._strategy("orders")
+
+        async def main() -> tuple[Any, float, float, int]:
+            async with open_bus() as bus:
+                tracker = PortfolioTracker(Decimal(1000000))
+                kernel = Kernel(
+                    exchange=exchange,
+                    strategies=[strategy],
+                    gate=RiskGate(policy),
+                    policy=policy,
+                    tracker=tracker,
+                    bus=bus,
+                    packs=packs,
+                    resize_rejected=False,
+                )
+                async with trio.open_nursery() as nursery:
+                    writer: JournalWriter | None = None
+                    if mode != "off":
+                        live = mode == "sqlite-live"
+                        store = open_store(
+                            tmp / "journal.sqlite",
+                            lock=True,
+                            intent_sync="full" if live else "normal",
+                        )
+                        venue = VenueKind.LIVE if live else VenueKind.PAPER
+                        writer = JournalWriter(Journal(store), venue=venue)
+                        writer.attach(bus, policy, tracker=tracker, clock=lambda: kernel.now_ns)
+                        kernel.journal = writer
+                        kernel.risk_journal = writer
+                        nursery.start_soon(writer.run)
+                    gc.collect()
+                    wall, cpu = time.perf_counter(), time.process_time()
+                    stats = await kernel.run(["BTC-USDT"])
+                    await bus.drain()
+                    if writer is not None:
+                        await writer.flush()  # timed: every record written
+                    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                    nursery.cancel_scope.cancel()
+                return stats, wall, cpu, writer.records if writer is not None else 0
+
+        stats, wall, cpu, records = trio.run(main)
+    orders = stats.approved + stats.rejected
+    return {
+        "mode": mode,
+        "ticks": stats.ticks,
+        "orders": orders,
+        "records": records,
+        "run_s": wall,
+        "run_cpu_s": cpu,
+        "orders_per_s": orders / wall,
+        "orders_per_cpu_s": orders / cpu,
+    }
+
+
+def run_kernel(quick: bool, rounds: int) -> list[dict[str, Any]]:
+    """Each mode in a fresh process, interleaved round by round; medians."""
+    n = 20_000 if quick else 200_000
+    done: dict[str, list[dict[str, Any]]] = {m: [] for m in KERNEL_MODES}
+    for _ in range(rounds):
+        for mode in KERNEL_MODES:
+            ticks = n // 5 if mode == "sqlite-live" else n
+            argv = [sys.executable, __file__, "--kernel-child", mode, "--ticks", str(ticks)]
+            done[mode].append(run_child(argv))
+    rows = []
+    base = statistics.median(r["orders_per_cpu_s"] for r in done["off"])
+    base_wall = statistics.median(r["orders_per_s"] for r in done["off"])
+    for mode, results in done.items():
+        cpu_rate = statistics.median(r["orders_per_cpu_s"] for r in results)
+        wall_rate = statistics.median(r["orders_per_s"] for r in results)
+        rows.append(
+            {
+                "case": "kernel",
+                "backend": mode,
+                "orders": results[-1]["orders"],
+                "records": results[-1]["records"],
+                "orders_per_cpu_s": round(cpu_rate, 1),
+                "orders_per_s": round(wall_rate, 1),
+                "ratio_cpu": round(cpu_rate / base, 3),
+                "ratio_wall": round(wall_rate / base_wall, 3),
+                "rounds": len(results),
+            }
+        )
+    return rows
+
+
+def format_kernel(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "kernel order path (bench_kernel's orders case), journal off / on; medians, "
+        "CPU time of every thread",
+        f"{'journal':<12} {'orders':>7} {'records':>8} {'orders/s CPU':>13} {'vs off':>7} "
+        f"{'orders/s wall':>14} {'vs off':>7}",
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['backend']:<12} {r['orders']:>7} {r['records']:>8} "
+            f"{r['orders_per_cpu_s']:>13,.0f} {r['ratio_cpu']:>6.2f}x "
+            f"{r['orders_per_s']:>14,.0f} {r['ratio_wall']:>6.2f}x"
+        )
+    return "\n".join(lines)
+
+
+def run(quick: bool = False, rounds: int | None = None) -> list[dict[str, Any]]:
+    conditions = Conditions()  # the load at the start, and at the end when printed
+    rows = run_kernel(quick, rounds or (1 if quick else 3))
+    rows += run_session_cases(quick)
+    return [*rows, {"case": "conditions", "line": conditions.line()}]
+
+
+def run_session_cases(quick: bool = False) -> list[dict[str, Any]]:
     n_ticks = 20_000 if quick else 60_000
     n_path = 300 if quick else 2_000
     ticks = list(itertools.islice(iter_sample(), n_ticks))
@@ -227,6 +377,14 @@ def _drop_tables(schema: str | None) -> None:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
+    kernel = [r for r in rows if r["case"] == "kernel"]
+    lines = [r["line"] for r in rows if r["case"] == "conditions"] or [Conditions().line()]
+    rows = [r for r in rows if r["case"] not in ("kernel", "conditions")]
+    head = format_kernel(kernel) + "\n\n" if kernel else ""
+    return head + _format_rest(rows) + "\n" + lines[0]
+
+
+def _format_rest(rows: list[dict[str, Any]]) -> str:
     lines = [
         f"{'case':<8} {'backend':<9} {'sync':<7} {'orders':>7} {'seconds':>8} "
         f"{'orders/s':>10} {'vs off':>7} {'us/order':>9}"
@@ -248,8 +406,15 @@ def _print(rows: list[dict[str, Any]], out: Callable[[str], Any] = print) -> Non
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--rounds", type=int, help="kernel rounds (default 3; 1 with --quick)")
+    p.add_argument("--kernel-child", choices=KERNEL_MODES, help=argparse.SUPPRESS)
+    p.add_argument("--ticks", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    _print(run(args.quick))
+    if args.kernel_child:
+        result = kernel_child(args.kernel_child, args.ticks or 200_000)
+        print(RESULT_PREFIX + json.dumps(result))
+        return 0
+    _print(run(args.quick, args.rounds))
     return 0
 
 

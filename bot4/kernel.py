@@ -109,10 +109,20 @@ class Policy(Protocol):
 
 
 class WriteAhead(Protocol):
-    """The journal's pre-trade hook (:mod:`bot4.journal`): an order intent is
-    durable before the exchange hears of it, so a crash between the two is
-    recovered by client order id, never by placing again. Everything else the
-    journal keeps, it takes from the bus."""
+    """The journal's pre-trade hook (:mod:`bot4.journal.writer`), awaited with
+    each order before ``place_order``; if it raises, the order is rejected
+    (rule ``journal``) and never sent. What returning means depends on the
+    venue's kind, which the session sets explicitly from the exchange
+    (``bot4.journal.writer.venue_kind``):
+
+    * live (the venue's orders outlive the process): the intent is committed,
+      durably, before it returns, so a crash between the two is recovered by
+      client order id, never by placing again;
+    * paper (the in-memory paper and replay venues, which die with the
+      process): the intent is queued and rides the journal's next batch; a
+      crash may lose it, with the venue's own memory of the order.
+
+    Everything else the journal keeps, it takes from the bus."""
 
     async def write_ahead(self, order: Order) -> None: ...
 

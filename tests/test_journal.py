@@ -34,7 +34,7 @@ from bot4.journal import (
 )
 from bot4.journal.migrations import LATEST
 from bot4.journal.recovery import highest_id
-from bot4.journal.service import JournalService, JournalWriter, journal_service
+from bot4.journal.service import JournalService, JournalWriter, VenueKind, journal_service
 from bot4.model import OrderStatus, Side
 from bot4.session import SessionConfig, SessionContext, run_session
 from tests.conftest import run_bot4
@@ -154,6 +154,61 @@ def test_terminal_state_is_never_reopened(backend: Backend) -> None:
         assert (row.status, row.filled_qty, row.last_seq) == ("filled", Decimal("0.01"), 3)
     finally:
         store.close()
+
+
+def _order_rows(store: Store) -> list[tuple[Any, ...]]:
+    return [
+        (r.order, r.status, r.filled_qty, r.exchange_order_id, r.origin, r.intent_seq, r.last_seq)
+        for r in store.orders()
+    ]
+
+
+def test_one_batch_leaves_the_orders_table_as_one_record_at_a_time(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """An order's records merged into one statement per batch give the rows
+    the records one per transaction give: terminal states final, the exchange
+    id kept, a state before its intent, an intent whose row already exists."""
+    a, b, c, d = order(1), order(2), order(3), order(4)
+    before = [Record.intent(d, 1), Record.state(state(d, OrderStatus.NEW, eid="D1"), 2)]
+    batch = [
+        Record.intent(a, 3),
+        Record.state(state(a, OrderStatus.FILLED, "0.01", eid="P1"), 4, ack=True),
+        Record.state(state(a, OrderStatus.NEW, eid=""), 5),  # late and older: no reopening
+        Record.state(state(b, OrderStatus.NEW, eid="P2"), 6),  # its state before its intent
+        Record.intent(b, 7),
+        Record.state(state(b, OrderStatus.PARTIALLY_FILLED, "0.005", eid=""), 8),
+        Record.intent(c, 9),  # an intent alone
+        Record.intent(d, 10),  # already in the table: left as it is ...
+        Record.state(state(d, OrderStatus.CANCELED, eid=""), 11),  # ... but for its state
+    ]
+    one_by_one = backend.open()
+    try:
+        for rec in [*before, *batch]:
+            one_by_one.append([rec])
+        expected = _order_rows(one_by_one)
+    finally:
+        one_by_one.close()
+    if backend.name == "sqlite":
+        merged = open_store(tmp_path / "merged.sqlite")
+    else:
+        merged = open_store(backend.target, schema=backend.schema + "_m", migrate=True)
+    try:
+        merged.append(before)
+        merged.append(batch)
+        assert _order_rows(merged) == expected
+        statuses = {r[0].client_order_id: r[1] for r in expected}
+        assert statuses == {
+            "s1-e-1": "filled",
+            "s1-e-2": "partially_filled",
+            "s1-e-3": "intent",
+            "s1-e-4": "canceled",
+        }
+    finally:
+        merged.close()
+        if backend.name == "postgres":
+            with psycopg.connect(PG_URL, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{backend.schema}_m" CASCADE')
 
 
 def test_never_sent_and_a_fresh_venue_epoch(backend: Backend) -> None:
@@ -377,7 +432,7 @@ def test_recovery_trips_the_breaker_when_positions_differ(backend: Backend, tmp_
 def test_write_ahead_fails_closed(backend: Backend) -> None:
     store = backend.open()
     journal = Journal(store)
-    writer = JournalWriter(journal)
+    writer = JournalWriter(journal, venue=VenueKind.LIVE)
     writer.enqueue(Record(RecordKind.ERROR, {"message": "queued"}, 1))
 
     async def main() -> None:

@@ -18,7 +18,7 @@ from bot4.journal import Journal, Record, RecordKind, SchemaBehind, Store, open_
 from bot4.journal.migrations import LATEST, MIGRATIONS, VERSION_TABLE_SQL
 from bot4.journal.recovery import RecoveryReport, _restore_risk_state
 from bot4.journal.riskstate import PEAK_KEY, PEAK_STEP, cleared_key, peak_to_journal
-from bot4.journal.service import JournalWriter
+from bot4.journal.writer import JournalWriter, VenueKind
 from bot4.model import Approved, Fill, Rejected, RiskAction, RiskActionKind, Side
 from bot4.portfolio import PortfolioTracker
 from bot4.risk import RiskPolicy, default_rules_path
@@ -153,7 +153,7 @@ def test_writer_hooks_journal_what_recovery_restores(backend: Backend) -> None:
     tracker = PortfolioTracker(Decimal(10000))
     store = backend.open()
     journal = Journal(store)
-    writer = JournalWriter(journal)
+    writer = JournalWriter(journal, venue=VenueKind.LIVE)
     writer.attach_hooks(policy, tracker, clock=lambda: 42)
     buy = _fill(1, Side.BUY, "1", "100")
     tracker.apply(buy)
@@ -211,7 +211,7 @@ def _spec(policy: RiskPolicy, name: str) -> WindowSpec:
 def test_a_rising_book_writes_a_bounded_number_of_peaks(tmp_path: Path) -> None:
     tracker = PortfolioTracker(Decimal(100000))
     store = open_store(tmp_path / "j.sqlite")
-    writer = JournalWriter(Journal(store))
+    writer = JournalWriter(Journal(store), venue=VenueKind.LIVE)
     writer.attach_hooks(None, tracker)
     tracker.apply(_fill(1, Side.BUY, "1", "50000"))
     price = Decimal(50000)

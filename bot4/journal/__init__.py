@@ -9,10 +9,17 @@ Backends: SQLite (default, embedded: ``<out>/journal.sqlite``) and PostgreSQL
     open_store("bot4-out/journal.sqlite")                # SQLite
     open_store("postgresql://bot4@db:5432/trading")      # PostgreSQL
 
-Modules: :mod:`~bot4.journal.base` (records, the Store interface, the trio
-Journal facade), :mod:`~bot4.journal.sqlite`, :mod:`~bot4.journal.postgres`,
-:mod:`~bot4.journal.migrations`, :mod:`~bot4.journal.recovery` and
-:mod:`~bot4.journal.service` (the session service behind ``bot4 run``).
+Modules, one job each: :mod:`~bot4.journal.errors`, :mod:`~bot4.journal.records`
+(record kinds, records, checksums), :mod:`~bot4.journal.encoding` (a payload as
+exact JSON), :mod:`~bot4.journal.rows` (a batch as table rows, one
+transaction), :mod:`~bot4.journal.store` (the synchronous store every backend
+extends), :mod:`~bot4.journal.verify`, :mod:`~bot4.journal.facade` (the trio
+face), the backends :mod:`~bot4.journal.sqlite` and :mod:`~bot4.journal.postgres`,
+:mod:`~bot4.journal.migrations`, :mod:`~bot4.journal.riskstate`,
+:mod:`~bot4.journal.recovery`, :mod:`~bot4.journal.writer` (the batching writer
+and the write-ahead protocols) and :mod:`~bot4.journal.service` (the session
+service behind ``bot4 run``). :mod:`~bot4.journal.base` keeps the old import
+names.
 """
 
 from __future__ import annotations
@@ -20,23 +27,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bot4.journal.base import (
-    FillRow,
-    Journal,
+from bot4.journal.errors import (
     JournalCorrupt,
     JournalError,
     JournalLocked,
     JournalUnavailable,
-    OrderRow,
-    Record,
-    RecordKind,
     RecoveryError,
     SchemaBehind,
     SchemaTooNew,
-    Store,
-    StoredRecord,
-    VerifyReport,
 )
+from bot4.journal.facade import Journal
+from bot4.journal.records import FillRow, OrderRow, Record, RecordKind, StoredRecord
+from bot4.journal.store import Store
+from bot4.journal.verify import VerifyReport
 
 ENV_URL = "BOT4_DATABASE_URL"
 DEFAULT_FILE = "journal.sqlite"

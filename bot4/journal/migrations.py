@@ -4,7 +4,7 @@ Each :class:`Migration` has a version (1, 2, ...), a description and the SQL
 for SQLite and for PostgreSQL. The table ``journal_schema_version`` holds one
 row per applied migration; the journal's version is the highest. Opening a
 journal whose version is *newer* than this bot4 knows raises
-:class:`~bot4.journal.base.SchemaTooNew` naming both versions, and nothing is
+:class:`~bot4.journal.errors.SchemaTooNew` naming both versions, and nothing is
 written: an old binary must never "repair" a newer journal.
 
 SQLite journals are migrated when opened (the file belongs to bot4 and is

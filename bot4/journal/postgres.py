@@ -5,7 +5,7 @@ Why the *sync* psycopg API from trio: psycopg's async classes
 only; the psycopg project lists native asyncio (and gevent) support, not trio
 (psycopg/psycopg2#1057 asks for trio and is open). So bot4 uses the
 synchronous ``psycopg.Connection`` with ``psycopg_pool.ConnectionPool`` and
-calls it from trio worker threads (:class:`bot4.journal.base.Journal`:
+calls it from trio worker threads (:class:`bot4.journal.facade.Journal`:
 ``trio.to_thread.run_sync`` behind a ``CapacityLimiter(1)``). The trio loop
 never blocks on the network, and the pool keeps connections warm.
 
@@ -23,8 +23,8 @@ exchange for what they said).
 Schema: the tables live in the connection's ``search_path`` (``schema=``
 sets it, ``bot4 journal migrate`` creates it). Migrations are applied only by
 :meth:`PostgresStore.migrate` (``bot4 journal migrate``); opening a journal
-that is behind raises :class:`~bot4.journal.base.SchemaBehind`, one that is
-newer :class:`~bot4.journal.base.SchemaTooNew`. A second writer on the same
+that is behind raises :class:`~bot4.journal.errors.SchemaBehind`, one that is
+newer :class:`~bot4.journal.errors.SchemaTooNew`. A second writer on the same
 schema is refused (a session-level advisory lock).
 """
 
@@ -40,16 +40,16 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from bot4.journal.base import (
+from bot4.journal.errors import (
     JournalCorrupt,
     JournalError,
     JournalLocked,
     JournalUnavailable,
     SchemaBehind,
     SchemaTooNew,
-    Store,
 )
 from bot4.journal.migrations import LATEST, VERSION_TABLE_SQL, pending
+from bot4.journal.store import Store
 from bot4.secrets import redact
 
 __all__ = ["PostgresStore"]

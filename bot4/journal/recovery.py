@@ -57,14 +57,9 @@ import attrs
 
 from bot4.contracts import Exchange
 from bot4.errors import ExchangeFailed, OrderNotFound
-from bot4.journal.base import (
-    OPEN_STATUSES,
-    Journal,
-    OrderRow,
-    Record,
-    RecordKind,
-    RecoveryError,
-)
+from bot4.journal.errors import RecoveryError
+from bot4.journal.facade import Journal
+from bot4.journal.records import OPEN_STATUSES, OrderRow, Record, RecordKind
 from bot4.journal.riskstate import PEAK_KEY, cleared_key
 from bot4.model import ZERO, Fill, Order, OrderState, OrderStatus
 

@@ -5,10 +5,13 @@ opens the journal named by the config's ``journal`` key, else
 ``$BOT4_DATABASE_URL``, else ``<out>/journal.sqlite``; runs recovery
 (:mod:`bot4.journal.recovery`) before the kernel starts; then:
 
-* sets ``kernel.journal`` to a :class:`JournalWriter`, whose ``write_ahead``
-  commits the order intent (with everything queued before it) *before* the
-  kernel calls ``place_order``. A commit that fails raises, and the kernel
-  rejects the order (rule ``journal``): no durable intent, no order;
+* sets ``kernel.journal`` to a :class:`~bot4.journal.writer.JournalWriter`
+  told the venue's kind (:func:`~bot4.journal.writer.venue_kind`): against a
+  live venue its ``write_ahead`` commits the order intent (with everything
+  queued before it) durably *before* the kernel calls ``place_order`` (a
+  commit that fails raises, and the kernel rejects the order, rule
+  ``journal``: no durable intent, no order); against the in-memory paper
+  venue the intent rides the next batch (:mod:`bot4.journal.writer`);
 * subscribes to the bus (one ``BLOCK`` subscription, so nothing is dropped:
   a journal that falls behind slows the kernel down instead) for decisions
   (``risk.approved``/``risk.rejected``, with the deciding rule), risk actions,
@@ -30,277 +33,28 @@ opens the journal named by the config's ``journal`` key, else
 
 from __future__ import annotations
 
-import logging
 import os
-import re
 import time
-from collections.abc import Callable, Sequence
-from decimal import Decimal
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 import trio
 
-from bot4.bus import Backpressure, Bus, Event
 from bot4.journal import open_store, resolve_target
-from bot4.journal.base import Journal, JournalError, Record, RecordKind, Store
+from bot4.journal.facade import Journal
+from bot4.journal.records import Record, RecordKind
 from bot4.journal.recovery import RecoveryReport, recover
-from bot4.journal.riskstate import PEAK_KEY, RunHistory, cleared_key, peak_to_journal
-from bot4.model import Approved, Fill, MarketData, Order, OrderState, Rejected, RiskAction
-from bot4.model import RiskActionKind as _Kind
+from bot4.journal.riskstate import RunHistory
+from bot4.journal.store import Store
+from bot4.journal.writer import (
+    JournalWriter,
+    VenueKind,
+    venue_kind,
+)
 from bot4.portfolio import PortfolioTracker
-from bot4.protection import TOPIC as PROTECTION_TOPIC
 
-__all__ = ["JournalService", "JournalWriter", "journal_service"]
-
-log = logging.getLogger("bot4.journal")
-
-_TOPICS = ("risk.", "order.", "fill.", "kernel.")
-_RULE_PREFIX = re.compile(r"^([a-z0-9][a-z0-9._-]*): ")
-DEFAULT_BATCH = 256
-DEFAULT_INTERVAL = 0.05
-
-
-class JournalWriter:
-    """The kernel's write-ahead hook and the bus subscriber, over one journal."""
-
-    def __init__(
-        self,
-        journal: Journal,
-        *,
-        batch: int = DEFAULT_BATCH,
-        interval: float = DEFAULT_INTERVAL,
-        market_data: bool = False,
-        shadow: PortfolioTracker | None = None,
-        wait_for_intents: bool = True,
-    ) -> None:
-        self.journal = journal
-        # With a venue that outlives the process, an order may not leave before
-        # its intent is committed. With one that dies with it (the in-memory
-        # paper exchange), a crash loses the orders as well, so there is
-        # nothing to reconcile: the intent is queued and batched like every
-        # other record (still written before the order's own records), and
-        # the journal no longer caps the order path of a backtest.
-        self.wait_for_intents = wait_for_intents
-        self.batch = max(1, batch)
-        self.interval = interval
-        self.market_data = market_data
-        # Positions as the journal saw them, for the position records.
-        self.shadow = shadow if shadow is not None else PortfolioTracker()
-        self._pending: list[Record] = []
-        self._ticks: list[MarketData] = []
-        self._lock = trio.Lock()
-        self._wake = trio.Event()
-        self._clock: Callable[[], int] = time.time_ns
-        self._trips_hooked = False  # breaker trips come from the breaker's hook
-        self.intents = 0
-        self.flushes = 0
-        self.records = 0
-        self.errors = 0
-        self.last_error: str = ""
-
-    # -- the write-ahead (kernel -> journal) ------------------------------------
-
-    async def write_ahead(self, order: Order) -> None:
-        """Commit the intent (and whatever is queued) before the order is sent."""
-        if not self.wait_for_intents:
-            self.intents += 1
-            self.enqueue(Record.intent(order, time.time_ns()))
-            return
-        async with self._lock:
-            batch, self._pending = self._pending, []
-            batch.append(Record.intent(order, time.time_ns()))
-            try:
-                await self.journal.append(batch, durable=True)
-            except BaseException:
-                self._pending[:0] = batch[:-1]  # keep the queued records; the intent is void
-                raise
-            self.intents += 1
-            self.flushes += 1
-            self.records += len(batch)
-
-    # -- the bus (everything else) ------------------------------------------------
-
-    def attach(
-        self,
-        bus: Bus,
-        policy: Any = None,
-        *,
-        tracker: PortfolioTracker | None = None,
-        clock: Callable[[], int] | None = None,
-    ) -> None:
-        """Subscribe to the bus, then :meth:`attach_hooks`."""
-        prefixes = (*_TOPICS, "market.") if self.market_data else _TOPICS
-        bus.subscribe(
-            "#",
-            self._on_event,
-            filter=lambda e: e.topic.startswith(prefixes),
-            policy=Backpressure.BLOCK,
-            capacity=4096,
-            name="journal",
-        )
-        self.attach_hooks(policy, tracker, clock=clock)
-
-    def attach_hooks(
-        self,
-        policy: Any = None,
-        tracker: PortfolioTracker | None = None,
-        *,
-        clock: Callable[[], int] | None = None,
-    ) -> None:
-        """Hear of the risk state that must survive a restart: the breaker's
-        trips and resets and the windows' events (``policy``), the peak
-        equity (``tracker``). ``clock`` gives the event time to stamp state
-        with (the kernel's)."""
-        if clock is not None:
-            self._clock = clock
-        breaker = getattr(policy, "breaker", None)
-        if breaker is not None and hasattr(breaker, "on_reset"):
-            breaker.on_reset(self._breaker_reset)
-        if breaker is not None and hasattr(breaker, "on_trip"):
-            breaker.on_trip(self._breaker_trip)
-            self._trips_hooked = True
-        if hasattr(policy, "watch_windows"):
-            policy.watch_windows(self._window_event)
-        if tracker is not None:
-            tracker.watch_peak(self._new_peak)
-
-    def _breaker_reset(self) -> None:
-        self._pending.append(Record.breaker(False, "", time.time_ns(), rule="reset"))
-        self._wake.set()
-
-    def _breaker_trip(self, reason: str, now_ns: int) -> None:
-        # A rule's trip reads "<rule>: <reason>": keep the rule on the record
-        # (``bot4 journal show --rule``), as the risk action has it.
-        named = _RULE_PREFIX.match(reason)
-        rule = named.group(1) if named else "breaker"
-        self._pending.append(Record.breaker(True, reason, now_ns, rule=rule))
-        self._wake.set()
-
-    # -- risk state (kernel, policy, tracker -> journal) ---------------------------
-
-    def note(self, key: str, value: Any, ts_ns: int, symbol: str | None = None) -> None:
-        """Queue the new value of a risk-state key (``None`` clears it)."""
-        self.enqueue(Record.risk_state(key, value, ts_ns, symbol))
-
-    def _window_event(self, kind: str, symbol: str, ts_ns: int) -> None:
-        if ts_ns < 0:  # the windows forgot this kind (a breaker reset)
-            self.note(cleared_key(kind), {}, self._clock())
-        else:
-            self.enqueue(Record.risk_event(kind, symbol, ts_ns))
-
-    def _new_peak(self, peak: Decimal) -> Decimal:
-        # Journal the peak rounded up and hear of it again only above that:
-        # a restored peak is never below the true one, and a rising book
-        # writes one record per 0.01 % of new high, not one per tick.
-        level = peak_to_journal(peak)
-        self.note(PEAK_KEY, {"peak": str(level)}, self._clock())
-        return level
-
-    async def checkpoint(self) -> None:
-        """Commit everything queued now, durably, when the venue outlives the
-        process; against a venue that does not (nothing is restored) just
-        hurry the next flush."""
-        if not self.wait_for_intents:
-            self._wake.set()
-            return
-        async with self._lock:
-            batch, self._pending = self._pending, []
-            if not batch:
-                return
-            try:
-                await self.journal.append(batch, durable=True)
-            except JournalError as exc:  # kept queued; the writer's next flush retries
-                self._pending[:0] = batch
-                self.errors += 1
-                self.last_error = str(exc)
-                log.error("journal checkpoint failed: %s", exc)  # noqa: TRY400
-                return
-            except BaseException:
-                self._pending[:0] = batch
-                raise
-            self.flushes += 1
-            self.records += len(batch)
-
-    def enqueue(self, record: Record) -> None:
-        self._pending.append(record)
-        if len(self._pending) >= self.batch:
-            self._wake.set()
-
-    async def _on_event(self, event: Event) -> None:
-        topic, payload, ts = event.topic, event.payload, event.ts
-        if topic.startswith("market."):
-            if isinstance(payload, MarketData):
-                self._ticks.append(payload)
-                if len(self._ticks) >= self.batch:
-                    self._wake.set()
-            return
-        if topic in ("risk.approved", "risk.rejected") and isinstance(payload, Approved | Rejected):
-            self.enqueue(Record.decision(payload, ts, event.correlation_id))
-        elif topic == "risk.action" and isinstance(payload, RiskAction):
-            self.enqueue(Record.action(payload, ts))
-            if payload.kind is _Kind.TRIP_BREAKER and not self._trips_hooked:
-                self.enqueue(Record.breaker(True, payload.reason, ts, rule=payload.rule))
-        elif topic in ("order.placed", "order.update") and isinstance(payload, OrderState):
-            self.enqueue(Record.state(payload, ts, ack=topic == "order.placed"))
-        elif topic.startswith("fill.") and isinstance(payload, Fill):
-            self.enqueue(Record.fill(payload, ts))
-            self.shadow.apply(payload)
-            position = self.shadow.position(payload.symbol)
-            body: Any = position if position is not None else {"symbol": payload.symbol, "qty": "0"}
-            self.enqueue(
-                Record(RecordKind.POSITION, body, ts, payload.client_order_id, payload.symbol)
-            )
-        elif topic == "kernel.halted":
-            self.enqueue(Record(RecordKind.HALT, {"reason": str(payload)}, ts))
-        elif topic == "kernel.error":
-            self.enqueue(Record(RecordKind.ERROR, {"message": str(payload)}, ts))
-        elif topic == PROTECTION_TOPIC and isinstance(payload, dict):
-            symbol = str(payload.get("symbol"))
-            self.enqueue(Record(RecordKind.PROTECTION, payload, ts, symbol=symbol))
-        if len(self._pending) >= 8 * self.batch:
-            await self.flush()  # backpressure: the bus (BLOCK) waits for us
-
-    # -- group commit ---------------------------------------------------------------
-
-    async def flush(self) -> None:
-        async with self._lock:
-            batch, self._pending = self._pending, []
-            ticks, self._ticks = self._ticks, []
-            if batch:
-                try:
-                    await self.journal.append(batch)
-                except BaseException:
-                    self._pending[:0] = batch
-                    raise
-                self.flushes += 1
-                self.records += len(batch)
-            if ticks:
-                await self.journal.append_market(ticks)
-
-    async def run(self) -> None:
-        """Flush on the timer or when a batch is full; flush and close at the end."""
-        try:
-            while True:
-                with trio.move_on_after(self.interval):
-                    await self._wake.wait()
-                self._wake = trio.Event()
-                try:
-                    await self.flush()
-                except JournalError as exc:  # kept queued; the next flush retries
-                    self.errors += 1
-                    self.last_error = str(exc)
-                    log.error("journal flush failed: %s", exc)  # noqa: TRY400 - no traceback wanted
-                    await trio.sleep(min(1.0, self.interval * 10))
-        finally:
-            with trio.CancelScope(shield=True):
-                try:
-                    await self.flush()
-                except JournalError as exc:
-                    self.errors += 1
-                    self.last_error = str(exc)
-                    log.error("journal: last flush failed: %s", exc)  # noqa: TRY400
-                await self.journal.aclose()
+__all__ = ["JournalService", "JournalWriter", "VenueKind", "journal_service", "venue_kind"]
 
 
 class JournalService:
@@ -310,8 +64,8 @@ class JournalService:
         self,
         target: str,
         *,
-        batch: int = DEFAULT_BATCH,
-        interval: float = DEFAULT_INTERVAL,
+        batch: int | None = None,
+        interval: float | None = None,
         intent_sync: str | None = None,
         market_data: bool = False,
         schema: str | None = None,
@@ -327,7 +81,8 @@ class JournalService:
         self.writer: JournalWriter | None = None
 
     async def __call__(self, ctx: Any, nursery: trio.Nursery) -> None:
-        durable_venue = bool(getattr(ctx.exchange, "durable", True))
+        venue = venue_kind(ctx.exchange)
+        durable_venue = venue is VenueKind.LIVE
         # An fsync per intent buys nothing when the venue itself forgets
         # everything with the process (the in-memory paper exchange).
         sync = self.intent_sync or ("full" if durable_venue else "normal")
@@ -373,7 +128,7 @@ class JournalService:
             interval=self.interval,
             market_data=self.market_data,
             shadow=shadow,
-            wait_for_intents=durable_venue,
+            venue=venue,
         )
         writer.attach(ctx.bus, ctx.policy, tracker=ctx.tracker, clock=lambda: ctx.kernel.now_ns)
         ctx.kernel.journal = writer

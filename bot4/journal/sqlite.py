@@ -1,7 +1,7 @@
 """The embedded journal: one SQLite file in WAL mode, no server.
 
 Threads. The store owns one connection (``check_same_thread=False``); the
-:class:`~bot4.journal.base.Journal` facade runs every call in a trio worker
+:class:`~bot4.journal.facade.Journal` facade runs every call in a trio worker
 thread behind a ``CapacityLimiter(1)``, so the connection is used by one
 thread at a time, and calls never overlap. Readers in other processes (``bot4
 journal show`` while a session runs) see committed data: WAL lets them read
@@ -33,16 +33,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from bot4.journal.base import (
+from bot4.journal.errors import (
     JournalCorrupt,
     JournalError,
     JournalLocked,
     JournalUnavailable,
     SchemaBehind,
     SchemaTooNew,
-    Store,
 )
 from bot4.journal.migrations import LATEST, VERSION_TABLE_SQL, pending
+from bot4.journal.store import Store
 
 if sys.platform != "win32":
     import fcntl
