@@ -40,6 +40,7 @@ from bot4.journal.facade import Journal
 from bot4.journal.records import FillRow, OrderRow, Record, RecordKind, StoredRecord
 from bot4.journal.store import Store
 from bot4.journal.verify import VerifyReport
+from bot4.secrets import env_value
 
 ENV_URL = "BOT4_DATABASE_URL"
 DEFAULT_FILE = "journal.sqlite"
@@ -78,7 +79,7 @@ def resolve_target(configured: str | None, out: str | os.PathLike[str]) -> str |
     ``<out>/journal.sqlite``."""
     if configured is not None:
         return None if configured.strip().lower() in ("off", "none", "false", "") else configured
-    url = os.environ.get(ENV_URL, "").strip()
+    url = env_value(ENV_URL).strip()  # or the file $BOT4_DATABASE_URL_FILE names
     return url or str(Path(out) / DEFAULT_FILE)
 
 

@@ -105,7 +105,9 @@ class PostgresStore(Store):
         self.schema = schema
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._lock_conn: psycopg.Connection[Any] | None = None
-        kwargs: dict[str, Any] = {"prepare_threshold": 0}
+        # UTF8 whatever the server's default: a SQL_ASCII server hands text
+        # back as bytes, which broke recovery (bytes to Decimal).
+        kwargs: dict[str, Any] = {"prepare_threshold": 0, "client_encoding": "UTF8"}
         if schema is not None:
             if not _IDENT.match(schema):
                 raise JournalError(f"schema {schema!r}: use lower-case letters, digits and _")

@@ -47,7 +47,7 @@ from typing import Any
 
 import trio
 
-from bot4.bus import Backpressure, Bus, Event
+from bot4.bus import Backpressure, Bus, Event, EventBatch
 from bot4.journal.errors import JournalError
 from bot4.journal.facade import Journal
 from bot4.journal.records import Record, RecordKind
@@ -167,11 +167,13 @@ class JournalWriter:
         clock: Callable[[], int] | None = None,
     ) -> None:
         """Subscribe to the bus, then :meth:`attach_hooks`."""
-        prefixes = (*_TOPICS, "market.") if self.market_data else _TOPICS
+        # Ticks come as batches (bot4.bus): no envelope is built per tick for
+        # the journal, which keeps them only with ``market_data``. The other
+        # topics are chosen in the handler (a filter cannot go with batches).
         bus.subscribe(
             "#",
-            self._on_event,
-            filter=lambda e: e.topic.startswith(prefixes),
+            self._on_other,
+            on_batch=self._on_ticks,
             policy=Backpressure.BLOCK,
             capacity=4096,
             name="journal",
@@ -262,6 +264,19 @@ class JournalWriter:
     def enqueue(self, record: Record) -> None:
         self._pending.append(record)
         if len(self._pending) >= self.batch:
+            self._wake.set()
+
+    async def _on_other(self, event: Event) -> None:
+        if event.topic.startswith(_TOPICS):
+            await self._on_event(event)
+
+    def _on_ticks(self, batch: EventBatch) -> None:
+        if not self.market_data:
+            return
+        for payload in batch.payloads:
+            if isinstance(payload, MarketData):
+                self._ticks.append(payload)
+        if len(self._ticks) >= self.batch:
             self._wake.set()
 
     async def _on_event(self, event: Event) -> None:
