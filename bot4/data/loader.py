@@ -47,18 +47,23 @@ from __future__ import annotations
 import csv
 import gzip
 import heapq
+import operator
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from itertools import chain, islice
 from pathlib import Path
 from typing import IO, Protocol
 
+import attrs
+
+from bot4.data.columns import BATCH_ROWS, FileState, TickBatch, build_batch
 from bot4.errors import ConfigError, ModelError
 from bot4.model import MarketData
 
-__all__ = ["FORMATS", "DataError", "iter_ticks", "symbol_from_filename"]
+__all__ = ["FORMATS", "DataError", "iter_batches", "iter_ticks", "symbol_from_filename"]
 
 FORMATS = ("auto", "ticks", "ohlcv", "binance")
 StrPath = str | os.PathLike[str]
@@ -98,8 +103,50 @@ def iter_ticks(
     symbol: str | None = None,
     exchange: str = "data",
     spread_bps: Decimal | int | str = 0,
+    columnar: bool = True,
 ) -> Iterator[MarketData]:
-    """Stream ticks from ``source`` (see the module docstring for formats)."""
+    """Stream ticks from ``source`` (see the module docstring for formats).
+    ``columnar=False`` reads tick files row by row through the validating
+    constructor: the reference the columnar path is tested against."""
+    spread = _spread(format, spread_bps)
+    paths = _expand(source)
+    streams = [_iter_file(p, format, symbol, exchange, spread, columnar) for p in paths]
+    if len(streams) == 1:
+        return streams[0]
+    return heapq.merge(*streams, key=_ts_ns)
+
+
+def iter_batches(
+    source: StrPath | Sequence[StrPath],
+    *,
+    format: str = "auto",
+    symbol: str | None = None,
+    exchange: str = "data",
+    spread_bps: Decimal | int | str = 0,
+    columnar: bool = True,
+) -> Iterator[TickBatch]:
+    """The ticks of :func:`iter_ticks`, in the same order, as
+    :class:`~bot4.data.columns.TickBatch` es: the file's own batches for one
+    tick file; for several files (merged by time) or candles, batches of
+    ``BATCH_ROWS`` ticks without fixed-point columns."""
+    spread = _spread(format, spread_bps)
+    paths = _expand(source)
+    if len(paths) == 1:
+        return _file_batches(paths[0], format, symbol, exchange, spread, columnar)
+    return _chunks(
+        "",
+        iter_ticks(
+            paths,
+            format=format,
+            symbol=symbol,
+            exchange=exchange,
+            spread_bps=spread,
+            columnar=columnar,
+        ),
+    )
+
+
+def _spread(format: str, spread_bps: Decimal | int | str) -> Decimal:
     if format not in FORMATS:
         raise ConfigError(f"data format {format!r} is not one of {', '.join(FORMATS)}")
     try:
@@ -108,15 +155,29 @@ def iter_ticks(
         raise ConfigError(f"spread_bps {spread_bps!r} is not a number") from None
     if not spread.is_finite() or spread < 0:
         raise ConfigError(f"spread_bps {spread_bps!r} must be zero or more")
-    paths = _expand(source)
-    streams = [_iter_file(p, format, symbol, exchange, spread) for p in paths]
-    if len(streams) == 1:
-        return streams[0]
-    return heapq.merge(*streams, key=_timestamp)
+    return spread
 
 
-def _timestamp(tick: MarketData) -> datetime:
-    return tick.timestamp
+def _ts_ns(tick: MarketData) -> int:
+    return tick.ts_ns
+
+
+def _chunks(name: str, ticks: Iterator[MarketData]) -> Iterator[TickBatch]:
+    """Ticks in batches of BATCH_ROWS (a batch of the ticks before an error
+    goes out before the error)."""
+    chunk: list[MarketData] = []
+    try:
+        for tick in ticks:
+            chunk.append(tick)
+            if len(chunk) == BATCH_ROWS:
+                yield TickBatch.of_ticks(name, 0, chunk)
+                chunk = []
+    except DataError:
+        if chunk:
+            yield TickBatch.of_ticks(name, 0, chunk)
+        raise
+    if chunk:
+        yield TickBatch.of_ticks(name, 0, chunk)
 
 
 def _expand(source: StrPath | Sequence[StrPath]) -> list[Path]:
@@ -170,8 +231,21 @@ def _open(path: Path) -> IO[str]:
 
 
 def _iter_file(
-    path: Path, fmt: str, symbol: str | None, exchange: str, spread: Decimal
+    path: Path, fmt: str, symbol: str | None, exchange: str, spread: Decimal, columnar: bool
 ) -> Iterator[MarketData]:
+    # Flattened in C (a list iterator inside a chain): a tick costs a list
+    # step, not a generator resume.
+    return chain.from_iterable(
+        map(_batch_ticks, _file_batches(path, fmt, symbol, exchange, spread, columnar))
+    )
+
+
+_batch_ticks = operator.attrgetter("ticks")
+
+
+def _file_batches(
+    path: Path, fmt: str, symbol: str | None, exchange: str, spread: Decimal, columnar: bool
+) -> Iterator[TickBatch]:
     name = str(path)
     with _open(path) as handle:
         reader = csv.reader(handle)
@@ -205,10 +279,10 @@ def _iter_file(
             if fmt == "ticks":
                 if headerless:
                     raise DataError(name, reader.line_num, None, "tick files need a header line")
-                yield from _ticks(name, reader, header, sym, exchange)
+                yield from _tick_batches(name, reader, header, sym, exchange, columnar)
             else:
                 rows = _candle_rows(name, reader, first, header, headerless, fmt)
-                yield from _candle_ticks(name, rows, sym, exchange, spread)
+                yield from _chunks(name, _candle_ticks(name, rows, sym, exchange, spread))
         except (csv.Error, UnicodeDecodeError, EOFError, gzip.BadGzipFile) as exc:
             raise DataError(name, reader.line_num, None, f"unreadable: {exc}") from None
 
@@ -274,13 +348,22 @@ def _model_error(name: str, line: int, exc: ModelError, cells: dict[str, str]) -
     return DataError(name, line, column, f"{shown!r}: {exc.why}")
 
 
-def _ticks(
-    name: str,
-    reader: _Rows,
-    header: list[str],
-    symbol: str | None,
-    exchange: str,
-) -> Iterator[MarketData]:
+@attrs.frozen(slots=True)
+class _Layout:
+    """Where a tick file's columns are, and what its errors call them."""
+
+    ts: int
+    bid: int
+    ask: int
+    last: int
+    vol: int
+    sym: int | None
+    width: int
+    names: list[str]
+    default_symbol: str
+
+
+def _layout(name: str, header: list[str], symbol: str | None) -> _Layout:
     first_line = 1
     i_ts = _column(name, header, _TIME_NAMES, first_line)
     i_bid = _column(name, header, ("bid",), first_line)
@@ -295,16 +378,123 @@ def _ticks(
             None,
             "no 'symbol' column, no symbol option and the file name does not tell the symbol",
         )
-    default_symbol = symbol or ""  # unused when the file has a symbol column
-    width = len(header)
-    names = header
-    prev: datetime | None = None
+    # default_symbol is unused when the file has a symbol column
+    return _Layout(i_ts, i_bid, i_ask, i_last, i_vol, i_sym, len(header), header, symbol or "")
+
+
+def _row_batches(reader: _Rows) -> Iterator[tuple[list[list[str]], list[int]]]:
+    """Non-blank rows in batches of at most BATCH_ROWS, with their file lines.
+    A read error comes after the rows before it (errors are raised where they
+    are, not a batch early)."""
+    while True:
+        start = reader.line_num
+        rows: list[list[str]] = []
+        failed: BaseException | None = None
+        try:
+            # islice pulls the rows in C and extend keeps those read before
+            # an error; the lines are worked out after.
+            rows.extend(islice(reader, BATCH_ROWS))
+        except (csv.Error, UnicodeDecodeError, EOFError, OSError) as exc:
+            failed = exc
+        if not rows and failed is None:
+            return
+        end = reader.line_num
+        if failed is None and end - start == len(rows):
+            lines = list(range(start + 1, end + 1))  # one physical line per row
+        else:
+            lines = _lines_of(rows, start)
+        if not all(rows):  # blank lines: csv gives [] for them
+            lines = [line for row, line in zip(rows, lines, strict=True) if row]
+            rows = [row for row in rows if row]
+        if rows:
+            yield rows, lines
+        if failed is not None:
+            raise failed
+
+
+def _lines_of(rows: list[list[str]], start: int) -> list[int]:
+    """The physical line each row ends on, when some row spans several lines
+    (a quoted cell with line breaks; lines split as universal newlines)."""
+    out: list[int] = []
+    line = start
+    for row in rows:
+        breaks = 0
+        for cell in row:
+            breaks += cell.count("\n") + cell.count("\r") - cell.count("\r\n")
+        line += 1 + breaks
+        out.append(line)
+    return out
+
+
+def _tick_batches(
+    name: str,
+    reader: _Rows,
+    header: list[str],
+    symbol: str | None,
+    exchange: str,
+    columnar: bool,
+) -> Iterator[TickBatch]:
+    layout = _layout(name, header, symbol)
+    state = FileState()
+    time_name = layout.names[layout.ts]
+
+    def parse_time(cell: str) -> datetime:
+        return _time(name, 0, time_name, cell)
+
+    width = layout.width
+    for rows, lines in _row_batches(reader):
+        if columnar and len(rows[0]) == width and len(set(map(len, rows))) == 1:
+            columns = list(zip(*rows, strict=True))
+            batch = build_batch(
+                name,
+                lines,
+                [columns[i] for i in (layout.ts, layout.bid, layout.ask, layout.last, layout.vol)],
+                columns[layout.sym] if layout.sym is not None else None,
+                layout.default_symbol,
+                exchange,
+                state,
+                parse_time,
+            )
+            if batch is not None:
+                yield batch
+                continue
+        # Row by row, through the validating constructor: the reference, and
+        # the one path that names the bad cell. The ticks before an error
+        # still go out first.
+        ticks: list[MarketData] = []
+        try:
+            ticks.extend(
+                _checked_ticks(name, zip(lines, rows, strict=True), layout, exchange, state)
+            )
+        except DataError:
+            if ticks:
+                yield TickBatch.of_ticks(name, lines[0], ticks)
+            raise
+        yield TickBatch.of_ticks(name, lines[0], ticks)
+
+
+def _checked_ticks(
+    name: str,
+    rows: Iterable[tuple[int, list[str]]],
+    layout: _Layout,
+    exchange: str,
+    state: FileState,
+) -> Iterator[MarketData]:
+    i_ts, i_bid, i_ask, i_last, i_vol, i_sym = (
+        layout.ts,
+        layout.bid,
+        layout.ask,
+        layout.last,
+        layout.vol,
+        layout.sym,
+    )
+    width = layout.width
+    names = layout.names
+    default_symbol = layout.default_symbol
+    prev = state.prev
     prev_text = ""
     moment: datetime | None = None
-    for row in reader:
-        if not row:
-            continue
-        line = reader.line_num
+    for line, row in rows:
         if len(row) != width:
             raise DataError(name, line, None, f"expected {width} columns, found {len(row)}")
         ts_text = row[i_ts]
@@ -326,7 +516,7 @@ def _ticks(
         vol = _number(name, line, names[i_vol], row[i_vol])
         sym = row[i_sym].strip() if i_sym is not None else default_symbol
         try:
-            yield MarketData(
+            tick = MarketData(
                 symbol=sym,
                 exchange=exchange,
                 bid=bid,
@@ -349,6 +539,11 @@ def _ticks(
                     name, line, names[i_last if exc.field == "last" else i_vol], err.message
                 )
             raise err from None
+        # Kept for the next batch before the tick goes out (the caller may
+        # stop reading at any tick).
+        state.prev = moment
+        state.prev_ns = tick.ts_ns
+        yield tick
 
 
 # --- candles ------------------------------------------------------------------------
