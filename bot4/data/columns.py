@@ -21,8 +21,8 @@ the most decimals any bid, ask or last of the batch is written with, and
 ETH-USDT quotes written with two decimals has ``price_scale == 2``, whatever the
 symbol. Nothing is ever rounded: every cell converts exactly, or the batch is
 not taken by this path. A cell converts when it is a plain decimal numeral in
-ASCII (``123``, ``0.05``; no sign, exponent, underscore, blank or missing digit
-around the point) and its digits at the batch's scale number at most 18
+ASCII (``123``, ``0.05``, ``.5``; no sign, exponent, underscore or blank) and
+its digits at the batch's scale number at most 18
 (``10**18 - 1 < 2**63``, so no int64 overflows). A batch with any other cell
 (``1e5``, ``-3``, ``NaN``, 19 significant digits, a price beyond int64 at the
 scale), or that fails a check below, is read row by row by the validating
@@ -97,34 +97,65 @@ class TickBatch:
 
 @attrs.frozen(slots=True)
 class _Numerals:
-    """Plain numerals split at the point: integer digits, fraction digits."""
+    """A column of plain numerals as one byte array, with where each cell is."""
 
-    head: npt.NDArray[np.bytes_]
-    tail: npt.NDArray[np.bytes_]
+    chars: npt.NDArray[np.uint8]  # every cell's characters, end to end
+    starts: Int64s  # where each cell begins in chars
+    ends: Int64s  # one past where it ends
+    fraction: Int64s  # digits after the point, per cell
+    digits: Int64s  # digits, per cell
     decimals: int  # the most fraction digits of any cell
 
 
+_POW10 = np.array([10**k for k in range(MAX_DIGITS + 1)], dtype=np.int64)
+_DOT, _ZERO, _NINE = ord("."), ord("0"), ord("9")  # the bytes of a plain numeral
+
+
 def _numerals(cells: Sequence[str]) -> _Numerals | None:
+    """The column when every cell is digits with at most one point and at
+    least one digit; None otherwise. Vectorised over the column's bytes."""
+    n = len(cells)
     joined = "".join(cells)
-    # Non-ASCII (other scripts' digits, which Decimal takes) and NUL (which
-    # numpy's bytes drop at the end of a cell) go row by row.
-    if not joined.isascii() or "\x00" in joined:
+    # Non-ASCII (other scripts' digits, which Decimal takes) goes row by row.
+    if not n or not joined.isascii():
         return None
-    raw = np.array(cells, dtype=np.bytes_)
-    head, dot, tail = np.strings.partition(raw, b".")
-    # isdigit is False for b"": "5." and ".5" do not pass (Decimal takes them;
-    # the row-by-row path does too).
-    plain = np.strings.isdigit(head) & (np.strings.isdigit(tail) | (np.strings.str_len(dot) == 0))
-    if not plain.all():
+    chars = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
+    lengths = np.fromiter(map(len, cells), dtype=np.int64, count=n)
+    if lengths.min() == 0:
         return None
-    return _Numerals(head, tail, int(np.strings.str_len(tail).max()) if len(raw) else 0)
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    dot = chars == _DOT
+    if not (dot | ((chars >= _ZERO) & (chars <= _NINE))).all():
+        return None  # a sign, an exponent, a blank, NaN, a NUL...
+    dots = np.add.reduceat(dot.astype(np.int64), starts)
+    if dots.max() > 1:
+        return None
+    digits = lengths - dots
+    if digits.min() == 0:
+        return None  # a lone point
+    fraction = np.zeros(n, dtype=np.int64)
+    dotted = dots == 1
+    fraction[dotted] = ends[dotted] - np.flatnonzero(dot) - 1  # one point per dotted cell
+    return _Numerals(chars, starts, ends, fraction, digits, int(fraction.max()))
 
 
 def _scaled(numerals: _Numerals, scale: int) -> Int64s | None:
-    digits = np.strings.add(numerals.head, np.strings.ljust(numerals.tail, scale, b"0"))
-    if len(digits) and int(np.strings.str_len(digits).max()) > MAX_DIGITS:
+    """The cells as integers at ``scale`` (each has at most ``scale``
+    decimals), or None when one needs more than MAX_DIGITS digits."""
+    pad = scale - numerals.fraction
+    if int((numerals.digits + pad).max()) > MAX_DIGITS:
         return None
-    return digits.astype(np.int64)
+    chars = numerals.chars
+    # A byte's digit value (the point, the one other byte allowed, counts 0)
+    # times 10 to the digits after it in its cell plus the cell's padding.
+    value = np.maximum(chars.astype(np.int64) - _ZERO, 0)
+    seen = np.cumsum(chars != _DOT)  # digits up to and including each byte
+    lengths = numerals.ends - numerals.starts
+    exponent = np.repeat(pad + seen[numerals.ends - 1], lengths) - seen
+    terms = value * _POW10[exponent]
+    out: Int64s = np.add.reduceat(terms, numerals.starts)
+    return out
 
 
 def fixed_point(cells: Sequence[str], scale: int | None = None) -> tuple[Int64s, int] | None:

@@ -213,8 +213,12 @@ def test_fixed_point_is_exact_or_refused() -> None:
     assert fixed_point(["123456789012345678"]) is not None  # 18 digits fit int64
     assert fixed_point(["1234567890123456789"]) is None  # 19 may not
     assert fixed_point(["0.1234567890123456789"]) is None
-    for cell in ("-1", "1e5", "NaN", " 1", "1_0", "5.", ".5", "", "\u0663"):
+    for cell in ("-1", "+1", "1e5", "NaN", " 1", "1_0", "1.2.3", ".", "", "1\x00", "\u0663"):
         assert fixed_point([cell]) is None, cell
+    for cell, value, scale in ((".5", 5, 1), ("5.", 5, 0), ("007.50", 750, 2)):
+        got = fixed_point([cell])
+        assert got is not None, cell
+        assert (got[0].tolist(), got[1]) == ([value], scale)
 
 
 def test_a_batch_is_a_tickbatch_of_trusted_ticks_equal_to_validated_ones(tmp_path: Path) -> None:
