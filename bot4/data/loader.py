@@ -40,6 +40,14 @@ Every bad value stops the load with a :class:`DataError` naming file, line
 and column, e.g. ``ticks.csv:17: column 'bid': 'abc' is not a number``.
 Garbage (bid above ask, negative volume, NaN, non-positive prices, times
 going backwards) is an error, never silently skipped.
+
+Tick files are read in batches (:mod:`bot4.data.columns`): a batch of plain
+numerals is checked at once with numpy on int64 fixed point and its ticks
+built by the trusted constructor; any other batch (a bad cell, an exponent, a
+value past int64) is read row by row by the validating constructor, which
+names the bad cell. Both give the same ticks; ``columnar=False`` forces the
+second, the reference (``tests/test_guarantees/test_columnar_feed.py``).
+The ticks before an error are yielded before it, as a row-by-row read would.
 """
 
 from __future__ import annotations
@@ -51,15 +59,23 @@ import operator
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from itertools import chain, islice
+from itertools import chain
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO
 
-import attrs
-
-from bot4.data.columns import BATCH_ROWS, FileState, TickBatch, build_batch
+from bot4.data.cells import (
+    TIME_NAMES,
+    DataError,
+    _column,
+    _looks_numeric,
+    _number,
+    _Rows,
+    _time,
+)
+from bot4.data.columns import BATCH_ROWS, TickBatch
+from bot4.data.tickrows import tick_batches
 from bot4.errors import ConfigError, ModelError
 from bot4.model import MarketData
 
@@ -68,32 +84,9 @@ __all__ = ["FORMATS", "DataError", "iter_batches", "iter_ticks", "symbol_from_fi
 FORMATS = ("auto", "ticks", "ohlcv", "binance")
 StrPath = str | os.PathLike[str]
 
-_TIME_NAMES = ("timestamp", "time", "ts", "datetime", "date", "open_time")
 _QUOTES = ("FDUSD", "USDT", "USDC", "BUSD", "TUSD", "USD", "EUR", "DAI", "BTC", "ETH", "BNB")
 _SYMBOL = re.compile(r"^[A-Z0-9]{1,20}(-[A-Z0-9]{1,20}){1,2}$")
 _ONE_MINUTE = timedelta(minutes=1)
-
-
-class _Rows(Protocol):
-    """What csv.reader returns: rows, and the physical line of the last one."""
-
-    @property
-    def line_num(self) -> int: ...
-    def __iter__(self) -> Iterator[list[str]]: ...
-    def __next__(self) -> list[str]: ...
-
-
-class DataError(ConfigError):
-    """A data file could not be read. ``str()`` reads ``file:line: column 'x': what``."""
-
-    def __init__(self, path: str, line: int | None, column: str | None, message: str) -> None:
-        self.path = path
-        self.line = line
-        self.column = column
-        self.message = message
-        where = f"{path}:{line}" if line is not None else path
-        col = f"column {column!r}: " if column else ""
-        super().__init__(f"{where}: {col}{message}")
 
 
 def iter_ticks(
@@ -279,279 +272,12 @@ def _file_batches(
             if fmt == "ticks":
                 if headerless:
                     raise DataError(name, reader.line_num, None, "tick files need a header line")
-                yield from _tick_batches(name, reader, header, sym, exchange, columnar)
+                yield from tick_batches(name, reader, header, sym, exchange, columnar)
             else:
                 rows = _candle_rows(name, reader, first, header, headerless, fmt)
                 yield from _chunks(name, _candle_ticks(name, rows, sym, exchange, spread))
         except (csv.Error, UnicodeDecodeError, EOFError, gzip.BadGzipFile) as exc:
             raise DataError(name, reader.line_num, None, f"unreadable: {exc}") from None
-
-
-def _looks_numeric(cell: str) -> bool:
-    text = cell.strip()
-    return bool(text) and text.replace(".", "", 1).isdigit()
-
-
-def _column(name: str, header: list[str], wanted: Sequence[str], line: int) -> int:
-    for w in wanted:
-        if w in header:
-            return header.index(w)
-    raise DataError(name, line, None, f"missing column {wanted[0]!r} (header: {','.join(header)})")
-
-
-def _number(name: str, line: int, column: str, text: str) -> Decimal:
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise DataError(name, line, column, f"{text!r} is not a number") from None
-    if not value.is_finite():
-        raise DataError(name, line, column, f"{text!r} is not a finite number")
-    return value
-
-
-def _time(name: str, line: int, column: str, text: str) -> datetime:
-    raw = text.strip()
-    if (
-        raw
-        and (raw[0].isdigit() or raw[0] == "-")
-        and raw.replace(".", "", 1).lstrip("-").isdigit()
-    ):
-        value = Decimal(raw)
-        magnitude = abs(value)
-        if magnitude < Decimal("1e11"):
-            micros = value * 1_000_000
-        elif magnitude < Decimal("1e14"):
-            micros = value * 1000
-        else:
-            micros = value
-        try:
-            return _EPOCH + timedelta(microseconds=int(micros))
-        except OverflowError:
-            raise DataError(name, line, column, f"{text!r} is out of range") from None
-    try:
-        moment = datetime.fromisoformat(raw)
-    except ValueError:
-        raise DataError(
-            name, line, column, f"{text!r} is not an ISO-8601 time or an epoch number"
-        ) from None
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_fromisoformat = datetime.fromisoformat
-
-
-def _model_error(name: str, line: int, exc: ModelError, cells: dict[str, str]) -> DataError:
-    column = exc.field
-    shown = cells.get(column, str(exc.value))
-    return DataError(name, line, column, f"{shown!r}: {exc.why}")
-
-
-@attrs.frozen(slots=True)
-class _Layout:
-    """Where a tick file's columns are, and what its errors call them."""
-
-    ts: int
-    bid: int
-    ask: int
-    last: int
-    vol: int
-    sym: int | None
-    width: int
-    names: list[str]
-    default_symbol: str
-
-
-def _layout(name: str, header: list[str], symbol: str | None) -> _Layout:
-    first_line = 1
-    i_ts = _column(name, header, _TIME_NAMES, first_line)
-    i_bid = _column(name, header, ("bid",), first_line)
-    i_ask = _column(name, header, ("ask",), first_line)
-    i_last = _column(name, header, ("last", "price"), first_line)
-    i_vol = _column(name, header, ("volume", "size", "qty"), first_line)
-    i_sym = header.index("symbol") if "symbol" in header else None
-    if i_sym is None and symbol is None:
-        raise DataError(
-            name,
-            first_line,
-            None,
-            "no 'symbol' column, no symbol option and the file name does not tell the symbol",
-        )
-    # default_symbol is unused when the file has a symbol column
-    return _Layout(i_ts, i_bid, i_ask, i_last, i_vol, i_sym, len(header), header, symbol or "")
-
-
-def _row_batches(reader: _Rows) -> Iterator[tuple[list[list[str]], list[int]]]:
-    """Non-blank rows in batches of at most BATCH_ROWS, with their file lines.
-    A read error comes after the rows before it (errors are raised where they
-    are, not a batch early)."""
-    while True:
-        start = reader.line_num
-        rows: list[list[str]] = []
-        failed: BaseException | None = None
-        try:
-            # islice pulls the rows in C and extend keeps those read before
-            # an error; the lines are worked out after.
-            rows.extend(islice(reader, BATCH_ROWS))
-        except (csv.Error, UnicodeDecodeError, EOFError, OSError) as exc:
-            failed = exc
-        if not rows and failed is None:
-            return
-        end = reader.line_num
-        if failed is None and end - start == len(rows):
-            lines = list(range(start + 1, end + 1))  # one physical line per row
-        else:
-            lines = _lines_of(rows, start)
-        if not all(rows):  # blank lines: csv gives [] for them
-            lines = [line for row, line in zip(rows, lines, strict=True) if row]
-            rows = [row for row in rows if row]
-        if rows:
-            yield rows, lines
-        if failed is not None:
-            raise failed
-
-
-def _lines_of(rows: list[list[str]], start: int) -> list[int]:
-    """The physical line each row ends on, when some row spans several lines
-    (a quoted cell with line breaks; lines split as universal newlines)."""
-    out: list[int] = []
-    line = start
-    for row in rows:
-        breaks = 0
-        for cell in row:
-            breaks += cell.count("\n") + cell.count("\r") - cell.count("\r\n")
-        line += 1 + breaks
-        out.append(line)
-    return out
-
-
-def _tick_batches(
-    name: str,
-    reader: _Rows,
-    header: list[str],
-    symbol: str | None,
-    exchange: str,
-    columnar: bool,
-) -> Iterator[TickBatch]:
-    layout = _layout(name, header, symbol)
-    state = FileState()
-    time_name = layout.names[layout.ts]
-
-    def parse_time(cell: str) -> datetime:
-        # The common ISO form in one C call: fromisoformat gives the "Z"
-        # zone as UTC, as _time (strict: anything odd falls through to it).
-        if cell[-1:] == "Z":
-            try:
-                return _fromisoformat(cell)
-            except ValueError:
-                pass
-        return _time(name, 0, time_name, cell)
-
-    width = layout.width
-    for rows, lines in _row_batches(reader):
-        if columnar and len(rows[0]) == width and len(set(map(len, rows))) == 1:
-            columns = list(zip(*rows, strict=True))
-            batch = build_batch(
-                name,
-                lines,
-                [columns[i] for i in (layout.ts, layout.bid, layout.ask, layout.last, layout.vol)],
-                columns[layout.sym] if layout.sym is not None else None,
-                layout.default_symbol,
-                exchange,
-                state,
-                parse_time,
-            )
-            if batch is not None:
-                yield batch
-                continue
-        # Row by row, through the validating constructor: the reference, and
-        # the one path that names the bad cell. The ticks before an error
-        # still go out first.
-        ticks: list[MarketData] = []
-        try:
-            ticks.extend(
-                _checked_ticks(name, zip(lines, rows, strict=True), layout, exchange, state)
-            )
-        except DataError:
-            if ticks:
-                yield TickBatch.of_ticks(name, lines[0], ticks)
-            raise
-        yield TickBatch.of_ticks(name, lines[0], ticks)
-
-
-def _checked_ticks(
-    name: str,
-    rows: Iterable[tuple[int, list[str]]],
-    layout: _Layout,
-    exchange: str,
-    state: FileState,
-) -> Iterator[MarketData]:
-    i_ts, i_bid, i_ask, i_last, i_vol, i_sym = (
-        layout.ts,
-        layout.bid,
-        layout.ask,
-        layout.last,
-        layout.vol,
-        layout.sym,
-    )
-    width = layout.width
-    names = layout.names
-    default_symbol = layout.default_symbol
-    prev = state.prev
-    prev_text = ""
-    moment: datetime | None = None
-    for line, row in rows:
-        if len(row) != width:
-            raise DataError(name, line, None, f"expected {width} columns, found {len(row)}")
-        ts_text = row[i_ts]
-        # Ticks of several symbols often share a timestamp: parse it once.
-        if ts_text != prev_text or moment is None:
-            moment = _time(name, line, names[i_ts], ts_text)
-            prev_text = ts_text
-        if prev is not None and moment < prev:
-            raise DataError(
-                name,
-                line,
-                names[i_ts],
-                f"{ts_text!r} is earlier than the previous row ({prev.isoformat()})",
-            )
-        prev = moment
-        bid = _number(name, line, "bid", row[i_bid])
-        ask = _number(name, line, "ask", row[i_ask])
-        last = _number(name, line, names[i_last], row[i_last])
-        vol = _number(name, line, names[i_vol], row[i_vol])
-        sym = row[i_sym].strip() if i_sym is not None else default_symbol
-        try:
-            tick = MarketData(
-                symbol=sym,
-                exchange=exchange,
-                bid=bid,
-                ask=ask,
-                last=last,
-                volume=vol,
-                timestamp=moment,
-            )
-        except ModelError as exc:
-            cells = {
-                "symbol": sym or "",
-                "bid": row[i_bid],
-                "ask": row[i_ask],
-                "last": row[i_last],
-                "volume": row[i_vol],
-            }
-            err = _model_error(name, line, exc, cells)
-            if exc.field in ("last", "volume"):
-                err = DataError(
-                    name, line, names[i_last if exc.field == "last" else i_vol], err.message
-                )
-            raise err from None
-        # Kept for the next batch before the tick goes out (the caller may
-        # stop reading at any tick).
-        state.prev = moment
-        state.prev_ns = tick.ts_ns
-        yield tick
 
 
 # --- candles ------------------------------------------------------------------------
@@ -576,7 +302,7 @@ def _candle_rows(
         if headerless:
             raise DataError(name, 1, None, "OHLCV files need a header line")
         idx = {
-            "open_time": _column(name, header, _TIME_NAMES, 1),
+            "open_time": _column(name, header, TIME_NAMES, 1),
             "open": _column(name, header, ("open",), 1),
             "high": _column(name, header, ("high",), 1),
             "low": _column(name, header, ("low",), 1),
