@@ -97,11 +97,9 @@ class TickBatch:
 
 @attrs.frozen(slots=True)
 class _Numerals:
-    """A column of plain numerals as one byte array, with where each cell is."""
+    """A column whose cells are all plain numerals."""
 
-    chars: npt.NDArray[np.uint8]  # every cell's characters, end to end
-    starts: Int64s  # where each cell begins in chars
-    ends: Int64s  # one past where it ends
+    cells: Sequence[str]
     fraction: Int64s  # digits after the point, per cell
     digits: Int64s  # digits, per cell
     decimals: int  # the most fraction digits of any cell
@@ -137,7 +135,7 @@ def _numerals(cells: Sequence[str]) -> _Numerals | None:
     fraction = np.zeros(n, dtype=np.int64)
     dotted = dots == 1
     fraction[dotted] = ends[dotted] - np.flatnonzero(dot) - 1  # one point per dotted cell
-    return _Numerals(chars, starts, ends, fraction, digits, int(fraction.max()))
+    return _Numerals(cells, fraction, digits, int(fraction.max()))
 
 
 def _scaled(numerals: _Numerals, scale: int) -> Int64s | None:
@@ -146,15 +144,12 @@ def _scaled(numerals: _Numerals, scale: int) -> Int64s | None:
     pad = scale - numerals.fraction
     if int((numerals.digits + pad).max()) > MAX_DIGITS:
         return None
-    chars = numerals.chars
-    # A byte's digit value (the point, the one other byte allowed, counts 0)
-    # times 10 to the digits after it in its cell plus the cell's padding.
-    value = np.maximum(chars.astype(np.int64) - _ZERO, 0)
-    seen = np.cumsum(chars != _DOT)  # digits up to and including each byte
-    lengths = numerals.ends - numerals.starts
-    exponent = np.repeat(pad + seen[numerals.ends - 1], lengths) - seen
-    terms = value * _POW10[exponent]
-    out: Int64s = np.add.reduceat(terms, numerals.starts)
+    # The digits without the point, parsed by numpy's C text reader, then
+    # padded to the scale: exact, every cell being digits and one point at most.
+    whole = np.fromstring(",".join(numerals.cells).replace(".", ""), dtype=np.int64, sep=",")
+    if len(whole) != len(pad):
+        return None
+    out: Int64s = whole * _POW10[pad]
     return out
 
 
