@@ -53,6 +53,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -118,27 +119,36 @@ def price_path(n: int, seed: int = SEED) -> list[int]:
 
 def build_ticks(n: int) -> list[Any]:
     """Every MarketData of the run, built before timing as the anchor builds
-    its TradeTicks: last = the walk's price, bid/ask 0.05 either side."""
-    from bot4.model import MarketData
+    its TradeTicks: last = the walk's price, bid/ask 0.05 either side. Built
+    the way the loader's columnar path builds them: the columns (int64 ns,
+    fixed-point prices) checked once with numpy, then trusted ticks carrying
+    their ``ts_ns`` (the anchor's ticks carry int ns too)."""
+    import numpy as np
+
+    from bot4.model import trusted_market_data
 
     t0 = datetime(2024, 1, 1, tzinfo=UTC)
+    t0_ns = int(t0.timestamp()) * 1_000_000_000
     step = timedelta(milliseconds=100)
+    tenths = np.array(price_path(n), dtype=np.int64)
+    bids, asks = tenths * 10 - 5, tenths * 10 + 5  # hundredths
+    ts_ns = t0_ns + np.arange(n, dtype=np.int64) * 100_000_000
+    if n and not ((bids > 0).all() and (bids <= asks).all() and (np.diff(ts_ns) >= 0).all()):
+        raise AssertionError("the price walk left the valid range")
     volume = Decimal(10)
-    ticks: list[Any] = []
-    append = ticks.append
-    for i, px in enumerate(price_path(n)):
-        append(
-            MarketData(
-                "BTC-USDT",
-                "paper",
-                Decimal(px * 10 - 5).scaleb(-2),
-                Decimal(px * 10 + 5).scaleb(-2),
-                Decimal(px).scaleb(-1),
-                volume,
-                t0 + step * i,
-            )
+    return list(
+        map(
+            trusted_market_data,
+            repeat("BTC-USDT", n),
+            repeat("paper", n),
+            [Decimal(b).scaleb(-2) for b in bids.tolist()],
+            [Decimal(a).scaleb(-2) for a in asks.tolist()],
+            [Decimal(px).scaleb(-1) for px in tenths.tolist()],
+            repeat(volume, n),
+            [t0 + step * i for i in range(n)],
+            ts_ns.tolist(),
         )
-    return ticks
+    )
 
 
 def _strategy(case: str) -> Any:

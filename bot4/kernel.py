@@ -177,10 +177,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
-def _ns(tick: MarketData | Fill) -> int:
+def _ns(event: MarketData | Fill) -> int:
+    if isinstance(event, MarketData):
+        return event.ts_ns  # a slot the loader fills (the tick path reads it directly)
     # Exact integer arithmetic in C (timedelta // timedelta is an int): about
     # half the cost of going through a float timestamp, and no float at all.
-    return (tick.timestamp - _EPOCH) // _MICROSECOND * 1000
+    return (event.timestamp - _EPOCH) // _MICROSECOND * 1000
 
 
 class Kernel:
@@ -331,7 +333,7 @@ class Kernel:
         stats = self.stats
         stats.ticks += 1
         symbol = tick.symbol
-        self._now_ns = now = _ns(tick)
+        self._now_ns = now = tick.ts_ns
         self._last[symbol] = tick
         tracker = self.tracker
         tracker.mark(symbol, tick.last)

@@ -8,6 +8,11 @@ checked when an object is built, and a refused value raises
 garbage from a data file or a plugin stops at the edge instead of deep in the
 risk path.
 
+Two internal constructors skip the checks for values bot4 itself has already
+checked: :func:`trusted_market_data` (the columnar loader, which validates a
+whole batch of rows at once with numpy) and :func:`trusted_portfolio` (the
+portfolio tracker). Anything from outside goes through the class itself.
+
 Symbols are ``BASE-QUOTE`` in upper case (``BTC-USDT``), optionally with a
 third part for a contract kind (``BTC-USDT-PERP``).
 """
@@ -15,10 +20,11 @@ third part for a contract kind (``BTC-USDT-PERP``).
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import re
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -230,6 +236,9 @@ _ODEC = {"converter": to_optional_decimal}
 
 # --- market data and signals -------------------------------------------------
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
 
 @attrs.frozen(slots=True)
 class MarketData:
@@ -249,9 +258,61 @@ class MarketData:
                 "MarketData", "bid", self.bid, f"bid must not be above ask ({self.ask})"
             )
 
+    # Not an attrs field (so not in attrs.fields, eq, repr or a recording): a
+    # slot that the loader's trusted path fills and that a tick built by the
+    # class computes on first read. The kernel reads it once per tick.
+    @functools.cached_property
+    def ts_ns(self) -> int:
+        """The event time as integer nanoseconds since the epoch (exact:
+        ``timestamp`` holds microseconds)."""
+        return (self.timestamp - _EPOCH) // _MICROSECOND * 1000
+
     @property
     def mid(self) -> Decimal:
         return (self.bid + self.ask) / 2
+
+
+# The slots' own setters: a trusted tick is object.__new__ plus eight C calls,
+# against the generated __init__'s converters, validators, regex and checks.
+_md_new = object.__new__
+_md_symbol = MarketData.__dict__["symbol"].__set__
+_md_exchange = MarketData.__dict__["exchange"].__set__
+_md_bid = MarketData.__dict__["bid"].__set__
+_md_ask = MarketData.__dict__["ask"].__set__
+_md_last = MarketData.__dict__["last"].__set__
+_md_volume = MarketData.__dict__["volume"].__set__
+_md_timestamp = MarketData.__dict__["timestamp"].__set__
+_md_ts_ns = MarketData.__dict__["ts_ns"].__set__
+
+
+def trusted_market_data(
+    symbol: str,
+    exchange: str,
+    bid: Decimal,
+    ask: Decimal,
+    last: Decimal,
+    volume: Decimal,
+    timestamp: datetime,
+    ts_ns: int,
+) -> MarketData:
+    """A :class:`MarketData` without conversion or validation, for values
+    already checked as ``MarketData(...)`` would check them: an upper-case
+    ``BASE-QUOTE`` symbol, a printable exchange name, finite Decimal prices
+    above zero with ``bid <= ask``, a finite non-negative Decimal volume, a UTC
+    ``timestamp`` and ``ts_ns`` equal to it in nanoseconds. The result is equal
+    (``==``, ``hash``, ``repr``) to the validated object. Internal: the columnar
+    loader calls it for batches it has validated; a plugin, a test or a file
+    goes through ``MarketData(...)``."""
+    tick: MarketData = _md_new(MarketData)
+    _md_symbol(tick, symbol)
+    _md_exchange(tick, exchange)
+    _md_bid(tick, bid)
+    _md_ask(tick, ask)
+    _md_last(tick, last)
+    _md_volume(tick, volume)
+    _md_timestamp(tick, timestamp)
+    _md_ts_ns(tick, ts_ns)
+    return tick
 
 
 @attrs.frozen(slots=True)

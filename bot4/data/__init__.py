@@ -5,6 +5,8 @@
   :mod:`bot4.data.generate`.
 * :func:`iter_ticks` - stream ticks from CSV tick files, OHLCV candles or
   Binance kline dumps, merged by time (:mod:`bot4.data.loader`).
+* :func:`iter_batches` - the same ticks as columnar batches
+  (:class:`~bot4.data.columns.TickBatch`: int64 ns, int64 fixed point).
 * :class:`DataError` - a bad file, naming file, line and column.
 """
 
@@ -13,13 +15,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from bot4.data.loader import FORMATS, DataError, iter_ticks, symbol_from_filename
+from bot4.data.loader import FORMATS, DataError, iter_batches, iter_ticks, symbol_from_filename
 from bot4.model import MarketData
 
 __all__ = [
     "FORMATS",
     "SAMPLE_SYMBOLS",
     "DataError",
+    "iter_batches",
     "iter_sample",
     "iter_ticks",
     "sample_path",

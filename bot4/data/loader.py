@@ -40,6 +40,14 @@ Every bad value stops the load with a :class:`DataError` naming file, line
 and column, e.g. ``ticks.csv:17: column 'bid': 'abc' is not a number``.
 Garbage (bid above ask, negative volume, NaN, non-positive prices, times
 going backwards) is an error, never silently skipped.
+
+Tick files are read in batches (:mod:`bot4.data.columns`): a batch of plain
+numerals is checked at once with numpy on int64 fixed point and its ticks
+built by the trusted constructor; any other batch (a bad cell, an exponent, a
+value past int64) is read row by row by the validating constructor, which
+names the bad cell. Both give the same ticks; ``columnar=False`` forces the
+second, the reference (``tests/test_guarantees/test_columnar_feed.py``).
+The ticks before an error are yielded before it, as a row-by-row read would.
 """
 
 from __future__ import annotations
@@ -47,48 +55,38 @@ from __future__ import annotations
 import csv
 import gzip
 import heapq
+import operator
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from itertools import chain
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO
 
+from bot4.data.cells import (
+    TIME_NAMES,
+    DataError,
+    _column,
+    _looks_numeric,
+    _number,
+    _Rows,
+    _time,
+)
+from bot4.data.columns import BATCH_ROWS, TickBatch
+from bot4.data.tickrows import tick_batches
 from bot4.errors import ConfigError, ModelError
 from bot4.model import MarketData
 
-__all__ = ["FORMATS", "DataError", "iter_ticks", "symbol_from_filename"]
+__all__ = ["FORMATS", "DataError", "iter_batches", "iter_ticks", "symbol_from_filename"]
 
 FORMATS = ("auto", "ticks", "ohlcv", "binance")
 StrPath = str | os.PathLike[str]
 
-_TIME_NAMES = ("timestamp", "time", "ts", "datetime", "date", "open_time")
 _QUOTES = ("FDUSD", "USDT", "USDC", "BUSD", "TUSD", "USD", "EUR", "DAI", "BTC", "ETH", "BNB")
 _SYMBOL = re.compile(r"^[A-Z0-9]{1,20}(-[A-Z0-9]{1,20}){1,2}$")
 _ONE_MINUTE = timedelta(minutes=1)
-
-
-class _Rows(Protocol):
-    """What csv.reader returns: rows, and the physical line of the last one."""
-
-    @property
-    def line_num(self) -> int: ...
-    def __iter__(self) -> Iterator[list[str]]: ...
-    def __next__(self) -> list[str]: ...
-
-
-class DataError(ConfigError):
-    """A data file could not be read. ``str()`` reads ``file:line: column 'x': what``."""
-
-    def __init__(self, path: str, line: int | None, column: str | None, message: str) -> None:
-        self.path = path
-        self.line = line
-        self.column = column
-        self.message = message
-        where = f"{path}:{line}" if line is not None else path
-        col = f"column {column!r}: " if column else ""
-        super().__init__(f"{where}: {col}{message}")
 
 
 def iter_ticks(
@@ -98,8 +96,50 @@ def iter_ticks(
     symbol: str | None = None,
     exchange: str = "data",
     spread_bps: Decimal | int | str = 0,
+    columnar: bool = True,
 ) -> Iterator[MarketData]:
-    """Stream ticks from ``source`` (see the module docstring for formats)."""
+    """Stream ticks from ``source`` (see the module docstring for formats).
+    ``columnar=False`` reads tick files row by row through the validating
+    constructor: the reference the columnar path is tested against."""
+    spread = _spread(format, spread_bps)
+    paths = _expand(source)
+    streams = [_iter_file(p, format, symbol, exchange, spread, columnar) for p in paths]
+    if len(streams) == 1:
+        return streams[0]
+    return heapq.merge(*streams, key=_ts_ns)
+
+
+def iter_batches(
+    source: StrPath | Sequence[StrPath],
+    *,
+    format: str = "auto",
+    symbol: str | None = None,
+    exchange: str = "data",
+    spread_bps: Decimal | int | str = 0,
+    columnar: bool = True,
+) -> Iterator[TickBatch]:
+    """The ticks of :func:`iter_ticks`, in the same order, as
+    :class:`~bot4.data.columns.TickBatch` es: the file's own batches for one
+    tick file; for several files (merged by time) or candles, batches of
+    ``BATCH_ROWS`` ticks without fixed-point columns."""
+    spread = _spread(format, spread_bps)
+    paths = _expand(source)
+    if len(paths) == 1:
+        return _file_batches(paths[0], format, symbol, exchange, spread, columnar)
+    return _chunks(
+        "",
+        iter_ticks(
+            paths,
+            format=format,
+            symbol=symbol,
+            exchange=exchange,
+            spread_bps=spread,
+            columnar=columnar,
+        ),
+    )
+
+
+def _spread(format: str, spread_bps: Decimal | int | str) -> Decimal:
     if format not in FORMATS:
         raise ConfigError(f"data format {format!r} is not one of {', '.join(FORMATS)}")
     try:
@@ -108,15 +148,29 @@ def iter_ticks(
         raise ConfigError(f"spread_bps {spread_bps!r} is not a number") from None
     if not spread.is_finite() or spread < 0:
         raise ConfigError(f"spread_bps {spread_bps!r} must be zero or more")
-    paths = _expand(source)
-    streams = [_iter_file(p, format, symbol, exchange, spread) for p in paths]
-    if len(streams) == 1:
-        return streams[0]
-    return heapq.merge(*streams, key=_timestamp)
+    return spread
 
 
-def _timestamp(tick: MarketData) -> datetime:
-    return tick.timestamp
+def _ts_ns(tick: MarketData) -> int:
+    return tick.ts_ns
+
+
+def _chunks(name: str, ticks: Iterator[MarketData]) -> Iterator[TickBatch]:
+    """Ticks in batches of BATCH_ROWS (a batch of the ticks before an error
+    goes out before the error)."""
+    chunk: list[MarketData] = []
+    try:
+        for tick in ticks:
+            chunk.append(tick)
+            if len(chunk) == BATCH_ROWS:
+                yield TickBatch.of_ticks(name, 0, chunk)
+                chunk = []
+    except DataError:
+        if chunk:
+            yield TickBatch.of_ticks(name, 0, chunk)
+        raise
+    if chunk:
+        yield TickBatch.of_ticks(name, 0, chunk)
 
 
 def _expand(source: StrPath | Sequence[StrPath]) -> list[Path]:
@@ -170,8 +224,21 @@ def _open(path: Path) -> IO[str]:
 
 
 def _iter_file(
-    path: Path, fmt: str, symbol: str | None, exchange: str, spread: Decimal
+    path: Path, fmt: str, symbol: str | None, exchange: str, spread: Decimal, columnar: bool
 ) -> Iterator[MarketData]:
+    # Flattened in C (a list iterator inside a chain): a tick costs a list
+    # step, not a generator resume.
+    return chain.from_iterable(
+        map(_batch_ticks, _file_batches(path, fmt, symbol, exchange, spread, columnar))
+    )
+
+
+_batch_ticks = operator.attrgetter("ticks")
+
+
+def _file_batches(
+    path: Path, fmt: str, symbol: str | None, exchange: str, spread: Decimal, columnar: bool
+) -> Iterator[TickBatch]:
     name = str(path)
     with _open(path) as handle:
         reader = csv.reader(handle)
@@ -205,150 +272,12 @@ def _iter_file(
             if fmt == "ticks":
                 if headerless:
                     raise DataError(name, reader.line_num, None, "tick files need a header line")
-                yield from _ticks(name, reader, header, sym, exchange)
+                yield from tick_batches(name, reader, header, sym, exchange, columnar)
             else:
                 rows = _candle_rows(name, reader, first, header, headerless, fmt)
-                yield from _candle_ticks(name, rows, sym, exchange, spread)
+                yield from _chunks(name, _candle_ticks(name, rows, sym, exchange, spread))
         except (csv.Error, UnicodeDecodeError, EOFError, gzip.BadGzipFile) as exc:
             raise DataError(name, reader.line_num, None, f"unreadable: {exc}") from None
-
-
-def _looks_numeric(cell: str) -> bool:
-    text = cell.strip()
-    return bool(text) and text.replace(".", "", 1).isdigit()
-
-
-def _column(name: str, header: list[str], wanted: Sequence[str], line: int) -> int:
-    for w in wanted:
-        if w in header:
-            return header.index(w)
-    raise DataError(name, line, None, f"missing column {wanted[0]!r} (header: {','.join(header)})")
-
-
-def _number(name: str, line: int, column: str, text: str) -> Decimal:
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise DataError(name, line, column, f"{text!r} is not a number") from None
-    if not value.is_finite():
-        raise DataError(name, line, column, f"{text!r} is not a finite number")
-    return value
-
-
-def _time(name: str, line: int, column: str, text: str) -> datetime:
-    raw = text.strip()
-    if (
-        raw
-        and (raw[0].isdigit() or raw[0] == "-")
-        and raw.replace(".", "", 1).lstrip("-").isdigit()
-    ):
-        value = Decimal(raw)
-        magnitude = abs(value)
-        if magnitude < Decimal("1e11"):
-            micros = value * 1_000_000
-        elif magnitude < Decimal("1e14"):
-            micros = value * 1000
-        else:
-            micros = value
-        try:
-            return _EPOCH + timedelta(microseconds=int(micros))
-        except OverflowError:
-            raise DataError(name, line, column, f"{text!r} is out of range") from None
-    try:
-        moment = datetime.fromisoformat(raw)
-    except ValueError:
-        raise DataError(
-            name, line, column, f"{text!r} is not an ISO-8601 time or an epoch number"
-        ) from None
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _model_error(name: str, line: int, exc: ModelError, cells: dict[str, str]) -> DataError:
-    column = exc.field
-    shown = cells.get(column, str(exc.value))
-    return DataError(name, line, column, f"{shown!r}: {exc.why}")
-
-
-def _ticks(
-    name: str,
-    reader: _Rows,
-    header: list[str],
-    symbol: str | None,
-    exchange: str,
-) -> Iterator[MarketData]:
-    first_line = 1
-    i_ts = _column(name, header, _TIME_NAMES, first_line)
-    i_bid = _column(name, header, ("bid",), first_line)
-    i_ask = _column(name, header, ("ask",), first_line)
-    i_last = _column(name, header, ("last", "price"), first_line)
-    i_vol = _column(name, header, ("volume", "size", "qty"), first_line)
-    i_sym = header.index("symbol") if "symbol" in header else None
-    if i_sym is None and symbol is None:
-        raise DataError(
-            name,
-            first_line,
-            None,
-            "no 'symbol' column, no symbol option and the file name does not tell the symbol",
-        )
-    default_symbol = symbol or ""  # unused when the file has a symbol column
-    width = len(header)
-    names = header
-    prev: datetime | None = None
-    prev_text = ""
-    moment: datetime | None = None
-    for row in reader:
-        if not row:
-            continue
-        line = reader.line_num
-        if len(row) != width:
-            raise DataError(name, line, None, f"expected {width} columns, found {len(row)}")
-        ts_text = row[i_ts]
-        # Ticks of several symbols often share a timestamp: parse it once.
-        if ts_text != prev_text or moment is None:
-            moment = _time(name, line, names[i_ts], ts_text)
-            prev_text = ts_text
-        if prev is not None and moment < prev:
-            raise DataError(
-                name,
-                line,
-                names[i_ts],
-                f"{ts_text!r} is earlier than the previous row ({prev.isoformat()})",
-            )
-        prev = moment
-        bid = _number(name, line, "bid", row[i_bid])
-        ask = _number(name, line, "ask", row[i_ask])
-        last = _number(name, line, names[i_last], row[i_last])
-        vol = _number(name, line, names[i_vol], row[i_vol])
-        sym = row[i_sym].strip() if i_sym is not None else default_symbol
-        try:
-            yield MarketData(
-                symbol=sym,
-                exchange=exchange,
-                bid=bid,
-                ask=ask,
-                last=last,
-                volume=vol,
-                timestamp=moment,
-            )
-        except ModelError as exc:
-            cells = {
-                "symbol": sym or "",
-                "bid": row[i_bid],
-                "ask": row[i_ask],
-                "last": row[i_last],
-                "volume": row[i_vol],
-            }
-            err = _model_error(name, line, exc, cells)
-            if exc.field in ("last", "volume"):
-                err = DataError(
-                    name, line, names[i_last if exc.field == "last" else i_vol], err.message
-                )
-            raise err from None
 
 
 # --- candles ------------------------------------------------------------------------
@@ -373,7 +302,7 @@ def _candle_rows(
         if headerless:
             raise DataError(name, 1, None, "OHLCV files need a header line")
         idx = {
-            "open_time": _column(name, header, _TIME_NAMES, 1),
+            "open_time": _column(name, header, TIME_NAMES, 1),
             "open": _column(name, header, ("open",), 1),
             "high": _column(name, header, ("high",), 1),
             "low": _column(name, header, ("low",), 1),
