@@ -48,7 +48,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
@@ -77,6 +77,9 @@ from bot4.model import (
 from bot4.protection import Protector, closing_order
 from bot4.secrets import redact
 
+if TYPE_CHECKING:
+    from bot4.risk.shadow import ShadowPolicy
+
 # How often (in ticks) the kernel looks at the wall clock to decide whether to
 # poll the rule files for edits; reading the clock every tick costs more.
 _RELOAD_POLL_TICKS = 256
@@ -90,6 +93,9 @@ _LADDER = {
     RiskActionKind.REDUCE_POSITION: 2,
     RiskActionKind.EMERGENCY_CLOSE: 3,
 }
+# Where a shadow policy's disagreements are published (not ``risk.*``: they
+# are observations, not decisions; a replay compares decisions only).
+SHADOW_TOPIC = "shadow.disagreement"
 # The risk-state key of a symbol's ladder latch ({"rung": n, "side": "buy"}).
 LADDER_KEY = "ladder."
 
@@ -222,6 +228,11 @@ class Kernel:
         # Called with (rule, outcome, seconds) for every gate decision (the
         # metrics' latency histogram); rule is "" for an approval.
         self.decision_observer: Callable[[str, str, float], None] | None = None
+        # A candidate policy asked beside the live one, never deciding
+        # (bot4.risk.shadow; ``bot4 run --shadow-rules``). Its questions wait
+        # in ``_shadow_orders`` until the live order is placed or refused.
+        self.shadow: ShadowPolicy | None = None
+        self._shadow_orders: list[tuple[Order, Portfolio, MarketData | None, int, Decision]] = []
         self._markets: dict[str, MarketInfo] = {}
         self._last: dict[str, MarketData] = {}
         # Topic strings bound once per symbol: no f-string per tick.
@@ -381,6 +392,10 @@ class Kernel:
         else:
             for action in actions:
                 await self._act(action)
+            if self.shadow is not None:
+                found = self.shadow.tick(tick, tracker, now, actions)
+                if found is not None:
+                    await self.bus.publish(SHADOW_TOPIC, found.as_dict(), ts=now)
         for strategy in self.strategies:
             try:
                 signals = await strategy.on_market_data(tick)
@@ -412,24 +427,31 @@ class Kernel:
         stop_out = fill.client_order_id in self._open_stops or self.protection.is_stop_out(
             fill.client_order_id
         )
-        await self._monitor(
-            lambda: self.policy.on_fill(fill, self.tracker.snapshot(), now, stop_out)
-        )
+        snapshot = self.tracker.snapshot()
+        actions = await self._monitor(lambda: self.policy.on_fill(fill, snapshot, now, stop_out))
+        if self.shadow is not None:
+            found = self.shadow.fill(fill, snapshot, now, stop_out, actions)
+            if found is not None:
+                await self.bus.publish(
+                    SHADOW_TOPIC, found.as_dict(), ts=now, correlation_id=fill.client_order_id
+                )
         if stop_out and self.risk_journal is not None:
             await self.risk_journal.checkpoint()  # the stop-out counts after a crash
         await self._consult(lambda s: s.on_fill(fill), "on a fill")
         await self.protection.after_fill(fill.symbol)
 
-    async def _monitor(self, check: Callable[[], list[RiskAction]]) -> None:
-        """Run the policy's monitoring and act on what it asks for. A monitor
-        that raises leaves the book unwatched: stop opening risk."""
+    async def _monitor(self, check: Callable[[], list[RiskAction]]) -> list[RiskAction]:
+        """Run the policy's monitoring and act on what it asks for; return
+        the actions. A monitor that raises leaves the book unwatched: stop
+        opening risk."""
         try:
             actions = check()
         except Exception as exc:  # a blind risk monitor: stop opening risk
             await self._monitor_failed(exc)
-            return
+            return []
         for action in actions:
             await self._act(action)
+        return actions
 
     async def _monitor_failed(self, exc: Exception) -> None:
         await self._error("risk monitor failed", exc)
@@ -540,7 +562,35 @@ class Kernel:
         await self.bus.publish("risk.rejected", decision, ts=self._now_ns, correlation_id=cid)
 
     async def _submit(self, order: Order, *, resize: bool = False) -> OrderState | None:
-        """Gate, then place. Returns the exchange's state, or None if refused."""
+        """Gate, then place. Returns the exchange's state, or None if refused.
+        A shadow policy is asked after that: never before the order is out."""
+        state = await self._submit_live(order, resize=resize)
+        if self._shadow_orders:
+            await self._ask_shadow()
+        return state
+
+    async def _ask_shadow(self) -> None:
+        shadow = self.shadow
+        asked, self._shadow_orders = self._shadow_orders, []
+        if shadow is None:
+            return
+        ruled = set(self.policy_rule_names())
+        for order, portfolio, market, now, live in asked:
+            if isinstance(live, Approved):
+                shadow.live_approved(order.symbol, now)
+            elif live.rule not in ruled:
+                continue  # refused by the gate itself (a shared budget): no rule to compare
+            found = shadow.order(order, portfolio, market, now, live)
+            if found is not None:
+                await self.bus.publish(
+                    SHADOW_TOPIC, found.as_dict(), ts=now, correlation_id=order.correlation_id
+                )
+
+    def policy_rule_names(self) -> tuple[str, ...]:
+        names = getattr(self.policy, "rule_names", ())
+        return tuple(names) if isinstance(names, tuple | list) else ()
+
+    async def _submit_live(self, order: Order, *, resize: bool = False) -> OrderState | None:
         if self.halted is not None and not order.reduce_only:
             halted = Rejected(rule="kill-switch", reason=f"trading halted: {self.halted}")
             await self._rejected(order, halted)
@@ -567,6 +617,14 @@ class Kernel:
         return await self._place(order)
 
     async def _decide(self, order: Order) -> Decision:
+        if self.shadow is not None:
+            snapshot, market = self.tracker.snapshot(), self._last.get(order.symbol)
+            decision = await self._decide_live(order)
+            self._shadow_orders.append((order, snapshot, market, self._now_ns, decision))
+            return decision
+        return await self._decide_live(order)
+
+    async def _decide_live(self, order: Order) -> Decision:
         observer = self.decision_observer
         if observer is None:
             return await self.gate.check(

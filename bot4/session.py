@@ -85,6 +85,9 @@ class SessionConfig:
     journal: str | None = None
     # Risk-rule packs by name: None = every installed one, () = none.
     packs: tuple[str, ...] | None = None
+    # A candidate policy asked beside the live one, never deciding
+    # (bot4.risk.shadow): rule files/dirs; () = none. Not part of a replay.
+    shadow_rules: tuple[str, ...] = ()
     # Where the choice was made, for the error naming a pack not installed
     # ("session.yaml:7: packs", "--packs"); not part of the recording.
     packs_where: str = attrs.field(default="packs", eq=False)
@@ -197,6 +200,7 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
         "session_id",
         "journal",
         "packs",
+        "shadow_rules",
     }
     unknown = sorted(set(raw) - known)
     _need(
@@ -245,6 +249,13 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
         at("rules"),
         "rules: expected a path or a list of paths",
     )
+    shadow = raw.get("shadow_rules", ())
+    shadow = (shadow,) if isinstance(shadow, str) else tuple(shadow)
+    _need(
+        all(isinstance(r, str) for r in shadow),
+        at("shadow_rules"),
+        "shadow_rules: expected a path or a list of paths",
+    )
     speed = raw.get("speed", 0.0)
     _need(
         isinstance(speed, int | float) and not isinstance(speed, bool) and speed >= 0,
@@ -279,6 +290,7 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
         else str(raw["journal"]),
         packs=packs,
         packs_where=packs_where,
+        shadow_rules=shadow,
     )
 
 
@@ -362,6 +374,8 @@ class SessionResult:
     # of the input error (``error``) that ended it; None when the data ran out.
     stopped: str | None = None
     error: Bot4Error | None = None
+    # The shadow policy's counts (bot4.risk.shadow), when one was asked.
+    shadow: dict[str, Any] | None = None
 
 
 ProgressHook = Callable[[MarketData], Awaitable[None]]
@@ -517,6 +531,16 @@ async def run_session(
         else ([Path(p) for p in config.rules] if config.rules else [default_rules_path()])
     )
     policy = RiskPolicy.load(paths, packs)  # first: a missing file is a RuleFileError
+    shadow = None
+    if config.shadow_rules:
+        from bot4.risk.shadow import ShadowPolicy
+
+        # The same pack objects: the shadow reads the facts the live policy reads.
+        shadow = ShadowPolicy(RiskPolicy.load([Path(p) for p in config.shadow_rules], packs))
+        starting.append(
+            f"shadow policy: {shadow.policy.summary} in {len(shadow.policy.files)} files "
+            "(compared, never deciding)"
+        )
     sources = rule_sources(paths)
     # The figures a hot reload reports, to compare with.
     starting.append(f"policy: {policy.summary} in {len(policy.files)} files")
@@ -551,6 +575,7 @@ async def run_session(
             on_tick=_pacer(config.speed, progress),
         )
         kernel.announce = announce
+        kernel.shadow = shadow
         if reload_every is not None:
             kernel.reload_every = reload_every
         header = {
@@ -610,7 +635,20 @@ async def run_session(
         stopped=kernel.stop_reason,
         error=kernel.stop_error,
         history=ctx.history,
+        shadow=_shadow_summary(shadow),
     )
+
+
+def _shadow_summary(shadow: Any) -> dict[str, Any] | None:
+    if shadow is None:
+        return None
+    shadow.close()
+    return {
+        **shadow.stats.as_dict(),
+        "rules": list(shadow.policy.files),
+        "sha256": shadow.digest,
+        "errors": list(shadow.errors),
+    }
 
 
 def recording_path(out: Path, earlier_runs: int) -> Path:

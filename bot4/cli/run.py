@@ -33,6 +33,13 @@ def add_commands(sub: Any) -> None:
         help="rule file or folder (repeatable); default: the default policy",
     )
     run.add_argument(
+        "--shadow-rules",
+        action="append",
+        metavar="RULES",
+        help="a candidate policy (file or folder, repeatable) asked beside the live one on "
+        "every order, tick and fill, never deciding; disagreements are counted and recorded",
+    )
+    run.add_argument(
         "--config", type=Path, help="YAML session config; options given here override it"
     )
     from bot4.cli.rules import pack_options
@@ -96,6 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "speed": args.speed,
             "out": args.out,
             "packs": chosen_packs(args),
+            "shadow_rules": args.shadow_rules,
         },
     )
     progress = progress_bar(count_rows(data_path(config)) if sys.stderr.isatty() else None)
@@ -142,6 +150,14 @@ def _write_outputs(args: argparse.Namespace, out_dir: str, result: Any) -> None:
     summary.wall_seconds = result.wall_seconds
     out = Path(out_dir)
     document = summary_json(summary, result.report, result.history)
+    if result.shadow is not None:
+        document["shadow"] = result.shadow
+        counts = ", ".join(f"{n} {k}" for k, n in result.shadow["disagreements"].items())
+        _say(
+            f"shadow policy: {result.shadow['total']} disagreements over "
+            f"{result.shadow['orders']} orders, {result.shadow['ticks']} held ticks, "
+            f"{result.shadow['fills']} fills" + (f" ({counts})" if counts else "")
+        )
     (out / "summary.json").write_text(json.dumps(document, indent=2) + "\n")
     chart_path = None
     if not args.no_chart:
