@@ -27,9 +27,10 @@ and ``qty * price`` is an exact product in money units. Unrealised PnL and
 equity are maintained incrementally: a mark of a held symbol moves the total
 by ``qty * (new - old)``, O(1) whatever the number of positions; a mark of a
 symbol not held only records the Decimal (for the snapshot's ``marks``).
-Figures leave as exact Decimals (:func:`_to_decimal`), with at least the
-decimals the inputs had, so ``snapshot()`` and the properties answer what the
-old all-Decimal tracker did, to the last digit.
+Figures leave as exact Decimals (:func:`_to_decimal`) with as many decimals
+as the inputs' significant ones, so ``snapshot()`` and the properties equal
+what the former all-Decimal tracker gave, to the last digit (only trailing
+zeros an input carried, ``0.0100``, are not repeated in the output).
 
 Rounding, only for inputs finer than the scale, always against the account
 (toward the safe side of a limit): a price with more than 12 decimals is
@@ -154,7 +155,9 @@ def _price_bounds(value: Decimal) -> tuple[int, int]:
 def _to_decimal(units: int, scale: int, exp: int = 0) -> Decimal:
     """An exact Decimal of ``units`` * 1e-``scale`` with at least ``-exp``
     decimals (the exponent the Decimal arithmetic of the inputs would give;
-    more decimals when the value needs them)."""
+    more decimals when the value needs them). Zero is plain ``0``."""
+    if not units:
+        return ZERO
     if exp < -scale:
         exp = -scale
     drop = scale + exp  # trailing digits that may go
