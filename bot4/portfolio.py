@@ -238,6 +238,7 @@ class PortfolioTracker:
         "_cash",
         "_cash_dec",
         "_cash_exp",
+        "_equity_dec",
         "_fees",
         "_fees_exp",
         "_margin",
@@ -260,6 +261,9 @@ class PortfolioTracker:
         self._cash = _units(start, MONEY_SCALE, up=False)  # money units
         self._cash_exp = min(0, _exp(start))
         self._cash_dec: Decimal | None = None
+        # equity as a Decimal, built when asked (the report asks every tick)
+        # and kept until a fill or a mark of a held symbol moves it.
+        self._equity_dec: Decimal | None = None
         self._realized = 0
         self._realized_exp = 0
         self._fees = 0
@@ -342,7 +346,12 @@ class PortfolioTracker:
     @property
     def equity(self) -> Decimal:
         """``cash + unrealized_pnl()``: maintained, not summed, so O(1)."""
-        return _to_decimal(self._cash + self._upnl, MONEY_SCALE, self._cash_exp)
+        dec = self._equity_dec
+        if dec is None:
+            dec = self._equity_dec = _to_decimal(
+                self._cash + self._upnl, MONEY_SCALE, self._cash_exp
+            )
+        return dec
 
     def equity_units(self) -> int:
         """Equity in money units (1e-``MONEY_SCALE``), for integer comparisons."""
@@ -548,6 +557,7 @@ class PortfolioTracker:
         upnl = qty * (low if qty > 0 else high) - book.cost
         self._upnl += upnl - book.upnl
         book.upnl = upnl
+        self._equity_dec = None
         equity = self._cash + self._upnl
         if equity > self._peak:
             self._peak_rises(equity)
@@ -602,6 +612,7 @@ class PortfolioTracker:
 
     def _touch(self) -> None:
         self._snapshot = None
+        self._equity_dec = None
         equity = self._cash + self._upnl
         if equity > self._peak:
             self._peak_rises(equity)
