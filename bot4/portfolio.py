@@ -14,19 +14,51 @@ Accounting model (perpetual-style, quote currency)::
 Positions are margined, not bought, so opening one does not move cash; only
 realised PnL and fees do.
 
+Fixed point inside, Decimal at the edges. Every figure is a Python ``int``
+counting a fixed unit (the scale), so a mark costs a few integer operations
+and no Decimal arithmetic:
+
+    quantity          1e-18 of a unit        (``QTY_SCALE``: wei-sized lots fit)
+    price, mark       1e-12 of the quote     (``PRICE_SCALE``)
+    money             1e-30 of the quote     (``MONEY_SCALE`` = the two above:
+                      cost, cash, fees, PnL, margin, equity, peak)
+
+and ``qty * price`` is an exact product in money units. Unrealised PnL and
+equity are maintained incrementally: a mark of a held symbol moves the total
+by ``qty * (new - old)``, O(1) whatever the number of positions; a mark of a
+symbol not held only records the Decimal (for the snapshot's ``marks``).
+Figures leave as exact Decimals (:func:`_to_decimal`) with as many decimals
+as the inputs' significant ones, so ``snapshot()`` and the properties equal
+what the former all-Decimal tracker gave, to the last digit (only trailing
+zeros an input carried, ``0.0100``, are not repeated in the output).
+
+Rounding, only for inputs finer than the scale, always against the account
+(toward the safe side of a limit): a price with more than 12 decimals is
+rounded up on a buy fill and down on a sell fill; a mark is kept both floored
+and ceiled, a long valued at the floor and a short at the ceiling (equity
+never above the exact figure); a fee finer than 1e-30 is rounded up; cash
+(start, deposits, withdrawals) is rounded down; a restored peak is rounded up
+(drawdown never below the exact figure); margin ``|cost| / leverage`` is
+rounded up. A fill quantity with more than 18 decimals is refused
+(ValueError): rounding it would make the book disagree with the venue.
+``tests/test_guarantees/test_fixed_point.py`` checks all of this against an
+exact reference over random fills and marks.
+
 Exactness. Each position carries its *cost basis* (signed ``qty * price``
 summed over the fills that opened it) rather than an average price. When part
 of a position is closed, the share of the cost that leaves with it is
 ``cost * closed / |qty|``: that one division may round (half-even, to 12
 decimal places), but the rounded amount is both booked as realised and removed
-from the cost, so nothing is lost. Hence, exactly, for every sequence of fills::
+from the cost, so nothing is lost. Hence, exactly, for every sequence of fills
+at prices within the scale::
 
     realised + unrealised(mark) == sum(sell qty*price) - sum(buy qty*price) + qty*mark
 
 and a flat position has a cost of exactly zero. ``Position.entry_price`` in a
-snapshot is ``cost / qty`` rounded; ``Portfolio.unrealized_pnl`` computed from
-it can therefore differ from :attr:`PortfolioTracker.unrealized_pnl` in the
-34th digit. Prefer the tracker's figures when exactness matters.
+snapshot is ``cost / qty`` rounded to 34 digits; ``Portfolio.unrealized_pnl``
+computed from it can therefore differ from
+:attr:`PortfolioTracker.unrealized_pnl` in the 34th digit. Prefer the
+tracker's figures when exactness matters.
 """
 
 from __future__ import annotations
@@ -47,17 +79,23 @@ from bot4.model import (
     trusted_portfolio,
 )
 
-__all__ = ["PortfolioTracker"]
+__all__ = ["MONEY_SCALE", "PRICE_SCALE", "QTY_SCALE", "PortfolioTracker"]
 
-# A private context so the result never depends on what a caller did to the
-# thread's decimal context. 34 digits (IEEE decimal128) leaves room for
-# quantities and prices with 8 decimals each without rounding a product.
+QTY_SCALE = 18  # decimals of a quantity unit
+PRICE_SCALE = 12  # decimals of a price unit
+MONEY_SCALE = QTY_SCALE + PRICE_SCALE  # qty units * price units = money units
+_Q = 10**QTY_SCALE
+_P = 10**PRICE_SCALE
+_M = 10**MONEY_SCALE
+# The cost share leaving with a partial close is rounded half-even to 1e-12
+# of the quote (as the Decimal tracker did), in money units.
+_SHARE_UNIT = 10 ** (MONEY_SCALE - 12)
+_SHARE_EXP = -12
+
+# Entry price (cost / qty) is the one figure computed in Decimal: 34 digits.
 _CTX = decimal.Context(prec=34, rounding=decimal.ROUND_HALF_EVEN)
-# The cost share leaving with a partial close is rounded to this step, so that
-# realised PnL keeps a short, fixed number of decimals and sums of it stay
-# exact even in the default 28-digit context callers use.
-_SHARE_STEP = Decimal("1e-12")
-_NEVER = Decimal("Infinity")
+# Conversions in and out are exact: enough digits for any scaled figure.
+_EXACT = decimal.Context(prec=200, rounding=decimal.ROUND_FLOOR, traps=[decimal.Inexact])
 
 
 def _money(value: object, name: str) -> Decimal:
@@ -67,16 +105,119 @@ def _money(value: object, name: str) -> Decimal:
     return dec
 
 
-class _Book:
-    """Mutable state of one symbol; the frozen Position is built from it lazily."""
+# Decimals of a fraction whose reduced denominator is the key (2^a 5^b).
+_DECIMALS: dict[int, int] = {1: 0}
 
-    __slots__ = ("cached", "cost", "leverage", "qty", "realized", "stop_loss")
+
+def _decimals(den: int) -> int:
+    known = _DECIMALS.get(den)
+    if known is None:
+        known, power = 0, 1
+        while power % den:
+            known += 1
+            power *= 10
+        if len(_DECIMALS) < 4096:  # the denominators a session sees are few
+            _DECIMALS[den] = known
+    return known
+
+
+def _exp(value: Decimal) -> int:
+    """The exponent hint of ``value``: minus its decimals (trailing zeros of
+    the Decimal's own exponent are not kept; output keeps the value exact)."""
+    return -_decimals(value.as_integer_ratio()[1])
+
+
+def _units(value: Decimal, scale: int, *, up: bool) -> int:
+    """``value`` in units of 1e-``scale``, exact when it fits, else rounded
+    up (``up``) or down."""
+    power: int = 10**scale
+    num, den = value.as_integer_ratio()
+    whole, rest = divmod(num * power, den)  # floor
+    return whole + 1 if rest and up else whole
+
+
+def _units_exp(value: Decimal, power: int, *, up: bool) -> tuple[int, int, bool]:
+    """(units of 1/``power``, exponent hint, exact) of ``value``, in one
+    conversion: floor, or ceiling when ``up``."""
+    num, den = value.as_integer_ratio()
+    whole, rest = divmod(num * power, den)
+    return (whole + 1 if rest and up else whole), -_decimals(den), not rest
+
+
+def _price_bounds(value: Decimal) -> tuple[int, int]:
+    """A price as (floor, ceiling) in price units; equal when exact."""
+    # as_integer_ratio and int division: about half the cost of scaleb + int.
+    num, den = value.as_integer_ratio()
+    low, rest = divmod(num * _P, den)  # floor
+    return low, low + 1 if rest else low
+
+
+def _to_decimal(units: int, scale: int, exp: int = 0) -> Decimal:
+    """An exact Decimal of ``units`` * 1e-``scale`` with at least ``-exp``
+    decimals (the exponent the Decimal arithmetic of the inputs would give;
+    more decimals when the value needs them). Zero is plain ``0``."""
+    if not units:
+        return ZERO
+    if exp < -scale:
+        exp = -scale
+    drop = scale + exp  # trailing digits that may go
+    if drop > 0:
+        step = 10**drop
+        if units % step == 0:
+            return Decimal(units // step).scaleb(exp, _EXACT)
+        while drop > 0 and units % 10 == 0:
+            units //= 10
+            drop -= 1
+            scale -= 1
+    return Decimal(units).scaleb(-scale, _EXACT)
+
+
+def _round_half_even(num: int, den: int) -> int:
+    """num / den (den > 0) rounded half-even to an integer."""
+    q, r = divmod(num, den)
+    twice = 2 * r
+    if twice > den or (twice == den and q % 2):
+        q += 1
+    return q
+
+
+class _Book:
+    """Mutable state of one symbol in fixed point; the frozen Position is
+    built from it lazily."""
+
+    __slots__ = (
+        "cached",
+        "cost",
+        "cost_exp",
+        "lev_den",
+        "lev_num",
+        "leverage",
+        "margin",
+        "mark_dec",
+        "mark_hi",
+        "mark_lo",
+        "qty",
+        "qty_exp",
+        "realized",
+        "realized_exp",
+        "stop_loss",
+        "upnl",
+    )
 
     def __init__(self) -> None:
-        self.qty = ZERO
-        self.cost = ZERO  # signed: positive for a long, negative for a short
-        self.realized = ZERO
+        self.qty = 0  # quantity units, signed
+        self.qty_exp = 0  # the exponent of the Decimal quantity (for output)
+        self.cost = 0  # money units, signed: positive for a long
+        self.cost_exp = 0
+        self.realized = 0  # money units
+        self.realized_exp = 0
         self.leverage = ONE
+        self.lev_num, self.lev_den = 1, 1  # leverage as a fraction
+        self.margin = 0  # money units: ceil(|cost| / leverage)
+        self.mark_dec: Decimal | None = None  # the mark the two bounds are of
+        self.mark_lo = 0  # price units
+        self.mark_hi = 0
+        self.upnl = 0  # money units: qty * mark - cost, in the tracker's total
         self.stop_loss: Decimal | None = None
         self.cached: Position | None = None
 
@@ -95,30 +236,51 @@ class PortfolioTracker:
     __slots__ = (
         "_books",
         "_cash",
+        "_cash_dec",
+        "_cash_exp",
+        "_equity_dec",
         "_fees",
+        "_fees_exp",
+        "_margin",
         "_marks",
         "_on_peak",
         "_peak",
         "_peak_alert",
+        "_peak_dec",
+        "_positions_view",
         "_realized",
+        "_realized_exp",
         "_snapshot",
         "_starting_cash",
+        "_upnl",
     )
 
     def __init__(self, cash: Decimal | int | str = ZERO) -> None:
         start = _money(cash, "cash")
         self._starting_cash = start
-        self._cash = start
-        self._realized = ZERO
-        self._fees = ZERO
+        self._cash = _units(start, MONEY_SCALE, up=False)  # money units
+        self._cash_exp = min(0, _exp(start))
+        self._cash_dec: Decimal | None = None
+        # equity as a Decimal, built when asked (the report asks every tick)
+        # and kept until a fill or a mark of a held symbol moves it.
+        self._equity_dec: Decimal | None = None
+        self._realized = 0
+        self._realized_exp = 0
+        self._fees = 0
+        self._fees_exp = 0
+        self._upnl = 0  # sum of the books' upnl: kept, never re-summed
+        self._margin = 0  # sum of the books' margin
         self._books: dict[str, _Book] = {}
         self._marks: dict[str, Decimal] = {}
-        self._peak = max(start, ZERO)
-        # A watcher (the journal) is told when the peak passes _peak_alert;
-        # without one the alert level is infinite and the test never passes.
-        self._peak_alert = _NEVER
+        self._peak = max(self._cash, 0)
+        self._peak_dec: Decimal | None = None
+        # A watcher (the journal) is told when the peak passes _peak_alert.
+        self._peak_alert = self._peak
         self._on_peak: Callable[[Decimal], Decimal] | None = None
         self._snapshot: Portfolio | None = None
+        # The snapshot's positions, kept until a fill or a stop changes one:
+        # a mark builds a new snapshot but not the positions mapping.
+        self._positions_view: MappingProxyType[str, Position] | None = None
 
     # --- figures ----------------------------------------------------------------
 
@@ -129,29 +291,44 @@ class PortfolioTracker:
     @property
     def cash(self) -> Decimal:
         """``starting_cash + realized_pnl - fees``."""
-        return self._cash
+        dec = self._cash_dec
+        if dec is None:
+            dec = self._cash_dec = _to_decimal(self._cash, MONEY_SCALE, self._cash_exp)
+        return dec
 
     @property
     def realized_pnl(self) -> Decimal:
-        return self._realized
+        return _to_decimal(self._realized, MONEY_SCALE, self._realized_exp)
 
     @property
     def fees(self) -> Decimal:
-        return self._fees
+        return _to_decimal(self._fees, MONEY_SCALE, self._fees_exp)
 
     @property
     def peak_equity(self) -> Decimal:
-        return self._peak
+        dec = self._peak_dec
+        if dec is None:
+            dec = self._peak_dec = _to_decimal(self._peak, MONEY_SCALE, self._cash_exp)
+        return dec
 
     def qty(self, symbol: str) -> Decimal:
         """Signed net quantity (positive long, negative short, zero flat)."""
         book = self._books.get(symbol)
-        return book.qty if book else ZERO
+        if book is None or not book.qty:
+            return ZERO
+        return _to_decimal(book.qty, QTY_SCALE, book.qty_exp)
+
+    def holds(self, symbol: str) -> bool:
+        """Whether a position is open in ``symbol`` (no Decimal built)."""
+        book = self._books.get(symbol)
+        return book is not None and book.qty != 0
 
     def cost(self, symbol: str) -> Decimal:
         """Signed cost basis of the open position (zero when flat)."""
         book = self._books.get(symbol)
-        return book.cost if book else ZERO
+        if book is None or not book.cost:
+            return ZERO
+        return _to_decimal(book.cost, MONEY_SCALE, book.cost_exp)
 
     def mark_price(self, symbol: str) -> Decimal | None:
         return self._marks.get(symbol)
@@ -161,19 +338,33 @@ class PortfolioTracker:
         A position never marked is valued at its own entry (zero PnL)."""
         if symbol is not None:
             book = self._books.get(symbol)
-            return self._upnl(symbol, book) if book else ZERO
-        return sum((self._upnl(s, b) for s, b in self._books.items()), ZERO)
+            if book is None or not book.qty:
+                return ZERO
+            return _to_decimal(book.upnl, MONEY_SCALE, book.cost_exp)
+        return _to_decimal(self._upnl, MONEY_SCALE, self._cash_exp)
 
     @property
     def equity(self) -> Decimal:
-        return self._cash + self.unrealized_pnl()
+        """``cash + unrealized_pnl()``: maintained, not summed, so O(1)."""
+        dec = self._equity_dec
+        if dec is None:
+            dec = self._equity_dec = _to_decimal(
+                self._cash + self._upnl, MONEY_SCALE, self._cash_exp
+            )
+        return dec
+
+    def equity_units(self) -> int:
+        """Equity in money units (1e-``MONEY_SCALE``), for integer comparisons."""
+        return self._cash + self._upnl
+
+    def margin_units(self) -> int:
+        """Initial margin of open positions in money units, rounded up."""
+        return self._margin
 
     def margin_used(self) -> Decimal:
-        """Initial margin of open positions: ``|cost| / leverage`` summed."""
-        return sum(
-            (_CTX.divide(abs(b.cost), b.leverage) for b in self._books.values() if b.qty),
-            ZERO,
-        )
+        """Initial margin of open positions: ``|cost| / leverage`` summed, each
+        rounded up to the money unit."""
+        return _to_decimal(self._margin, MONEY_SCALE, self._cash_exp)
 
     def position(self, symbol: str) -> Position | None:
         """The open position in ``symbol`` or None when flat."""
@@ -181,12 +372,13 @@ class PortfolioTracker:
         if book is None or not book.qty:
             return None
         if book.cached is None:
+            qty = _to_decimal(book.qty, QTY_SCALE, book.qty_exp)
             book.cached = Position(
                 symbol=symbol,
-                qty=book.qty,
-                entry_price=_CTX.divide(book.cost, book.qty),
+                qty=qty,
+                entry_price=_CTX.divide(_to_decimal(book.cost, MONEY_SCALE, book.cost_exp), qty),
                 leverage=book.leverage,
-                realized_pnl=book.realized,
+                realized_pnl=_to_decimal(book.realized, MONEY_SCALE, book.realized_exp),
                 stop_loss=book.stop_loss,
             )
         return book.cached
@@ -204,7 +396,9 @@ class PortfolioTracker:
 
     def realized_pnl_of(self, symbol: str) -> Decimal:
         book = self._books.get(symbol)
-        return book.realized if book else ZERO
+        if book is None:
+            return ZERO
+        return _to_decimal(book.realized, MONEY_SCALE, book.realized_exp)
 
     # --- updates ----------------------------------------------------------------
 
@@ -222,69 +416,101 @@ class PortfolioTracker:
         per-symbol setting. ``stop_loss`` is recorded on the position when the
         fill opens or adds to it, and cleared when the position goes flat.
         """
-        book = self._books.get(fill.symbol)
+        if leverage is not None:
+            lev = _money(leverage, "leverage")
+            if lev <= 0:
+                raise ValueError(f"leverage must be positive, not {leverage!r}")
+        symbol = fill.symbol
+        book = self._books.get(symbol)
         if book is None:
-            book = self._books[fill.symbol] = _Book()
+            book = self._books[symbol] = _Book()
         sign = fill.side.sign
-        qty, price = fill.qty, fill.price
-        realized = ZERO
+        qty_dec, price_dec = fill.qty, fill.price
+        qty, qexp, exact = _units_exp(qty_dec, _Q, up=False)
+        if not exact:
+            raise ValueError(f"fill quantity {qty_dec} has more than {QTY_SCALE} decimals")
+        # Against the account: a buy pays the price rounded up, a sell gets it
+        # rounded down (exact for any price of at most 12 decimals).
+        price, pexp, _ = _units_exp(price_dec, _P, up=sign > 0)
+        realized = 0
+        realized_exp = 0
         opened = False
+        held = book.qty
 
-        if book.qty == 0 or (book.qty > 0) == (sign > 0):
+        if held == 0 or (held > 0) == (sign > 0):
             # Open or add: the cost basis grows by the fill's notional.
-            book.cost = _CTX.add(book.cost, _CTX.multiply(sign * qty, price))
-            book.qty = _CTX.add(book.qty, sign * qty)
+            book.cost += sign * qty * price
+            book.cost_exp = min(book.cost_exp, qexp + pexp)
+            book.qty += sign * qty
+            book.qty_exp = min(book.qty_exp, qexp)
             opened = True
         else:
-            held = abs(book.qty)
-            closing = min(qty, held)
-            if closing == held:
+            size = abs(held)
+            closing = min(qty, size)
+            if closing == size:
                 share = book.cost  # the whole basis leaves: no division, no rounding
             else:
-                share = _CTX.divide(_CTX.multiply(book.cost, closing), held).quantize(
-                    _SHARE_STEP, context=_CTX
-                )
+                share = _round_half_even(book.cost * closing, size * _SHARE_UNIT) * _SHARE_UNIT
+                book.cost_exp = min(book.cost_exp, _SHARE_EXP)
             # Value received for the closed part minus its share of the cost:
             # a long sells (sign -1) and receives closing*price; a short buys
             # back (sign +1) and pays it.
-            realized = _CTX.subtract(_CTX.multiply(-sign * closing, price), share)
-            book.cost = _CTX.subtract(book.cost, share)
-            book.qty = _CTX.add(book.qty, sign * closing)
+            realized = -sign * closing * price - share
+            realized_exp = min(qexp + pexp, book.cost_exp)
+            book.cost -= share
+            book.qty += sign * closing
             rest = qty - closing
             if rest:
                 # Flip: what is left of the fill opens a position the other way.
-                book.cost = _CTX.multiply(sign * rest, price)
+                book.cost = sign * rest * price
+                book.cost_exp = qexp + pexp
                 book.qty = sign * rest
+                book.qty_exp = qexp
                 opened = True
 
         if leverage is not None:
-            book.leverage = _money(leverage, "leverage")
-            if book.leverage <= 0:
-                raise ValueError(f"leverage must be positive, not {leverage!r}")
+            book.leverage = lev
+            book.lev_num, book.lev_den = lev.as_integer_ratio()
         if book.qty == 0:
-            book.cost = ZERO
+            book.cost = 0
+            book.cost_exp = 0
             book.stop_loss = None
         elif opened and stop_loss is not None:
             book.stop_loss = stop_loss
-        book.realized = _CTX.add(book.realized, realized)
+        if realized:
+            book.realized += realized
+            book.realized_exp = min(book.realized_exp, realized_exp)
+            self._realized += realized
+            self._realized_exp = min(self._realized_exp, realized_exp)
+        fee, fexp, _ = _units_exp(fill.fee, _M, up=True)
+        if fee:
+            self._fees += fee
+            if fexp < self._fees_exp:
+                self._fees_exp = fexp
+        self._cash += realized - fee
+        cash_exp = min(self._realized_exp, self._fees_exp)
+        if cash_exp < self._cash_exp:
+            self._cash_exp = cash_exp
+        self._cash_dec = None
         book.cached = None
+        self._positions_view = None
 
-        self._realized = _CTX.add(self._realized, realized)
-        self._fees = _CTX.add(self._fees, fill.fee)
-        self._cash = _CTX.subtract(_CTX.add(self._cash, realized), fill.fee)
-        if fill.symbol not in self._marks:
+        mark = self._marks.get(symbol)
+        if mark is None:
             # Until the first tick, value the symbol at the price it traded.
-            self._marks[fill.symbol] = price
+            mark = self._marks[symbol] = price_dec
+        self._revalue(book, mark)
         self._touch()
-        return realized
+        return _to_decimal(realized, MONEY_SCALE, realized_exp) if realized else ZERO
 
     def restore_peak(self, peak: Decimal) -> None:
         """After a restart: the high-water mark is at least ``peak`` (the one
         journaled before the crash, unrealised gains included), never lower
         than the one the replayed fills give."""
-        peak = _money(peak, "peak")
-        if peak > self._peak:
-            self._peak = peak
+        units = _units(_money(peak, "peak"), MONEY_SCALE, up=True)
+        if units > self._peak:
+            self._peak = units
+            self._peak_dec = None
             self._snapshot = None
 
     def watch_peak(self, callback: Callable[[Decimal], Decimal] | None) -> None:
@@ -293,7 +519,7 @@ class PortfolioTracker:
         It returns the next level: a watcher that journals the peak rounded
         up is told again only once the true peak passes what it wrote."""
         self._on_peak = callback
-        self._peak_alert = self._peak if callback is not None else _NEVER
+        self._peak_alert = self._peak
 
     def set_stop_loss(self, symbol: str, price: Decimal | None) -> None:
         """Record (or clear) the protective stop shown on the open position."""
@@ -302,20 +528,39 @@ class PortfolioTracker:
             return
         book.stop_loss = price
         book.cached = None
+        self._positions_view = None
         self._snapshot = None
 
     def mark(self, symbol: str, price: Decimal) -> None:
-        """Value ``symbol`` at ``price`` from now on."""
-        if self._marks.get(symbol) == price:
+        """Value ``symbol`` at ``price`` from now on: O(1), the marked
+        position's PnL replaces its old share of the total."""
+        marks = self._marks
+        if marks.get(symbol) == price:
             return
-        self._marks[symbol] = price
+        marks[symbol] = price
+        self._snapshot = None
         book = self._books.get(symbol)
-        if book is None or not book.qty:
-            # Nothing held in the symbol: its mark is not in equity, so the peak
-            # cannot move; only the snapshot (which lists every mark) is stale.
-            self._snapshot = None
+        if book is None:
             return
-        self._touch()
+        qty = book.qty
+        if not qty:
+            # Nothing held in the symbol: its mark is not in equity, so the peak
+            # cannot move; the fixed-point mark is taken when a fill opens one.
+            return
+        # _price_bounds and the upnl of _revalue, inlined: this is every tick
+        # of a held symbol.
+        num, den = price.as_integer_ratio()
+        low, rest = divmod(num * _P, den)
+        book.mark_dec = price
+        book.mark_lo = low
+        book.mark_hi = high = low + 1 if rest else low
+        upnl = qty * (low if qty > 0 else high) - book.cost
+        self._upnl += upnl - book.upnl
+        book.upnl = upnl
+        self._equity_dec = None
+        equity = self._cash + self._upnl
+        if equity > self._peak:
+            self._peak_rises(equity)
 
     def on_market_data(self, tick: MarketData) -> None:
         """Mark the tick's symbol at its mid: the last trade bounces between bid
@@ -327,7 +572,9 @@ class PortfolioTracker:
         so ``cash == starting_cash + realized_pnl - fees`` keeps holding."""
         amount = _money(amount, "amount")
         self._starting_cash += amount
-        self._cash += amount
+        self._cash += _units(amount, MONEY_SCALE, up=False)
+        self._cash_exp = min(self._cash_exp, _exp(amount))
+        self._cash_dec = None
         self._touch()
 
     def snapshot(self) -> Portfolio:
@@ -335,29 +582,46 @@ class PortfolioTracker:
         change, so asking on every tick costs nothing when nothing moved."""
         if self._snapshot is None:
             # Trusted: cash and peak are finite Decimals by construction (see
-            # trusted_portfolio); the peak is clamped here as Portfolio requires.
+            # trusted_portfolio); the peak is never negative here.
+            view = self._positions_view
+            if view is None:
+                view = self._positions_view = MappingProxyType(self.positions())
             self._snapshot = trusted_portfolio(
-                self._cash,
-                MappingProxyType(self.positions()),
+                self.cash,
+                view,
                 MappingProxyType(dict(self._marks)),
-                max(self._peak, ZERO),
+                self.peak_equity,
             )
         return self._snapshot
 
     # --- internals --------------------------------------------------------------
 
-    def _upnl(self, symbol: str, book: _Book) -> Decimal:
-        if not book.qty:
-            return ZERO
-        mark = self._marks.get(symbol)
-        if mark is None:
-            return ZERO
-        return _CTX.subtract(_CTX.multiply(book.qty, mark), book.cost)
+    def _revalue(self, book: _Book, mark: Decimal) -> None:
+        """Value ``book`` at ``mark``: its upnl, margin and their totals."""
+        if book.mark_dec is not mark:
+            book.mark_lo, book.mark_hi = _price_bounds(mark)
+            book.mark_dec = mark
+        qty = book.qty
+        # A long is worth the floor of an inexact mark, a short the ceiling.
+        upnl = qty * (book.mark_lo if qty > 0 else book.mark_hi) - book.cost if qty else 0
+        self._upnl += upnl - book.upnl
+        book.upnl = upnl
+        margin = -((-abs(book.cost) * book.lev_den) // book.lev_num)  # ceiling
+        self._margin += margin - book.margin
+        book.margin = margin
 
     def _touch(self) -> None:
         self._snapshot = None
-        equity = self.equity
+        self._equity_dec = None
+        equity = self._cash + self._upnl
         if equity > self._peak:
-            self._peak = equity
-            if equity > self._peak_alert and self._on_peak is not None:
-                self._peak_alert = self._on_peak(equity)
+            self._peak_rises(equity)
+
+    def _peak_rises(self, equity: int) -> None:
+        self._peak = equity
+        self._peak_dec = None
+        if equity > self._peak_alert and self._on_peak is not None:
+            level = self._on_peak(self.peak_equity)
+            # The next alert when the peak passes ``level``: in units, the
+            # floor of it (equity > level exactly when units > floor).
+            self._peak_alert = _units(_money(level, "peak alert"), MONEY_SCALE, up=False)

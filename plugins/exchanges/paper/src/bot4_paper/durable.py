@@ -175,8 +175,16 @@ class DurableEngine(PaperEngine):
 
     @staticmethod
     def _key(live: _Live) -> tuple[Any, ...]:
-        """Everything of an order that matching can change."""
-        return (live.status, live.filled, live.triggered, live.order.qty, live.reason)
+        """Everything of an order that matching can change (a position's one
+        stop is resized and moved: its qty and price)."""
+        return (
+            live.status,
+            live.filled,
+            live.triggered,
+            live.order.qty,
+            live.order.price,
+            live.reason,
+        )
 
     def _open_changed(self) -> bool:
         """A resting order can change without an event (a stop triggered on a

@@ -30,9 +30,17 @@ Execution rules (all documented behaviour, relied on by tests):
   ask >= price. TAKE_PROFIT: a sell triggers when bid >= price, a buy when
   ask <= price. Once triggered the order executes as a market order. Placing
   one that would trigger at once (stop on the wrong side) is InvalidOrder.
-* **Brackets.** An order with ``stop_loss``/``take_profit`` gets reduce-only
-  child orders ``<id>.sl`` (STOP_LOSS) and ``<id>.tp`` (TAKE_PROFIT) for the
-  quantity filled so far; they are published as order updates.
+* **Brackets: one stop (and one take profit) per position.** A fill of an
+  order with ``stop_loss``/``take_profit`` that opens or grows a position
+  protects the *whole* position with one reduce-only STOP_LOSS (and one
+  TAKE_PROFIT): the first such entry creates them as ``<id>.sl`` and
+  ``<id>.tp``; later entries move them to their own levels (the latest
+  signal's levels, as the kernel's own protection does) and every fill
+  resizes them to the position, so after any entry or partial exit the
+  position has exactly one stop of its full size. Each change is one order
+  update, not an order created and another cancelled. A flip cancels the old
+  side's legs (``position flipped``) and the flipping entry's levels protect
+  the new position.
 * **Reduce-only.** Never opens or grows a position: the executed size is
   capped at the opposite position; with none left the order is cancelled. When
   a position goes flat, its open reduce-only orders are cancelled (so one
@@ -53,7 +61,9 @@ Execution rules (all documented behaviour, relied on by tests):
 
 Memory grows with orders and fills, never with ticks. A tick's cost does not
 grow with the resting orders either: they are indexed by trigger price
-(:mod:`bot4_paper.triggers`) and a tick matches only those it can execute.
+(:mod:`bot4_paper.triggers`) and a tick matches only those it can execute. A
+tick of a symbol with no resting order and no position only records the tick
+(the mark, the size left at the touch, are taken when something needs them).
 """
 
 from __future__ import annotations
@@ -88,11 +98,30 @@ __all__ = ["DEFAULT_MARKETS", "EngineEvent", "PaperEngine", "round_price", "roun
 EngineEvent = Fill | OrderState
 
 _BPS = Decimal(10000)
+# The client id suffix of the position's protective legs, by type.
+_LEG_SUFFIX = {OrderType.STOP_LOSS: ".sl", OrderType.TAKE_PROFIT: ".tp"}
 
 DEFAULT_MARKETS: Mapping[str, MarketInfo] = {
     "BTC-USDT": MarketInfo("BTC-USDT", Decimal("0.01"), Decimal("0.0001"), Decimal("0.0001")),
     "ETH-USDT": MarketInfo("ETH-USDT", Decimal("0.01"), Decimal("0.001"), Decimal("0.001")),
 }
+
+
+_ORDER_FIELDS = tuple(a.name for a in attrs.fields(Order))
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _changed(order: Order, changes: Mapping[str, Decimal | None]) -> Order:
+    """``attrs.evolve(order, **changes)`` without running the validators
+    again, for changes the engine has validated itself (a quantity rounded
+    down and checked positive, a price rounded and checked positive, a leg
+    resized to a position): on the order path, where evolve was a third of
+    the cost of keeping a position's stop."""
+    out: Order = _new(Order)
+    for name in _ORDER_FIELDS:
+        _set(out, name, changes[name] if name in changes else getattr(order, name))
+    return out
 
 
 def round_qty(qty: Decimal, increment: Decimal) -> Decimal:
@@ -183,8 +212,15 @@ class PaperEngine:
         self._last: dict[str, MarketData] = {}
         # Size left at the best ask (buys, index 0) and bid (sells, index 1) of
         # each symbol's last tick: a list, not a dict keyed by Side, since the
-        # hash of an Enum is Python code and this is set on every tick.
+        # hash of an Enum is Python code. Made from the tick when an order
+        # first takes from it (absent: the last tick's full volume).
         self._avail: dict[str, list[Decimal]] = {}
+        # The one protective stop and take profit of each symbol's position
+        # (attached exits), resized and moved rather than replaced.
+        self._legs: dict[str, dict[OrderType, _Live]] = {}
+        # Open reduce-only orders that are not legs (the kernel's, a user's):
+        # while there are none a fill needs no sweep of the open book.
+        self._others = 0
         self._outbox: list[EngineEvent] = []
         self._now: datetime | None = None
         self._seq = 0
@@ -291,8 +327,9 @@ class PaperEngine:
         self._last[symbol] = tick
         if self._now is None or tick.timestamp > self._now:
             self._now = tick.timestamp
-        self._avail[symbol] = [tick.volume, tick.volume]
-        self.tracker.on_market_data(tick)
+        self._avail.pop(symbol, None)  # a new touch: its full size, when asked
+        if self.tracker.holds(symbol):
+            self.tracker.on_market_data(tick)  # a flat symbol is marked when it opens
         index = self._triggers.get(symbol)
         if index is not None and index.orders:
             # Computed before matching: orders created while matching (brackets)
@@ -328,7 +365,7 @@ class PaperEngine:
                         f"{field} {value} rounds to zero at {market.price_increment}"
                     )
                 changes[field] = rounded
-        out = attrs.evolve(order, **changes)  # type: ignore[arg-type]
+        out = _changed(order, changes)
         self._check_sides(out)
         return out
 
@@ -435,8 +472,21 @@ class PaperEngine:
 
     def _rest(self, live: _Live) -> None:
         """Enter an open order in its symbol's book and trigger index."""
-        symbol = live.order.symbol
-        self._open.setdefault(symbol, {})[live.order.client_order_id] = live
+        order = live.order
+        symbol = order.symbol
+        self._open.setdefault(symbol, {})[order.client_order_id] = live
+        if order.reduce_only:
+            suffix = _LEG_SUFFIX.get(order.type)
+            legs = self._legs.setdefault(symbol, {})
+            if (
+                self.attached_exits
+                and suffix is not None
+                and order.client_order_id.endswith(suffix)
+                and order.type not in legs
+            ):
+                legs[order.type] = live  # ours (also when restored from a state file)
+            else:
+                self._others += 1
         index = self._triggers.get(symbol)
         if index is None:
             index = self._triggers[symbol] = TriggerIndex[_Live]()
@@ -494,7 +544,9 @@ class PaperEngine:
                 "taker",
             )
 
-        avail = self._avail[order.symbol]
+        avail = self._avail.get(order.symbol)
+        if avail is None:
+            avail = self._avail[order.symbol] = [tick.volume, tick.volume]
         side_index = 0 if buy else 1
         qty = min(live.remaining, avail[side_index])
         if order.reduce_only:
@@ -530,7 +582,11 @@ class PaperEngine:
             timestamp=when,
             liquidity=liquidity,
         )
-        self.tracker.apply(
+        tracker = self.tracker
+        if not tracker.holds(order.symbol):
+            # Marked from now on; valued at the mid of the tick it trades on.
+            tracker.on_market_data(self._last[order.symbol])
+        tracker.apply(
             fill,
             leverage=order.leverage if opening else None,
             stop_loss=order.stop_loss if opening else None,
@@ -546,56 +602,82 @@ class PaperEngine:
         self._outbox.append(fill)
         self._outbox.append(live.state())
 
-        if self.attached_exits and (order.stop_loss is not None or order.take_profit is not None):
-            self._brackets(live)
-        self._cancel_stale_exits(order.symbol)
+        legs = self._legs.get(order.symbol)
+        entry = (
+            opening
+            and self.attached_exits
+            and (order.stop_loss is not None or order.take_profit is not None)
+        )
+        if entry or legs:
+            self._keep_legs(order.symbol, live if entry else None)
+        if self._others:
+            self._cancel_stale_exits(order.symbol)
 
-    def _brackets(self, parent: _Live) -> None:
-        """Create or grow the reduce-only exit legs of ``parent``."""
-        order = parent.order
-        for suffix, kind, level in (
-            ("sl", OrderType.STOP_LOSS, order.stop_loss),
-            ("tp", OrderType.TAKE_PROFIT, order.take_profit),
-        ):
-            if level is None:
-                continue
-            coid = f"{order.client_order_id}.{suffix}"
-            child = self._orders.get(coid)
-            if child is None:
-                leg = Order(
-                    client_order_id=coid,
-                    symbol=order.symbol,
-                    side=order.side.opposite,
+    def _keep_legs(self, symbol: str, entry: _Live | None) -> None:
+        """After a fill in ``symbol``: its one stop and take profit cover the
+        whole position, at the levels of ``entry`` (an order with levels that
+        opened or grew it) when given, else where they are."""
+        qty = self.tracker.qty(symbol)
+        size = abs(qty)
+        exit_side = Side.SELL if qty > 0 else Side.BUY
+        legs = self._legs.setdefault(symbol, {})
+        for suffix, kind in (("sl", OrderType.STOP_LOSS), ("tp", OrderType.TAKE_PROFIT)):
+            leg = legs.get(kind)
+            if leg is not None and (size == 0 or leg.order.side is not exit_side):
+                reason = "position closed" if size == 0 else "position flipped"
+                self._close(leg, OrderStatus.CANCELED, reason)
+                self._outbox.append(leg.state())
+                leg = None
+            level = None
+            if entry is not None and size:
+                level = entry.order.stop_loss if suffix == "sl" else entry.order.take_profit
+            if leg is None:
+                if level is None or entry is None:
+                    continue
+                parent = entry.order
+                order = Order(
+                    client_order_id=f"{parent.client_order_id}.{suffix}",
+                    symbol=symbol,
+                    side=exit_side,
                     type=kind,
-                    qty=parent.filled,
+                    qty=size,
                     price=level,
-                    leverage=order.leverage,
+                    leverage=parent.leverage,
                     reduce_only=True,
-                    strategy=order.strategy,
-                    correlation_id=order.correlation_id,
+                    strategy=parent.strategy,
+                    correlation_id=parent.correlation_id,
                 )
-                self._outbox.append(self._accept(leg, placed=leg).state())
-            elif child.status.is_open and child.order.qty < parent.filled:
-                child.order = attrs.evolve(child.order, qty=parent.filled)
-                child.placed = child.order
-                self._outbox.append(child.state())
+                leg = self._accept(order, placed=order)
+                legs[kind] = leg
+                self._outbox.append(leg.state())
+                continue
+            want = leg.filled + size
+            price = leg.order.price if level is None else level
+            if leg.order.qty == want and leg.order.price == price:
+                continue
+            index = self._triggers[symbol]
+            index.remove(leg)  # out of the price list it rests in, before it moves
+            leg.order = _changed(leg.order, {"qty": want, "price": price})
+            leg.placed = leg.order
+            index.add(leg)
+            self._outbox.append(leg.state())
 
     def _cancel_stale_exits(self, symbol: str) -> None:
-        """Cancel reduce-only orders that can no longer reduce the position.
+        """Cancel reduce-only orders (other than the position's own legs, see
+        :meth:`_keep_legs`) that can no longer reduce the position.
 
         All of them when it is flat; those on the position's own side after a
         flip; and, per exit type (stop loss, take profit, other), the oldest
-        ones beyond what the position can absorb: each entry attaches exits
-        for its own size, so after partial closes the newest exits already
-        cover the whole position. Without this the open book would grow with
-        every entry and every tick would cost more.
+        ones beyond what the position can absorb.
         """
         qty = self.tracker.qty(symbol)
         book = self._open.get(symbol, {})
+        legs = self._legs.get(symbol, {})
+        mine = {id(leg) for leg in legs.values()}
         covered: dict[OrderType, Decimal] = {}
         # Newest first: the most recent exits reflect the latest signal's levels.
         for live in sorted(book.values(), key=lambda o: o.seq, reverse=True):
-            if not live.order.reduce_only:
+            if not live.order.reduce_only or id(live) in mine:
                 continue
             side = live.order.side
             if qty == 0 or (qty > 0 and side is Side.BUY) or (qty < 0 and side is Side.SELL):
@@ -621,9 +703,15 @@ class PaperEngine:
     def _close(self, live: _Live, status: OrderStatus, reason: str) -> None:
         live.status = status
         live.reason = reason
-        book = self._open.get(live.order.symbol)
+        symbol = live.order.symbol
+        book = self._open.get(symbol)
         if book is not None:
             book.pop(live.order.client_order_id, None)
+        legs = self._legs.get(symbol)
+        if legs is not None and legs.get(live.order.type) is live:
+            del legs[live.order.type]
+        elif live.order.reduce_only:
+            self._others -= 1
         index = self._triggers.get(live.order.symbol)
         if index is not None:
             index.remove(live)
