@@ -43,6 +43,9 @@ def test_bot4_run_against_the_fake_binance(tmp_path: Path) -> None:
             # The ticks start when bot4 first asks for a quote: a bot4 slow to
             # start on a loaded machine would otherwise miss them.
             "--start-on-request",
+            # A spot account holding BTC: the strategy's sells are not refused.
+            "--hold",
+            "BTC=100",
         ],
         stdout=subprocess.PIPE,
         text=True,

@@ -37,8 +37,10 @@ bad signature, -2015 bad API key, -1003 too many requests (HTTP 429 with
 positions, fees in the quote currency. Behind a spot façade that reads:
 quote asset (USDT) ``free`` = the engine's free margin, ``locked`` = margin
 held by positions and open orders (so free + locked = equity); each base
-asset's ``free`` = the signed position (negative for a short, which a real
-spot account cannot have); commissions are charged in the quote asset. The
+asset's holding = the ``holdings`` the account started with plus the
+position, ``locked`` by open sell orders; commissions are charged in the
+quote asset. As on a spot account, a sell of more than the free holding is
+refused (-2010, insufficient balance): a flat account cannot sell. The
 ``leverage`` and ``reduce_only`` of bot4 orders do not exist on Binance spot
 and are not sent: orders reach the engine at leverage 1.
 
@@ -159,8 +161,11 @@ class FakeBinance:
         secret: str = SECRET,
         clock_offset: float = 0.0,
         order_types: Sequence[str] = ORDER_TYPES,
+        holdings: Mapping[str, Decimal] | None = None,
     ) -> None:
         self.engine = engine if engine is not None else PaperEngine()
+        # Base assets the spot account holds besides what its fills bought.
+        self.holdings: dict[str, Decimal] = dict(holdings or {})
         # The order types every symbol lists in exchangeInfo and accepts (real
         # Binance symbols differ: many lack STOP_LOSS and TAKE_PROFIT).
         self.order_types = tuple(order_types)
@@ -599,6 +604,8 @@ class FakeBinance:
         except InvalidOperation:
             raise _ApiError(400, -1100, "Illegal characters found in a parameter.") from None
         market = self.engine.markets[symbol]
+        if side_raw == "SELL" and qty > self._free_base(symbol):
+            raise _ApiError(400, -2010, "Account has insufficient balance for requested action.")
         if qty < market.min_qty or (qty / market.qty_increment) % 1:
             raise _ApiError(400, -1013, "Filter failure: LOT_SIZE")
         if price is not None and (price <= 0 or (price / market.price_increment) % 1):
@@ -640,6 +647,30 @@ class FakeBinance:
             if f.client_order_id == coid
         ]
         return out
+
+    def _held(self, symbol: str) -> Decimal:
+        """The base asset of ``symbol`` the account holds."""
+        base = symbol.split("-")[0]
+        held = self.holdings.get(base, ZERO)
+        for pos in self.engine.positions():
+            if pos.symbol.split("-")[0] == base:
+                held += pos.qty
+        return held
+
+    def _locked_base(self, symbol: str) -> Decimal:
+        """The base asset of ``symbol`` reserved by open sell orders."""
+        base = symbol.split("-")[0]
+        return sum(
+            (
+                s.order.qty - s.filled_qty
+                for s in self.engine.open_orders()
+                if s.order.side is Side.SELL and s.order.symbol.split("-")[0] == base
+            ),
+            ZERO,
+        )
+
+    def _free_base(self, symbol: str) -> Decimal:
+        return self._held(symbol) - self._locked_base(symbol)
 
     def _find(self, params: Mapping[str, str]) -> OrderState:
         symbol = self._symbol(params)
@@ -724,9 +755,13 @@ class FakeBinance:
     def _account(self, params: Mapping[str, str]) -> object:
         bal = self.engine.balance()
         balances = [{"asset": bal.currency, "free": _num(bal.free), "locked": _num(bal.used)}]
-        for pos in self.engine.positions():
-            base = pos.symbol.split("-")[0]
-            balances.append({"asset": base, "free": _num(pos.qty), "locked": "0"})
+        bases = {s.split("-")[0]: s for s in self.engine.markets}
+        for base, symbol in sorted(bases.items()):
+            held, locked = self._held(symbol), self._locked_base(symbol)
+            if held or base in self.holdings:
+                balances.append(
+                    {"asset": base, "free": _num(held - locked), "locked": _num(locked)}
+                )
         return {
             "makerCommission": 0,
             "takerCommission": 0,
@@ -887,6 +922,14 @@ def main(argv: list[str] | None = None) -> int:
         help="serve the first tick at once and the rest from a client's first quote request",
     )
     parser.add_argument("--balance", default="10000", help="starting quote balance")
+    parser.add_argument(
+        "--hold",
+        action="append",
+        default=[],
+        metavar="ASSET=QTY",
+        help="a base asset the spot account holds at the start (repeatable; default: none, "
+        "so a flat account cannot sell)",
+    )
     parser.add_argument("--api-key", default=API_KEY, help="API key the server accepts")
     parser.add_argument(
         "--secret-env",
@@ -912,7 +955,21 @@ def main(argv: list[str] | None = None) -> int:
         markets.update({k: v for k, v in inferred.items() if k not in markets})
         ticks = _chain(head, it)
     engine = PaperEngine(markets, balance=Decimal(args.balance), exchange="binance")
-    venue = FakeBinance(engine, host=args.host, port=args.port, api_key=args.api_key, secret=secret)
+    holdings: dict[str, Decimal] = {}
+    for item in args.hold:
+        asset, _, qty = item.partition("=")
+        try:
+            holdings[asset.strip().upper()] = Decimal(qty)
+        except InvalidOperation:
+            parser.error(f"--hold {item}: give ASSET=QTY, e.g. BTC=1")
+    venue = FakeBinance(
+        engine,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        secret=secret,
+        holdings=holdings,
+    )
     venue.start()
     if args.data:
         venue.feed(ticks, args.interval, on_first_quote=args.start_on_request)

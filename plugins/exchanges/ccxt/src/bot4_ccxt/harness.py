@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
 import trio
@@ -34,6 +35,7 @@ from bot4_ccxt.fakebinance import API_KEY, ORDER_TYPES, SECRET, FakeBinance
 __all__ = ["KEY_ENV", "SECRET_ENV", "FakeBinanceHarness", "plugin_config"]
 
 KEY_ENV = "BOT4_TEST_BINANCE_API_KEY"
+SPOT_HOLDINGS = {"BTC": Decimal(1000), "ETH": Decimal(1000)}
 SECRET_ENV = "BOT4_TEST_BINANCE_SECRET"
 
 
@@ -63,7 +65,10 @@ class FakeBinanceHarness(Harness):
     ) -> None:
         os.environ.setdefault(KEY_ENV, API_KEY)
         os.environ.setdefault(SECRET_ENV, SECRET)
-        self.venue = FakeBinance(order_types=order_types).start()
+        # The spot account holds BTC besides its quote balance, as one that
+        # trades both ways does: the kit (and its paper reference) sell from a
+        # flat bot4 position, which a spot venue refuses to an account without it.
+        self.venue = FakeBinance(order_types=order_types, holdings=SPOT_HOLDINGS).start()
         self.exchange: CcxtExchange = CcxtExchange.from_config(
             plugin_config(self.venue, **(config or {}))
         )
