@@ -557,6 +557,8 @@ class CcxtExchange(Exchange):
 
     def _base_caps(self) -> frozenset[Capability]:
         caps = _client_caps(self.settings.exchange)
+        if self.profile is not None and not self.profile.triggers:
+            caps -= {cap for cap, _, _ in _TRIGGERS}
         return caps | {Capability.MARGIN} if self._swap else caps
 
     @classmethod
@@ -1022,6 +1024,13 @@ class CcxtExchange(Exchange):
             raise InvalidOrder(
                 f"{self.name}: unknown symbol {order.symbol!r}; markets: "
                 f"{sorted(self._markets)[:20]}"
+            )
+        needs = {OrderType.STOP_LOSS: Capability.STOP_ORDERS}
+        needs[OrderType.TAKE_PROFIT] = Capability.TAKE_PROFIT_ORDERS
+        if order.type in needs and needs[order.type] not in self.capabilities:
+            raise InvalidOrder(
+                f"{self.name}: {order.type.value} orders are not supported here "
+                f"(no Capability.{needs[order.type].name}); the kernel holds the level itself"
             )
         qty = _round_down(order.qty, info.qty_increment)
         if qty <= 0 or qty < info.min_qty:

@@ -142,7 +142,8 @@ def _ms(when: datetime) -> int:
 
 
 def _venue_symbol(symbol: str) -> str:
-    return symbol.replace("-", "")
+    """BTC-USDT and BTC-USDT-PERP are both BTCUSDT (on their own API)."""
+    return symbol.removesuffix("-PERP").replace("-", "")
 
 
 ORDER_TYPES = ("LIMIT", "MARKET", "STOP_LOSS", "TAKE_PROFIT")
@@ -150,6 +151,8 @@ ORDER_TYPES = ("LIMIT", "MARKET", "STOP_LOSS", "TAKE_PROFIT")
 
 class FakeBinance:
     """A Binance-style spot REST server on 127.0.0.1 backed by a PaperEngine."""
+
+    spot = True  # a spot account: no selling what it does not hold
 
     def __init__(
         self,
@@ -164,6 +167,8 @@ class FakeBinance:
         holdings: Mapping[str, Decimal] | None = None,
     ) -> None:
         self.engine = engine if engine is not None else PaperEngine()
+        self.type_map: Mapping[str, OrderType] = _TYPES
+        self.type_names: Mapping[OrderType, str] = _TYPE_NAMES
         # Base assets the spot account holds besides what its fills bought.
         self.holdings: dict[str, Decimal] = dict(holdings or {})
         # The order types every symbol lists in exchangeInfo and accepts (real
@@ -181,7 +186,7 @@ class FakeBinance:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._quoted = threading.Event()  # a client has asked for a quote
-        self._by_symbol = {_venue_symbol(s): s for s in self.engine.markets}
+        self._by_symbol = {self._vsym(s): s for s in self.engine.markets}
         self._ids: dict[str, int] = {}  # client order id -> orderId
         self._coids: dict[int, str] = {}
         self._times: dict[str, int] = {}  # client order id -> placement time (ms)
@@ -189,6 +194,10 @@ class FakeBinance:
         self._feeder: threading.Thread | None = None
 
     # --- lifecycle ------------------------------------------------------------------
+
+    def _vsym(self, symbol: str) -> str:
+        """The venue's name of a bot4 symbol (BTC-USDT: BTCUSDT)."""
+        return _venue_symbol(symbol)
 
     @property
     def url(self) -> str:
@@ -244,8 +253,8 @@ class FakeBinance:
     def push(self, tick: MarketData) -> None:
         """The venue sees a quote: resting orders match against it."""
         with self.lock:
-            if _venue_symbol(tick.symbol) not in self._by_symbol:
-                self._by_symbol[_venue_symbol(tick.symbol)] = tick.symbol
+            if self._vsym(tick.symbol) not in self._by_symbol:
+                self._by_symbol[self._vsym(tick.symbol)] = tick.symbol
             self.engine.on_tick(tick)
             self._tickers[tick.symbol] = tick
 
@@ -459,7 +468,7 @@ class FakeBinance:
             base, quote = symbol.split("-")[:2]
             symbols.append(
                 {
-                    "symbol": _venue_symbol(symbol),
+                    "symbol": self._vsym(symbol),
                     "status": "TRADING",
                     "baseAsset": base,
                     "baseAssetPrecision": 8,
@@ -527,7 +536,7 @@ class FakeBinance:
         )
         stamp = _ms(md.timestamp) if md else self.server_time()
         return {
-            "symbol": _venue_symbol(symbol),
+            "symbol": self._vsym(symbol),
             "priceChange": "0",
             "priceChangePercent": "0",
             "weightedAvgPrice": _num(last),
@@ -562,7 +571,7 @@ class FakeBinance:
     def _price_ticker(self, params: Mapping[str, str]) -> object:
         symbol = self._symbol(params, required=False)
         rows = [
-            {"symbol": _venue_symbol(s), "price": self._ticker_of(s)["lastPrice"]}
+            {"symbol": self._vsym(s), "price": self._ticker_of(s)["lastPrice"]}
             for s in ([symbol] if symbol else sorted(self.engine.markets))
         ]
         return rows[0] if symbol else rows
@@ -582,7 +591,7 @@ class FakeBinance:
     def _new_order(self, params: Mapping[str, str]) -> object:
         symbol = self._symbol(params)
         assert symbol is not None
-        kind = _TYPES.get(params.get("type", ""))
+        kind = self.type_map.get(params.get("type", ""))
         if kind is None:
             raise _ApiError(400, -1116, "Invalid orderType.")
         if params.get("type") not in self.order_types:
@@ -604,7 +613,7 @@ class FakeBinance:
         except InvalidOperation:
             raise _ApiError(400, -1100, "Illegal characters found in a parameter.") from None
         market = self.engine.markets[symbol]
-        if side_raw == "SELL" and qty > self._free_base(symbol):
+        if self.spot and side_raw == "SELL" and qty > self._free_base(symbol):
             raise _ApiError(400, -2010, "Account has insufficient balance for requested action.")
         if qty < market.min_qty or (qty / market.qty_increment) % 1:
             raise _ApiError(400, -1013, "Filter failure: LOT_SIZE")
@@ -619,6 +628,7 @@ class FakeBinance:
                 qty=qty,
                 price=price,
                 strategy="binance",
+                **self._order_extras(symbol, params),
             )
             state = self.engine.place(order)
         except InsufficientFunds:
@@ -647,6 +657,10 @@ class FakeBinance:
             if f.client_order_id == coid
         ]
         return out
+
+    def _order_extras(self, symbol: str, params: Mapping[str, str]) -> dict[str, Any]:
+        """More Order fields from the request (futures: leverage, reduce-only)."""
+        return {}
 
     def _held(self, symbol: str) -> Decimal:
         """The base asset of ``symbol`` the account holds."""
@@ -730,7 +744,7 @@ class FakeBinance:
         stamp = self._times.get(coid, self.server_time())
         trigger = order.type in (OrderType.STOP_LOSS, OrderType.TAKE_PROFIT)
         return {
-            "symbol": _venue_symbol(order.symbol),
+            "symbol": self._vsym(order.symbol),
             "orderId": self._ids.get(coid, 0),
             "orderListId": -1,
             "clientOrderId": coid,
@@ -740,7 +754,7 @@ class FakeBinance:
             "cummulativeQuoteQty": _num(notional),
             "status": status,
             "timeInForce": "GTC",
-            "type": _TYPE_NAMES[order.type],
+            "type": self.type_names[order.type],
             "side": order.side.name,
             "stopPrice": _num(order.price) if trigger and order.price is not None else "0",
             "icebergQty": "0",
@@ -800,7 +814,7 @@ class FakeBinance:
                 continue
             rows.append(
                 {
-                    "symbol": _venue_symbol(symbol),
+                    "symbol": self._vsym(symbol),
                     "id": trade_id,
                     "orderId": self._ids.get(f.client_order_id, 0),
                     "orderListId": -1,

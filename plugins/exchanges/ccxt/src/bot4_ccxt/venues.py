@@ -58,6 +58,10 @@ class VenueProfile:
     coid_int: bool = False  # Kraken: a 32-bit integer, always a digest
     order_margin_mode: bool = False  # OKX: every swap order names its margin mode (tdMode)
     lookup: str = "fetch_order"  # how an order is found by client id (see exchange.py)
+    # Stop and take-profit orders sent to the venue. False: the kernel holds
+    # them (binanceusdm: ccxt sends them to Binance's Algo Service, whose ids
+    # and look-ups differ from orders', not covered yet).
+    triggers: bool = True
     tested: str = ""  # what tests/test_venue_requests.py covers (for the README)
 
 
@@ -83,6 +87,7 @@ PROFILES: Mapping[str, VenueProfile] = {
             36,
             "_",
             {"swap": "linear"},
+            triggers=False,
             tested="USDⓈ-M perpetuals: the above on /fapi, reduceOnly, leverage, margin type, "
             "positionRisk",
         ),
