@@ -4,7 +4,7 @@ Binance over HTTP (the plugin's whole code path: ccxt, requests, the wire)."""
 from __future__ import annotations
 
 from bot4_ccxt.fakefutures import PERP_MARKETS
-from bot4_ccxt.harness import FakeBinanceFuturesHarness, FakeBinanceHarness
+from bot4_ccxt.harness import FakeBinanceFuturesHarness, FakeBinanceHarness, FakeBybitHarness
 from bot4_paper import PaperExchange
 from bot4_paper.engine import PaperEngine
 
@@ -32,3 +32,13 @@ class TestCcxtFuturesConformance(ExchangeSuite):
 
     def make_harness(self) -> Harness:
         return FakeBinanceFuturesHarness()
+
+
+class TestCcxtBybitConformance(ExchangeSuite):
+    """Perpetuals: ccxt's bybit (v5, linear) against the fake Bybit venue."""
+
+    symbol = "BTC-USDT-PERP"
+    reference = staticmethod(_paper_perps)
+
+    def make_harness(self) -> Harness:
+        return FakeBybitHarness()

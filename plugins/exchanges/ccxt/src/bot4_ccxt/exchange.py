@@ -885,9 +885,14 @@ class CcxtExchange(Exchange):
         params: dict[str, Any] = {}
         if self.settings.exchange == "okx":  # OKX sets leverage per margin mode
             params["marginMode"] = self._mode.get(symbol, self.settings.margin_mode)
-        await self._call(
-            f"set_leverage({symbol!r}, {lev})", lambda c: c.set_leverage(int(lev), sym, params)
-        )
+        try:
+            await self._call(
+                f"set_leverage({symbol!r}, {lev})", lambda c: c.set_leverage(int(lev), sym, params)
+            )
+        except ExchangeRefused as exc:
+            # Bybit refuses to set the leverage in force (110043): it is in force.
+            if "110043" not in str(exc) and "not modified" not in str(exc):
+                raise
         self._leverage[symbol] = lev
         return lev
 
@@ -922,12 +927,13 @@ class CcxtExchange(Exchange):
         """Fetch the account's new trades in ``symbol``; returns those not seen before."""
         ccxt_symbol = self._sym(symbol)
         book = self._fills.setdefault(symbol, {})
+        page = self.profile.trades_page if self.profile is not None else 1000
         new: list[Fill] = []
         while True:
             since = self._since.get(symbol)
             trades = await self._call(
                 f"fetch_my_trades({symbol!r})",
-                lambda c, since=since: c.fetch_my_trades(ccxt_symbol, since, 1000),
+                lambda c, since=since: c.fetch_my_trades(ccxt_symbol, since, page),
             )
             fresh = 0
             for t in trades:
@@ -945,7 +951,7 @@ class CcxtExchange(Exchange):
                 fresh += 1
                 stamp = int(t.get("timestamp") or 0)
                 self._since[symbol] = max(self._since.get(symbol, 0), stamp)
-            if len(trades) < 1000 or not fresh:
+            if len(trades) < page or not fresh:
                 break
         new.sort(key=lambda f: self._fill_order[f.fill_id])
         return new
@@ -953,6 +959,10 @@ class CcxtExchange(Exchange):
     async def _fill(self, symbol: str, t: Mapping[str, Any], fill_id: str) -> Fill:
         order_id = str(t.get("order") or "")
         coid = self._coids.get((symbol, order_id))
+        link = (t.get("info") or {}).get("orderLinkId")  # Bybit names the order's client id
+        if coid is None and link:
+            coid = self._coid_of({"clientOrderId": link})
+            self._coids[(symbol, order_id)] = coid
         if coid is None:
             sym = self._sym(symbol)
             raw = await self._call(
@@ -1141,6 +1151,9 @@ class CcxtExchange(Exchange):
                 raise
             else:
                 self._orders[coid].confirmed = True
+                if self.profile is not None and not self.profile.create_answers_state:
+                    # Ids only (Bybit): the order's state is read back.
+                    raw = await self._lookup(order.symbol, coid) or raw
                 state = self._state(raw, order.symbol)
                 self._outbox.append(state)
                 return state

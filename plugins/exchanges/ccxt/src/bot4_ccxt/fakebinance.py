@@ -348,31 +348,36 @@ class FakeBinance:
         if fault is not None and not fault.process:
             self._fail(req, fault, method, path)
             return
-        if path.startswith("/api/v3/ticker"):
+        if "ticker" in path:
             self._quoted.set()
         try:
             status, payload, headers = 200, self._route(method, path, query, body, req), {}
         except _ApiError as err:
-            status, payload, headers = err.status, {"code": err.code, "msg": err.msg}, err.headers
+            status, payload = self._error(err)
+            headers = err.headers
         if fault is not None:
             self._fail(req, fault, method, path)
             return
         self._log(method, path, status)
         req.reply(status, payload, headers)
 
+    def _error(self, err: _ApiError) -> tuple[int, object]:
+        """The HTTP status and body of an error in this venue's format."""
+        return err.status, {"code": err.code, "msg": err.msg}
+
+    def _rate_limited(self) -> _ApiError:
+        return _ApiError(
+            429,
+            -1003,
+            "Too much request weight used; current limit is 6000 request weight per 1 "
+            "MINUTE. Please use WebSocket Streams for live updates to avoid polling the API.",
+        )
+
     def _fail(self, req: _Handler, fault: Fault, method: str, path: str) -> None:
         if fault.kind == "429":
             self._log(method, path, 429)
-            req.reply(
-                429,
-                {
-                    "code": -1003,
-                    "msg": "Too much request weight used; current limit is 6000 request "
-                    "weight per 1 MINUTE. Please use WebSocket Streams for live updates to "
-                    "avoid polling the API.",
-                },
-                {"Retry-After": str(fault.retry_after)},
-            )
+            status, payload = self._error(self._rate_limited())
+            req.reply(status, payload, {"Retry-After": str(fault.retry_after)})
         elif fault.kind == "500":
             self._log(method, path, 500)
             req.reply(

@@ -31,6 +31,7 @@ from bot4.model import MarketData
 from bot4.testing.harness import STEP_TIMEOUT, ConformanceError, Harness
 from bot4_ccxt.exchange import CcxtExchange
 from bot4_ccxt.fakebinance import API_KEY, ORDER_TYPES, SECRET, FakeBinance
+from bot4_ccxt.fakebybit import BYBIT_ORDER_TYPES, FakeBybit
 from bot4_ccxt.fakefutures import FAPI_ORDER_TYPES, FakeBinanceFutures
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "SECRET_ENV",
     "FakeBinanceFuturesHarness",
     "FakeBinanceHarness",
+    "FakeBybitHarness",
     "plugin_config",
 ]
 
@@ -137,3 +139,21 @@ class FakeBinanceFuturesHarness(FakeBinanceHarness):
 
     def _make_venue(self, order_types: Sequence[str]) -> FakeBinance:
         return FakeBinanceFutures(order_types=order_types)
+
+
+class FakeBybitHarness(FakeBinanceHarness):
+    """The fake Bybit v5 linear venue and the plugin as ``bybit`` trading
+    ``BTC-USDT-PERP`` (type: swap)."""
+
+    symbol = "BTC-USDT-PERP"
+    plugin_settings: Mapping[str, Any] = {
+        "exchange": "bybit",
+        "type": "swap",
+        "symbols": ["BTC-USDT-PERP"],
+    }
+
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(config, order_types=BYBIT_ORDER_TYPES)
+
+    def _make_venue(self, order_types: Sequence[str]) -> FakeBinance:
+        return FakeBybit(order_types=order_types)

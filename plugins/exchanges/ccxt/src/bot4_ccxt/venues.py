@@ -62,6 +62,9 @@ class VenueProfile:
     # them (binanceusdm: ccxt sends them to Binance's Algo Service, whose ids
     # and look-ups differ from orders', not covered yet).
     triggers: bool = True
+    trades_page: int = 1000  # the most trades one fetch_my_trades page holds
+    # False: the venue answers a create with ids only, the state is read back.
+    create_answers_state: bool = True
     tested: str = ""  # what tests/test_venue_requests.py covers (for the README)
 
 
@@ -99,6 +102,9 @@ PROFILES: Mapping[str, VenueProfile] = {
             "_",
             {"spot": "spot", "swap": "linear"},
             lookup="bybit",
+            triggers=False,
+            trades_page=100,
+            create_answers_state=False,
             tested="v5 spot and linear: place (orderLinkId, category), look-up by orderLinkId "
             "(realtime, then history), cancel, reduceOnly, set-leverage, set-margin-mode "
             "(unified account), positions",
