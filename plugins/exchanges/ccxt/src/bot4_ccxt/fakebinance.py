@@ -931,6 +931,13 @@ def main(argv: list[str] | None = None) -> int:
         description="A Binance-style spot REST server on 127.0.0.1 backed by bot4's paper "
         "engine, for dry runs of bot4-plugin-ccxt.",
     )
+    parser.add_argument(
+        "--venue",
+        choices=("spot", "usdm", "bybit"),
+        default="spot",
+        help="wire format: Binance spot (/api/v3, the default), Binance USDⓈ-M futures "
+        "(/fapi, BTC-USDT-PERP...) or Bybit v5 linear (/v5)",
+    )
     parser.add_argument("--port", type=int, default=0, help="port (default: any free one)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--data", help="tick/candle file served one tick per --interval")
@@ -964,8 +971,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--secret-env {args.secret_env}: the variable is not set")
     from bot4_paper.engine import DEFAULT_MARKETS
 
+    from bot4_ccxt.fakebybit import FakeBybit
+    from bot4_ccxt.fakefutures import PERP_MARKETS, FakeBinanceFutures
+
+    kind: type[FakeBinance] = {
+        "spot": FakeBinance,
+        "usdm": FakeBinanceFutures,
+        "bybit": FakeBybit,
+    }[args.venue]
     ticks: Iterator[MarketData] = iter(())
-    markets: dict[str, MarketInfo] = dict(DEFAULT_MARKETS)
+    markets: dict[str, MarketInfo] = dict(DEFAULT_MARKETS if kind is FakeBinance else PERP_MARKETS)
     if args.data:
         from bot4.data import iter_ticks
 
@@ -981,7 +996,7 @@ def main(argv: list[str] | None = None) -> int:
             holdings[asset.strip().upper()] = Decimal(qty)
         except InvalidOperation:
             parser.error(f"--hold {item}: give ASSET=QTY, e.g. BTC=1")
-    venue = FakeBinance(
+    venue = kind(
         engine,
         host=args.host,
         port=args.port,
@@ -992,7 +1007,7 @@ def main(argv: list[str] | None = None) -> int:
     venue.start()
     if args.data:
         venue.feed(ticks, args.interval, on_first_quote=args.start_on_request)
-    print(f"fakebinance listening on {venue.url}", flush=True)
+    print(f"fakebinance ({args.venue}) listening on {venue.url}", flush=True)
     try:
         while True:
             time.sleep(3600)

@@ -40,6 +40,8 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl
 
+from bot4_paper.engine import PaperEngine
+
 from bot4.errors import OrderNotFound
 from bot4.model import ZERO, OrderState, OrderStatus, OrderType
 from bot4_ccxt.fakebinance import _ApiError, _ms, _num, _venue_symbol
@@ -71,10 +73,10 @@ _STATUS = {
 class FakeBybit(FakeBinanceFutures):
     """A Bybit v5 linear REST server (see the module docstring)."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, engine: PaperEngine | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("order_types", BYBIT_ORDER_TYPES)
         kwargs.setdefault("default_leverage", Decimal(10))
-        super().__init__(**kwargs)
+        super().__init__(engine, **kwargs)
 
     # --- wire format ----------------------------------------------------------------
 
