@@ -482,6 +482,8 @@ class FakeBybit(FakeBinanceFutures):
         )
         if mode is None:
             raise _ApiError(200, -1102, "setMarginMode must be ISOLATED_MARGIN or REGULAR_MARGIN")
+        if all(self.margin_type.get(s, "CROSSED") == mode for s in self.engine.markets):
+            return {"reasons": []}  # already the account's mode
         if any(p.qty for p in self.engine.positions()):
             raise _ApiError(200, -1102, "cannot switch the margin mode with open positions")
         for symbol in self.engine.markets:
