@@ -19,8 +19,9 @@ never retried; ``RateLimitExceeded``/``DDoSProtection`` (RateLimited),
 ``OperationFailed`` (ExchangeUnavailable) are failures, retried here with
 exponential backoff and jitter up to ``max_retries`` times.
 
-**No duplicate orders.** Orders carry bot4's client order id
-(``clientOrderId``, Binance ``newClientOrderId``). A place whose answer was
+**No duplicate orders.** Orders carry bot4's client order id, written as
+each venue accepts it (:mod:`bot4_ccxt.venues`: Binance ``newClientOrderId``,
+Bybit ``orderLinkId``, OKX ``clOrdId``, Kraken ``userref``). A place whose answer was
 lost (timeout, 5xx, dropped connection) is looked up by that id before
 anything is sent again: found, its state is returned; known absent, it is
 sent again; unknown (the venue still unreachable), it is never re-sent. A
@@ -56,6 +57,12 @@ through bot4's PortfolioTracker: signed quantity, weighted entry); spot
 venues have no position endpoint. Orders' ``leverage`` and ``reduce_only`` are
 not sent (spot has neither): leverage only ever uses more of the account's
 own money, never more exposure.
+
+**Perpetuals** (``type: swap``, :mod:`bot4_ccxt.perps`): ``BTC-USDT-PERP`` is
+ccxt's ``BTC/USDT:USDT``; the exchange claims MARGIN, sets the margin mode
+and the order's leverage before an entry (:meth:`CcxtExchange.set_leverage`,
+:meth:`CcxtExchange.set_margin_mode`), sends exits as ``reduceOnly`` and reads
+positions, liquidation price and margin from the venue.
 """
 
 from __future__ import annotations
