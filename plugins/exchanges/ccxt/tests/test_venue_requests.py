@@ -25,7 +25,8 @@ import trio
 from bot4_ccxt.exchange import CcxtExchange
 from bot4_ccxt.venues import PROFILES, decode_coid, encode_coid
 
-from bot4.errors import ConfigError
+from bot4.contracts import Capability, Exchange
+from bot4.errors import ConfigError, ExchangeRefused
 from bot4.model import Order, OrderStatus, OrderType, Side
 
 KEY = "test-key-0123456789"
@@ -705,3 +706,51 @@ def test_profiles_cover_the_readme() -> None:
     assert {"binance", "binanceusdm", "bybit", "okx"} <= set(PROFILES)
     for p in PROFILES.values():
         assert p.tested, p.exchange
+
+
+def test_bad_type_and_margin_mode_are_refused_naming_the_field() -> None:
+    with pytest.raises(ConfigError, match="'type': 'futures' must be spot or swap"):
+        CcxtExchange.from_config({"exchange": "bybit", "type": "futures"})
+    with pytest.raises(ConfigError, match="'margin_mode': 'portfolio' must be isolated or cross"):
+        CcxtExchange.from_config({"exchange": "bybit", "type": "swap", "margin_mode": "portfolio"})
+
+
+def test_spot_claims_no_margin_and_refuses_leverage(monkeypatch: pytest.MonkeyPatch) -> None:
+    ex, rec = make(
+        "binance", "spot", lambda c: [_spot(c, "BTCUSDT")], _binance_answer("/api/v3"), monkeypatch
+    )
+    assert Capability.MARGIN not in ex.capabilities
+
+    async def go() -> None:
+        with pytest.raises(ExchangeRefused, match="type: swap"):
+            await ex.set_leverage("BTC-USDT", Decimal(3))
+        with pytest.raises(ExchangeRefused, match="type: swap"):
+            await ex.set_margin_mode("BTC-USDT", "isolated")
+
+    run(go)
+    assert rec.requests == []  # nothing reached the venue
+
+
+def test_the_contract_default_refuses_without_margin() -> None:
+    """bot4.contracts.Exchange: set_leverage/set_margin_mode refuse unless overridden."""
+    from bot4_paper import PaperExchange
+
+    class NoMargin(PaperExchange):
+        name = "nomargin"
+
+    plain = NoMargin([])
+
+    async def go() -> None:
+        with pytest.raises(ExchangeRefused, match=r"needs Capability\.MARGIN"):
+            await Exchange.set_leverage(plain, "BTC-USDT", Decimal(2))
+        with pytest.raises(ExchangeRefused, match=r"needs Capability\.MARGIN"):
+            await Exchange.set_margin_mode(plain, "BTC-USDT", "cross")
+
+    run(go)
+
+
+def test_swap_claims_margin(monkeypatch: pytest.MonkeyPatch) -> None:
+    answer, _ = _bybit_answer()
+    ex, _rec = make("bybit", "swap", lambda c: [_perp(c, "BTCUSDT")], answer, monkeypatch)
+    assert Capability.MARGIN in ex.capabilities
+    assert Capability.STOP_ORDERS not in ex.capabilities  # held by the kernel on Bybit perps
