@@ -118,3 +118,19 @@ async def test_clock_skew_is_resynced(venue: FakeBybit, ex: CcxtExchange) -> Non
     venue.clock_offset = 30.0
     assert (await ex.place_order(buy("skew-1"))).status is OrderStatus.FILLED
     assert venue.order_count() == 1
+
+
+async def test_a_liquidation_fill_without_order_link_id_still_counts(
+    venue: FakeBybit, ex: CcxtExchange, caplog: pytest.LogCaptureFixture
+) -> None:
+    await ex.place_order(buy("e-1", lev=20))
+    [pos] = await ex.fetch_margin_positions()
+    assert pos.liquidation_price is not None
+    quote(venue, str((pos.liquidation_price - 1).quantize(Decimal("0.01"))))
+    assert venue.liquidations == ["autoclose-1"]
+    assert await ex.fetch_positions() == []
+    fills = await ex.fetch_fills()
+    # The venue's closing order has no client id: its fill is under the venue's order id,
+    # found with ccxt's fetch_order by id (acknowledged, as Bybit's client requires).
+    assert [f.client_order_id for f in fills] == ["e-1", str(venue._ids["autoclose-1"])]
+    assert "not found" not in caplog.text  # the look-up by exchange id succeeded

@@ -735,9 +735,17 @@ class CcxtExchange(Exchange):
             self._coids[(symbol, order_id)] = coid
         if coid is None:
             sym = self._sym(symbol)
-            raw = await self._call(
-                f"fetch_order({order_id!r})", lambda c: c.fetch_order(order_id, sym)
-            )
+            # Bybit: its fetch_order by exchange id wants the "last 500 orders" caveat acknowledged.
+            extra = {"acknowledged": True} if self.settings.exchange == "bybit" else {}
+            try:
+                raw = await self._call(
+                    f"fetch_order({order_id!r})", lambda c: c.fetch_order(order_id, sym, extra)
+                )
+            except ExchangeRefused as exc:
+                # The venue will not say (an old or a venue-made order): the fill
+                # still counts, under the venue's order id.
+                log.warning("%s: order %r of a fill not found: %s", self.name, order_id, exc)
+                raw = {}
             coid = self._coid_of(raw) if raw.get("clientOrderId") else order_id or fill_id
             self._coids[(symbol, order_id)] = coid
         qty, price = _d(t.get("amount")) * self._sizes[symbol], _d(t.get("price"))

@@ -331,7 +331,7 @@ class FakeBybit(FakeBinanceFutures):
         avg = state.avg_price or ZERO
         return {
             "orderId": str(self._ids.get(coid, 0)),
-            "orderLinkId": coid,
+            "orderLinkId": self._link(coid),
             "symbol": _venue_symbol(order.symbol),
             "side": "Buy" if order.side.value == "buy" else "Sell",
             "orderType": "Limit" if order.type is OrderType.LIMIT else "Market",
@@ -354,6 +354,10 @@ class FakeBybit(FakeBinanceFutures):
             "updatedTime": stamp,
         }
 
+    def _link(self, coid: str) -> str:
+        """The orderLinkId Bybit shows: none for the venue's own (liquidation) orders."""
+        return "" if coid in self.liquidations else coid
+
     def _executions(self, params: Mapping[str, Any]) -> object:
         self._linear(params)
         symbol = self._symbol(params, required=False)
@@ -372,7 +376,7 @@ class FakeBybit(FakeBinanceFutures):
                 {
                     "symbol": _venue_symbol(f.symbol),
                     "orderId": str(self._ids.get(f.client_order_id, 0)),
-                    "orderLinkId": f.client_order_id,
+                    "orderLinkId": self._link(f.client_order_id),
                     "side": "Buy" if f.side.value == "buy" else "Sell",
                     "execId": f.fill_id.rsplit("-", 1)[1],
                     "execPrice": _num(f.price),
@@ -380,7 +384,7 @@ class FakeBybit(FakeBinanceFutures):
                     "execValue": _num(f.price * f.qty),
                     "execFee": _num(f.fee),
                     "feeCurrency": "USDT",
-                    "execType": "Trade",
+                    "execType": "BustTrade" if f.client_order_id in self.liquidations else "Trade",
                     "execTime": str(stamp),
                     "isMaker": f.liquidity == "maker",
                     "orderType": "Market",
