@@ -754,3 +754,14 @@ def test_swap_claims_margin(monkeypatch: pytest.MonkeyPatch) -> None:
     ex, _rec = make("bybit", "swap", lambda c: [_perp(c, "BTCUSDT")], answer, monkeypatch)
     assert Capability.MARGIN in ex.capabilities
     assert Capability.STOP_ORDERS not in ex.capabilities  # held by the kernel on Bybit perps
+
+
+def test_bybit_spot_market_buy_is_in_the_base_asset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bot4's qty is base units; ccxt must not send it as a quote amount."""
+    answer, _ = _bybit_answer()
+    ex, rec = make("bybit", "spot", lambda c: [_spot(c, "BTCUSDT")], answer, monkeypatch)
+    run(lambda: ex.place_order(order("BTC-USDT", type=OrderType.MARKET, price=None)))
+    create = rec.of("POST", "/v5/order/create")[0]
+    assert create.params["orderType"] == "Market"
+    assert create.params["qty"] == "0.05"
+    assert create.params["marketUnit"] == "baseCoin"
