@@ -765,3 +765,12 @@ def test_bybit_spot_market_buy_is_in_the_base_asset(monkeypatch: pytest.MonkeyPa
     assert create.params["orderType"] == "Market"
     assert create.params["qty"] == "0.05"
     assert create.params["marketUnit"] == "baseCoin"
+
+
+def test_okx_spot_market_buy_is_in_the_base_asset(monkeypatch: pytest.MonkeyPatch) -> None:
+    ex, rec = make("okx", "spot", lambda c: [_spot(c, "BTC-USDT")], _okx_answer(), monkeypatch)
+    run(lambda: ex.place_order(order("BTC-USDT", type=OrderType.MARKET, price=None)))
+    place = rec.of("POST", "/api/v5/trade/batch-orders")[0]
+    assert place.params["ordType"] == "market"
+    assert place.params["sz"] == "0.05"
+    assert place.params["tgtCcy"] == "base_ccy"  # OKX sizes spot market buys in quote otherwise
