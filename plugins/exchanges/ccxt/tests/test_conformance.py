@@ -4,7 +4,12 @@ Binance over HTTP (the plugin's whole code path: ccxt, requests, the wire)."""
 from __future__ import annotations
 
 from bot4_ccxt.fakefutures import PERP_MARKETS
-from bot4_ccxt.harness import FakeBinanceFuturesHarness, FakeBinanceHarness, FakeBybitHarness
+from bot4_ccxt.harness import (
+    FakeBinanceFuturesHarness,
+    FakeBinanceHarness,
+    FakeBybitHarness,
+    FakeBybitSpotHarness,
+)
 from bot4_paper import PaperExchange
 from bot4_paper.engine import PaperEngine
 
@@ -42,3 +47,10 @@ class TestCcxtBybitConformance(ExchangeSuite):
 
     def make_harness(self) -> Harness:
         return FakeBybitHarness()
+
+
+class TestCcxtBybitSpotConformance(ExchangeSuite):
+    """Spot: ccxt's bybit (v5, category spot) against the fake Bybit venue."""
+
+    def make_harness(self) -> Harness:
+        return FakeBybitSpotHarness()

@@ -13,7 +13,7 @@ from bot4_ccxt.exchange import CcxtExchange
 from bot4_ccxt.fakebybit import FakeBybit
 from bot4_ccxt.harness import plugin_config
 
-from bot4.errors import OrderNotFound, RateLimited
+from bot4.errors import InsufficientFunds, OrderNotFound, RateLimited
 from bot4.model import MarketData, Order, OrderStatus, OrderType, Side
 
 pytestmark = pytest.mark.trio
@@ -134,3 +134,30 @@ async def test_a_liquidation_fill_without_order_link_id_still_counts(
     # found with ccxt's fetch_order by id (acknowledged, as Bybit's client requires).
     assert [f.client_order_id for f in fills] == ["e-1", str(venue._ids["autoclose-1"])]
     assert "not found" not in caplog.text  # the look-up by exchange id succeeded
+
+
+async def test_bybit_spot_account_sells_only_what_it_holds() -> None:
+    with FakeBybit(category="spot", holdings={"BTC": Decimal("0.5")}) as venue:
+        venue.push(
+            MarketData(
+                "BTC-USDT",
+                "fake",
+                Decimal(100),
+                Decimal("100.02"),
+                Decimal(100),
+                Decimal(1000),
+                datetime(2024, 3, 1, 1, tzinfo=UTC),
+            )
+        )
+        ex = CcxtExchange.from_config(
+            plugin_config(venue, exchange="bybit", type="spot", symbols=["BTC-USDT"])
+        )
+        try:
+            sell = Order("s-1", "BTC-USDT", Side.SELL, OrderType.MARKET, Decimal("0.6"))
+            with pytest.raises(InsufficientFunds):
+                await ex.place_order(sell)
+            ok = Order("s-2", "BTC-USDT", Side.SELL, OrderType.MARKET, Decimal("0.5"))
+            assert (await ex.place_order(ok)).status is OrderStatus.FILLED
+            assert not venue.hits_of("POST", "/v5/position/set-leverage")  # spot: no leverage
+        finally:
+            await ex.close()

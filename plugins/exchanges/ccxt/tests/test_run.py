@@ -20,6 +20,7 @@ VENUES = {
     "binance-spot": ("spot", "binance", "spot", "BTC-USDT", "1"),
     "binanceusdm-perp": ("usdm", "binanceusdm", "swap", "BTC-USDT-PERP", "3"),
     "bybit-perp": ("bybit", "bybit", "swap", "BTC-USDT-PERP", "3"),
+    "bybit-spot": ("bybit-spot", "bybit", "spot", "BTC-USDT", "1"),
 }
 
 

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -62,7 +63,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -933,10 +934,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--venue",
-        choices=("spot", "usdm", "bybit"),
+        choices=("spot", "usdm", "bybit", "bybit-spot"),
         default="spot",
         help="wire format: Binance spot (/api/v3, the default), Binance USDⓈ-M futures "
-        "(/fapi, BTC-USDT-PERP...) or Bybit v5 linear (/v5)",
+        "(/fapi, BTC-USDT-PERP...), Bybit v5 linear or Bybit v5 spot (/v5)",
     )
     parser.add_argument("--port", type=int, default=0, help="port (default: any free one)")
     parser.add_argument("--host", default="127.0.0.1")
@@ -974,13 +975,16 @@ def main(argv: list[str] | None = None) -> int:
     from bot4_ccxt.fakebybit import FakeBybit
     from bot4_ccxt.fakefutures import PERP_MARKETS, FakeBinanceFutures
 
-    kind: type[FakeBinance] = {
+    venues: dict[str, Callable[..., FakeBinance]] = {
         "spot": FakeBinance,
         "usdm": FakeBinanceFutures,
         "bybit": FakeBybit,
-    }[args.venue]
+        "bybit-spot": functools.partial(FakeBybit, category="spot"),
+    }
+    kind = venues[args.venue]
     ticks: Iterator[MarketData] = iter(())
-    markets: dict[str, MarketInfo] = dict(DEFAULT_MARKETS if kind is FakeBinance else PERP_MARKETS)
+    spot = args.venue in ("spot", "bybit-spot")
+    markets: dict[str, MarketInfo] = dict(DEFAULT_MARKETS if spot else PERP_MARKETS)
     if args.data:
         from bot4.data import iter_ticks
 

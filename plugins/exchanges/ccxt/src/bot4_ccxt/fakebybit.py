@@ -73,10 +73,18 @@ _STATUS = {
 class FakeBybit(FakeBinanceFutures):
     """A Bybit v5 linear REST server (see the module docstring)."""
 
-    def __init__(self, engine: PaperEngine | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, engine: PaperEngine | None = None, *, category: str = "linear", **kwargs: Any
+    ) -> None:
         kwargs.setdefault("order_types", BYBIT_ORDER_TYPES)
         kwargs.setdefault("default_leverage", Decimal(10))
+        if category == "spot" and engine is None:
+            engine = PaperEngine()  # BTC-USDT, ETH-USDT
         super().__init__(engine, **kwargs)
+        # "linear" (perpetuals) or "spot": one category per venue object; a spot
+        # account sells only what it holds (``holdings`` plus its fills).
+        self.category = category
+        self.spot = category == "spot"
 
     # --- wire format ----------------------------------------------------------------
 
@@ -157,8 +165,10 @@ class FakeBybit(FakeBinanceFutures):
         raise _ApiError(404, -1000, f"no endpoint {method} {path} on this fake venue")
 
     def _linear(self, params: Mapping[str, Any]) -> None:
-        if params.get("category") != "linear":
-            raise _ApiError(200, -1102, f"category {params.get('category')!r}: only linear here")
+        if params.get("category") != self.category:
+            raise _ApiError(
+                200, -1102, f"category {params.get('category')!r}: only {self.category} here"
+            )
 
     # --- public ---------------------------------------------------------------------
 
@@ -167,8 +177,10 @@ class FakeBybit(FakeBinanceFutures):
         return {"timeSecond": str(now // 1000), "timeNano": str(now * 1_000_000)}
 
     def _instruments(self, params: Mapping[str, Any]) -> object:
-        if params.get("category") != "linear":
+        if params.get("category") != self.category:
             return {"category": params.get("category"), "list": [], "nextPageCursor": ""}
+        if self.spot:
+            return self._spot_instruments()
         rows = []
         for symbol, m in sorted(self.engine.markets.items()):
             base, quote = symbol.split("-")[:2]
@@ -207,7 +219,32 @@ class FakeBybit(FakeBinanceFutures):
                     "copyTrading": "both",
                 }
             )
-        return {"category": "linear", "list": rows, "nextPageCursor": ""}
+        return {"category": self.category, "list": rows, "nextPageCursor": ""}
+
+    def _spot_instruments(self) -> object:
+        rows = []
+        for symbol, m in sorted(self.engine.markets.items()):
+            base, quote = symbol.split("-")[:2]
+            rows.append(
+                {
+                    "symbol": _venue_symbol(symbol),
+                    "baseCoin": base,
+                    "quoteCoin": quote,
+                    "innovation": "0",
+                    "status": "Trading",
+                    "marginTrading": "none",
+                    "lotSizeFilter": {
+                        "basePrecision": _num(m.qty_increment),
+                        "quotePrecision": "0.00000001",
+                        "minOrderQty": _num(m.min_qty),
+                        "maxOrderQty": "1000",
+                        "minOrderAmt": "0",
+                        "maxOrderAmt": "10000000",
+                    },
+                    "priceFilter": {"tickSize": _num(m.price_increment)},
+                }
+            )
+        return {"category": "spot", "list": rows, "nextPageCursor": ""}
 
     def _tickers_v5(self, params: Mapping[str, Any]) -> object:
         self._linear(params)
@@ -243,7 +280,7 @@ class FakeBybit(FakeBinanceFutures):
                     "time": _ms(md.timestamp) if md else self.server_time(),
                 }
             )
-        return {"category": "linear", "list": rows}
+        return {"category": self.category, "list": rows}
 
     def _coins(self, params: Mapping[str, Any]) -> object:
         coins = sorted({part for s in self.engine.markets for part in s.split("-")[:2]})
@@ -313,7 +350,7 @@ class FakeBybit(FakeBinanceFutures):
             rows = [self._order_v5(s) for s in states if s.status.is_open or by_id]
         else:
             rows = [self._order_v5(s) for s in states if not s.status.is_open]
-        return {"category": "linear", "list": rows, "nextPageCursor": ""}
+        return {"category": self.category, "list": rows, "nextPageCursor": ""}
 
     def _realtime(self, params: Mapping[str, Any]) -> object:
         return self._orders(params, open_only=True)
@@ -384,6 +421,7 @@ class FakeBybit(FakeBinanceFutures):
                     "execValue": _num(f.price * f.qty),
                     "execFee": _num(f.fee),
                     "feeCurrency": "USDT",
+                    "feeCoin": "USDT",  # the paper engine charges every fee in the quote
                     "execType": "BustTrade" if f.client_order_id in self.liquidations else "Trade",
                     "execTime": str(stamp),
                     "isMaker": f.liquidity == "maker",
@@ -397,7 +435,7 @@ class FakeBybit(FakeBinanceFutures):
             )
             if len(rows) >= limit:
                 break
-        return {"category": "linear", "list": rows, "nextPageCursor": ""}
+        return {"category": self.category, "list": rows, "nextPageCursor": ""}
 
     # --- account --------------------------------------------------------------------
 
@@ -465,7 +503,7 @@ class FakeBybit(FakeBinanceFutures):
                     "updatedTime": str(r["updateTime"]),
                 }
             )
-        return {"category": "linear", "list": rows, "nextPageCursor": ""}
+        return {"category": self.category, "list": rows, "nextPageCursor": ""}
 
     def _set_leverage_v5(self, params: Mapping[str, Any]) -> object:
         self._linear(params)

@@ -109,6 +109,9 @@ class FakeBinanceFutures(FakeBinance):
     # --- control ------------------------------------------------------------------
 
     def push(self, tick: MarketData) -> None:
+        if self.spot:  # a spot account: no funding, no liquidation
+            super().push(tick)
+            return
         with self.lock:
             self._fund(tick)
             super().push(tick)
@@ -250,6 +253,8 @@ class FakeBinanceFutures(FakeBinance):
     # --- futures specifics ----------------------------------------------------------
 
     def _order_extras(self, symbol: str, params: Mapping[str, str]) -> dict[str, Any]:
+        if self.spot:
+            return {}
         reduce_only = params.get("reduceOnly", "false").lower() == "true"
         if reduce_only:
             pos = next((p.qty for p in self.engine.positions() if p.symbol == symbol), ZERO)

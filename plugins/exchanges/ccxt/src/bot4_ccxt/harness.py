@@ -40,6 +40,7 @@ __all__ = [
     "FakeBinanceFuturesHarness",
     "FakeBinanceHarness",
     "FakeBybitHarness",
+    "FakeBybitSpotHarness",
     "plugin_config",
 ]
 
@@ -157,3 +158,17 @@ class FakeBybitHarness(FakeBinanceHarness):
 
     def _make_venue(self, order_types: Sequence[str]) -> FakeBinance:
         return FakeBybit(order_types=order_types)
+
+
+class FakeBybitSpotHarness(FakeBinanceHarness):
+    """The fake Bybit v5 venue in category spot and the plugin as ``bybit``
+    trading ``BTC-USDT`` (type: spot), the account holding BTC like the Binance
+    spot harness's."""
+
+    plugin_settings: Mapping[str, Any] = {"exchange": "bybit", "type": "spot"}
+
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(config, order_types=BYBIT_ORDER_TYPES)
+
+    def _make_venue(self, order_types: Sequence[str]) -> FakeBinance:
+        return FakeBybit(category="spot", order_types=order_types, holdings=SPOT_HOLDINGS)
