@@ -23,6 +23,7 @@ from typing import Any
 
 import attrs
 
+from bot4.errors import ExchangeRefused
 from bot4.model import Balance, Fill, MarketData, Order, OrderState, Portfolio, Position, Signal
 
 # Bumped when a contract here changes incompatibly. A plugin module declares the
@@ -112,6 +113,19 @@ class Exchange(abc.ABC):
     def stream(self, symbols: Sequence[str]) -> AsyncIterator[ExchangeEvent]:
         """Market data, fills and order updates as they happen, in venue order.
         Ends when the venue's feed ends (a replay or a paper session's data)."""
+
+    # Optional, for exchanges that claim Capability.MARGIN (the default refuses).
+
+    async def set_leverage(self, symbol: str, leverage: Decimal) -> Decimal:
+        """Use ``leverage`` for later orders in ``symbol``; returns the leverage
+        the venue accepted (it may round, e.g. down to a whole number).
+        Raises ExchangeRefused when the venue does not accept it."""
+        raise ExchangeRefused(f"{self.name}: set_leverage needs Capability.MARGIN")
+
+    async def set_margin_mode(self, symbol: str, mode: str) -> None:
+        """Use margin ``mode`` ("isolated" or "cross") for ``symbol``.
+        Raises ExchangeRefused when the venue does not accept it."""
+        raise ExchangeRefused(f"{self.name}: set_margin_mode needs Capability.MARGIN")
 
 
 class Strategy(abc.ABC):

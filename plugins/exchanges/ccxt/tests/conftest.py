@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from bot4_ccxt.fakebinance import API_KEY, SECRET, FakeBinance
-from bot4_ccxt.harness import KEY_ENV, SECRET_ENV
+from bot4_ccxt.harness import KEY_ENV, SECRET_ENV, SPOT_HOLDINGS
 
 
 @pytest.fixture(autouse=True)
@@ -19,5 +19,5 @@ def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def venue() -> Iterator[FakeBinance]:
-    with FakeBinance() as v:
+    with FakeBinance(holdings=SPOT_HOLDINGS) as v:  # an account holding BTC can sell
         yield v

@@ -10,30 +10,44 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from bot4_ccxt.fakebinance import API_KEY, SECRET
 
 from bot4.recording import read_records
 
+# (fake venue, ccxt exchange id, type, symbol, leverage)
+VENUES = {
+    "binance-spot": ("spot", "binance", "spot", "BTC-USDT", "1"),
+    "binanceusdm-perp": ("usdm", "binanceusdm", "swap", "BTC-USDT-PERP", "3"),
+    "bybit-perp": ("bybit", "bybit", "swap", "BTC-USDT-PERP", "3"),
+    "bybit-spot": ("bybit-spot", "bybit", "spot", "BTC-USDT", "1"),
+}
 
-def _ticks(path: Path, count: int = 120) -> None:
+
+def _ticks(path: Path, count: int = 120, symbol: str = "BTC-USDT") -> None:
     rows = ["timestamp,symbol,bid,ask,last,volume"]
     for i in range(count):
         price = 100 + 5 * math.sin(i / 6)
         rows.append(
-            f"2024-03-01T00:{i // 60:02d}:{i % 60:02d}Z,BTC-USDT,"
+            f"2024-03-01T00:{i // 60:02d}:{i % 60:02d}Z,{symbol},"
             f"{price:.2f},{price + 0.02:.2f},{price:.2f},5"
         )
     path.write_text("\n".join(rows) + "\n")
 
 
-def test_bot4_run_against_the_fake_binance(tmp_path: Path) -> None:
+@pytest.mark.parametrize("venue", sorted(VENUES))
+def test_bot4_run_against_the_fake_binance(tmp_path: Path, venue: str) -> None:
+    """Each fake venue: the run ends by itself at the data's end (max_idle)."""
+    wire, exchange, kind, symbol, leverage = VENUES[venue]
     data = tmp_path / "ticks.csv"
-    _ticks(data)
+    _ticks(data, symbol=symbol)
     server = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "bot4_ccxt.fakebinance",
+            "--venue",
+            wire,
             "--port",
             "0",
             "--data",
@@ -43,6 +57,9 @@ def test_bot4_run_against_the_fake_binance(tmp_path: Path) -> None:
             # The ticks start when bot4 first asks for a quote: a bot4 slow to
             # start on a loaded machine would otherwise miss them.
             "--start-on-request",
+            # A spot account holding BTC: the strategy's sells are not refused.
+            "--hold",
+            "BTC=100",
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -55,16 +72,18 @@ def test_bot4_run_against_the_fake_binance(tmp_path: Path) -> None:
         config.write_text(
             "exchange:\n"
             "  name: ccxt\n"
-            "  exchange: binance\n"
+            f"  exchange: {exchange}\n"
+            f"  type: {kind}\n"
             f"  api_url: {url}\n"
             "  api_key_env: DRY_RUN_API_KEY\n"
             "  secret_env: DRY_RUN_SECRET\n"
-            "  symbols: [BTC-USDT]\n"
+            f"  symbols: [{symbol}]\n"
             "  poll_interval: 0.02\n"
             "  max_idle: 1.5\n"
             "strategies:\n"
             "  - name: sma_cross\n"
-            "    params: {fast: 3, slow: 8, size: '0.5', leverage: '1', symbols: [BTC-USDT],\n"
+            f"    params: {{fast: 3, slow: 8, size: '0.5', leverage: '{leverage}', "
+            f"symbols: [{symbol}],\n"
             "             stop_loss_pct: '20', take_profit_pct: '20'}\n"
         )
         env = {**os.environ, "DRY_RUN_API_KEY": API_KEY, "DRY_RUN_SECRET": SECRET}

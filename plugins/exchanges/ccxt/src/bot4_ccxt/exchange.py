@@ -19,8 +19,9 @@ never retried; ``RateLimitExceeded``/``DDoSProtection`` (RateLimited),
 ``OperationFailed`` (ExchangeUnavailable) are failures, retried here with
 exponential backoff and jitter up to ``max_retries`` times.
 
-**No duplicate orders.** Orders carry bot4's client order id
-(``clientOrderId``, Binance ``newClientOrderId``). A place whose answer was
+**No duplicate orders.** Orders carry bot4's client order id, written as
+each venue accepts it (:mod:`bot4_ccxt.venues`: Binance ``newClientOrderId``,
+Bybit ``orderLinkId``, OKX ``clOrdId``, Kraken ``userref``). A place whose answer was
 lost (timeout, 5xx, dropped connection) is looked up by that id before
 anything is sent again: found, its state is returned; known absent, it is
 sent again; unknown (the venue still unreachable), it is never re-sent. A
@@ -56,6 +57,12 @@ through bot4's PortfolioTracker: signed quantity, weighted entry); spot
 venues have no position endpoint. Orders' ``leverage`` and ``reduce_only`` are
 not sent (spot has neither): leverage only ever uses more of the account's
 own money, never more exposure.
+
+**Perpetuals** (``type: swap``, :mod:`bot4_ccxt.perps`): ``BTC-USDT-PERP`` is
+ccxt's ``BTC/USDT:USDT``; the exchange claims MARGIN, sets the margin mode
+and the order's leverage before an entry (:meth:`CcxtExchange.set_leverage`,
+:meth:`CcxtExchange.set_margin_mode`), sends exits as ``reduceOnly`` and reads
+positions, liquidation price and margin from the venue.
 """
 
 from __future__ import annotations
@@ -63,14 +70,12 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import random
 import re
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
@@ -103,51 +108,24 @@ from bot4.model import (
 )
 from bot4.portfolio import PortfolioTracker
 from bot4.secrets import redact
+from bot4_ccxt.perps import (
+    MARGIN_MODES,
+    MarginPosition,
+    bot4_symbol,
+    contract_size,
+    margin_position,
+)
+from bot4_ccxt.settings import CONFIG_KEYS, DEFAULT_OPTIONS, VENUE_OPTIONS, CcxtSettings
+from bot4_ccxt.venues import (
+    decode_coid,
+    encode_coid,
+    market_options,
+)
 
 __all__ = ["CONFIG_KEYS", "CcxtExchange", "CcxtSettings", "map_error"]
 
 log = logging.getLogger("bot4_ccxt")
 T = TypeVar("T")
-
-CONFIG_KEYS = frozenset(
-    {
-        "exchange",
-        "api_key_env",
-        "secret_env",
-        "password_env",
-        "api_key_file",
-        "secret_file",
-        "password_file",
-        "api_url",
-        "urls",
-        "sandbox",
-        "currency",
-        "symbols",
-        "poll_interval",
-        "max_idle",
-        "rate_limit",
-        "timeout",
-        "max_retries",
-        "backoff",
-        "backoff_max",
-        "threads",
-        "recv_window",
-        "options",
-        "feed",  # given by bot4 run to every exchange; the venue has its own data
-        "balance",  # read by bot4 run for its own book; the venue has the real one
-    }
-)
-
-# Options that keep ccxt's binance (and most others) to the spot endpoints bot4
-# uses; the config's ``options`` override them.
-DEFAULT_OPTIONS: Mapping[str, Any] = {
-    "defaultType": "spot",
-    "fetchMarkets": {"types": ["spot"]},
-    "fetchCurrencies": False,
-    "fetchMargins": False,
-    "adjustForTimeDifference": True,
-    "warnOnFetchOpenOrdersWithoutSymbol": False,
-}
 
 _CAPS = frozenset(
     {
@@ -186,155 +164,7 @@ def _market_caps(caps: frozenset[Capability], markets: Sequence[Any]) -> frozens
     return caps - missing
 
 
-_BOT4_SYMBOL = re.compile(r"^[A-Z0-9]{1,20}-[A-Z0-9]{1,20}$")
 _ZERO = Decimal(0)
-
-
-# --- settings -----------------------------------------------------------------------------
-
-
-@attrs.frozen
-class CcxtSettings:
-    """Validated configuration. Secrets are excluded from ``repr``."""
-
-    exchange: str
-    api_key: str | None = attrs.field(default=None, repr=False)
-    secret: str | None = attrs.field(default=None, repr=False)
-    password: str | None = attrs.field(default=None, repr=False)
-    api_url: str | None = None
-    urls: Mapping[str, str] = attrs.field(factory=dict)
-    sandbox: bool = False
-    currency: str = "USDT"
-    symbols: tuple[str, ...] = ()
-    poll_interval: float = 1.0
-    max_idle: float | None = None
-    rate_limit: float | None = None
-    timeout: float = 10.0
-    max_retries: int = 4
-    backoff: float = 0.25
-    backoff_max: float = 8.0
-    threads: int = 4
-    recv_window: int | None = None
-    options: Mapping[str, Any] = attrs.field(factory=dict)
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> CcxtSettings:
-        for plain in ("api_key", "secret", "password"):
-            if plain in config:
-                raise ConfigError(
-                    f"ccxt: put the {plain} in an environment variable ({plain}_env) or a "
-                    f"file ({plain}_file), never in the config itself"
-                )
-        unknown = sorted(set(config) - CONFIG_KEYS)
-        if unknown:
-            raise ConfigError(
-                f"ccxt: unknown config field(s) {', '.join(map(repr, unknown))}; "
-                f"known: {', '.join(sorted(CONFIG_KEYS))}"
-            )
-        exchange = config.get("exchange")
-        if not isinstance(exchange, str) or exchange not in ccxt.exchanges:
-            raise ConfigError(
-                f"ccxt: config field 'exchange': {exchange!r} is not an exchange id ccxt knows "
-                "(e.g. binance, kraken, okx; see ccxt.exchanges)"
-            )
-        urls = config.get("urls", {})
-        if not isinstance(urls, Mapping) or not all(isinstance(v, str) for v in urls.values()):
-            raise ConfigError("ccxt: config field 'urls' must map API names to URLs")
-        options = config.get("options", {})
-        if not isinstance(options, Mapping):
-            raise ConfigError("ccxt: config field 'options' must be a mapping")
-        symbols = config.get("symbols", ())
-        if isinstance(symbols, str):
-            symbols = [symbols]
-        if not all(isinstance(s, str) and _BOT4_SYMBOL.match(s) for s in symbols):
-            raise ConfigError(f"ccxt: config field 'symbols': {symbols!r} must be like BTC-USDT")
-        max_idle = config.get("max_idle")
-        return cls(
-            exchange=exchange,
-            api_key=_secret(config, "api_key"),
-            secret=_secret(config, "secret"),
-            password=_secret(config, "password"),
-            api_url=_opt_str(config, "api_url"),
-            urls={str(k): str(v) for k, v in urls.items()},
-            sandbox=_flag(config, "sandbox"),
-            currency=str(config.get("currency", "USDT")),
-            symbols=tuple(symbols),
-            poll_interval=_seconds(config, "poll_interval", 1.0),
-            max_idle=None if max_idle is None else _seconds(config, "max_idle", 0.0),
-            rate_limit=(
-                None if config.get("rate_limit") is None else _seconds(config, "rate_limit", 0.0)
-            ),
-            timeout=_seconds(config, "timeout", 10.0, positive=True),
-            max_retries=_count(config, "max_retries", 4),
-            backoff=_seconds(config, "backoff", 0.25),
-            backoff_max=_seconds(config, "backoff_max", 8.0),
-            threads=max(1, _count(config, "threads", 4)),
-            recv_window=(
-                None if config.get("recv_window") is None else _count(config, "recv_window", 0)
-            ),
-            options=dict(options),
-        )
-
-
-def _secret(config: Mapping[str, Any], name: str) -> str | None:
-    env, file = config.get(f"{name}_env"), config.get(f"{name}_file")
-    if env is not None and file is not None:
-        raise ConfigError(f"ccxt: give {name}_env or {name}_file, not both")
-    if env is not None:
-        value = os.environ.get(str(env))
-        if not value:
-            raise ConfigError(f"ccxt: {name}_env: the environment variable {env!s} is not set")
-        return value.strip()
-    if file is not None:
-        try:
-            value = Path(str(file)).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"ccxt: {name}_file: cannot read {file!s}: {exc.strerror}") from None
-        if not value:
-            raise ConfigError(f"ccxt: {name}_file: {file!s} is empty")
-        return value
-    return None
-
-
-def _opt_str(config: Mapping[str, Any], key: str) -> str | None:
-    value = config.get(key)
-    if value is not None and not isinstance(value, str):
-        raise ConfigError(f"ccxt: config field {key!r}: {value!r} is not a string")
-    return value
-
-
-def _flag(config: Mapping[str, Any], key: str) -> bool:
-    value = config.get(key, False)
-    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
-        return value.lower() in ("true", "yes")
-    if not isinstance(value, bool):
-        raise ConfigError(f"ccxt: config field {key!r}: {value!r} is not true or false")
-    return value
-
-
-def _seconds(
-    config: Mapping[str, Any], key: str, default: float, *, positive: bool = False
-) -> float:
-    raw = config.get(key, default)
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        value = math.nan
-    if isinstance(raw, bool) or not math.isfinite(value) or value < 0 or (positive and not value):
-        need = "a number of seconds above zero" if positive else "a number of seconds >= 0"
-        raise ConfigError(f"ccxt: config field {key!r}: {raw!r} must be {need}")
-    return value
-
-
-def _count(config: Mapping[str, Any], key: str, default: int) -> int:
-    raw = config.get(key, default)
-    try:
-        value = int(str(raw))
-    except ValueError:
-        value = -1
-    if isinstance(raw, bool) or value < 0:
-        raise ConfigError(f"ccxt: config field {key!r}: {raw!r} must be a whole number >= 0")
-    return value
 
 
 # --- errors -------------------------------------------------------------------------------
@@ -471,7 +301,9 @@ class CcxtExchange(Exchange):
     def __init__(self, settings: CcxtSettings) -> None:
         self.settings = settings
         self.name = f"ccxt-{settings.exchange}"
-        self.capabilities = _client_caps(settings.exchange)
+        self.profile = settings.profile
+        self._swap = settings.market_type == "swap"
+        self.capabilities = self._base_caps()
         self._client: Any = None
         self._limiter = trio.CapacityLimiter(settings.threads)
         self._pacer: Pacer | None = None
@@ -486,8 +318,18 @@ class CcxtExchange(Exchange):
         self._traded: set[str] = set(settings.symbols)
         self._outbox: deque[OrderState] = deque()
         self._emitted: dict[str, tuple[OrderStatus, Decimal]] = {}
+        self._sizes: dict[str, Decimal] = {}  # symbol -> base units per ccxt amount unit
+        self._coid_back: dict[str, str] = {}  # the venue's client id -> bot4's
+        self._leverage: dict[str, Decimal] = {}  # symbol -> leverage the venue accepted
+        self._mode: dict[str, str] = {}  # symbol -> margin mode the venue accepted
         self._closed = False
         self.requests = 0  # calls that reached the venue (attempts, retries included)
+
+    def _base_caps(self) -> frozenset[Capability]:
+        caps = _client_caps(self.settings.exchange)
+        if self.profile is not None and not self.profile.triggers:
+            caps -= {cap for cap, _, _ in _TRIGGERS}
+        return caps | {Capability.MARGIN} if self._swap else caps
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> CcxtExchange:
@@ -509,7 +351,12 @@ class CcxtExchange(Exchange):
     def _new_client(self) -> Any:
         s = self.settings
         klass = getattr(ccxt, s.exchange)
-        options = {**DEFAULT_OPTIONS, **s.options}
+        options = {
+            **DEFAULT_OPTIONS,
+            **market_options(s.profile, s.market_type),
+            **VENUE_OPTIONS.get(s.exchange, {}),
+            **s.options,
+        }
         if s.recv_window is not None:
             options["recvWindow"] = s.recv_window
         params: dict[str, Any] = {
@@ -616,17 +463,19 @@ class CcxtExchange(Exchange):
         raw: Mapping[str, Any] = await self._call("load_markets()", lambda c: c.load_markets())
         markets: dict[str, MarketInfo] = {}
         for ccxt_symbol, m in raw.items():
-            symbol = _bot4_symbol(m)
-            info = _market_info(symbol, m) if symbol else None
+            symbol = bot4_symbol(m, self.settings.market_type)
+            size = contract_size(m)
+            info = _market_info(symbol, m, size) if symbol else None
             if symbol is None or info is None:
                 continue
             markets[symbol] = info
+            self._sizes[symbol] = size
             self._to_ccxt[symbol] = ccxt_symbol
             self._from_ccxt[ccxt_symbol] = symbol
         self._markets = markets
         wanted = self.settings.symbols or tuple(markets)
         self.capabilities = _market_caps(
-            _client_caps(self.settings.exchange),
+            self._base_caps(),
             [raw[self._to_ccxt[s]] for s in wanted if s in self._to_ccxt],
         )
 
@@ -673,17 +522,67 @@ class CcxtExchange(Exchange):
             raise OrderNotFound(f"{self.name}: no order {client_order_id!r} on {symbol}")
         return self._state(raw, symbol)
 
+    # --- client order ids ----------------------------------------------------------------
+
+    def _venue_coid(self, coid: str) -> str | int:
+        """bot4's client id as this venue accepts it (:mod:`bot4_ccxt.venues`)."""
+        if self.profile is None:
+            return coid  # an untested venue (allow_untested): sent as it is
+        venue = encode_coid(self.profile, coid)
+        self._coid_back[str(venue)] = coid
+        return venue
+
+    def _coid_params(self, coid: str) -> dict[str, Any]:
+        venue = self._venue_coid(coid)
+        if self.profile is not None and self.profile.coid_int:
+            return {"userref": venue}
+        return {"clientOrderId": venue}
+
+    def _coid_of(self, raw: Mapping[str, Any]) -> str:
+        """bot4's client id of a venue order record (its own id when not ours)."""
+        venue = raw.get("clientOrderId")
+        if venue is None and self.profile is not None and self.profile.coid_int:
+            venue = (raw.get("info") or {}).get("userref")
+        if venue is not None and str(venue) in self._coid_back:
+            return self._coid_back[str(venue)]
+        if venue is not None and self.profile is not None:
+            decoded = decode_coid(self.profile, venue)
+            if decoded is not None:
+                return decoded
+        return str(venue or raw.get("id"))
+
     async def _lookup(self, symbol: str, coid: str) -> dict[str, Any] | None:
-        """The venue's record of an order by client id; None if it has none."""
+        """The venue's record of an order by client id; None if it has none.
+
+        Binance, OKX: ``fetch_order`` by client id. Bybit v5: its open orders
+        filtered by ``orderLinkId`` (``/v5/order/realtime``, category from the
+        market), then its order history (ccxt's ``fetch_order`` there needs an
+        exchange id). Kraken: open, then closed orders filtered by ``userref``."""
         sym = self._sym(symbol)
-        try:
-            raw: dict[str, Any] = await self._call(
-                f"fetch_order({symbol!r}, {coid!r})",
-                lambda c: c.fetch_order(None, sym, {"clientOrderId": coid}),
+        what = f"fetch_order({symbol!r}, {coid!r})"
+        kind = self.profile.lookup if self.profile is not None else "fetch_order"
+        if kind == "fetch_order":
+            params = self._coid_params(coid)
+            try:
+                raw: dict[str, Any] = await self._call(
+                    what, lambda c: c.fetch_order(None, sym, dict(params))
+                )
+            except OrderNotFound:
+                return None
+            return raw
+        venue = self._venue_coid(coid)
+        key = "orderLinkId" if kind == "bybit" else "userref"
+        for method in ("fetch_open_orders", "fetch_closed_orders"):
+            found = await self._call(
+                what,
+                lambda c, m=method: getattr(c, m)(sym, None, None, {key: venue}),
             )
-        except OrderNotFound:
-            return None
-        return raw
+            mine = [r for r in found if str(r.get("clientOrderId") or "") == str(venue)]
+            if not mine and kind == "kraken":
+                mine = [r for r in found if (r.get("info") or {}).get("userref") == venue]
+            if mine:
+                return dict(mine[-1])
+        return None
 
     async def fetch_open_orders(self, symbol: str | None = None) -> Sequence[OrderState]:
         await self._ready()
@@ -709,22 +608,102 @@ class CcxtExchange(Exchange):
         return fills
 
     async def fetch_positions(self) -> Sequence[Position]:
+        if self._swap:
+            return [p.position() for p in await self.fetch_margin_positions()]
         fills = await self.fetch_fills()
         tracker = PortfolioTracker(_ZERO)
         for fill in fills:
             tracker.apply(fill)
         return [p for p in tracker.positions().values() if p.qty != 0]
 
+    # --- margin (type: swap) ----------------------------------------------------------------
+
+    async def fetch_margin_positions(self) -> Sequence[MarginPosition]:
+        """Open perpetual positions as the venue reports them: liquidation
+        price, margin and mark included (:mod:`bot4_ccxt.perps`)."""
+        await self._ready()
+        if not self._swap:
+            raise ExchangeRefused(f"{self.name}: margin positions need type: swap")
+        wanted = sorted(self._traded) or sorted(self._markets)
+        syms = [self._sym(s) for s in wanted]
+        raws = await self._call("fetch_positions()", lambda c: c.fetch_positions(syms))
+        out = []
+        for raw in raws:
+            symbol = self._from_ccxt.get(str(raw.get("symbol")))
+            if symbol is None:
+                continue
+            pos = margin_position(symbol, raw, self._sizes[symbol])
+            if pos is not None:
+                out.append(pos)
+        return sorted(out, key=lambda p: p.symbol)
+
+    def _need_margin(self, what: str) -> None:
+        if not self._swap:
+            raise ExchangeRefused(
+                f"{self.name}: {what} needs type: swap (a spot account has no leverage)"
+            )
+
+    async def set_leverage(self, symbol: str, leverage: Decimal) -> Decimal:
+        """Use ``leverage`` for ``symbol`` (rounded down to a whole number, at
+        least 1: venues take integers, and less leverage only holds more
+        margin); returns the leverage the venue accepted. A refusal (above the
+        venue's maximum for the account's tier) raises ExchangeRefused."""
+        await self._ready()
+        self._need_margin("set_leverage")
+        lev = max(Decimal(1), leverage.to_integral_value(rounding="ROUND_FLOOR"))
+        sym = self._sym(symbol)
+        params: dict[str, Any] = {}
+        if self.settings.exchange == "okx":  # OKX sets leverage per margin mode
+            params["marginMode"] = self._mode.get(symbol, self.settings.margin_mode)
+        try:
+            await self._call(
+                f"set_leverage({symbol!r}, {lev})", lambda c: c.set_leverage(int(lev), sym, params)
+            )
+        except ExchangeRefused as exc:
+            # Bybit refuses to set the leverage in force (110043): it is in force.
+            if "110043" not in str(exc) and "not modified" not in str(exc):
+                raise
+        self._leverage[symbol] = lev
+        return lev
+
+    async def set_margin_mode(self, symbol: str, mode: str) -> None:
+        """Use ``mode`` ("isolated" or "cross") for ``symbol``. On a Bybit
+        unified account the mode is the account's (every symbol); on OKX it is
+        sent with the leverage (and with every order, as ``tdMode``)."""
+        await self._ready()
+        self._need_margin("set_margin_mode")
+        if mode not in MARGIN_MODES:
+            raise InvalidOrder(f"{self.name}: margin mode {mode!r} is not isolated or cross")
+        sym = self._sym(symbol)
+        params: dict[str, Any] = {}
+        if self.settings.exchange == "okx":
+            params["lever"] = int(self._leverage.get(symbol, Decimal(1)))
+        await self._call(
+            f"set_margin_mode({symbol!r}, {mode!r})",
+            lambda c: c.set_margin_mode(mode, sym, params),
+        )
+        self._mode[symbol] = mode
+
+    async def _ensure_margin(self, symbol: str, leverage: Decimal) -> None:
+        """Before an entry: the configured margin mode once per symbol, then
+        the order's leverage whenever it differs from the one in force."""
+        if symbol not in self._mode:
+            await self.set_margin_mode(symbol, self.settings.margin_mode)
+        want = max(Decimal(1), leverage.to_integral_value(rounding="ROUND_FLOOR"))
+        if self._leverage.get(symbol) != want:
+            await self.set_leverage(symbol, want)
+
     async def _refresh_fills(self, symbol: str) -> list[Fill]:
         """Fetch the account's new trades in ``symbol``; returns those not seen before."""
         ccxt_symbol = self._sym(symbol)
         book = self._fills.setdefault(symbol, {})
+        page = self.profile.trades_page if self.profile is not None else 1000
         new: list[Fill] = []
         while True:
             since = self._since.get(symbol)
             trades = await self._call(
                 f"fetch_my_trades({symbol!r})",
-                lambda c, since=since: c.fetch_my_trades(ccxt_symbol, since, 1000),
+                lambda c, since=since: c.fetch_my_trades(ccxt_symbol, since, page),
             )
             fresh = 0
             for t in trades:
@@ -742,7 +721,7 @@ class CcxtExchange(Exchange):
                 fresh += 1
                 stamp = int(t.get("timestamp") or 0)
                 self._since[symbol] = max(self._since.get(symbol, 0), stamp)
-            if len(trades) < 1000 or not fresh:
+            if len(trades) < page or not fresh:
                 break
         new.sort(key=lambda f: self._fill_order[f.fill_id])
         return new
@@ -750,14 +729,26 @@ class CcxtExchange(Exchange):
     async def _fill(self, symbol: str, t: Mapping[str, Any], fill_id: str) -> Fill:
         order_id = str(t.get("order") or "")
         coid = self._coids.get((symbol, order_id))
+        link = (t.get("info") or {}).get("orderLinkId")  # Bybit names the order's client id
+        if coid is None and link:
+            coid = self._coid_of({"clientOrderId": link})
+            self._coids[(symbol, order_id)] = coid
         if coid is None:
             sym = self._sym(symbol)
-            raw = await self._call(
-                f"fetch_order({order_id!r})", lambda c: c.fetch_order(order_id, sym)
-            )
-            coid = str(raw.get("clientOrderId") or order_id or fill_id)
+            # Bybit: its fetch_order by exchange id wants the "last 500 orders" caveat acknowledged.
+            extra = {"acknowledged": True} if self.settings.exchange == "bybit" else {}
+            try:
+                raw = await self._call(
+                    f"fetch_order({order_id!r})", lambda c: c.fetch_order(order_id, sym, extra)
+                )
+            except ExchangeRefused as exc:
+                # The venue will not say (an old or a venue-made order): the fill
+                # still counts, under the venue's order id.
+                log.warning("%s: order %r of a fill not found: %s", self.name, order_id, exc)
+                raw = {}
+            coid = self._coid_of(raw) if raw.get("clientOrderId") else order_id or fill_id
             self._coids[(symbol, order_id)] = coid
-        qty, price = _d(t.get("amount")), _d(t.get("price"))
+        qty, price = _d(t.get("amount")) * self._sizes[symbol], _d(t.get("price"))
         fee = _ZERO
         info = self._markets[symbol]
         for f in t.get("fees") or ([t["fee"]] if t.get("fee") else []):
@@ -781,12 +772,13 @@ class CcxtExchange(Exchange):
         )
 
     def _state(self, raw: Mapping[str, Any], symbol: str, coid: str | None = None) -> OrderState:
-        coid = coid or str(raw.get("clientOrderId") or raw.get("id"))
+        coid = coid or self._coid_of(raw)
         exchange_id = str(raw.get("id") or "")
         self._coids[(symbol, exchange_id)] = coid
         known = self._orders.get(coid)
-        order = known.sent if known is not None else _order_of(raw, symbol, coid)
-        filled = _d(raw.get("filled"))
+        size = self._sizes.get(symbol, Decimal(1))
+        order = known.sent if known is not None else _order_of(raw, symbol, coid, size)
+        filled = _d(raw.get("filled")) * size
         cost = raw.get("cost")
         if filled and cost is not None:
             avg: Decimal | None = _d(cost) / filled
@@ -820,6 +812,13 @@ class CcxtExchange(Exchange):
             raise InvalidOrder(
                 f"{self.name}: unknown symbol {order.symbol!r}; markets: "
                 f"{sorted(self._markets)[:20]}"
+            )
+        needs = {OrderType.STOP_LOSS: Capability.STOP_ORDERS}
+        needs[OrderType.TAKE_PROFIT] = Capability.TAKE_PROFIT_ORDERS
+        if order.type in needs and needs[order.type] not in self.capabilities:
+            raise InvalidOrder(
+                f"{self.name}: {order.type.value} orders are not supported here "
+                f"(no Capability.{needs[order.type].name}); the kernel holds the level itself"
             )
         qty = _round_down(order.qty, info.qty_increment)
         if qty <= 0 or qty < info.min_qty:
@@ -859,6 +858,8 @@ class CcxtExchange(Exchange):
         existing = await self._lookup(order.symbol, coid)
         if existing is not None:
             return self._adopt(order, sent, existing)
+        if self._swap and not order.reduce_only:
+            await self._ensure_margin(order.symbol, order.leverage)
         self._orders[coid] = _Known(order, sent)
         self._traded.add(order.symbol)
         return await self._submit(order, sent)
@@ -866,7 +867,7 @@ class CcxtExchange(Exchange):
     def _adopt(self, order: Order, sent: Order, raw: Mapping[str, Any]) -> OrderState:
         """The venue has an order under this id: it is ours if it matches."""
         coid = order.client_order_id
-        theirs = _order_of(raw, order.symbol, coid)
+        theirs = _order_of(raw, order.symbol, coid, self._sizes.get(order.symbol, Decimal(1)))
         if not self._same(theirs, sent):
             self._orders.pop(coid, None)
             raise InvalidOrder(
@@ -883,9 +884,14 @@ class CcxtExchange(Exchange):
         coid = order.client_order_id
         sym = self._sym(order.symbol)
         kind, params = _ccxt_type(sent)
-        params["clientOrderId"] = coid
+        params.update(self._coid_params(coid))
+        if self._swap:
+            if sent.reduce_only:
+                params["reduceOnly"] = True
+            if self.profile is not None and self.profile.order_margin_mode:
+                params["marginMode"] = self._mode.get(order.symbol, self.settings.margin_mode)
         price = _text(sent.price) if sent.type is OrderType.LIMIT and sent.price else None
-        qty = _text(sent.qty)
+        qty = _text(sent.qty / self._sizes.get(order.symbol, Decimal(1)))
         side = sent.side.value
         attempt = 0
         while True:
@@ -923,6 +929,9 @@ class CcxtExchange(Exchange):
                 raise
             else:
                 self._orders[coid].confirmed = True
+                if self.profile is not None and not self.profile.create_answers_state:
+                    # Ids only (Bybit): the order's state is read back.
+                    raw = await self._lookup(order.symbol, coid) or raw
                 state = self._state(raw, order.symbol)
                 self._outbox.append(state)
                 return state
@@ -949,12 +958,15 @@ class CcxtExchange(Exchange):
         await self._ready()
         sym = self._sym(symbol)
         coid = client_order_id
+        cancel_params = self._coid_params(coid)
+        if self.profile is not None and self.profile.lookup == "bybit":
+            cancel_params = {"orderLinkId": cancel_params["clientOrderId"]}
         attempt = 0
         while True:
             try:
                 raw = await self._once(
                     f"cancel_order({symbol!r}, {coid!r})",
-                    lambda c: c.cancel_order(None, sym, {"clientOrderId": coid}),
+                    lambda c: c.cancel_order(None, sym, dict(cancel_params)),
                     write=True,
                 )
             except OrderNotFound:
@@ -1123,21 +1135,15 @@ def _id_key(value: object) -> tuple[int, str]:
     return (int(text), "") if text.isdigit() else (0, text)
 
 
-def _bot4_symbol(market: Mapping[str, Any]) -> str | None:
-    if not market.get("spot") or market.get("active") is False:
-        return None
-    base, quote = str(market.get("base") or ""), str(market.get("quote") or "")
-    symbol = f"{base}-{quote}".upper()
-    return symbol if _BOT4_SYMBOL.match(symbol) else None
-
-
-def _market_info(symbol: str, market: Mapping[str, Any]) -> MarketInfo | None:
+def _market_info(symbol: str, market: Mapping[str, Any], size: Decimal) -> MarketInfo | None:
+    """The market's rules in base units (ccxt's amounts are in contracts of ``size``)."""
     precision = market.get("precision") or {}
     limits = (market.get("limits") or {}).get("amount") or {}
     price_step, qty_step = _step(precision.get("price")), _step(precision.get("amount"))
     if price_step is None or qty_step is None:
         return None
-    min_qty = _d(limits.get("min")) if limits.get("min") is not None else qty_step
+    qty_step *= size
+    min_qty = _d(limits.get("min")) * size if limits.get("min") is not None else qty_step
     return MarketInfo(
         symbol, price_step, qty_step, max(min_qty, qty_step), str(market.get("quote") or "USDT")
     )
@@ -1186,7 +1192,7 @@ def _ccxt_type(order: Order) -> tuple[str, dict[str, Any]]:
     return "market", {"takeProfitPrice": _text(order.price)}
 
 
-def _order_of(raw: Mapping[str, Any], symbol: str, coid: str) -> Order:
+def _order_of(raw: Mapping[str, Any], symbol: str, coid: str, size: Decimal) -> Order:
     """Rebuild bot4's Order from the venue's record (an order this object did not place)."""
     kind = {
         "market": OrderType.MARKET,
@@ -1212,7 +1218,8 @@ def _order_of(raw: Mapping[str, Any], symbol: str, coid: str) -> Order:
         symbol=symbol,
         side=Side(str(raw.get("side") or "buy").lower()),
         type=kind,
-        qty=_d(raw.get("amount")) or Decimal(1),
+        qty=_d(raw.get("amount")) * size or Decimal(1),
+        reduce_only=bool(raw.get("reduceOnly")),
         price=price,
         strategy="venue",
     )

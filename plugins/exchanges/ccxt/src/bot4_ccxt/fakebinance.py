@@ -37,8 +37,10 @@ bad signature, -2015 bad API key, -1003 too many requests (HTTP 429 with
 positions, fees in the quote currency. Behind a spot façade that reads:
 quote asset (USDT) ``free`` = the engine's free margin, ``locked`` = margin
 held by positions and open orders (so free + locked = equity); each base
-asset's ``free`` = the signed position (negative for a short, which a real
-spot account cannot have); commissions are charged in the quote asset. The
+asset's holding = the ``holdings`` the account started with plus the
+position, ``locked`` by open sell orders; commissions are charged in the
+quote asset. As on a spot account, a sell of more than the free holding is
+refused (-2010, insufficient balance): a flat account cannot sell. The
 ``leverage`` and ``reduce_only`` of bot4 orders do not exist on Binance spot
 and are not sent: orders reach the engine at leverage 1.
 
@@ -53,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -60,7 +63,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -140,7 +143,8 @@ def _ms(when: datetime) -> int:
 
 
 def _venue_symbol(symbol: str) -> str:
-    return symbol.replace("-", "")
+    """BTC-USDT and BTC-USDT-PERP are both BTCUSDT (on their own API)."""
+    return symbol.removesuffix("-PERP").replace("-", "")
 
 
 ORDER_TYPES = ("LIMIT", "MARKET", "STOP_LOSS", "TAKE_PROFIT")
@@ -148,6 +152,8 @@ ORDER_TYPES = ("LIMIT", "MARKET", "STOP_LOSS", "TAKE_PROFIT")
 
 class FakeBinance:
     """A Binance-style spot REST server on 127.0.0.1 backed by a PaperEngine."""
+
+    spot = True  # a spot account: no selling what it does not hold
 
     def __init__(
         self,
@@ -159,8 +165,13 @@ class FakeBinance:
         secret: str = SECRET,
         clock_offset: float = 0.0,
         order_types: Sequence[str] = ORDER_TYPES,
+        holdings: Mapping[str, Decimal] | None = None,
     ) -> None:
         self.engine = engine if engine is not None else PaperEngine()
+        self.type_map: Mapping[str, OrderType] = _TYPES
+        self.type_names: Mapping[OrderType, str] = _TYPE_NAMES
+        # Base assets the spot account holds besides what its fills bought.
+        self.holdings: dict[str, Decimal] = dict(holdings or {})
         # The order types every symbol lists in exchangeInfo and accepts (real
         # Binance symbols differ: many lack STOP_LOSS and TAKE_PROFIT).
         self.order_types = tuple(order_types)
@@ -176,7 +187,7 @@ class FakeBinance:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._quoted = threading.Event()  # a client has asked for a quote
-        self._by_symbol = {_venue_symbol(s): s for s in self.engine.markets}
+        self._by_symbol = {self._vsym(s): s for s in self.engine.markets}
         self._ids: dict[str, int] = {}  # client order id -> orderId
         self._coids: dict[int, str] = {}
         self._times: dict[str, int] = {}  # client order id -> placement time (ms)
@@ -184,6 +195,10 @@ class FakeBinance:
         self._feeder: threading.Thread | None = None
 
     # --- lifecycle ------------------------------------------------------------------
+
+    def _vsym(self, symbol: str) -> str:
+        """The venue's name of a bot4 symbol (BTC-USDT: BTCUSDT)."""
+        return _venue_symbol(symbol)
 
     @property
     def url(self) -> str:
@@ -239,8 +254,8 @@ class FakeBinance:
     def push(self, tick: MarketData) -> None:
         """The venue sees a quote: resting orders match against it."""
         with self.lock:
-            if _venue_symbol(tick.symbol) not in self._by_symbol:
-                self._by_symbol[_venue_symbol(tick.symbol)] = tick.symbol
+            if self._vsym(tick.symbol) not in self._by_symbol:
+                self._by_symbol[self._vsym(tick.symbol)] = tick.symbol
             self.engine.on_tick(tick)
             self._tickers[tick.symbol] = tick
 
@@ -334,31 +349,36 @@ class FakeBinance:
         if fault is not None and not fault.process:
             self._fail(req, fault, method, path)
             return
-        if path.startswith("/api/v3/ticker"):
+        if "ticker" in path:
             self._quoted.set()
         try:
             status, payload, headers = 200, self._route(method, path, query, body, req), {}
         except _ApiError as err:
-            status, payload, headers = err.status, {"code": err.code, "msg": err.msg}, err.headers
+            status, payload = self._error(err)
+            headers = err.headers
         if fault is not None:
             self._fail(req, fault, method, path)
             return
         self._log(method, path, status)
         req.reply(status, payload, headers)
 
+    def _error(self, err: _ApiError) -> tuple[int, object]:
+        """The HTTP status and body of an error in this venue's format."""
+        return err.status, {"code": err.code, "msg": err.msg}
+
+    def _rate_limited(self) -> _ApiError:
+        return _ApiError(
+            429,
+            -1003,
+            "Too much request weight used; current limit is 6000 request weight per 1 "
+            "MINUTE. Please use WebSocket Streams for live updates to avoid polling the API.",
+        )
+
     def _fail(self, req: _Handler, fault: Fault, method: str, path: str) -> None:
         if fault.kind == "429":
             self._log(method, path, 429)
-            req.reply(
-                429,
-                {
-                    "code": -1003,
-                    "msg": "Too much request weight used; current limit is 6000 request "
-                    "weight per 1 MINUTE. Please use WebSocket Streams for live updates to "
-                    "avoid polling the API.",
-                },
-                {"Retry-After": str(fault.retry_after)},
-            )
+            status, payload = self._error(self._rate_limited())
+            req.reply(status, payload, {"Retry-After": str(fault.retry_after)})
         elif fault.kind == "500":
             self._log(method, path, 500)
             req.reply(
@@ -454,7 +474,7 @@ class FakeBinance:
             base, quote = symbol.split("-")[:2]
             symbols.append(
                 {
-                    "symbol": _venue_symbol(symbol),
+                    "symbol": self._vsym(symbol),
                     "status": "TRADING",
                     "baseAsset": base,
                     "baseAssetPrecision": 8,
@@ -522,7 +542,7 @@ class FakeBinance:
         )
         stamp = _ms(md.timestamp) if md else self.server_time()
         return {
-            "symbol": _venue_symbol(symbol),
+            "symbol": self._vsym(symbol),
             "priceChange": "0",
             "priceChangePercent": "0",
             "weightedAvgPrice": _num(last),
@@ -557,7 +577,7 @@ class FakeBinance:
     def _price_ticker(self, params: Mapping[str, str]) -> object:
         symbol = self._symbol(params, required=False)
         rows = [
-            {"symbol": _venue_symbol(s), "price": self._ticker_of(s)["lastPrice"]}
+            {"symbol": self._vsym(s), "price": self._ticker_of(s)["lastPrice"]}
             for s in ([symbol] if symbol else sorted(self.engine.markets))
         ]
         return rows[0] if symbol else rows
@@ -577,7 +597,7 @@ class FakeBinance:
     def _new_order(self, params: Mapping[str, str]) -> object:
         symbol = self._symbol(params)
         assert symbol is not None
-        kind = _TYPES.get(params.get("type", ""))
+        kind = self.type_map.get(params.get("type", ""))
         if kind is None:
             raise _ApiError(400, -1116, "Invalid orderType.")
         if params.get("type") not in self.order_types:
@@ -599,6 +619,8 @@ class FakeBinance:
         except InvalidOperation:
             raise _ApiError(400, -1100, "Illegal characters found in a parameter.") from None
         market = self.engine.markets[symbol]
+        if self.spot and side_raw == "SELL" and qty > self._free_base(symbol):
+            raise _ApiError(400, -2010, "Account has insufficient balance for requested action.")
         if qty < market.min_qty or (qty / market.qty_increment) % 1:
             raise _ApiError(400, -1013, "Filter failure: LOT_SIZE")
         if price is not None and (price <= 0 or (price / market.price_increment) % 1):
@@ -612,6 +634,7 @@ class FakeBinance:
                 qty=qty,
                 price=price,
                 strategy="binance",
+                **self._order_extras(symbol, params),
             )
             state = self.engine.place(order)
         except InsufficientFunds:
@@ -640,6 +663,34 @@ class FakeBinance:
             if f.client_order_id == coid
         ]
         return out
+
+    def _order_extras(self, symbol: str, params: Mapping[str, str]) -> dict[str, Any]:
+        """More Order fields from the request (futures: leverage, reduce-only)."""
+        return {}
+
+    def _held(self, symbol: str) -> Decimal:
+        """The base asset of ``symbol`` the account holds."""
+        base = symbol.split("-")[0]
+        held = self.holdings.get(base, ZERO)
+        for pos in self.engine.positions():
+            if pos.symbol.split("-")[0] == base:
+                held += pos.qty
+        return held
+
+    def _locked_base(self, symbol: str) -> Decimal:
+        """The base asset of ``symbol`` reserved by open sell orders."""
+        base = symbol.split("-")[0]
+        return sum(
+            (
+                s.order.qty - s.filled_qty
+                for s in self.engine.open_orders()
+                if s.order.side is Side.SELL and s.order.symbol.split("-")[0] == base
+            ),
+            ZERO,
+        )
+
+    def _free_base(self, symbol: str) -> Decimal:
+        return self._held(symbol) - self._locked_base(symbol)
 
     def _find(self, params: Mapping[str, str]) -> OrderState:
         symbol = self._symbol(params)
@@ -699,7 +750,7 @@ class FakeBinance:
         stamp = self._times.get(coid, self.server_time())
         trigger = order.type in (OrderType.STOP_LOSS, OrderType.TAKE_PROFIT)
         return {
-            "symbol": _venue_symbol(order.symbol),
+            "symbol": self._vsym(order.symbol),
             "orderId": self._ids.get(coid, 0),
             "orderListId": -1,
             "clientOrderId": coid,
@@ -709,7 +760,7 @@ class FakeBinance:
             "cummulativeQuoteQty": _num(notional),
             "status": status,
             "timeInForce": "GTC",
-            "type": _TYPE_NAMES[order.type],
+            "type": self.type_names[order.type],
             "side": order.side.name,
             "stopPrice": _num(order.price) if trigger and order.price is not None else "0",
             "icebergQty": "0",
@@ -724,9 +775,13 @@ class FakeBinance:
     def _account(self, params: Mapping[str, str]) -> object:
         bal = self.engine.balance()
         balances = [{"asset": bal.currency, "free": _num(bal.free), "locked": _num(bal.used)}]
-        for pos in self.engine.positions():
-            base = pos.symbol.split("-")[0]
-            balances.append({"asset": base, "free": _num(pos.qty), "locked": "0"})
+        bases = {s.split("-")[0]: s for s in self.engine.markets}
+        for base, symbol in sorted(bases.items()):
+            held, locked = self._held(symbol), self._locked_base(symbol)
+            if held or base in self.holdings:
+                balances.append(
+                    {"asset": base, "free": _num(held - locked), "locked": _num(locked)}
+                )
         return {
             "makerCommission": 0,
             "takerCommission": 0,
@@ -765,7 +820,7 @@ class FakeBinance:
                 continue
             rows.append(
                 {
-                    "symbol": _venue_symbol(symbol),
+                    "symbol": self._vsym(symbol),
                     "id": trade_id,
                     "orderId": self._ids.get(f.client_order_id, 0),
                     "orderListId": -1,
@@ -877,6 +932,13 @@ def main(argv: list[str] | None = None) -> int:
         description="A Binance-style spot REST server on 127.0.0.1 backed by bot4's paper "
         "engine, for dry runs of bot4-plugin-ccxt.",
     )
+    parser.add_argument(
+        "--venue",
+        choices=("spot", "usdm", "bybit", "bybit-spot"),
+        default="spot",
+        help="wire format: Binance spot (/api/v3, the default), Binance USDⓈ-M futures "
+        "(/fapi, BTC-USDT-PERP...), Bybit v5 linear or Bybit v5 spot (/v5)",
+    )
     parser.add_argument("--port", type=int, default=0, help="port (default: any free one)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--data", help="tick/candle file served one tick per --interval")
@@ -887,6 +949,14 @@ def main(argv: list[str] | None = None) -> int:
         help="serve the first tick at once and the rest from a client's first quote request",
     )
     parser.add_argument("--balance", default="10000", help="starting quote balance")
+    parser.add_argument(
+        "--hold",
+        action="append",
+        default=[],
+        metavar="ASSET=QTY",
+        help="a base asset the spot account holds at the start (repeatable; default: none, "
+        "so a flat account cannot sell)",
+    )
     parser.add_argument("--api-key", default=API_KEY, help="API key the server accepts")
     parser.add_argument(
         "--secret-env",
@@ -902,8 +972,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--secret-env {args.secret_env}: the variable is not set")
     from bot4_paper.engine import DEFAULT_MARKETS
 
+    from bot4_ccxt.fakebybit import FakeBybit
+    from bot4_ccxt.fakefutures import PERP_MARKETS, FakeBinanceFutures
+
+    venues: dict[str, Callable[..., FakeBinance]] = {
+        "spot": FakeBinance,
+        "usdm": FakeBinanceFutures,
+        "bybit": FakeBybit,
+        "bybit-spot": functools.partial(FakeBybit, category="spot"),
+    }
+    kind = venues[args.venue]
     ticks: Iterator[MarketData] = iter(())
-    markets: dict[str, MarketInfo] = dict(DEFAULT_MARKETS)
+    spot = args.venue in ("spot", "bybit-spot")
+    markets: dict[str, MarketInfo] = dict(DEFAULT_MARKETS if spot else PERP_MARKETS)
     if args.data:
         from bot4.data import iter_ticks
 
@@ -912,11 +993,25 @@ def main(argv: list[str] | None = None) -> int:
         markets.update({k: v for k, v in inferred.items() if k not in markets})
         ticks = _chain(head, it)
     engine = PaperEngine(markets, balance=Decimal(args.balance), exchange="binance")
-    venue = FakeBinance(engine, host=args.host, port=args.port, api_key=args.api_key, secret=secret)
+    holdings: dict[str, Decimal] = {}
+    for item in args.hold:
+        asset, _, qty = item.partition("=")
+        try:
+            holdings[asset.strip().upper()] = Decimal(qty)
+        except InvalidOperation:
+            parser.error(f"--hold {item}: give ASSET=QTY, e.g. BTC=1")
+    venue = kind(
+        engine,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        secret=secret,
+        holdings=holdings,
+    )
     venue.start()
     if args.data:
         venue.feed(ticks, args.interval, on_first_quote=args.start_on_request)
-    print(f"fakebinance listening on {venue.url}", flush=True)
+    print(f"fakebinance ({args.venue}) listening on {venue.url}", flush=True)
     try:
         while True:
             time.sleep(3600)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
 import trio
@@ -30,10 +31,21 @@ from bot4.model import MarketData
 from bot4.testing.harness import STEP_TIMEOUT, ConformanceError, Harness
 from bot4_ccxt.exchange import CcxtExchange
 from bot4_ccxt.fakebinance import API_KEY, ORDER_TYPES, SECRET, FakeBinance
+from bot4_ccxt.fakebybit import BYBIT_ORDER_TYPES, FakeBybit
+from bot4_ccxt.fakefutures import FAPI_ORDER_TYPES, FakeBinanceFutures
 
-__all__ = ["KEY_ENV", "SECRET_ENV", "FakeBinanceHarness", "plugin_config"]
+__all__ = [
+    "KEY_ENV",
+    "SECRET_ENV",
+    "FakeBinanceFuturesHarness",
+    "FakeBinanceHarness",
+    "FakeBybitHarness",
+    "FakeBybitSpotHarness",
+    "plugin_config",
+]
 
 KEY_ENV = "BOT4_TEST_BINANCE_API_KEY"
+SPOT_HOLDINGS = {"BTC": Decimal(1000), "ETH": Decimal(1000)}
 SECRET_ENV = "BOT4_TEST_BINANCE_SECRET"
 
 
@@ -58,14 +70,22 @@ def plugin_config(venue: FakeBinance, **extra: Any) -> dict[str, Any]:
 class FakeBinanceHarness(Harness):
     """The fake venue plus the plugin pointed at it (see the module docstring)."""
 
+    plugin_settings: Mapping[str, Any] = {}
+
+    def _make_venue(self, order_types: Sequence[str]) -> FakeBinance:
+        # The spot account holds BTC besides its quote balance, as one that
+        # trades both ways does: the kit (and its paper reference) sell from a
+        # flat bot4 position, which a spot venue refuses to an account without it.
+        return FakeBinance(order_types=order_types, holdings=SPOT_HOLDINGS)
+
     def __init__(
         self, config: Mapping[str, Any] | None = None, *, order_types: Sequence[str] = ORDER_TYPES
     ) -> None:
         os.environ.setdefault(KEY_ENV, API_KEY)
         os.environ.setdefault(SECRET_ENV, SECRET)
-        self.venue = FakeBinance(order_types=order_types).start()
+        self.venue = self._make_venue(order_types).start()
         self.exchange: CcxtExchange = CcxtExchange.from_config(
-            plugin_config(self.venue, **(config or {}))
+            plugin_config(self.venue, **{**self.plugin_settings, **(config or {})})
         )
         self._stream: AsyncIterator[ExchangeEvent] | None = None
 
@@ -102,3 +122,53 @@ class FakeBinanceHarness(Harness):
 
     async def reconnect(self) -> None:
         await trio.to_thread.run_sync(self.venue.start)
+
+
+class FakeBinanceFuturesHarness(FakeBinanceHarness):
+    """The fake Binance USDⓈ-M futures venue and the plugin as ``binanceusdm``
+    trading ``BTC-USDT-PERP`` (type: swap)."""
+
+    symbol = "BTC-USDT-PERP"
+    plugin_settings: Mapping[str, Any] = {
+        "exchange": "binanceusdm",
+        "type": "swap",
+        "symbols": ["BTC-USDT-PERP"],
+    }
+
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(config, order_types=FAPI_ORDER_TYPES)
+
+    def _make_venue(self, order_types: Sequence[str]) -> FakeBinance:
+        return FakeBinanceFutures(order_types=order_types)
+
+
+class FakeBybitHarness(FakeBinanceHarness):
+    """The fake Bybit v5 linear venue and the plugin as ``bybit`` trading
+    ``BTC-USDT-PERP`` (type: swap)."""
+
+    symbol = "BTC-USDT-PERP"
+    plugin_settings: Mapping[str, Any] = {
+        "exchange": "bybit",
+        "type": "swap",
+        "symbols": ["BTC-USDT-PERP"],
+    }
+
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(config, order_types=BYBIT_ORDER_TYPES)
+
+    def _make_venue(self, order_types: Sequence[str]) -> FakeBinance:
+        return FakeBybit(order_types=order_types)
+
+
+class FakeBybitSpotHarness(FakeBinanceHarness):
+    """The fake Bybit v5 venue in category spot and the plugin as ``bybit``
+    trading ``BTC-USDT`` (type: spot), the account holding BTC like the Binance
+    spot harness's."""
+
+    plugin_settings: Mapping[str, Any] = {"exchange": "bybit", "type": "spot"}
+
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(config, order_types=BYBIT_ORDER_TYPES)
+
+    def _make_venue(self, order_types: Sequence[str]) -> FakeBinance:
+        return FakeBybit(category="spot", order_types=order_types, holdings=SPOT_HOLDINGS)
