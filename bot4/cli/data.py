@@ -70,7 +70,15 @@ def add_commands(sub: Any) -> None:
         "--rate-limit",
         type=float,
         metavar="MS",
-        help="milliseconds between requests (default: ccxt's rateLimit for the venue)",
+        help="ccxt's rateLimit: ms per unit of request cost (Binance klines cost 0.4 units); "
+        "default: ccxt's figure for the venue",
+    )
+    dl.add_argument(
+        "--retries",
+        type=int,
+        default=5,
+        metavar="N",
+        help="retries of a request the venue failed or rate-limited (default: 5)",
     )
     dl.add_argument("--json", action="store_true", help="print the result as JSON")
     dl.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG)
@@ -173,6 +181,7 @@ def cmd_download(args: argparse.Namespace) -> int:
         until,
         trades=args.trades,
         progress=terminal_progress(sys.stderr),
+        max_retries=max(0, args.retries),
     )
     docs = []
     for s in result.series:

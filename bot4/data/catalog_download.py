@@ -24,8 +24,10 @@ trades of that millisecond come again and are dropped as duplicates), a page
 that is not full ends the window.
 
 **Rate limits.** ccxt's own limiter spaces requests by the venue's
-``rateLimit`` (``rate_limit`` overrides it, in ms). A 429 or an unreachable
-venue is retried after the ``Retry-After`` the venue sent, otherwise after an
+``rateLimit`` (``rate_limit_ms`` overrides it: ms per unit of a request's
+cost, which ccxt takes from the venue's weights; Binance's klines cost 0.4). A 429 or an unreachable
+venue (a network error, a 5xx, ccxt's ``OperationFailed``) is retried after
+the ``Retry-After`` the venue sent, otherwise after an
 exponential backoff (0.5 s doubling, at most ``max_retries`` times); then the
 download stops with an :class:`bot4.errors.ExchangeUnavailable` (exit 1),
 keeping what was written. A request the venue refuses (unknown symbol, bad
@@ -180,7 +182,9 @@ class _Fetcher:
             result.requests += 1
             try:
                 return fn()
-            except (ccxt.RateLimitExceeded, ccxt.DDoSProtection, ccxt.NetworkError) as exc:
+            # OperationFailed: NetworkError and the venue's "unknown error,
+            # try again" (Binance -1000), as the ccxt exchange plugin retries.
+            except (ccxt.RateLimitExceeded, ccxt.DDoSProtection, ccxt.OperationFailed) as exc:
                 attempt += 1
                 if attempt > self.max_retries:
                     raise ExchangeUnavailable(
@@ -188,7 +192,8 @@ class _Fetcher:
                         f"{_short(exc)}"
                     ) from None
                 result.retries += 1
-                self.sleep(_retry_after(self.client) or delay)
+                wait = _retry_after(self.client)
+                self.sleep(delay if wait is None else wait)
                 delay = min(delay * 2, 30.0)
             except ccxt.BaseError as exc:
                 raise ExchangeRefused(f"{self.client.id}: {what}: {_short(exc)}") from None
@@ -228,6 +233,41 @@ def download(
     """Fetch what the catalog lacks (module docstring); returns per series
     what was done and the catalog's summary of it afterwards."""
     fetcher = _Fetcher(client, max_retries, sleep)
+    # Whatever happens, the manifest says what the files hold afterwards.
+    touched: list[SeriesKey] = []
+    try:
+        return _download(
+            catalog,
+            fetcher,
+            exchange,
+            symbols,
+            timeframe,
+            since,
+            until,
+            trades,
+            progress,
+            now,
+            touched,
+        )
+    finally:
+        if touched:
+            catalog.refresh(touched)
+
+
+def _download(
+    catalog: Catalog,
+    fetcher: _Fetcher,
+    exchange: str,
+    symbols: Sequence[str],
+    timeframe: str,
+    since: int,
+    until: int | None,
+    trades: bool,
+    progress: Progress | None,
+    now: Callable[[], int] | None,
+    touched: list[SeriesKey],
+) -> DownloadResult:
+    client = fetcher.client
     step = timeframe_ms(timeframe)
     keys = [SeriesKey(exchange, market_type_of(s), s, timeframe) for s in symbols]
     result = DownloadResult()
@@ -250,11 +290,13 @@ def download(
     end = min(until, clock()) if until is not None else clock()
     for key in keys:
         res = SeriesResult(key, requests=probe.requests if key == keys[0] else 0)
+        touched.append(key)
         _download_candles(catalog, fetcher, res, unified[key.symbol], since, end, step, progress)
         result.series.append(res)
         if trades:
             tkey = SeriesKey(exchange, key.market_type, key.symbol, "trades")
             tres = SeriesResult(tkey)
+            touched.append(tkey)
             _download_trades(catalog, fetcher, tres, unified[key.symbol], since, end, progress)
             result.series.append(tres)
     return result
@@ -306,8 +348,12 @@ def _download_candles(
         covered += hi - lo
     if progress is not None:
         progress(key, 1.0, res.new_rows)
+    res.info = _summary(catalog, key)
+
+
+def _summary(catalog: Catalog, key: SeriesKey) -> SeriesInfo | None:
     catalog.refresh([key])
-    res.info = catalog.info(key)
+    return catalog.info(key)
 
 
 def _ohlcv_table(rows: Sequence[Sequence[Any]]) -> pa.Table:
@@ -350,8 +396,7 @@ def _download_trades(
         covered += hi - lo
     if progress is not None:
         progress(key, 1.0, res.new_rows)
-    catalog.refresh([key])
-    res.info = catalog.info(key)
+    res.info = _summary(catalog, key)
 
 
 def _trade_pages(

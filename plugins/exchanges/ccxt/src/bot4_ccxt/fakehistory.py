@@ -50,6 +50,7 @@ from datetime import datetime
 from typing import Any
 
 import attrs
+import numpy as np
 
 from bot4_ccxt.fakebinance import FakeBinance, _ApiError, _Handler, _num
 
@@ -84,6 +85,22 @@ class SymbolHistory:
     prices: Sequence[str]
     qtys: Sequence[str]
     buyer_maker: Sequence[bool]
+
+
+@attrs.frozen
+class _Candles:
+    """Candles of one symbol and interval, column by column."""
+
+    opens: Any
+    o: Any
+    h: Any
+    lo: Any
+    c: Any
+    v: Any
+    quote: Any
+    count: Any
+    taker_v: Any
+    taker_q: Any
 
 
 @attrs.frozen
@@ -129,6 +146,7 @@ class FakeHistory(FakeBinance):
         self.request_limit = request_limit
         self._recent: deque[float] = deque()
         self._limit_lock = threading.Lock()
+        self._candle_cache: dict[tuple[str, int], _Candles] = {}
 
     # --- routing ----------------------------------------------------------------------
 
@@ -210,8 +228,44 @@ class FakeHistory(FakeBinance):
     def _down(self, ms: int) -> bool:
         return any(lo <= ms < hi for lo, hi in self.outages)
 
+    def _candles(self, venue_symbol: str, step: int) -> _Candles:
+        """Every candle of a symbol at ``step`` ms, built once (numpy)."""
+        key = (venue_symbol, step)
+        with self._limit_lock:
+            found = self._candle_cache.get(key)
+        if found is not None:
+            return found
+        series = self.history.symbols[venue_symbol]
+        times = np.asarray(series.times, dtype=np.int64)
+        prices = np.asarray(series.prices, dtype=np.float64)
+        qtys = np.asarray(series.qtys, dtype=np.float64)
+        maker = np.asarray(series.buyer_maker, dtype=bool)
+        up = np.ones(len(times), dtype=bool)
+        for lo, hi in self.outages:
+            up &= ~((times >= lo) & (times < hi))
+        times, prices, qtys, maker = times[up], prices[up], qtys[up], maker[up]
+        buckets = times // step
+        starts = np.concatenate(([0], np.nonzero(np.diff(buckets))[0] + 1))
+        ends = np.append(starts[1:], len(times))
+        taker = np.where(maker, 0.0, qtys)
+        candles = _Candles(
+            opens=buckets[starts] * step,
+            o=prices[starts],
+            h=np.maximum.reduceat(prices, starts),
+            lo=np.minimum.reduceat(prices, starts),
+            c=prices[ends - 1],
+            v=np.add.reduceat(qtys, starts),
+            quote=np.add.reduceat(qtys * prices, starts),
+            count=ends - starts,
+            taker_v=np.add.reduceat(taker, starts),
+            taker_q=np.add.reduceat(taker * prices, starts),
+        )
+        with self._limit_lock:
+            self._candle_cache[key] = candles
+        return candles
+
     def _klines(self, params: Mapping[str, str], most: int) -> object:
-        series = self._series(params)
+        self._series(params)
         interval = params.get("interval")
         if interval is None:
             raise _ApiError(400, -1102, "Mandatory parameter 'interval' was not sent.")
@@ -220,49 +274,30 @@ class FakeHistory(FakeBinance):
             raise _ApiError(400, -1120, "Invalid interval.")
         limit = self._limit(params, most)
         start, end = self._int(params, "startTime"), self._int(params, "endTime")
-        times = series.times
-        if not times:
-            return []
-        first_open = times[0] // step * step
-        last_open = times[-1] // step * step
-        if end is not None:
-            last_open = min(last_open, end // step * step)
+        k = self._candles(params["symbol"], step)
+        hi = len(k.opens) if end is None else int(np.searchsorted(k.opens, end, "right"))
         if start is not None:
-            opens = range(max(first_open, -(-start // step) * step), last_open + 1, step)
-            chosen = list(opens[:limit]) if len(opens) else []
+            lo = int(np.searchsorted(k.opens, start, "left"))
+            hi = min(hi, lo + limit)
         else:
-            opens = range(first_open, last_open + 1, step)
-            chosen = list(opens[-limit:]) if len(opens) else []
-        out: list[list[object]] = []
-        for opened in chosen:
-            lo = bisect.bisect_left(times, opened)
-            hi = bisect.bisect_left(times, opened + step)
-            idx = [i for i in range(lo, hi) if not self._down(times[i])]
-            if not idx:
-                continue  # no trade in the interval: the venue was down
-            prices = [float(series.prices[i]) for i in idx]
-            vol = sum(float(series.qtys[i]) for i in idx)
-            quote = sum(float(series.qtys[i]) * float(series.prices[i]) for i in idx)
-            taker = [i for i in idx if not series.buyer_maker[i]]
-            taker_vol = sum(float(series.qtys[i]) for i in taker)
-            taker_quote = sum(float(series.qtys[i]) * float(series.prices[i]) for i in taker)
-            out.append(
-                [
-                    opened,
-                    series.prices[idx[0]],
-                    _num_float(max(prices)),
-                    _num_float(min(prices)),
-                    series.prices[idx[-1]],
-                    _num_float(vol),
-                    opened + step - 1,
-                    _num_float(quote),
-                    len(idx),
-                    _num_float(taker_vol),
-                    _num_float(taker_quote),
-                    "0",
-                ]
-            )
-        return out
+            lo = max(0, hi - limit)
+        return [
+            [
+                int(k.opens[i]),
+                repr(float(k.o[i])),
+                repr(float(k.h[i])),
+                repr(float(k.lo[i])),
+                repr(float(k.c[i])),
+                _num_float(float(k.v[i])),
+                int(k.opens[i]) + step - 1,
+                _num_float(float(k.quote[i])),
+                int(k.count[i]),
+                _num_float(float(k.taker_v[i])),
+                _num_float(float(k.taker_q[i])),
+                "0",
+            ]
+            for i in range(lo, hi)
+        ]
 
     def _agg_trades(self, params: Mapping[str, str]) -> object:
         series = self._series(params)
