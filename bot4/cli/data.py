@@ -204,7 +204,8 @@ def cmd_download(args: argparse.Namespace) -> int:
         print(
             f"{d['series']}: {d['new_rows']:,} new, {d.get('rows', 0):,} stored "
             f"({_short_time(d.get('first'))} .. {_short_time(d.get('last'))}); "
-            f"{d['requests']} requests, {d['retries']} retried"
+            f"{d['requests']} request{'s' if d['requests'] != 1 else ''}, "
+            f"{d['retries']} retried"
         )
     gapped = [d for d in docs if d.get("gaps")]
     if gapped:
