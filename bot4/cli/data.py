@@ -14,11 +14,13 @@ _DEBUG = "on an error, show the traceback (same as bot4 --debug)"
 _LIST_COLUMNS = ("exchange", "type", "symbol", "timeframe", "first", "last", "rows", "gaps")
 
 
-def catalog_option(parser: argparse.ArgumentParser) -> None:
+def catalog_option(parser: argparse.ArgumentParser, *names: str) -> None:
     parser.add_argument(
-        "--catalog",
-        metavar="DIR",
-        help="the catalog folder (default: $BOT4_CATALOG, else ./bot4-data)",
+        *(names or ("--catalog",)),
+        dest="catalog",
+        metavar="DIR|URL",
+        help="the catalog folder, or a postgresql:// URL for the database tables "
+        "(default: $BOT4_CATALOG, else ./bot4-data)",
     )
 
 
@@ -50,7 +52,7 @@ def add_commands(sub: Any) -> None:
         help="fetch candles (and trades) from a venue through ccxt into the catalog",
         description="Fetch history through ccxt; a second call fetches only what is missing.",
     )
-    catalog_option(dl)
+    catalog_option(dl, "--catalog", "--to")
     dl.add_argument("--exchange", required=True, help="ccxt exchange id, e.g. binance")
     dl.add_argument(
         "--symbols",
@@ -87,9 +89,13 @@ def add_commands(sub: Any) -> None:
 
 
 def _catalog(args: argparse.Namespace) -> Any:
-    from bot4.data.catalog import Catalog
+    from bot4.data.catalog import Catalog, default_root
+    from bot4.data.catalog_pg import PgStore, is_database_url
 
-    return Catalog(args.catalog)
+    location = args.catalog or str(default_root())
+    if is_database_url(location):
+        return PgStore(location)
+    return Catalog(location)
 
 
 def _table(rows: list[list[str]], columns: tuple[str, ...]) -> None:
@@ -107,6 +113,13 @@ def _short_time(text: str | None) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     catalog = _catalog(args)
+    try:
+        return _cmd_list(args, catalog)
+    finally:
+        catalog.close()
+
+
+def _cmd_list(args: argparse.Namespace, catalog: Any) -> int:
     series = catalog.rescan() if args.rescan else catalog.series()
     docs = [s.as_dict() for s in series]
     if args.json:
@@ -138,11 +151,18 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    catalog = _catalog(args)
+    try:
+        return _cmd_import(args, catalog)
+    finally:
+        catalog.close()
+
+
+def _cmd_import(args: argparse.Namespace, catalog: Any) -> int:
     from bot4.data.catalog_import import import_csv
 
     # A bad row raises DataError (a Bot4Error): bot4.cli.main prints
     # `bot4: file:line: column 'x': ...` and exits 2; nothing is stored.
-    catalog = _catalog(args)
     result = import_csv(
         catalog, args.file, exchange=args.exchange, symbol=args.symbol, timeframe=args.timeframe
     )
@@ -155,6 +175,14 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
+    catalog = _catalog(args)
+    try:
+        return _cmd_download(args, catalog)
+    finally:
+        catalog.close()
+
+
+def _cmd_download(args: argparse.Namespace, catalog: Any) -> int:
     from bot4.data.catalog import parse_time
     from bot4.data.catalog_download import download, make_client, terminal_progress
 
@@ -167,7 +195,6 @@ def cmd_download(args: argparse.Namespace) -> int:
     if until is not None and until <= since:
         print(f"bot4: --until {args.until} is not after --since {args.since}", file=sys.stderr)
         return 2
-    catalog = _catalog(args)
     client = make_client(
         args.exchange, api_url=args.api_url, sandbox=args.sandbox, rate_limit_ms=args.rate_limit
     )

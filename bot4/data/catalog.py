@@ -309,6 +309,9 @@ class Catalog:
     def __repr__(self) -> str:
         return f"Catalog({str(self.root)!r})"
 
+    def close(self) -> None:
+        """Nothing to release (the database store has a connection)."""
+
     # --- writing ----------------------------------------------------------------------
 
     @contextlib.contextmanager

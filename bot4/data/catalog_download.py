@@ -41,13 +41,13 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import numpy as np
 import pyarrow as pa
 
-from bot4.data.catalog import Catalog, SeriesInfo, SeriesKey, market_type_of, timeframe_ms
+from bot4.data.catalog import SeriesInfo, SeriesKey, market_type_of, timeframe_ms
 from bot4.errors import ConfigError, ExchangeRefused, ExchangeUnavailable
 
 __all__ = [
@@ -72,6 +72,16 @@ CLIENT_OPTIONS: dict[str, Any] = {
     "fetchMargins": False,
     "adjustForTimeDifference": False,
 }
+
+
+class Store(Protocol):
+    """Where a download goes: the Parquet :class:`~bot4.data.catalog.Catalog` or
+    :class:`~bot4.data.catalog_pg.PgStore`."""
+
+    def times(self, key: SeriesKey) -> np.ndarray[Any, np.dtype[np.int64]]: ...
+    def write(self, key: SeriesKey, table: pa.Table, *, update_manifest: bool = True) -> int: ...
+    def refresh(self, keys: Sequence[SeriesKey]) -> list[SeriesInfo]: ...
+    def info(self, key: SeriesKey) -> SeriesInfo | None: ...
 
 
 def ccxt_symbol(symbol: str) -> str:
@@ -216,7 +226,7 @@ def _retry_after(client: Any) -> float | None:
 
 
 def download(
-    catalog: Catalog,
+    catalog: Store,
     client: Any,
     exchange: str,
     symbols: Sequence[str],
@@ -255,7 +265,7 @@ def download(
 
 
 def _download(
-    catalog: Catalog,
+    catalog: Store,
     fetcher: _Fetcher,
     exchange: str,
     symbols: Sequence[str],
@@ -303,7 +313,7 @@ def _download(
 
 
 def _download_candles(
-    catalog: Catalog,
+    catalog: Store,
     fetcher: _Fetcher,
     res: SeriesResult,
     market: str,
@@ -351,7 +361,7 @@ def _download_candles(
     res.info = _summary(catalog, key)
 
 
-def _summary(catalog: Catalog, key: SeriesKey) -> SeriesInfo | None:
+def _summary(catalog: Store, key: SeriesKey) -> SeriesInfo | None:
     catalog.refresh([key])
     return catalog.info(key)
 
@@ -373,7 +383,7 @@ def _ohlcv_table(rows: Sequence[Sequence[Any]]) -> pa.Table:
 
 
 def _download_trades(
-    catalog: Catalog,
+    catalog: Store,
     fetcher: _Fetcher,
     res: SeriesResult,
     market: str,
