@@ -370,3 +370,40 @@ def test_spec_parsing_and_its_errors() -> None:
     ):
         with pytest.raises(ConfigError):
             parse_spec(bad)
+
+
+def test_a_damaged_day_file_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cat = Catalog(tmp_path)
+    cat.write(KEY, candles(T0 + np.arange(3 * 1440) * MINUTE))
+    (victim,) = cat.day_files(KEY, T0 + 1440 * MINUTE, T0 + 2 * 1440 * MINUTE)
+    victim.write_bytes(victim.read_bytes()[:200])  # truncated: no footer
+    code, _, err = _run(capsys, "data", "list", "--catalog", str(tmp_path), "--rescan")
+    assert code == 2
+    assert err.startswith(f"bot4: {victim}: not a readable Parquet file")
+    assert len(err.strip().splitlines()) == 1
+    code, _, err = _run(
+        capsys,
+        "run",
+        "--catalog",
+        str(tmp_path),
+        "--data",
+        "catalog:binance/BTC-USDT/1m",
+        "--no-chart",
+        "--out",
+        str(tmp_path / "out"),
+    )
+    assert code == 2
+    assert f"bot4: {victim}: not a readable Parquet file" in err
+    assert "Traceback" not in err
+
+
+def test_a_file_that_is_not_gzip_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    junk = tmp_path / "BTC-USDT.csv.gz"
+    junk.write_bytes(b"\xc7\x0c not gzip at all" * 10)
+    code, _, err = _run(capsys, "data", "import", str(junk), "--catalog", str(tmp_path / "c"))
+    assert code == 2
+    assert err.startswith(f"bot4: {junk}:1: unreadable: Not a gzipped file")

@@ -349,7 +349,10 @@ class Catalog:
         path = key.path(self.root) / f"date={day.isoformat()}" / "data.parquet"
         before = 0
         if path.exists():
-            old = pq.read_table(path, schema=key.schema)
+            try:
+                old = pq.read_table(path, schema=key.schema)
+            except (pa.ArrowException, OSError) as exc:
+                raise _unreadable(path, exc) from None
             before = old.num_rows
             part = pa.concat_tables([old, part])
         merged = _dedupe(part, key)
@@ -406,8 +409,7 @@ class Catalog:
         if "time" not in names:
             names = ["time", *names]
         for file in self.day_files(key, start, end):
-            reader = pq.ParquetFile(file)
-            for batch in reader.iter_batches(batch_size=batch_rows, columns=names):
+            for batch in _read_batches(file, batch_rows, names):
                 if start is None and end is None:
                     yield batch
                     continue
@@ -495,6 +497,28 @@ class Catalog:
         tmp.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
         os.replace(tmp, path)
         return listing
+
+
+def _unreadable(path: Path, exc: BaseException) -> ConfigError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return ConfigError(
+        f"{path}: not a readable Parquet file ({first}); delete it and download or import again"
+    )
+
+
+def _read_batches(path: Path, batch_rows: int, names: list[str]) -> Iterator[pa.RecordBatch]:
+    """A day file's batches; a damaged file is a ConfigError naming it."""
+    try:
+        reader = pq.ParquetFile(path)
+        batches = reader.iter_batches(batch_size=batch_rows, columns=names)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            yield batch
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable(path, exc) from None
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -184,7 +184,7 @@ def _rows(name: str, handle: IO[str]) -> Iterator[tuple[int, list[str]]]:
             if row:
                 yield reader.line_num, row
     except (csv.Error, UnicodeDecodeError, EOFError, OSError, gzip.BadGzipFile) as exc:
-        raise DataError(name, reader.line_num, None, f"unreadable: {exc}") from None
+        raise DataError(name, reader.line_num or 1, None, f"unreadable: {exc}") from None
 
 
 def _parse(name: str, path: Path) -> Iterator[tuple[_Layout, int, dict[str, Any]]]:
