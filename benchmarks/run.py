@@ -31,6 +31,7 @@ BENCHMARKS = {
     "bench_journal": "order path with the journal on (SQLite, PostgreSQL)",
     "bench_shared": "Redis bridge throughput and reservation round trip",
     "bench_session": "the default `bot4 run` session and the replay of its recording",
+    "bench_catalog": "market-data catalog rows into the feed (columnar and MarketData)",
 }
 
 

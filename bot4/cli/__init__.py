@@ -28,7 +28,18 @@ from bot4.errors import Bot4Error, ExchangeError
 from bot4.plugins import PluginManager
 from bot4.secrets import redact
 
-_BUILTIN = ("plugins", "rules", "run", "replay", "journal", "breaker", "kill")
+_BUILTIN = (
+    "plugins",
+    "rules",
+    "run",
+    "replay",
+    "journal",
+    "breaker",
+    "kill",
+    "data",
+    "exchanges",
+    "markets",
+)
 
 
 def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParser:
@@ -52,6 +63,11 @@ def build_parser(manager: PluginManager | None = None) -> argparse.ArgumentParse
     from bot4.cli import shared as shared_cmd
 
     shared_cmd.add_commands(sub)
+    from bot4.cli import data as data_cmd
+    from bot4.cli import markets as markets_cmd
+
+    data_cmd.add_commands(sub)
+    markets_cmd.add_commands(sub)
     if manager is not None:
         for command in manager.registry.commands.values():
             if command.name in _BUILTIN:

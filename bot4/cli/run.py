@@ -9,9 +9,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
-from bot4.errors import ExchangeError
+from bot4.errors import ConfigError, ExchangeError
 from bot4.secrets import redact
 
 _DEBUG = "on an error, show the traceback (same as bot4 --debug)"
@@ -24,7 +25,20 @@ def add_commands(sub: Any) -> None:
         description="Run a session. With no options: the paper exchange on the bundled sample "
         "data, the sma_cross strategy and the default rules; no server needed.",
     )
-    run.add_argument("--data", help="tick or candle file (CSV, .csv.gz); default: bundled sample")
+    run.add_argument(
+        "--data",
+        help="tick or candle file (CSV, .csv.gz), or catalog:EXCHANGE/SYMBOL[,SYMBOL]/TIMEFRAME "
+        "(stored by bot4 data download/import); default: bundled sample",
+    )
+    run.add_argument(
+        "--from", dest="data_from", metavar="WHEN", help="with --data catalog:...: first day/time"
+    )
+    run.add_argument(
+        "--to", dest="data_to", metavar="WHEN", help="with --data catalog:...: end (exclusive)"
+    )
+    run.add_argument(
+        "--catalog", metavar="DIR", help="catalog folder (default: $BOT4_CATALOG, else ./bot4-data)"
+    )
     run.add_argument("--strategy", help="strategy plugin name (default: sma_cross)")
     run.add_argument("--exchange", help="exchange plugin name (default: paper)")
     run.add_argument(
@@ -106,7 +120,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             "shadow_rules": args.shadow_rules,
         },
     )
-    progress = progress_bar(count_rows(data_path(config)) if sys.stderr.isatty() else None)
+    feed, total = _catalog_feed(args, config)
+    if feed is not None:
+        config = attrs.evolve(config, data=feed[0])
+    elif sys.stderr.isatty():
+        total = count_rows(data_path(config))
+    progress = progress_bar(total if sys.stderr.isatty() else None, sys.stderr)
     stop = SignalStop()
     with ExitStack() as stack:
         stack.enter_context(stop.installed())
@@ -127,7 +146,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"metrics: {server.url}", file=sys.stderr, flush=True)
         result = trio.run(
             lambda: run_session(
-                config, progress=progress, metrics=metrics, on_kernel=stop.attach, announce=_say
+                config,
+                progress=progress,
+                metrics=metrics,
+                on_kernel=stop.attach,
+                announce=_say,
+                feed=None if feed is None else feed[1],
             )
         )
         # Still under the handlers: a second signal while the summary and the
@@ -141,6 +165,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"bot4: {redact(str(result.error))}", file=sys.stderr)
         return 1 if isinstance(result.error, ExchangeError) else 2
     return 0
+
+
+def _catalog_feed(args: argparse.Namespace, config: Any) -> tuple[Any, int | None]:
+    """For ``--data catalog:...``: ((the spec with --from/--to written into it,
+    its ticks), the tick count for the progress bar); (None, None) otherwise."""
+    from bot4.data.catalog_feed import is_catalog_spec
+
+    if not is_catalog_spec(config.data):
+        if args.data_from or args.data_to:
+            raise ConfigError("--from/--to: only with --data catalog:EXCHANGE/SYMBOL/TIMEFRAME")
+        return None, None
+    from bot4.data.catalog import Catalog
+    from bot4.data.catalog_feed import count_ticks, iter_catalog_ticks, parse_spec
+
+    spec = parse_spec(config.data, start=args.data_from, end=args.data_to)
+    catalog = Catalog(args.catalog)
+    ticks = iter_catalog_ticks(catalog, spec)
+    total = count_ticks(catalog, spec) if sys.stderr.isatty() else None
+    return (spec.text(), ticks), total
 
 
 def _write_outputs(args: argparse.Namespace, out_dir: str, result: Any) -> None:
