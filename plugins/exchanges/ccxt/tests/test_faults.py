@@ -94,6 +94,18 @@ async def test_429_slows_the_plugin_down(venue: FakeBinance, ex: CcxtExchange) -
     assert spaced[1].at - spaced[0].at >= pacer.interval * 0.8
 
 
+async def test_each_retry_is_told_to_the_metrics_observer(
+    venue: FakeBinance, ex: CcxtExchange
+) -> None:
+    seen: list[tuple[str, str]] = []
+    ex.retry_observer = lambda method, outcome: seen.append((method, outcome))
+    venue.inject("GET", "/api/v3/account", "429", count=2, retry_after=0)
+    await ex.fetch_balance()
+    assert len(seen) == 2
+    assert all(outcome == "rate_limited" for _, outcome in seen)
+    assert all(method.startswith("fetch_balance") for method, _ in seen), seen
+
+
 async def test_rate_limited_without_retries_left_is_rate_limited(venue: FakeBinance) -> None:
     quote(venue)
     exchange = CcxtExchange.from_config(plugin_config(venue, max_retries=0))

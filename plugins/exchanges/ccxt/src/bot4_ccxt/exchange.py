@@ -95,6 +95,7 @@ from bot4.errors import (
     OrderNotFound,
     RateLimited,
 )
+from bot4.exchange_metrics import outcome_of
 from bot4.model import (
     Balance,
     Fill,
@@ -297,6 +298,8 @@ class CcxtExchange(Exchange):
 
     name = "ccxt"
     capabilities = _CAPS
+    # Told of every retry as (method, outcome): bot4's exchange metrics set it.
+    retry_observer: Callable[[str, str], None] | None = None
 
     def __init__(self, settings: CcxtSettings) -> None:
         self.settings = settings
@@ -417,7 +420,10 @@ class CcxtExchange(Exchange):
         pacer.relax()
         return result
 
-    async def _backoff(self, attempt: int, exc: ExchangeFailed) -> None:
+    async def _backoff(self, attempt: int, exc: ExchangeFailed, what: str = "request") -> None:
+        observer = self.retry_observer  # bot4's metrics (bot4.exchange_metrics), if any
+        if observer is not None:
+            observer(what.split("(", 1)[0], outcome_of(exc))
         s = self.settings
         delay = min(s.backoff_max, s.backoff * 2**attempt) * (0.5 + random.random() / 2)
         if isinstance(exc, RateLimited) and exc.retry_after:
@@ -443,7 +449,7 @@ class CcxtExchange(Exchange):
                 if attempt >= self.settings.max_retries:
                     raise
                 last = exc
-                await self._backoff(attempt, last)
+                await self._backoff(attempt, last, what)
             attempt += 1
 
     async def _resync_clock_quietly(self) -> None:
@@ -913,7 +919,7 @@ class CcxtExchange(Exchange):
                     return found
                 if attempt >= self.settings.max_retries:
                     raise
-                await self._backoff(attempt, exc)
+                await self._backoff(attempt, exc, "place_order")
             except InvalidOrder as exc:
                 if "Duplicate order" not in str(exc):
                     self._orders.pop(coid, None)
@@ -984,7 +990,7 @@ class CcxtExchange(Exchange):
             except ExchangeFailed as exc:
                 if attempt >= self.settings.max_retries:
                     raise
-                await self._backoff(attempt, exc)
+                await self._backoff(attempt, exc, "cancel_order")
             else:
                 # Binance's answer names the cancel request, not the order: use our id.
                 state = self._state(raw, symbol, coid)
