@@ -607,9 +607,13 @@ class RiskPolicy:
         # Every value is validated and converted on its way into the message
         # (encode -> to_fact): NaN, infinities and huge numbers never reach C.
         # Unknown facts are left out; a rule reading one cannot match.
-        parts = ['{"_z":0.0']
-        for name, prefix in plan.fields:
+        # The values go into the plan's precompiled layout; with facts
+        # unknown their fields are left out of the message instead.
+        texts: list[str | None] = []
+        append = texts.append
+        for name in plan.field_names:
             if unknown and name in unknown:
+                append(None)
                 continue
             try:
                 value = facts[name]
@@ -638,9 +642,16 @@ class RiskPolicy:
                     if len(_STRING_TEXT) >= _STRING_TEXT_KEPT:
                         _STRING_TEXT.clear()
                     _STRING_TEXT[value] = text  # type: ignore[index]
-            parts.append(prefix)
-            parts.append(text)
-        keys = engine.fire("".join(parts))
+            append(text)
+        if unknown:
+            body = '{"_z":0.0' + "".join(
+                prefix + text
+                for (_, prefix), text in zip(plan.fields, texts, strict=True)
+                if text is not None
+            )
+        else:
+            body = plan.layout % tuple(texts)
+        keys = engine.fire(body)
         fired = []
         for key in keys:
             rule = plan.by_key.get(key)
