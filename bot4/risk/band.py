@@ -88,6 +88,8 @@ _PORTFOLIO = frozenset(
         "portfolio.free_margin",
     }
 )
+# Portfolio facts that are functions of equity and peak alone.
+_EQUITY = frozenset({"portfolio.equity", "portfolio.drawdown", "portfolio.peak_equity"})
 # Every fact a band can be worked out for.
 SUPPORTED = _CONSTANT | _PORTFOLIO | {"market.last", "position.notional", "liquidation.distance"}
 
@@ -101,6 +103,9 @@ class Book(Protocol):
 
     @property
     def peak_equity(self) -> Decimal: ...
+
+    @property
+    def equity(self) -> Decimal: ...
 
     def mark_price(self, symbol: str) -> Decimal | None: ...
 
@@ -117,8 +122,13 @@ class Band:
     high: Decimal
     position: Position  # the very object the book gave: a fill replaces it
     tripped: bool
-    # When a rule reads a portfolio fact: what the book looked like.
-    book: bool
+    # When a rule reads a portfolio fact: "equity" (only equity, drawdown or
+    # peak are read: the book's equity must stay in [equity_low,
+    # equity_high]) or "book" (cash, the symbol's mark and every other
+    # position and mark must stay as they were); "" when none is read.
+    book: str
+    equity_low: Decimal | None = None
+    equity_high: Decimal | None = None
     cash: Decimal | None = None
     peak: Decimal | None = None  # the book's peak when the band was made ...
     peak_max: Decimal | None = None  # ... and the highest it may reach meanwhile
@@ -132,13 +142,15 @@ class Band:
             return False
         if not self.book:
             return True
+        peak = book.peak_equity
+        if not self.peak <= peak <= self.peak_max:  # type: ignore[operator]
+            return False
+        if self.book == "equity":
+            return self.equity_low <= book.equity <= self.equity_high  # type: ignore[operator]
         mark = book.mark_price(self.symbol)
         if mark is None or not self.low <= mark <= self.high:
             return False
         if book.cash != self.cash:
-            return False
-        peak = book.peak_equity
-        if not self.peak <= peak <= self.peak_max:  # type: ignore[operator]
             return False
         for symbol, other_mark, position in self.others:
             if book.position(symbol) is not position or book.mark_price(symbol) != other_mark:
@@ -232,6 +244,8 @@ def compute(
     p0 = float(last)
     qty = float(position.qty)
     peak = max(portfolio.peak_equity, ZERO)
+    if reads_book and all(r.fact in _EQUITY or r.fact not in _PORTFOLIO for r in ranges):
+        return _equity_band(symbol, tick, position, portfolio, book, tripped, mmr, ranges, quiet)
     low, high = _interval(ranges, facts, p0, qty, float(peak))
     # The book raises its peak whenever equity passes it. A band that reads
     # the drawdown allows for a peak up to M = equity / (1 - limit / 2) (half
@@ -264,7 +278,7 @@ def compute(
             if not quiet(ranges, tick_facts(edge_tick, position, edge_book, tripped, mmr)):
                 return None
     if not reads_book:
-        return Band(symbol, band_low, band_high, position, tripped, book=False)
+        return Band(symbol, band_low, band_high, position, tripped, book="")
     others = tuple(
         (other, book.mark_price(other), book.position(other))
         for other in portfolio.positions
@@ -276,9 +290,105 @@ def compute(
         band_high,
         position,
         tripped,
-        book=True,
+        book="book",
         cash=book.cash,
         peak=book.peak_equity,
         peak_max=peak_max,
         others=others,
+    )
+
+
+def _peak_allowance(ranges: tuple[QuietRange, ...], equity: float, peak: float) -> float:
+    """The highest peak a band allows for (see :func:`compute`)."""
+    limit = next((r.high for r in ranges if r.fact == "portfolio.drawdown"), None)
+    if limit is not None and 0 < limit < 1:
+        return max(peak, equity / (1 - limit / 2))
+    return peak
+
+
+def _equity_band(
+    symbol: str,
+    tick: MarketData,
+    position: Position,
+    portfolio: Portfolio,
+    book: Book,
+    tripped: bool,
+    mmr: Decimal | None,
+    ranges: tuple[QuietRange, ...],
+    quiet: Callable[[tuple[QuietRange, ...], Mapping[str, object]], bool],
+) -> Band | None:
+    """A band for a stage whose portfolio facts are equity, drawdown and peak
+    alone: a price range for the symbol's own facts, and an equity range for
+    the book's, so that other symbols' marks and fills elsewhere (which move
+    only the equity) do not end it. The book's equity (cost-based) and the
+    facts' (entry-based) agree to ~1e-27 of the book's exposure; the equity
+    edges keep BAND_MARGIN x max(|equity|, peak, 1) inward, far above that."""
+    last = tick.last
+    facts = tick_facts(tick, position, portfolio, tripped, mmr)
+    p0 = float(last)
+    qty = float(position.qty)
+    local = tuple(r for r in ranges if r.fact not in _PORTFOLIO)
+    low, high = _interval(local, facts, p0, qty, 0.0)
+    low *= 1 + BAND_MARGIN
+    high *= 1 - BAND_MARGIN
+    if not (0 < low <= p0 <= high and math.isfinite(high)):
+        return None
+    band_low, band_high = Decimal(low), Decimal(high)
+    if not band_low <= last <= band_high:
+        return None
+    # The symbol's own facts at the price edges, the book as it is.
+    for edge in (band_low, band_high):
+        edge_tick = attrs.evolve(tick, bid=edge, ask=edge, last=edge)
+        if not quiet(ranges, tick_facts(edge_tick, position, portfolio, tripped, mmr)):
+            return None
+    equity_d = facts["portfolio.equity"]
+    assert isinstance(equity_d, Decimal)
+    equity = float(equity_d)
+    peak = max(portfolio.peak_equity, ZERO)
+    peak_max = Decimal(_peak_allowance(ranges, equity, float(peak)))
+    peak_max = max(peak_max, peak)
+    span = BAND_SPAN * max(abs(equity), float(peak), 1.0)
+    below, above = equity - span, equity + span
+    for r in ranges:
+        if r.fact == "portfolio.equity":
+            crossings = [r.low, r.high]
+        elif r.fact == "portfolio.drawdown":
+            crossings = [
+                float(pk) * (1 - c) for pk in (peak, peak_max) if pk > 0 for c in (r.low, r.high)
+            ]
+        else:
+            continue
+        for c in crossings:
+            if c <= equity and c > below:
+                below = c
+            if c >= equity and c < above:
+                above = c
+    margin = BAND_MARGIN * max(abs(equity), float(peak), 1.0)
+    below, above = (
+        below + max(margin, abs(below) * BAND_MARGIN),
+        above - max(margin, abs(above) * BAND_MARGIN),
+    )
+    if not below <= equity <= above:
+        return None
+    equity_low, equity_high = Decimal(below), Decimal(above)
+    # The book's facts at the equity edges and both peaks (cash moved by the
+    # difference), the symbol's price as it is: each is monotone in equity
+    # and in the peak, so quiet at the corners is quiet throughout.
+    for edge in (equity_low, equity_high):
+        cash = portfolio.cash + (edge - equity_d)
+        for corner_peak in (peak, peak_max) if peak_max != peak else (peak,):
+            edge_book = trusted_portfolio(cash, portfolio.positions, portfolio.marks, corner_peak)
+            if not quiet(ranges, tick_facts(tick, position, edge_book, tripped, mmr)):
+                return None
+    return Band(
+        symbol,
+        band_low,
+        band_high,
+        position,
+        tripped,
+        book="equity",
+        equity_low=equity_low,
+        equity_high=equity_high,
+        peak=book.peak_equity,
+        peak_max=peak_max,
     )

@@ -369,7 +369,7 @@ def test_anything_that_changes_the_inputs_ends_the_band(
     change: str, policy: RiskPolicy, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     tracker = _book()
-    tracker.apply(Fill("g", "g", "ETH-USDT", "buy", D(1), D(3000), D(0), TS), leverage=D(2))
+    tracker.apply(Fill("g", "g", "ETH-USDT", "buy", D(10), D(3000), D(0), TS), leverage=D(2))
     tracker.mark("ETH-USDT", D(3000))
     _run(policy, tracker, "50000")
     assert "BTC-USDT" in policy._bands
@@ -385,8 +385,37 @@ def test_anything_that_changes_the_inputs_ends_the_band(
     elif change == "cash":
         tracker.adjust_cash(D(-50000))  # not reported to the policy at all
     else:
-        tracker.mark("ETH-USDT", D(2000))  # the drawdown reads the whole book
-    _run(policy, tracker, "50001", 3)
+        # The drawdown reads the whole book: ETH at 1000 takes 20% off equity.
+        tracker.mark("ETH-USDT", D(1000))
+    actions = _run(policy, tracker, "50001", 3)
+    assert counter.calls == 1
+    if change in ("cash", "other-mark"):
+        assert [a.rule for a in actions] == ["drawdown-trips-breaker"]
+
+
+def test_another_symbols_mark_moves_the_equity_only_within_the_band(
+    policy: RiskPolicy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracker = _book()
+    tracker.apply(Fill("g", "g", "ETH-USDT", "buy", D(10), D(3000), D(0), TS), leverage=D(2))
+    tracker.mark("ETH-USDT", D(3000))
+    _run(policy, tracker, "50000")
+    band = policy._bands["BTC-USDT"]
+    assert band.book == "equity"
+    counter = FactCount(monkeypatch)
+    for eth in ("2990", "2500", "3100", "2400"):  # equity within the drawdown's band
+        tracker.mark("ETH-USDT", D(eth))
+        assert _run(policy, tracker, "50001") == []
+    assert counter.calls == 0
+    # The band allows the peak to rise to 100000 / (1 - 0.15 / 2) while it
+    # stands, so its equity edge is the drawdown limit from there:
+    # 108108.1... x 0.85 = 91891.89...; below it the engine is asked.
+    assert band.equity_low is not None
+    assert D("91891.8") < band.equity_low < D("91891.9")
+    tracker.mark("ETH-USDT", D(2200))  # equity 92000.5: inside
+    assert _run(policy, tracker, "50001") == []
+    tracker.mark("ETH-USDT", D(2180))  # equity 91800.5: outside, but no rule fires
+    assert _run(policy, tracker, "50001") == []
     assert counter.calls == 1
 
 
