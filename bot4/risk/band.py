@@ -40,9 +40,13 @@ How a band is made (:func:`compute`), and why it is safe:
 What a band depends on, and so what ends it (:meth:`Band.holds`): the policy
 in force (a reload drops every band), the position object (a fill in the
 symbol replaces it), the breaker state, and, when a rule reads a portfolio
-fact, the book's cash, peak equity, the symbol's own mark (which must be in the
-band too) and every other held position and its mark. Any fill drops every
-band (``RiskPolicy.on_fill``), which covers a new position elsewhere.
+fact, the peak equity and either the book's equity (when the portfolio facts
+read are equity, drawdown and peak alone: an equity range) or the book's cash,
+the symbol's own mark (which must be in the band too) and every other held
+position and its mark. Any fill drops every band that ties itself to the
+book (``RiskPolicy.on_fill``), which covers a new position elsewhere; an
+equity band needs no such help (a fill elsewhere moves only the equity,
+which it checks).
 """
 
 from __future__ import annotations
@@ -245,7 +249,9 @@ def compute(
     qty = float(position.qty)
     peak = max(portfolio.peak_equity, ZERO)
     if reads_book and all(r.fact in _EQUITY or r.fact not in _PORTFOLIO for r in ranges):
-        return _equity_band(symbol, tick, position, portfolio, book, tripped, mmr, ranges, quiet)
+        return _equity_band(
+            symbol, tick, position, portfolio, book, tripped, mmr, ranges, quiet, facts
+        )
     low, high = _interval(ranges, facts, p0, qty, float(peak))
     # The book raises its peak whenever equity passes it. A band that reads
     # the drawdown allows for a peak up to M = equity / (1 - limit / 2) (half
@@ -316,6 +322,7 @@ def _equity_band(
     mmr: Decimal | None,
     ranges: tuple[QuietRange, ...],
     quiet: Callable[[tuple[QuietRange, ...], Mapping[str, object]], bool],
+    facts: Mapping[str, object],
 ) -> Band | None:
     """A band for a stage whose portfolio facts are equity, drawdown and peak
     alone: a price range for the symbol's own facts, and an equity range for
@@ -324,7 +331,6 @@ def _equity_band(
     facts' (entry-based) agree to ~1e-27 of the book's exposure; the equity
     edges keep BAND_MARGIN x max(|equity|, peak, 1) inward, far above that."""
     last = tick.last
-    facts = tick_facts(tick, position, portfolio, tripped, mmr)
     p0 = float(last)
     qty = float(position.qty)
     local = tuple(r for r in ranges if r.fact not in _PORTFOLIO)

@@ -915,8 +915,11 @@ class RiskPolicy:
     ) -> list[RiskAction]:
         """Count stop-outs (event time) and run the ``fill`` rules, e.g.
         "M stop-outs within a window trips the breaker"."""
-        # A fill moves cash and a position: no band stands (bot4.risk.band).
-        self._bands.clear()
+        # A fill moves cash and a position: a band tied to the book's cash and
+        # positions ends; one on the equity or the symbol alone checks what
+        # a fill changes (the equity, its own position) on every tick.
+        for symbol in [s for s, b in self._bands.items() if b.book == "book"]:
+            del self._bands[symbol]
         try:
             actions, _ = self._fill(fill, portfolio, now_ns, stop_out, None, trace=False)
         except Exception as exc:  # monitoring blind: trip the breaker
