@@ -43,10 +43,10 @@ symbol replaces it), the breaker state, and, when a rule reads a portfolio
 fact, the peak equity and either the book's equity (when the portfolio facts
 read are equity, drawdown and peak alone: an equity range) or the book's cash,
 the symbol's own mark (which must be in the band too) and every other held
-position and its mark. Any fill drops every band that ties itself to the
-book (``RiskPolicy.on_fill``), which covers a new position elsewhere; an
-equity band needs no such help (a fill elsewhere moves only the equity,
-which it checks).
+position and its mark, and the book's initial margin (which a new position
+elsewhere moves). Any fill also drops every band that ties itself to the book
+(``RiskPolicy.on_fill``); an equity band needs no such help (a fill
+elsewhere moves only the equity, which it checks).
 """
 
 from __future__ import annotations
@@ -111,6 +111,8 @@ class Book(Protocol):
     @property
     def equity(self) -> Decimal: ...
 
+    def margin_used(self) -> Decimal: ...
+
     def mark_price(self, symbol: str) -> Decimal | None: ...
 
     def position(self, symbol: str) -> Position | None: ...
@@ -134,6 +136,7 @@ class Band:
     equity_low: Decimal | None = None
     equity_high: Decimal | None = None
     cash: Decimal | None = None
+    margin: Decimal | None = None  # initial margin of every position: a new one moves it
     peak: Decimal | None = None  # the book's peak when the band was made ...
     peak_max: Decimal | None = None  # ... and the highest it may reach meanwhile
     others: tuple[tuple[str, Decimal | None, Position | None], ...] = ()
@@ -154,7 +157,7 @@ class Band:
         mark = book.mark_price(self.symbol)
         if mark is None or not self.low <= mark <= self.high:
             return False
-        if book.cash != self.cash:
+        if book.cash != self.cash or book.margin_used() != self.margin:
             return False
         for symbol, other_mark, position in self.others:
             if book.position(symbol) is not position or book.mark_price(symbol) != other_mark:
@@ -298,6 +301,7 @@ def compute(
         tripped,
         book="book",
         cash=book.cash,
+        margin=book.margin_used(),
         peak=book.peak_equity,
         peak_max=peak_max,
         others=others,
