@@ -139,6 +139,18 @@ class StagePlan:
     # Orders: the rules' conditions evaluated exactly in Decimal, as one
     # function giving the index of the first that holds (bot4.risk.exact).
     exact_first: First | None = attrs.field(default=None, eq=False, repr=False)
+    # The engine message with a %s per field value, in ``fields`` order
+    # (keys are f0, f1, ...: no other % in it), and the fields' fact names.
+    layout: str = attrs.field(init=False, eq=False, repr=False)
+    field_names: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
+
+    @layout.default
+    def _layout(self) -> str:
+        return '{"_z":0.0' + "".join(prefix + "%s" for _, prefix in self.fields)
+
+    @field_names.default
+    def _field_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.fields)
 
 
 @attrs.frozen(slots=True)

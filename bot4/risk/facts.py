@@ -33,6 +33,7 @@ import math
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Context, Decimal, getcontext, setcontext
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -221,10 +222,33 @@ def _distance(price: Decimal, liq: Decimal) -> Decimal:
     return abs(price - liq) / price
 
 
+# The last book's portfolio facts: (snapshot, arithmetic context, facts).
+_LAST_BOOK: list[tuple[Portfolio, tuple[int, str], dict[str, object]]] = []
+
+
 def _portfolio(p: Portfolio) -> dict[str, object]:
     """Portfolio facts in one pass over the positions. Same definitions as
     ``Portfolio.equity`` / ``gross_exposure`` / ``drawdown`` (a test holds
-    them equal), without walking the positions once per property."""
+    them equal), without walking the positions once per property.
+
+    Cached between marks: a :class:`~bot4.portfolio.PortfolioTracker`
+    snapshot (read-only mappings, rebuilt whenever a mark or fill changes the
+    book) gives the same facts until it is replaced, in the same Decimal
+    context. A Portfolio over plain dicts, which its owner may change, is
+    computed afresh every time. Callers only read the returned dict."""
+    ctx = getcontext()
+    key = (ctx.prec, ctx.rounding)
+    if _LAST_BOOK:
+        last, last_key, facts = _LAST_BOOK[0]
+        if last is p and last_key == key:
+            return facts
+    facts = _portfolio_facts(p)
+    if type(p.positions) is MappingProxyType and type(p.marks) is MappingProxyType:
+        _LAST_BOOK[:] = [(p, key, facts)]
+    return facts
+
+
+def _portfolio_facts(p: Portfolio) -> dict[str, object]:
     upnl = gross = margin = ZERO
     marks = p.marks
     for symbol, pos in p.positions.items():

@@ -39,6 +39,7 @@ from bot4.model import (
     RiskAction,
     RiskActionKind,
 )
+from bot4.risk import band as bands
 from bot4.risk import expr, sources
 from bot4.risk.breaker import Breaker
 from bot4.risk.compiler import (
@@ -270,6 +271,9 @@ def _checked(name: str, value: object) -> object:
 # A string fact value -> its text in an engine message (see RiskPolicy._fire).
 _STRING_TEXT: dict[str, str] = {}
 _STRING_TEXT_KEPT = 256
+# The most ticks a symbol waits before another band is worked out after
+# bands that answered nothing (see RiskPolicy._drop_band).
+_BAND_BACKOFF_MAX = 64
 
 
 # --- the policy -----------------------------------------------------------------------------
@@ -293,6 +297,11 @@ class RiskPolicy:
         # (bot4.risk.shadow) counts the live policy's approvals instead.
         self.count_approvals = True
         self._breaker.on_reset(lambda: self._events.clear(STOP_OUTS))
+        # Price bands of held symbols (bot4.risk.band): symbol -> band, and
+        # symbol -> [ticks to wait before working out another, back-off].
+        self._bands: dict[str, bands.Band] = {}
+        self._band_wait: dict[str, list[int]] = {}
+        self._band_ranges: tuple[expr.QuietRange, ...] | None = None
         self._set_horizon()
 
     @classmethod
@@ -312,6 +321,15 @@ class RiskPolicy:
     def _set_horizon(self) -> None:
         for spec in self._active.compiled.windows.values():
             self._events.set_horizon(spec.seconds)
+        # A new policy: no band of the old one stands.
+        self._bands.clear()
+        self._band_wait.clear()
+        plan = self._active.compiled.stages[TICK]
+        self._band_ranges = (
+            plan.quiet
+            if TICK in self._active.engines and bands.supported(plan.quiet, plan.windows)
+            else None
+        )
 
     # --- properties ---
 
@@ -377,6 +395,7 @@ class RiskPolicy:
         if fresh.digest == self._active.digest:
             fresh.close()
             self._active = attrs.evolve(self._active, signature=signature)
+            self._set_horizon()  # the same rules, but start the bands afresh
             if recovered:
                 log.warning(
                     "rule files readable again; the policy in force is unchanged: %s",
@@ -591,9 +610,13 @@ class RiskPolicy:
         # Every value is validated and converted on its way into the message
         # (encode -> to_fact): NaN, infinities and huge numbers never reach C.
         # Unknown facts are left out; a rule reading one cannot match.
-        parts = ['{"_z":0.0']
-        for name, prefix in plan.fields:
+        # The values go into the plan's precompiled layout; with facts
+        # unknown their fields are left out of the message instead.
+        texts: list[str | None] = []
+        append = texts.append
+        for name in plan.field_names:
             if unknown and name in unknown:
+                append(None)
                 continue
             try:
                 value = facts[name]
@@ -622,9 +645,16 @@ class RiskPolicy:
                     if len(_STRING_TEXT) >= _STRING_TEXT_KEPT:
                         _STRING_TEXT.clear()
                     _STRING_TEXT[value] = text  # type: ignore[index]
-            parts.append(prefix)
-            parts.append(text)
-        keys = engine.fire("".join(parts))
+            append(text)
+        if unknown:
+            body = '{"_z":0.0' + "".join(
+                prefix + text
+                for (_, prefix), text in zip(plan.fields, texts, strict=True)
+                if text is not None
+            )
+        else:
+            body = plan.layout % tuple(texts)
+        keys = engine.fire(body)
         fired = []
         for key in keys:
             rule = plan.by_key.get(key)
@@ -717,16 +747,83 @@ class RiskPolicy:
 
     def on_tracked_tick(self, tick: MarketData, book: Book, now_ns: int) -> list[RiskAction]:
         """:meth:`on_market_data` for a caller that keeps the book in a
-        :class:`~bot4.portfolio.PortfolioTracker` (the kernel). The Portfolio
-        snapshot, rebuilt whenever a mark moves, is only asked for when the
-        tick's symbol is held: otherwise there is nothing to watch and the
-        answer is ``[]``, as from :meth:`on_market_data`. A subclass that
-        overrides :meth:`on_market_data` has it called on every tick, as before."""
-        if type(self).on_market_data is RiskPolicy.on_market_data and (
-            book.position(tick.symbol) is None
-        ):
+        :class:`~bot4.portfolio.PortfolioTracker` (the kernel) and reports
+        every fill through :meth:`on_fill`. The Portfolio snapshot, rebuilt
+        whenever a mark moves, is only asked for when the tick's symbol is
+        held: otherwise there is nothing to watch and the answer is ``[]``, as
+        from :meth:`on_market_data`. A tick of a held symbol priced inside
+        the symbol's band (:mod:`bot4.risk.band`: the prices at which no tick
+        rule can fire, worked out from the last tick that asked the engine)
+        is answered ``[]`` at once; any other asks the engine. A subclass
+        that overrides :meth:`on_market_data` has it called on every tick,
+        as before."""
+        if type(self).on_market_data is not RiskPolicy.on_market_data:
+            return self.on_market_data(tick, book.snapshot(), now_ns)
+        symbol = tick.symbol
+        position = book.position(symbol)
+        if position is None:
             return []
-        return self.on_market_data(tick, book.snapshot(), now_ns)
+        band = self._bands.get(symbol)
+        if band is not None:
+            try:
+                inside = (
+                    band.position is position
+                    and band.low <= tick.last <= band.high
+                    and band.holds(book, self._breaker.tripped)  # type: ignore[arg-type]  # see _new_band
+                )
+            except Exception:  # a book that cannot say: ask the engine
+                inside = False
+            if inside:
+                band.hits += 1
+                return []
+            self._drop_band(symbol, band)
+        portfolio = book.snapshot()
+        actions = self.on_market_data(tick, portfolio, now_ns)
+        if not actions and self._band_ranges is not None:
+            self._new_band(symbol, tick, portfolio, book)
+        return actions
+
+    def _drop_band(self, symbol: str, band: bands.Band) -> None:
+        del self._bands[symbol]
+        wait = self._band_wait.setdefault(symbol, [0, 1])
+        # A band that answered no tick was work for nothing (the price keeps
+        # leaving it, or the book keeps changing under it): wait longer
+        # before the next one. The answers are the engine's either way.
+        wait[1] = 1 if band.hits else min(wait[1] * 2, _BAND_BACKOFF_MAX)
+        wait[0] = wait[1] - 1
+
+    def _new_band(self, symbol: str, tick: MarketData, portfolio: Portfolio, book: Book) -> None:
+        wait = self._band_wait.get(symbol)
+        if wait is not None and wait[0] > 0:
+            wait[0] -= 1
+            return
+        ranges = self._band_ranges
+        position = portfolio.positions.get(symbol)
+        if ranges is None or position is None:
+            return
+        try:
+            band = bands.compute(
+                symbol,
+                tick,
+                position,
+                portfolio,
+                # A Book without cash, peak_equity or mark_price raises in
+                # compute (caught below: no band), so a band only exists for
+                # a book that has them, and holds() may read them.
+                book,  # type: ignore[arg-type]
+                self._breaker.tripped,
+                self._active.compiled.mmr,
+                ranges,
+                _quiet,
+            )
+        except Exception:  # no band (fail safe): the engine answers every tick
+            band = None
+        if band is None:
+            wait = self._band_wait.setdefault(symbol, [0, 1])
+            wait[1] = min(wait[1] * 2, _BAND_BACKOFF_MAX)
+            wait[0] = wait[1] - 1
+            return
+        self._bands[symbol] = band
 
     def _monitor_failed(
         self, stage: str, symbol: str, exc: BaseException, now_ns: int
@@ -821,6 +918,11 @@ class RiskPolicy:
     ) -> list[RiskAction]:
         """Count stop-outs (event time) and run the ``fill`` rules, e.g.
         "M stop-outs within a window trips the breaker"."""
+        # A fill moves cash and a position: a band tied to the book's cash and
+        # positions ends; one on the equity or the symbol alone checks what
+        # a fill changes (the equity, its own position) on every tick.
+        for symbol in [s for s, b in self._bands.items() if b.book == "book"]:
+            del self._bands[symbol]
         try:
             actions, _ = self._fill(fill, portfolio, now_ns, stop_out, None, trace=False)
         except Exception as exc:  # monitoring blind: trip the breaker
