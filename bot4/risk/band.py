@@ -283,7 +283,9 @@ def compute(
         marks = dict(portfolio.marks)
         marks[symbol] = edge
         for corner_peak in (peak, peak_max) if peak_max != peak else (peak,):
-            edge_book = trusted_portfolio(portfolio.cash, portfolio.positions, marks, corner_peak)
+            edge_book = trusted_portfolio(
+                portfolio.cash, portfolio.positions, marks, corner_peak, portfolio.activity
+            )
             if not quiet(ranges, tick_facts(edge_tick, position, edge_book, tripped, mmr)):
                 return None
     if not reads_book:
@@ -387,7 +389,9 @@ def _equity_band(
     for edge in (equity_low, equity_high):
         cash = portfolio.cash + (edge - equity_d)
         for corner_peak in (peak, peak_max) if peak_max != peak else (peak,):
-            edge_book = trusted_portfolio(cash, portfolio.positions, portfolio.marks, corner_peak)
+            edge_book = trusted_portfolio(
+                cash, portfolio.positions, portfolio.marks, corner_peak, portfolio.activity
+            )
             if not quiet(ranges, tick_facts(tick, position, edge_book, tripped, mmr)):
                 return None
     return Band(

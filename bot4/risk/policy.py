@@ -58,10 +58,12 @@ from bot4.risk.engine import number as engine_number
 from bot4.risk.exact import ExactError, exact_decider, holds
 from bot4.risk.expr import MAX_MAGNITUDE, Value
 from bot4.risk.facts import (
+    CONTEXT_FACTS,
     FILL,
     ORDER,
     STAGES,
     TICK,
+    context_facts,
     convert,
     convert_all,
     encode,
@@ -168,6 +170,34 @@ def _pack_facts(packs: Sequence[RiskRules]) -> dict[str, str]:
     return owners
 
 
+_KINDS = ("number", "bool", "string")
+
+
+def _pack_types(packs: Sequence[RiskRules], owners: Mapping[str, str]) -> dict[str, str]:
+    """The type each pack declares for its facts (``RiskRules.fact_types``)."""
+    kinds: dict[str, str] = {}
+    for pack in packs:
+        where = f"risk pack {pack.name!r}"
+        declare = getattr(pack, "fact_types", None)
+        try:
+            declared = declare() if declare is not None else {}
+        except Exception as exc:
+            raise RuleFileError(where, None, f"fact_types() failed: {exc}") from None
+        if not isinstance(declared, Mapping):
+            raise RuleFileError(where, None, "fact_types() must return a mapping")
+        for name, kind in declared.items():
+            if owners.get(name) != pack.name:
+                raise RuleFileError(
+                    where, None, f"fact_types() names {name!r}, which is not one of its facts"
+                )
+            if kind not in _KINDS:
+                raise RuleFileError(
+                    where, None, f"fact {name!r}: type {kind!r} is not one of {', '.join(_KINDS)}"
+                )
+            kinds[name] = kind
+    return kinds
+
+
 @attrs.frozen(slots=True)
 class _Active:
     """One loaded policy: compiled rules, live engines, and what it was built from."""
@@ -206,7 +236,8 @@ def _build_unguarded(paths: Sequence[Path], packs: Sequence[RiskRules]) -> _Acti
         raw, text = read_file(f)
         raws.append(raw)
         digest.update(str(f).encode() + b"\0" + text.encode() + b"\0")
-    compiled = Compiler(_pack_facts(packs)).compile(raws)
+    owners = _pack_facts(packs)
+    compiled = Compiler(owners, _pack_types(packs, owners)).compile(raws)
     engines: dict[str, EngineRuleset] = {}
     try:
         for stage, plan in compiled.stages.items():
@@ -461,6 +492,9 @@ class RiskPolicy:
         facts: dict[str, object] = order_facts(
             order, portfolio, market, self._breaker.tripped, compiled.mmr
         )
+        wanted = plan.reads & CONTEXT_FACTS
+        if wanted:
+            context_facts(wanted, facts, portfolio, now_ns, order.symbol)
         if plan.windows:
             self._window_facts(facts, plan.windows, order.symbol, now_ns)
         pack_failure: str | None = None
@@ -557,7 +591,8 @@ class RiskPolicy:
                 values = {}
             for name in wanted:
                 if problem is None:
-                    problem = self._pack_value(pack.name, name, values, facts)
+                    kind = compiled.pack_types.get(name, "number")
+                    problem = self._pack_value(pack.name, name, values, facts, kind)
                 if problem is not None:
                     unknown.update(wanted)
                     failure = failure or problem
@@ -565,13 +600,23 @@ class RiskPolicy:
         return failure, frozenset(unknown)
 
     @staticmethod
-    def _pack_value(pack: str, name: str, values: object, facts: dict[str, object]) -> str | None:
+    def _pack_value(
+        pack: str, name: str, values: object, facts: dict[str, object], kind: str = "number"
+    ) -> str | None:
         if not isinstance(values, Mapping) or name not in values:
             return f"risk pack {pack!r} did not give fact {name}"
         try:
             value = to_fact(name, values[name])
         except RiskError as exc:
             return f"risk pack {pack!r}: {exc}"
+        if kind == "bool" or kind == "string":
+            # A declared yes/no or text fact: exactly that type, else the order is refused.
+            if not isinstance(value, bool if kind == "bool" else str) or (
+                kind == "string" and isinstance(value, bool)
+            ):
+                return f"risk pack {pack!r}: fact {name} must be a {kind}, got {values[name]!r}"
+            facts[name] = value
+            return None
         if not isinstance(value, float):
             return f"risk pack {pack!r}: fact {name} must be a number"
         # A Decimal is kept as given (checked finite and in range above): the
@@ -850,6 +895,9 @@ class RiskPolicy:
         active = self._active
         position = portfolio.positions[tick.symbol]
         facts = tick_facts(tick, position, portfolio, self._breaker.tripped, active.compiled.mmr)
+        wanted = active.compiled.stages[TICK].reads & CONTEXT_FACTS
+        if wanted:
+            context_facts(wanted, facts, portfolio, now_ns, tick.symbol)
         return self._monitor(TICK, facts, tick.symbol, now_ns, overrides, trace)
 
     def _monitor(
@@ -941,6 +989,10 @@ class RiskPolicy:
         if stop_out:
             self._events.record(STOP_OUTS, fill.symbol, now_ns)
         facts = fill_facts(fill, portfolio, self._breaker.tripped, stop_out)
+        plan = self._active.compiled.stages.get(FILL)
+        wanted = plan.reads & CONTEXT_FACTS if plan is not None else frozenset()
+        if wanted:
+            context_facts(wanted, facts, portfolio, now_ns, fill.symbol)
         return self._monitor(FILL, facts, fill.symbol, now_ns, overrides, trace)
 
     # --- explanations ---
