@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -471,7 +471,7 @@ async def run_session(
     config: SessionConfig,
     *,
     manager: PluginManager | None = None,
-    feed: Iterator[MarketData] | None = None,
+    feed: Iterator[MarketData] | AsyncIterator[MarketData] | None = None,
     rule_paths: Sequence[Path] | None = None,
     progress: ProgressHook | None = None,
     services: Sequence[SessionService] | None = None,
