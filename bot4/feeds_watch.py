@@ -29,6 +29,10 @@ meanwhile.
 asks the kernel to stop (:meth:`bot4.kernel.Kernel.request_stop`, what a
 SIGINT does) when the time is up, so the session ends as if its data had
 run out: summary, journal and recording written, exit 0.
+
+A feed that raises something other than a :class:`~bot4.errors.Bot4Error`
+(a plugin's bug) ends the session the same clean way, as an
+ExchangeUnavailable naming the feed (``bot4 run`` exits 1).
 """
 
 from __future__ import annotations
@@ -40,8 +44,10 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from bot4.errors import Bot4Error, ExchangeUnavailable
 from bot4.feeds import DEFAULT_STALE_AFTER, Feed, FeedConfig
 from bot4.model import MarketData, Order, Portfolio, Rejected
+from bot4.secrets import redact
 
 if TYPE_CHECKING:
     from bot4.session import SessionContext, SessionService
@@ -94,7 +100,14 @@ class FeedWatch(AsyncIterator[MarketData]):
     async def __anext__(self) -> MarketData:
         if self._ticks is None:
             self._ticks = self.feed.ticks()
-        tick = await self._ticks.__anext__()
+        try:
+            tick = await self._ticks.__anext__()
+        except (StopAsyncIteration, Bot4Error):
+            raise
+        except Exception as exc:  # a feed plugin may raise anything: end the session cleanly
+            raise ExchangeUnavailable(
+                f"feed {self.config.spec} failed: {type(exc).__name__}: {redact(str(exc))}"
+            ) from exc
         now = self._clock()
         previous = self._seen.get(tick.symbol, self._since)
         self._seen[tick.symbol] = now
