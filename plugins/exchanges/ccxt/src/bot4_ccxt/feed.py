@@ -4,8 +4,9 @@
 trades on it: orders are filled by the paper engine, the venue is only read,
 so no API key is needed. Every ``interval`` seconds (``--feed-interval``,
 default 1) the feed asks the venue for the symbols' tickers (best bid, best
-ask, last price: one ``fetch_tickers`` call where the venue has it, else one
-``fetch_ticker`` per symbol) and yields a tick for each quote that changed
+ask, last price: one ``fetch_ticker`` per symbol, or for more than ten one
+``fetch_tickers`` call where the venue has it; ccxt's rate limiter keeps the
+polls within the venue's request weights) and yields a tick for each quote that changed
 (a new bid, ask, last or timestamp); a quote asked again and unchanged is
 not a tick. A quote older than the symbol's last tick is dropped.
 
@@ -50,6 +51,10 @@ __all__ = ["CONFIG_KEYS", "CcxtFeed"]
 CONFIG_KEYS = frozenset({"source", "symbols", "interval", "api_url", "timeout"})
 
 log = logging.getLogger("bot4_ccxt.feed")
+# Up to this many symbols, one fetch_ticker each: venues weigh an all-symbols
+# ticker call heavily (Binance: 40 times one symbol's, so ccxt's rate limiter
+# spaces them 0.8 s or more apart), more than a few single ones.
+_TICKERS_FROM = 10
 T = TypeVar("T")
 
 
@@ -142,7 +147,7 @@ class CcxtFeed(Feed):
 
         client = self.client
         by_ccxt = {c: s for s, c in self._to_ccxt.items()}
-        if len(by_ccxt) > 1 and client.has.get("fetchTickers"):
+        if len(by_ccxt) > _TICKERS_FROM and client.has.get("fetchTickers"):
             raw = client.fetch_tickers(list(by_ccxt))
             rows = [(by_ccxt[c], t) for c, t in raw.items() if c in by_ccxt]
         else:
