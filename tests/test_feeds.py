@@ -31,6 +31,7 @@ from bot4.feeds import Feed, FeedConfig, parse_duration, parse_feed_spec, parse_
 from bot4.feeds_watch import STALE_RULE, FeedWatch, stop_after
 from bot4.model import MarketData, Signal
 from bot4.plugins import PluginManager
+from bot4.replay import replay
 from bot4.session import (
     SessionConfig,
     SessionContext,
@@ -458,3 +459,9 @@ def test_a_stale_feed_halts_new_entries_and_they_resume_with_the_data(tmp_path: 
     assert "feed scripted: ETH-USDT data again after" in said
     assert "new entries resume" in said
     assert feed.closed  # the watch closed the feed at the end
+    # The replay has no wall clock: it refuses the orders the recording says
+    # stale-feed refused (bot4.feeds_replay), and matches.
+    assert result.recording is not None
+    replayed = trio.run(lambda: replay(result.recording, manager=manager))
+    assert replayed.mismatch is None
+    assert replayed.matched
