@@ -281,3 +281,18 @@ def test_bot4_run_paper_on_the_ccxt_feed(
     assert summary["orders_approved"] > 0
     assert summary["fills"] > 0
     assert STALE_RULE not in summary["rejections_by_rule"]
+
+
+def test_bot4_run_on_a_symbol_the_venue_does_not_list_is_one_line_exit_2(
+    quiet_venue: FakeBinance, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "run", "--feed", "ccxt:binance", "--feed-url", quiet_venue.url,
+            "--symbols", "BTC-USDT,DOGE-XYZ", "--out", str(tmp_path / "out"), "--no-chart",
+        ]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "bot4: feed ccxt:binance: DOGE-XYZ is not a market of binance" in err
+    assert "Traceback" not in err
