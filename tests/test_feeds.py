@@ -348,7 +348,9 @@ class _Scripted(Feed):
         start = trio.current_time()
         stamp = datetime(2026, 12, 1, tzinfo=UTC)
         while True:
-            stamp += timedelta(milliseconds=50)
+            # Two seconds of event time a step: the order-rate rule (per minute
+            # of event time) stays out of the way of the entries asked here.
+            stamp += timedelta(seconds=2)
             elapsed = trio.current_time() - start
             yield _tick("BTC-USDT", "50000", stamp)
             if not self.gap[0] <= elapsed < self.gap[1]:

@@ -238,7 +238,7 @@ def test_stale_quotes_and_a_venue_gone_quiet_halt_entries_until_data_returns(
     assert "risk.approved" not in topics[eth_stale:eth_back]
     refused = [p for t, p in events[eth_stale:eth_back] if t == "risk.rejected"]
     assert any(p.rule == STALE_RULE for p in refused)
-    btc_stale = first("feed.stale", "BTC-USDT")  # the venue went quiet
+    btc_stale = first("feed.stale", "BTC-USDT", eth_stale)  # the venue went quiet
     assert eth_stale < btc_stale < eth_back
     assert "risk.approved" in topics[eth_back:]  # entries resumed with the data
     said = "\n".join(lines)
