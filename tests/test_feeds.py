@@ -467,3 +467,28 @@ def test_a_stale_feed_halts_new_entries_and_they_resume_with_the_data(tmp_path: 
     replayed = trio.run(lambda: replay(result.recording, manager=manager))
     assert replayed.mismatch is None
     assert replayed.matched
+
+
+def test_the_feed_can_be_configured_in_the_session_file(tmp_path: Path) -> None:
+    env = _site(tmp_path)
+    config = tmp_path / "session.yaml"
+    config.write_text(
+        FAST_SMA + "feed:\n  name: sine\n  symbols: [BTC-USDT]\n  interval: 0.02\n"
+        "  stale_after: 5\n"
+    )
+    out = tmp_path / "out"
+    run = run_bot4(
+        "run", "--duration", "2s", "--config", str(config), "--out", str(out), "--no-chart",
+        env=env,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert json.loads((out / "summary.json").read_text())["ticks"] > 20
+    # A bad value is named at its line; the command line overrides the file.
+    config.write_text("feed:\n  name: sine\n  symbols: [BTC-USDT]\n  interval: soon\n")
+    bad = run_bot4("run", "--config", str(config), "--out", str(out), env=env)
+    assert bad.returncode == 2
+    assert f"{config}:2: feed.interval: 'soon' is not a number of seconds" in bad.stderr
+    config.write_text("feed: {name: ccxt:binance, symbols: [BTC-USDT], apikey: x}\n")
+    bad = run_bot4("run", "--config", str(config), "--out", str(out), env=env)
+    assert bad.returncode == 2
+    assert f"{config}:1: ccxt feed: unknown config field(s) 'apikey'" in bad.stderr

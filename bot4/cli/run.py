@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -221,14 +222,18 @@ class _Live:
 
 
 def _live_feed(args: argparse.Namespace, config: Any) -> _Live | None:
-    """For ``--feed NAME:SOURCE``: the feed plugin's feed, watched for staleness."""
+    """For ``--feed NAME:SOURCE`` (or ``feed:`` in the config file; an option
+    given here overrides the file's): the feed plugin's feed, watched for
+    staleness."""
     live_only = {
         "--symbols": args.symbols,
         "--feed-interval": args.feed_interval,
         "--feed-url": args.feed_url,
         "--stale-after": args.stale_after,
     }
-    if args.feed is None:
+    configured: dict[str, Any] = dict(config.feed or {})
+    where = config.origin.get("feed", "config")
+    if args.feed is None and not configured:
         given = [name for name, value in live_only.items() if value is not None]
         if given:
             raise ConfigError(f"{given[0]}: only with --feed NAME:SOURCE")
@@ -237,6 +242,15 @@ def _live_feed(args: argparse.Namespace, config: Any) -> _Live | None:
     from bot4.feeds_watch import FeedWatch
     from bot4.plugins import PluginManager
 
+    named = configured.pop("name", None)
+    if args.feed is not None:
+        if named is not None and named != args.feed:
+            configured = {}  # the file's settings are another feed's
+        spec, spec_where = args.feed, "--feed"
+    elif isinstance(named, str):
+        spec, spec_where = named, f"{where}: feed.name"
+    else:
+        raise ConfigError(f"{where}: feed: name the feed (name: ccxt:binance)")
     if args.data is not None or config.data is not None:
         raise ConfigError("--feed: market data comes from the feed; drop --data")
     if config.exchange != "paper":
@@ -246,26 +260,32 @@ def _live_feed(args: argparse.Namespace, config: Any) -> _Live | None:
         )
     if config.speed:
         raise ConfigError("--speed: a live feed runs in real time; drop --speed with --feed")
-    if args.symbols is None:
+    name, source = parse_feed_spec(spec, spec_where)
+    raw_symbols = configured.pop("symbols", None)
+    if args.symbols is not None:
+        symbols = parse_symbols(args.symbols)
+    elif raw_symbols is not None:
+        symbols = parse_symbols(raw_symbols, f"{where}: feed.symbols")
+    else:
         raise ConfigError("--feed: name the symbols, e.g. --symbols BTC-USDT,ETH-USDT")
-    name, source = parse_feed_spec(args.feed)
-    interval = DEFAULT_INTERVAL if args.feed_interval is None else args.feed_interval
-    stale_after = DEFAULT_STALE_AFTER if args.stale_after is None else args.stale_after
-    for flag, value in (("--feed-interval", interval), ("--stale-after", stale_after)):
-        if not value > 0 or value == float("inf"):
-            raise ConfigError(f"{flag}: {value:g} must be a positive number of seconds")
-    feed_config = FeedConfig(
-        name,
-        source,
-        parse_symbols(args.symbols),
-        interval,
-        {} if args.feed_url is None else {"api_url": args.feed_url},
+    interval = _seconds(
+        args.feed_interval, configured.pop("interval", None), "--feed-interval", where, "interval"
     )
+    stale_after = _seconds(
+        args.stale_after, configured.pop("stale_after", None), "--stale-after", where, "stale_after"
+    )
+    interval = DEFAULT_INTERVAL if interval is None else interval
+    stale_after = DEFAULT_STALE_AFTER if stale_after is None else stale_after
+    if args.feed_url is not None:
+        configured["api_url"] = args.feed_url
+    feed_config = FeedConfig(name, source, symbols, interval, configured)
     manager = PluginManager.load()
     registered = manager.registry.feed(name)
     try:
         feed = registered.factory(feed_config.factory_config())
-    except ConfigError:
+    except ConfigError as exc:
+        if config.feed and where != "config":  # a setting of the file's feed: its line
+            raise ConfigError(f"{where}: {exc}") from None
         raise
     except Exception as exc:  # a feed plugin's factory may raise anything
         raise ConfigError(
@@ -280,6 +300,21 @@ def _live_feed(args: argparse.Namespace, config: Any) -> _Live | None:
             f"{type(feed).__name__}, not a bot4.feeds.Feed"
         )
     return _Live(manager, FeedWatch(feed, feed_config, stale_after=stale_after))
+
+
+def _seconds(
+    given: float | None, configured: object, flag: str, where: str, key: str
+) -> float | None:
+    """A positive number of seconds from the command line, else the file."""
+    value: object = given if given is not None else configured
+    if value is None:
+        return None
+    name = flag if given is not None else f"{where}: feed.{key}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name}: {value!r} is not a number of seconds")
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"{name}: {value:g} must be a positive number of seconds")
+    return float(value)
 
 
 def _services(args: argparse.Namespace, config: Any, live: _Live | None) -> Any:
