@@ -21,10 +21,12 @@ few hundred milliseconds of them, never corrupts; recovery re-reads the
 exchange for what they said).
 
 Schema: the tables live in the connection's ``search_path`` (``schema=``
-sets it, ``bot4 journal migrate`` creates it). Migrations are applied only by
-:meth:`PostgresStore.migrate` (``bot4 journal migrate``); opening a journal
-that is behind raises :class:`~bot4.journal.errors.SchemaBehind`, one that is
-newer :class:`~bot4.journal.errors.SchemaTooNew`. A second writer on the same
+sets it, ``bot4 journal migrate`` creates it). An *empty* schema (no journal
+table at all: a fresh database) is migrated when opened, so a new deployment
+starts without a manual step; a journal of an earlier version is migrated
+only by :meth:`PostgresStore.migrate` (``bot4 journal migrate``): opening one
+raises :class:`~bot4.journal.errors.SchemaBehind`, one that is newer
+:class:`~bot4.journal.errors.SchemaTooNew`. A second writer on the same
 schema is refused (a session-level advisory lock).
 """
 
@@ -114,6 +116,7 @@ class PostgresStore(Store):
             kwargs["options"] = f"-c search_path={schema}"
         self._url = url
         self._kwargs = kwargs
+        self.created = False  # an empty schema was given the journal's tables on open
         # One direct connection first: its error says why (refused, auth, no
         # database), where a pool would only time out.
         try:
@@ -169,6 +172,10 @@ class PostgresStore(Store):
             raise SchemaTooNew(self.location, version, LATEST)
         self.schema_version = version
         if version < LATEST:
+            if not migrate and not has_version:  # empty: nothing to upgrade, only to create
+                self.migrate()
+                self.created = True
+                return
             if not migrate:
                 raise SchemaBehind(
                     f"{self.location}: journal schema version {version}, this bot4 needs "
@@ -199,13 +206,15 @@ class PostgresStore(Store):
     def migrate(self) -> list[int]:
         applied: list[int] = []
         with self._raw() as conn:
+            # Two migrators at once (two sessions starting on a fresh database):
+            # the second waits, then finds nothing to do. The lock comes first,
+            # keyed by the schema's name (it may not exist yet), so that the
+            # CREATE statements never race.
+            where = self.schema if self.schema is not None else "(search_path)"
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (where + ".bot4_migrate",))
             if self.schema is not None:
                 conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"', prepare=False)
             conn.execute(VERSION_TABLE_SQL, prepare=False)
-            # Two migrators at once: the second waits, then finds nothing to do.
-            conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.bot4_migrate'))"
-            )
             got = conn.execute("SELECT MAX(version) FROM journal_schema_version").fetchone()
             current = int(got[0]) if got and got[0] is not None else 0
             if current > LATEST:
