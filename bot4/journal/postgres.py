@@ -57,6 +57,7 @@ from bot4.secrets import redact
 __all__ = ["PostgresStore"]
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_DOWN_WAIT = 0.5  # seconds to wait for a connection while the server is down
 _LOCK_SQL = "SELECT pg_try_advisory_lock(hashtext(current_schema() || '.bot4_journal'))"
 
 
@@ -116,6 +117,7 @@ class PostgresStore(Store):
             kwargs["options"] = f"-c search_path={schema}"
         self._url = url
         self._kwargs = kwargs
+        self._down = False  # the last call failed to reach the server
         self.created = False  # an empty schema was given the journal's tables on open
         # One direct connection first: its error says why (refused, auth, no
         # database), where a pool would only time out.
@@ -195,10 +197,16 @@ class PostgresStore(Store):
     def _raw(self) -> Iterator[psycopg.Connection[Any]]:
         if self._pool is None:
             raise JournalError(f"{self.location}: the journal is closed")
+        # While the server is known to be down, wait for a connection only
+        # briefly: every order is refused meanwhile (rule journal), and each
+        # would otherwise wait the whole connect timeout for its refusal.
+        wait = _DOWN_WAIT if self._down else None
         try:
-            with self._pool.connection() as conn:
+            with self._pool.connection(timeout=wait) as conn:
                 yield conn
+            self._down = False
         except psycopg.Error as exc:
+            self._down = True
             raise JournalUnavailable(
                 f"PostgreSQL journal at {self.location}: {redact(_first_line(exc))}"
             ) from exc
