@@ -89,15 +89,15 @@ def _session(
         kernel.bus.subscribe("#", count, capacity=100_000, name="test-count")
 
     seen = itertools.count(1)
+    service = JournalService(url, interval=0.05)
 
     async def tick(_: MarketData) -> None:
         if on_tick is not None:
-            on_tick(next(seen), refused[0])
+            on_tick(next(seen), refused[0], service)
 
     config = SessionConfig(
         strategies=(StrategyConfig("sma_cross", PARAMS),), out=str(out), record=False, journal="off"
     )
-    service = JournalService(url, interval=0.05)
     trio.run(
         lambda: run_session(
             config, exchange=venue, services=[service], on_kernel=on_kernel, progress=tick
@@ -123,20 +123,29 @@ def test_a_mid_session_outage_loses_no_record(
     server: OwnPostgres, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     state = {"down": False, "back": False}
+    held = {"memory": 0, "spilled": 0}
 
-    def on_tick(n: int, refused: int) -> None:
+    def on_tick(n: int, refused: int, service: JournalService) -> None:
         if n == DOWN_AT and not state["down"]:
             server.stop()
             state["down"] = True
-        elif state["down"] and not state["back"] and refused >= 3:
-            server.start()  # three orders refused for the journal: enough
-            state["back"] = True
+        elif state["down"] and not state["back"]:
+            writer = service.writer
+            assert writer is not None
+            # While it is down: memory holds a batch at most, the rest is on disk.
+            held["memory"] = max(held["memory"], len(writer._pending))
+            held["spilled"] = max(held["spilled"], writer.spill.count if writer.spill else 0)
+            if refused >= 3:
+                server.start()  # three orders refused for the journal: enough
+                state["back"] = True
 
     with caplog.at_level(logging.WARNING, logger="bot4.journal"):
         published, refused, kernel, service = _session(
             tmp_path / "out", server.url, on_tick=on_tick
         )
     assert state["back"], "the session must have tried orders during the outage"
+    assert held["spilled"] > 0
+    assert held["memory"] <= 256  # one batch (the live default)
     assert refused >= 3
     assert kernel.stats.ticks == TICKS
     kinds, rules, chain_ok, keys = _journal(server.url)
@@ -160,7 +169,7 @@ def test_an_outage_until_the_end_is_written_at_the_next_start(
 ) -> None:
     out = tmp_path / "out"
 
-    def on_tick(n: int, _: int) -> None:
+    def on_tick(n: int, _: int, __: JournalService) -> None:
         if n == DOWN_AT:
             server.stop()
 
