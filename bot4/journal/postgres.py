@@ -118,6 +118,7 @@ class PostgresStore(Store):
         self._url = url
         self._kwargs = kwargs
         self._down = False  # the last call failed to reach the server
+        self._wants_lock = False  # this store holds the writer's lock (lock=True)
         self.created = False  # an empty schema was given the journal's tables on open
         # One direct connection first: its error says why (refused, auth, no
         # database), where a pool would only time out.
@@ -185,8 +186,29 @@ class PostgresStore(Store):
                 )
             self.migrate()
 
+    def _keep_lock(self) -> None:
+        """After an outage: the lock's session is gone with the server that
+        held it; take the lock again before writing, or refuse (another
+        writer took it meanwhile)."""
+        conn = self._lock_conn
+        if conn is not None:
+            try:
+                conn.execute("SELECT 1")
+            except psycopg.Error:
+                conn.close()
+                self._lock_conn = None
+            else:
+                return
+        self._take_lock()
+
     def _take_lock(self) -> None:
-        conn = psycopg.connect(self._url, autocommit=True, **self._kwargs)
+        self._wants_lock = True
+        conn = psycopg.connect(
+            self._url,
+            autocommit=True,
+            connect_timeout=max(1, int(_DOWN_WAIT + 0.5)),
+            **self._kwargs,
+        )
         row = conn.execute(_LOCK_SQL).fetchone()
         if not row or not row[0]:
             conn.close()
@@ -202,6 +224,8 @@ class PostgresStore(Store):
         # would otherwise wait the whole connect timeout for its refusal.
         wait = _DOWN_WAIT if self._down else None
         try:
+            if self._down and self._wants_lock:
+                self._keep_lock()  # a restarted server forgot the lock: take it again
             with self._pool.connection(timeout=wait) as conn:
                 yield conn
             self._down = False

@@ -30,7 +30,7 @@ from bot4_paper import PaperExchange
 
 from bot4.bus import Event
 from bot4.data import iter_sample
-from bot4.journal import open_store
+from bot4.journal import JournalLocked, open_store
 from bot4.journal.service import JournalService
 from bot4.journal.spill import SPILL_FILE
 from bot4.kernel import Kernel
@@ -122,8 +122,8 @@ def _journal(url: str) -> tuple[Counter[str], Counter[str], bool, list[tuple[Any
 def test_a_mid_session_outage_loses_no_record(
     server: OwnPostgres, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    state = {"down": False, "back": False}
-    held = {"memory": 0, "spilled": 0}
+    state = {"down": False, "back": False, "probed": False}
+    held = {"memory": 0, "spilled": 0, "back_at": 0}
 
     def on_tick(n: int, refused: int, service: JournalService) -> None:
         if n == DOWN_AT and not state["down"]:
@@ -138,12 +138,20 @@ def test_a_mid_session_outage_loses_no_record(
             if refused >= 3:
                 server.start()  # three orders refused for the journal: enough
                 state["back"] = True
+                held["back_at"] = n
+        elif state["back"] and not state["probed"] and n == held["back_at"] + 1_000:
+            # The restarted server forgot the writer's lock; the writer took
+            # it again: a second bot4 on this journal is still refused.
+            with pytest.raises(JournalLocked):
+                open_store(server.url, lock=True).close()
+            state["probed"] = True
 
     with caplog.at_level(logging.WARNING, logger="bot4.journal"):
         published, refused, kernel, service = _session(
             tmp_path / "out", server.url, on_tick=on_tick
         )
     assert state["back"], "the session must have tried orders during the outage"
+    assert state["probed"]
     assert held["spilled"] > 0
     assert held["memory"] <= 256  # one batch (the live default)
     assert refused >= 3
