@@ -17,8 +17,11 @@ step, and a restart loop is seen.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -208,3 +211,69 @@ def test_an_outage_until_the_end_is_written_at_the_next_start(
     assert len(set(keys_after)) == len(keys_after)
     assert chain_ok
     shutil.rmtree(out)
+
+
+_CRASH_IN_OUTAGE = """
+import itertools, json, os, subprocess, sys, trio
+from bot4_paper import PaperExchange
+from bot4.data import iter_sample
+from bot4.journal.service import JournalService
+from bot4.session import SessionConfig, StrategyConfig, run_session
+
+out, url, stop = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+PARAMS = json.loads(sys.argv[4])
+
+class LiveVenue(PaperExchange):
+    durable = True
+
+venue = LiveVenue.from_config({"feed": list(itertools.islice(iter_sample(), 6000)),
+                               "balance": "10000"})
+seen = itertools.count(1)
+
+async def tick(_):
+    n = next(seen)
+    if n == 1500:
+        subprocess.run(stop, check=True, capture_output=True)  # the database goes away
+    if n == 4000:
+        os._exit(9)  # and the bot dies during the outage: no last flush
+
+config = SessionConfig(strategies=(StrategyConfig("sma_cross", PARAMS),), out=out,
+                       record=False, journal="off")
+trio.run(lambda: run_session(config, exchange=venue, services=[JournalService(url)],
+                             progress=tick))
+"""
+
+
+def test_a_crash_during_the_outage_keeps_what_was_spilled(
+    server: OwnPostgres, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    stop = [
+        *server.prefix,
+        str(server.bin / "pg_ctl"),
+        "-D",
+        str(server.data),
+        "-m",
+        "fast",
+        "-w",
+        "stop",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", _CRASH_IN_OUTAGE, str(out), server.url, json.dumps(stop),
+         json.dumps(PARAMS)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 9, done.stderr
+    spill = out / SPILL_FILE
+    assert spill.exists()
+    lines = spill.read_text().splitlines()
+    refusals = sum('"journal"' in line and '"decision"' in line for line in lines[1:])
+    assert refusals >= 1  # the refusals made during the outage were on disk before the crash
+    server.start()
+    _, _, _, after = _session(out, server.url, ticks=0)
+    assert after.replayed == len(lines) - 1
+    assert not spill.exists()
+    _, rules, chain_ok, keys = _journal(server.url)
+    assert rules["journal"] == refusals
+    assert len(set(keys)) == len(keys)
+    assert chain_ok
