@@ -222,3 +222,20 @@ def test_a_session_reports_its_journal_writes_to_the_metrics(tmp_path: Path) -> 
     assert values["bot4_journal_queue_depth"] == 0
     assert values["bot4_journal_lag_seconds"] == 0
     assert values["bot4_journal_write_failures_total"] == 0
+
+
+def test_a_spill_finds_its_sqlite_journal_from_another_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = open_store("journal.sqlite")  # named relatively, as `--out .` would
+    spill = SpillFile.for_writer(tmp_path / "spill.jsonl", store.location)
+    spill.append(0, _records(1))
+    store.close()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    store = open_store(tmp_path / "journal.sqlite")
+    left = SpillFile.existing(tmp_path / "spill.jsonl")
+    assert left is not None
+    assert replay_spill(store, left) == 2
+    store.close()

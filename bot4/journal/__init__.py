@@ -17,9 +17,11 @@ extends), :mod:`~bot4.journal.verify`, :mod:`~bot4.journal.facade` (the trio
 face), the backends :mod:`~bot4.journal.sqlite` and :mod:`~bot4.journal.postgres`,
 :mod:`~bot4.journal.migrations`, :mod:`~bot4.journal.riskstate`,
 :mod:`~bot4.journal.recovery`, :mod:`~bot4.journal.writer` (the batching writer
-and the write-ahead protocols) and :mod:`~bot4.journal.service` (the session
-service behind ``bot4 run``). :mod:`~bot4.journal.base` keeps the old import
-names.
+and the write-ahead protocols), :mod:`~bot4.journal.spill` (what an outage
+keeps on local disk, written once when the database is back),
+:mod:`~bot4.journal.runs` (the runs of a session id, restart loops) and
+:mod:`~bot4.journal.service` (the session service behind ``bot4 run``).
+:mod:`~bot4.journal.base` keeps the old import names.
 """
 
 from __future__ import annotations

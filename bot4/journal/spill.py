@@ -62,7 +62,7 @@ class SpillFile:
     @classmethod
     def for_writer(cls, path: Path, journal: str) -> SpillFile:
         """A new spill for a new writer (a fresh token)."""
-        return cls(path, uuid.uuid4().hex, journal)
+        return cls(path, uuid.uuid4().hex, _where(journal))
 
     @classmethod
     def existing(cls, path: Path) -> SpillFile | None:
@@ -151,6 +151,14 @@ class SpillFile:
         self.first_index = -1
 
 
+def _where(location: str) -> str:
+    """A journal's location to compare: a file by its absolute path (the
+    next run may name it from another folder), a URL as it is (redacted)."""
+    if "://" in location:
+        return location
+    return str(Path(location).resolve())
+
+
 def _header(raw: bytes) -> dict[str, Any]:
     header = json.loads(raw)
     if not isinstance(header, dict) or header.get("format") != _FORMAT:
@@ -182,7 +190,7 @@ def replay_spill(store: Store, spill: SpillFile, chunk: int = 1024) -> int:
     """Write the spilled records not yet in the journal, in order, each chunk
     in one durable transaction with its mark; remove the file after. Returns
     how many records were written (0 when all of them were already)."""
-    if spill.journal != store.location:
+    if _where(spill.journal) != _where(store.location):
         raise JournalError(
             f"{spill.path}: records kept for the journal {spill.journal}, not "
             f"{store.location}; write them there (run with that journal) or move the file away"
