@@ -16,7 +16,7 @@ import psycopg
 import pytest
 import trio
 
-from bot4.journal import open_store
+from bot4.journal import SchemaBehind, open_store
 from bot4.journal.migrations import MIGRATIONS
 from bot4.journal.records import Record
 from bot4.journal.runs import WINDOW_S, end_of_run, start_of_run
@@ -239,3 +239,15 @@ def test_a_spill_finds_its_sqlite_journal_from_another_folder(
     assert left is not None
     assert replay_spill(store, left) == 2
     store.close()
+
+
+def test_a_read_command_never_creates_tables_in_an_empty_schema() -> None:
+    for schema in fresh_schema():
+        with pytest.raises(SchemaBehind, match="bot4 journal migrate"):
+            open_store(PG_URL, schema=schema, create=False)
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            found = conn.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s",
+                (schema,),
+            ).fetchone()
+        assert found == (0,)

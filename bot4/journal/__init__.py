@@ -96,7 +96,8 @@ def open_store(
 ) -> Store:
     """Open a journal. ``migrate`` defaults to True for SQLite (the file is
     bot4's own) and False for PostgreSQL (``bot4 journal migrate`` does it).
-    ``lock`` refuses a second writer. Raises a :class:`JournalError` with a
+    An empty PostgreSQL schema gets its tables unless ``create`` is False
+    (the read commands). ``lock`` refuses a second writer. Raises a :class:`JournalError` with a
     message naming the target for every refusal."""
     if intent_sync not in ("full", "normal"):
         raise JournalError(f"intent_sync must be 'full' or 'normal', not {intent_sync!r}")
@@ -105,7 +106,12 @@ def open_store(
         from bot4.journal.postgres import PostgresStore
 
         return PostgresStore(
-            text, schema=schema, migrate=bool(migrate), lock=lock, intent_sync=intent_sync
+            text,
+            schema=schema,
+            migrate=bool(migrate),
+            lock=lock,
+            intent_sync=intent_sync,
+            create=create,
         )
     if "://" in text and not text.startswith("sqlite:///"):
         raise JournalUnavailable(

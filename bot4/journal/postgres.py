@@ -101,6 +101,7 @@ class PostgresStore(Store):
         intent_sync: str = "full",
         pool_size: int = 4,
         connect_timeout: float = 5.0,
+        create: bool = True,
     ) -> None:
         super().__init__()
         self.location = redact(url) + (f" (schema {schema})" if schema else "")
@@ -120,6 +121,7 @@ class PostgresStore(Store):
         self._down = False  # the last call failed to reach the server
         self._wants_lock = False  # this store holds the writer's lock (lock=True)
         self.created = False  # an empty schema was given the journal's tables on open
+        self._create = create  # may give an empty schema its tables (not the read commands)
         # One direct connection first: its error says why (refused, auth, no
         # database), where a pool would only time out.
         try:
@@ -175,7 +177,7 @@ class PostgresStore(Store):
             raise SchemaTooNew(self.location, version, LATEST)
         self.schema_version = version
         if version < LATEST:
-            if not migrate and not has_version:  # empty: nothing to upgrade, only to create
+            if not migrate and not has_version and self._create:  # empty: only to create
                 self.migrate()
                 self.created = True
                 return
