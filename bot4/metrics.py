@@ -328,6 +328,11 @@ class Metrics:
         self.session_start = gauge(
             "session_start_time_seconds", "When this run of the session started (Unix seconds)"
         )
+        self.session_restarts = gauge(
+            "session_restarts",
+            "Runs of this session id that died without a clean stop in the minute before "
+            "this one started (a restart loop; from the journal)",
+        )
         # New for every run of the process; the session id is the journal's.
         self.run_id = uuid.uuid4().hex[:12]
         self._breaker_series: tuple[str, str] | None = None
@@ -588,6 +593,8 @@ class Metrics:
         run = ctx.history.runs + 1 if ctx.history is not None else 1
         self.session_info.labels(ctx.config.session_id, self.run_id, str(run), self.exchange).set(1)
         self.session_start.set(time.time())
+        if ctx.history is not None:
+            self.session_restarts.set(ctx.history.restarts)
         if not isinstance(ctx.kernel.exchange, InstrumentedExchange):
             ctx.kernel.exchange = InstrumentedExchange(
                 ctx.kernel.exchange,

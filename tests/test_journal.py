@@ -547,9 +547,14 @@ def test_postgres_refusing_connections_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_postgres_schema_behind_and_foreign_tables() -> None:
     for schema in fresh_schema():
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+            conn.execute(f"CREATE TABLE {schema}.journal_schema_version (version int)")
+            conn.execute(f"INSERT INTO {schema}.journal_schema_version VALUES (1)")
         with pytest.raises(SchemaBehind, match="run `bot4 journal migrate`"):
             open_store(PG_URL, schema=schema)
         with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
             conn.execute(f"CREATE SCHEMA {schema}")
             conn.execute(f"CREATE TABLE {schema}.journal_records (x int)")
         with pytest.raises(JournalCorrupt, match="no journal_schema_version"):

@@ -17,9 +17,11 @@ extends), :mod:`~bot4.journal.verify`, :mod:`~bot4.journal.facade` (the trio
 face), the backends :mod:`~bot4.journal.sqlite` and :mod:`~bot4.journal.postgres`,
 :mod:`~bot4.journal.migrations`, :mod:`~bot4.journal.riskstate`,
 :mod:`~bot4.journal.recovery`, :mod:`~bot4.journal.writer` (the batching writer
-and the write-ahead protocols) and :mod:`~bot4.journal.service` (the session
-service behind ``bot4 run``). :mod:`~bot4.journal.base` keeps the old import
-names.
+and the write-ahead protocols), :mod:`~bot4.journal.spill` (what an outage
+keeps on local disk, written once when the database is back),
+:mod:`~bot4.journal.runs` (the runs of a session id, restart loops) and
+:mod:`~bot4.journal.service` (the session service behind ``bot4 run``).
+:mod:`~bot4.journal.base` keeps the old import names.
 """
 
 from __future__ import annotations
@@ -96,7 +98,8 @@ def open_store(
 ) -> Store:
     """Open a journal. ``migrate`` defaults to True for SQLite (the file is
     bot4's own) and False for PostgreSQL (``bot4 journal migrate`` does it).
-    ``lock`` refuses a second writer. Raises a :class:`JournalError` with a
+    An empty PostgreSQL schema gets its tables unless ``create`` is False
+    (the read commands). ``lock`` refuses a second writer. Raises a :class:`JournalError` with a
     message naming the target for every refusal."""
     if intent_sync not in ("full", "normal"):
         raise JournalError(f"intent_sync must be 'full' or 'normal', not {intent_sync!r}")
@@ -105,7 +108,12 @@ def open_store(
         from bot4.journal.postgres import PostgresStore
 
         return PostgresStore(
-            text, schema=schema, migrate=bool(migrate), lock=lock, intent_sync=intent_sync
+            text,
+            schema=schema,
+            migrate=bool(migrate),
+            lock=lock,
+            intent_sync=intent_sync,
+            create=create,
         )
     if "://" in text and not text.startswith("sqlite:///"):
         raise JournalUnavailable(

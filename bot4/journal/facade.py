@@ -16,6 +16,7 @@ import trio
 
 from bot4.journal.records import FillRow, OrderRow, Record, StoredRecord
 from bot4.journal.riskstate import RiskEventRow, RiskStateRow, RunHistory
+from bot4.journal.spill import SpillFile, replay_spill
 from bot4.journal.store import Store
 from bot4.journal.verify import VerifyReport
 from bot4.model import MarketData
@@ -46,8 +47,21 @@ class Journal:
     async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self._limiter)
 
-    async def append(self, records: Sequence[Record], *, durable: bool = False) -> int:
-        return await self._call(self.store.append, records, durable=durable)
+    async def append(
+        self,
+        records: Sequence[Record],
+        *,
+        durable: bool = False,
+        marks: Sequence[tuple[str, str]] = (),
+    ) -> int:
+        return await self._call(self.store.append, records, durable=durable, marks=marks)
+
+    async def replay_spill(self, spill: SpillFile, chunk: int) -> int:
+        """:func:`bot4.journal.spill.replay_spill` in the journal's thread."""
+        return await self._call(replay_spill, self.store, spill, chunk)
+
+    async def state_value(self, key: str) -> Any:
+        return await self._call(self.store.state_value, key)
 
     async def append_market(self, ticks: Sequence[MarketData]) -> None:
         await self._call(self.store.append_market, ticks)

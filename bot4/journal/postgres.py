@@ -21,10 +21,12 @@ few hundred milliseconds of them, never corrupts; recovery re-reads the
 exchange for what they said).
 
 Schema: the tables live in the connection's ``search_path`` (``schema=``
-sets it, ``bot4 journal migrate`` creates it). Migrations are applied only by
-:meth:`PostgresStore.migrate` (``bot4 journal migrate``); opening a journal
-that is behind raises :class:`~bot4.journal.errors.SchemaBehind`, one that is
-newer :class:`~bot4.journal.errors.SchemaTooNew`. A second writer on the same
+sets it, ``bot4 journal migrate`` creates it). An *empty* schema (no journal
+table at all: a fresh database) is migrated when opened, so a new deployment
+starts without a manual step; a journal of an earlier version is migrated
+only by :meth:`PostgresStore.migrate` (``bot4 journal migrate``): opening one
+raises :class:`~bot4.journal.errors.SchemaBehind`, one that is newer
+:class:`~bot4.journal.errors.SchemaTooNew`. A second writer on the same
 schema is refused (a session-level advisory lock).
 """
 
@@ -55,6 +57,7 @@ from bot4.secrets import redact
 __all__ = ["PostgresStore"]
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_DOWN_WAIT = 0.5  # seconds to wait for a connection while the server is down
 _LOCK_SQL = "SELECT pg_try_advisory_lock(hashtext(current_schema() || '.bot4_journal'))"
 
 
@@ -98,6 +101,7 @@ class PostgresStore(Store):
         intent_sync: str = "full",
         pool_size: int = 4,
         connect_timeout: float = 5.0,
+        create: bool = True,
     ) -> None:
         super().__init__()
         self.location = redact(url) + (f" (schema {schema})" if schema else "")
@@ -114,6 +118,10 @@ class PostgresStore(Store):
             kwargs["options"] = f"-c search_path={schema}"
         self._url = url
         self._kwargs = kwargs
+        self._down = False  # the last call failed to reach the server
+        self._wants_lock = False  # this store holds the writer's lock (lock=True)
+        self.created = False  # an empty schema was given the journal's tables on open
+        self._create = create  # may give an empty schema its tables (not the read commands)
         # One direct connection first: its error says why (refused, auth, no
         # database), where a pool would only time out.
         try:
@@ -169,6 +177,10 @@ class PostgresStore(Store):
             raise SchemaTooNew(self.location, version, LATEST)
         self.schema_version = version
         if version < LATEST:
+            if not migrate and not has_version and self._create:  # empty: only to create
+                self.migrate()
+                self.created = True
+                return
             if not migrate:
                 raise SchemaBehind(
                     f"{self.location}: journal schema version {version}, this bot4 needs "
@@ -176,8 +188,29 @@ class PostgresStore(Store):
                 )
             self.migrate()
 
+    def _keep_lock(self) -> None:
+        """After an outage: the lock's session is gone with the server that
+        held it; take the lock again before writing, or refuse (another
+        writer took it meanwhile)."""
+        conn = self._lock_conn
+        if conn is not None:
+            try:
+                conn.execute("SELECT 1")
+            except psycopg.Error:
+                conn.close()
+                self._lock_conn = None
+            else:
+                return
+        self._take_lock()
+
     def _take_lock(self) -> None:
-        conn = psycopg.connect(self._url, autocommit=True, **self._kwargs)
+        self._wants_lock = True
+        conn = psycopg.connect(
+            self._url,
+            autocommit=True,
+            connect_timeout=max(1, int(_DOWN_WAIT + 0.5)),
+            **self._kwargs,
+        )
         row = conn.execute(_LOCK_SQL).fetchone()
         if not row or not row[0]:
             conn.close()
@@ -188,10 +221,18 @@ class PostgresStore(Store):
     def _raw(self) -> Iterator[psycopg.Connection[Any]]:
         if self._pool is None:
             raise JournalError(f"{self.location}: the journal is closed")
+        # While the server is known to be down, wait for a connection only
+        # briefly: every order is refused meanwhile (rule journal), and each
+        # would otherwise wait the whole connect timeout for its refusal.
+        wait = _DOWN_WAIT if self._down else None
         try:
-            with self._pool.connection() as conn:
+            if self._down and self._wants_lock:
+                self._keep_lock()  # a restarted server forgot the lock: take it again
+            with self._pool.connection(timeout=wait) as conn:
                 yield conn
+            self._down = False
         except psycopg.Error as exc:
+            self._down = True
             raise JournalUnavailable(
                 f"PostgreSQL journal at {self.location}: {redact(_first_line(exc))}"
             ) from exc
@@ -199,13 +240,15 @@ class PostgresStore(Store):
     def migrate(self) -> list[int]:
         applied: list[int] = []
         with self._raw() as conn:
+            # Two migrators at once (two sessions starting on a fresh database):
+            # the second waits, then finds nothing to do. The lock comes first,
+            # keyed by the schema's name (it may not exist yet), so that the
+            # CREATE statements never race.
+            where = self.schema if self.schema is not None else "(search_path)"
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (where + ".bot4_migrate",))
             if self.schema is not None:
                 conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"', prepare=False)
             conn.execute(VERSION_TABLE_SQL, prepare=False)
-            # Two migrators at once: the second waits, then finds nothing to do.
-            conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.bot4_migrate'))"
-            )
             got = conn.execute("SELECT MAX(version) FROM journal_schema_version").fetchone()
             current = int(got[0]) if got and got[0] is not None else 0
             if current > LATEST:

@@ -135,6 +135,10 @@ class RunHistory:
     risk_actions: Mapping[str, int] = attrs.field(factory=dict)
     breaker_trips: int = 0
     fills: int = 0
+    # Every run of the session id, this one included, and the runs before it
+    # that died without a clean stop within a minute (bot4.journal.runs).
+    starts: int = 0
+    restarts: int = 0
 
 
 def read_history(tx: _Tx, after_seq: int, before_seq: int) -> RunHistory:

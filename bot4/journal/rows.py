@@ -232,7 +232,8 @@ def write_rows(tx: Tx, rows: BatchRows) -> None:
     """Every row of a batch, in one transaction ``tx``. The order of the
     statements is the one each table's rule needs: an epoch reset before the
     orders of the new epoch, the orders before ``never_sent`` marks them."""
-    tx.executemany(INSERT_RECORD, rows.records)
+    if rows.records:  # none in a transaction of marks only (bot4.journal.spill)
+        tx.executemany(INSERT_RECORD, rows.records)
     if rows.reset is not None:
         tx.execute(_ABANDON, (rows.reset,))
     if rows.orders:

@@ -28,14 +28,25 @@ opens the journal named by the config's ``journal`` key, else
 * writes those in batches (group commit): a flush when ``batch`` records are
   queued, every ``interval`` seconds otherwise, always together with the next
   intent, and a last one when the session ends. Records queued past
-  ``8 * batch`` make the subscriber wait for the flush (backpressure).
+  ``8 * batch`` make the subscriber wait for the flush (backpressure);
+* keeps what the database cannot take during an outage in
+  ``<out>/journal-spill.jsonl`` (:mod:`bot4.journal.spill`) and writes it
+  when the database is back; a spill an earlier run left (it stopped, or
+  died, during an outage) is written first, before this run's session
+  record, exactly once;
+* counts the runs of the session id and logs a restart loop
+  (:mod:`bot4.journal.runs`); reports write latency, queue depth and lag and
+  failures to the session's metrics.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -46,6 +57,8 @@ from bot4.journal.facade import Journal
 from bot4.journal.records import Record, RecordKind
 from bot4.journal.recovery import RecoveryReport, recover
 from bot4.journal.riskstate import RunHistory
+from bot4.journal.runs import RunStart, end_of_run, runs_key, start_of_run
+from bot4.journal.spill import SPILL_FILE, SpillFile
 from bot4.journal.store import Store
 from bot4.journal.writer import (
     JournalWriter,
@@ -55,6 +68,8 @@ from bot4.journal.writer import (
 from bot4.portfolio import PortfolioTracker
 
 __all__ = ["JournalService", "JournalWriter", "VenueKind", "journal_service", "venue_kind"]
+
+log = logging.getLogger("bot4.journal")
 
 
 class JournalService:
@@ -79,6 +94,8 @@ class JournalService:
         self.report: RecoveryReport | None = None
         self.history: RunHistory | None = None
         self.writer: JournalWriter | None = None
+        self.run_start: RunStart | None = None
+        self.replayed = 0  # records an earlier run's spill held, written at this start
 
     async def __call__(self, ctx: Any, nursery: trio.Nursery) -> None:
         venue = venue_kind(ctx.exchange)
@@ -93,7 +110,25 @@ class JournalService:
         store = await trio.to_thread.run_sync(opener)
         journal = Journal(store)
         shadow = PortfolioTracker()
+        spill_path = Path(ctx.out) / SPILL_FILE
+        session_id = ctx.config.session_id
         try:
+            # An earlier run stopped (or died) with the journal down: its
+            # records first, before anything of this run.
+            left = await trio.to_thread.run_sync(SpillFile.existing, spill_path)
+            if left is not None:
+                self.replayed = await journal.replay_spill(left, 1024)
+                log.warning(
+                    "journal: %d records an earlier run kept in %s are written to %s",
+                    self.replayed,
+                    spill_path,
+                    journal.location,
+                )
+            start = start_of_run(await journal.state_value(runs_key(session_id)), pid=os.getpid())
+            self.run_start = start
+            loop = start.line(session_id)
+            if loop is not None:
+                log.warning("%s", loop)
             session = {
                 "session_id": ctx.config.session_id,
                 "exchange": ctx.config.exchange,
@@ -101,7 +136,9 @@ class JournalService:
                 "pid": os.getpid(),
             }
             session_seq = await journal.append(
-                [Record(RecordKind.SESSION, session, time.time_ns())], durable=True
+                [Record(RecordKind.SESSION, session, time.time_ns())],
+                durable=True,
+                marks=(start.mark(session_id),),
             )
             self.report = await recover(
                 journal,
@@ -117,7 +154,10 @@ class JournalService:
             epoch = int((await journal.state()).get("epoch", 0))
             history = await journal.history(epoch, session_seq)
             self.history = attrs.evolve(
-                history, fills=self.report.fills_replayed + self.report.fills_recovered
+                history,
+                fills=self.report.fills_replayed + self.report.fills_recovered,
+                starts=start.run,
+                restarts=start.restarts,
             )
         except BaseException:
             await journal.aclose()
@@ -129,7 +169,14 @@ class JournalService:
             market_data=self.market_data,
             shadow=shadow,
             venue=venue,
+            spill=SpillFile.for_writer(spill_path, journal.location),
+            metrics=ctx.metrics,
         )
+
+        def clean_stop() -> Sequence[tuple[str, str]]:
+            return ((runs_key(session_id), json.dumps(end_of_run(start), sort_keys=True)),)
+
+        writer.closing_marks = clean_stop
         writer.attach(ctx.bus, ctx.policy, tracker=ctx.tracker, clock=lambda: ctx.kernel.now_ns)
         ctx.kernel.journal = writer
         ctx.kernel.risk_journal = writer

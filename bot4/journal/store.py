@@ -52,6 +52,9 @@ class Store(abc.ABC):
         self._seq = 0
         self._last_checksum = ""
         self.schema_version = 0
+        # After a failed append the log's end is re-read before the next one:
+        # a commit can reach the server though the client saw an error.
+        self._tail_unknown = False
 
     # -- to implement ---------------------------------------------------------
 
@@ -89,15 +92,31 @@ class Store(abc.ABC):
     def last_seq(self) -> int:
         return self._seq
 
-    def append(self, records: Sequence[Record], *, durable: bool = False) -> int:
+    def append(
+        self,
+        records: Sequence[Record],
+        *,
+        durable: bool = False,
+        marks: Sequence[tuple[str, str]] = (),
+    ) -> int:
         """Write ``records`` in one transaction; returns the last seq. With
         ``durable`` the commit uses the intent durability (see intent_sync).
+        ``marks`` are journal_state (key, JSON value) pairs set in the same
+        transaction (the writer's progress, :mod:`bot4.journal.spill`).
         Nothing of the batch is written unless all of it is."""
-        if not records:
+        if not records and not marks:
             return self._seq
+        if self._tail_unknown:
+            self._load_tail()
+            self._tail_unknown = False
         rows = build_rows(records, self._seq, self._last_checksum)
-        with self._tx(durable=durable) as tx:
-            write_rows(tx, rows)
+        rows.kv.extend((key, value, rows.seq) for key, value in marks)
+        try:
+            with self._tx(durable=durable) as tx:
+                write_rows(tx, rows)
+        except BaseException:
+            self._tail_unknown = True
+            raise
         self._seq, self._last_checksum = rows.seq, rows.checksum
         return rows.seq
 
@@ -161,6 +180,12 @@ class Store(abc.ABC):
         with self._tx(write=False) as tx:
             rows = tx.execute("SELECT key, value FROM journal_state")
         return {str(k): json.loads(v) for k, v in rows}
+
+    def state_value(self, key: str) -> Any:
+        """One journal_state value (decoded), None when the key is absent."""
+        with self._tx(write=False) as tx:
+            rows = tx.execute("SELECT value FROM journal_state WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else None
 
     def risk_state(self, since_seq: int = 0) -> dict[str, RiskStateRow]:
         """The latest value of every risk-state key written after ``since_seq``."""

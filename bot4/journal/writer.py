@@ -33,17 +33,36 @@ from the exchange, :func:`venue_kind`):
   queued like every other record (still before the order's own records) and
   rides the next batch: a crash loses the records after the last committed
   batch, intents included. Only here may records be lost.
+
+A database outage (:mod:`bot4.journal.spill`). A write that fails keeps its
+records: with a spill file (the session service gives one, next to the
+session's output) the failed batch is appended to it, fsynced, and memory
+holds no more than the batch being written; every later write first writes
+what the spill holds, in order, so the records reach the journal in the
+order they were queued, each exactly once (a journal_state mark written
+with every batch says how far this writer got). Meanwhile every intent
+fails, so every new order is refused (rule ``journal``) and those refusals
+are kept like the rest. A stop during the outage leaves the spill for the
+next start, which writes it before anything else. One line is logged when
+the journal goes away and one when it is back.
+
+Metrics: with ``metrics`` (the session's :class:`bot4.metrics.Metrics`)
+every write is timed (``observe_journal_write``), every failure counted,
+and the queue depth (memory and spill) and the age of its oldest record are
+reported after each flush.
 """
 
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import re
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -52,6 +71,7 @@ from bot4.journal.errors import JournalError
 from bot4.journal.facade import Journal
 from bot4.journal.records import Record, RecordKind
 from bot4.journal.riskstate import PEAK_KEY, cleared_key, peak_to_journal
+from bot4.journal.spill import SpillFile, mark_key
 from bot4.model import Approved, Fill, MarketData, Order, OrderState, Rejected, RiskAction
 from bot4.model import RiskActionKind as _Kind
 from bot4.portfolio import PortfolioTracker
@@ -62,6 +82,7 @@ __all__ = [
     "DEFAULT_INTERVAL",
     "PAPER_BATCH",
     "PAPER_INTERVAL",
+    "JournalMetrics",
     "JournalWriter",
     "VenueKind",
     "venue_kind",
@@ -79,6 +100,16 @@ DEFAULT_INTERVAL = 0.05
 # a few dozen (profiled on bench_journal's kernel case).
 PAPER_BATCH = 4096
 PAPER_INTERVAL = 0.5
+
+
+class JournalMetrics(Protocol):
+    """The hooks :class:`bot4.metrics.Metrics` gives the journal."""
+
+    def observe_journal_write(self, seconds: float) -> None: ...
+
+    def set_journal_queue(self, depth: int, lag_seconds: float) -> None: ...
+
+    def count_journal_failure(self) -> None: ...
 
 
 class VenueKind(enum.Enum):
@@ -108,8 +139,22 @@ class JournalWriter:
         market_data: bool = False,
         shadow: PortfolioTracker | None = None,
         venue: VenueKind,
+        spill: SpillFile | None = None,
+        metrics: JournalMetrics | None = None,
     ) -> None:
         self.journal = journal
+        # Where failed batches wait for the journal (None: in memory).
+        self.spill = spill
+        self.metrics = metrics
+        # Each record's index, in queue order, and the journal_state mark
+        # that says how far they are written (bot4.journal.spill).
+        self._next = 0
+        self._key = mark_key(spill.token if spill is not None else uuid.uuid4().hex)
+        # Set by the session service: journal_state marks the last flush of a
+        # clean stop writes (the run's end, bot4.journal.runs).
+        self.closing_marks: Callable[[], Sequence[tuple[str, str]]] | None = None
+        self._behind_since: float | None = None  # monotonic time of the oldest unwritten
+        self._down_since: float | None = None  # the journal's outage, while it lasts
         # The one switch between the two write-ahead protocols (the module's
         # docstring): set by the session from the exchange it trades on.
         self.venue = venue
@@ -147,14 +192,9 @@ class JournalWriter:
         async with self._lock:
             batch, self._pending = self._pending, []
             batch.append(Record.intent(order, time.time_ns()))
-            try:
-                await self.journal.append(batch, durable=True)
-            except BaseException:
-                self._pending[:0] = batch[:-1]  # keep the queued records; the intent is void
-                raise
+            # On failure the queued records are kept; the intent is void.
+            await self._commit(batch, durable=True, keep=len(batch) - 1)
             self.intents += 1
-            self.flushes += 1
-            self.records += len(batch)
 
     # -- the bus (everything else) ------------------------------------------------
 
@@ -248,20 +288,97 @@ class JournalWriter:
             if not batch:
                 return
             try:
-                await self.journal.append(batch, durable=True)
-            except JournalError as exc:  # kept queued; the writer's next flush retries
-                self._pending[:0] = batch
-                self.errors += 1
-                self.last_error = str(exc)
-                log.error("journal checkpoint failed: %s", exc)  # noqa: TRY400
+                await self._commit(batch, durable=True)
+            except JournalError as exc:  # kept; the writer's next flush retries
+                self._failed(exc, "checkpoint")
+
+    # -- writing, and keeping what could not be written ----------------------------
+
+    async def _commit(
+        self,
+        batch: list[Record],
+        *,
+        durable: bool,
+        keep: int | None = None,
+        marks: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """Write what the spill holds, then ``batch`` and ``marks`` (with the
+        lock held). A :class:`JournalError` keeps the first ``keep`` records
+        of the batch (all of them by default: spilled, or back in the queue)
+        and is raised."""
+        start = self._next
+        self._next += len(batch)
+        began = time.monotonic()
+        try:
+            if self.spill is not None and self.spill.count:
+                written = await self.journal.replay_spill(self.spill, self.batch)
+                self.records += written
+            if self.spill is not None:
+                marks = ((self._key, json.dumps(self._next)), *marks)
+            await self.journal.append(batch, durable=durable, marks=marks)
+        except JournalError:
+            await self._keep(start, batch if keep is None else batch[:keep])
+            raise
+        except BaseException:  # cancelled or a bug: keep them in memory
+            self._pending[:0] = batch if keep is None else batch[:keep]
+            raise
+        if self.metrics is not None:
+            self.metrics.observe_journal_write(time.monotonic() - began)
+        self.flushes += 1
+        self.records += len(batch)
+        if self._down_since is not None:
+            log.warning(
+                "journal %s is back after %.1f s: every record kept meanwhile is written",
+                self.journal.location,
+                time.monotonic() - self._down_since,
+            )
+            self._down_since = None
+        # What arrived during the write is no older than its start.
+        self._behind_since = began if self._pending else None
+
+    async def _keep(self, start: int, records: list[Record]) -> None:
+        if self.metrics is not None:
+            self.metrics.count_journal_failure()
+        if not records:
+            return
+        if self.spill is not None:
+            try:
+                await trio.to_thread.run_sync(self.spill.append, start, records)
+            except OSError as exc:  # a full or broken disk: memory is what is left
+                log.error("journal spill %s failed: %s", self.spill.path, exc)  # noqa: TRY400
+            else:
                 return
-            except BaseException:
-                self._pending[:0] = batch
-                raise
-            self.flushes += 1
-            self.records += len(batch)
+        self._pending[:0] = records
+
+    def _failed(self, exc: JournalError, what: str) -> None:
+        self.errors += 1
+        self.last_error = str(exc)
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            where = f"kept in {self.spill.path}" if self.spill is not None else "kept in memory"
+            # One line per outage, no traceback: the error names the journal.
+            log.error(
+                "journal %s failed: %s; new orders are refused (rule journal), "
+                "records are %s until it is back",
+                what,
+                exc,
+                where,
+            )
+
+    def _report_queue(self) -> None:
+        if self.metrics is None:
+            return
+        depth = len(self._pending) + (self.spill.count if self.spill is not None else 0)
+        if depth == 0:
+            self._behind_since = None
+        elif self._behind_since is None:
+            self._behind_since = time.monotonic()
+        lag = time.monotonic() - self._behind_since if self._behind_since is not None else 0.0
+        self.metrics.set_journal_queue(depth, lag)
 
     def enqueue(self, record: Record) -> None:
+        if not self._pending and self._behind_since is None:
+            self._behind_since = time.monotonic()
         self._pending.append(record)
         if len(self._pending) >= self.batch:
             self._wake.set()
@@ -311,22 +428,22 @@ class JournalWriter:
             symbol = str(payload.get("symbol"))
             self.enqueue(Record(RecordKind.PROTECTION, payload, ts, symbol=symbol))
         if len(self._pending) >= 8 * self.batch:
-            await self.flush()  # backpressure: the bus (BLOCK) waits for us
+            try:
+                await self.flush()  # backpressure: the bus (BLOCK) waits for us
+            except JournalError as exc:  # kept (spilled); the timer retries
+                self._failed(exc, "flush")
 
     # -- group commit ---------------------------------------------------------------
 
-    async def flush(self) -> None:
+    async def flush(self, marks: Sequence[tuple[str, str]] = ()) -> None:
+        """Write everything queued (after the spill); ``marks`` ride along.
+        Raises :class:`JournalError` with the records kept."""
         async with self._lock:
             batch, self._pending = self._pending, []
             ticks, self._ticks = self._ticks, []
-            if batch:
-                try:
-                    await self.journal.append(batch)
-                except BaseException:
-                    self._pending[:0] = batch
-                    raise
-                self.flushes += 1
-                self.records += len(batch)
+            if batch or marks or (self.spill is not None and self.spill.count):
+                # The marks of a clean stop are durable, with the last records.
+                await self._commit(batch, durable=bool(marks), marks=marks)
             if ticks:
                 await self.journal.append_market(ticks)
 
@@ -339,17 +456,27 @@ class JournalWriter:
                 self._wake = trio.Event()
                 try:
                     await self.flush()
-                except JournalError as exc:  # kept queued; the next flush retries
-                    self.errors += 1
-                    self.last_error = str(exc)
-                    log.error("journal flush failed: %s", exc)  # noqa: TRY400 - no traceback wanted
+                except JournalError as exc:  # kept; the next flush retries
+                    self._failed(exc, "flush")
+                    self._report_queue()
                     await trio.sleep(min(1.0, self.interval * 10))
+                self._report_queue()
         finally:
             with trio.CancelScope(shield=True):
+                marks = self.closing_marks() if self.closing_marks is not None else ()
                 try:
-                    await self.flush()
+                    await self.flush(marks)
                 except JournalError as exc:
                     self.errors += 1
                     self.last_error = str(exc)
-                    log.error("journal: last flush failed: %s", exc)  # noqa: TRY400
+                    kept = self.spill.count if self.spill is not None else len(self._pending)
+                    where = self.spill.path if self.spill is not None else "memory (lost)"
+                    log.error(  # noqa: TRY400 - the error names the journal
+                        "journal: last flush failed: %s; %d records kept in %s, written "
+                        "when this session next starts",
+                        exc,
+                        kept,
+                        where,
+                    )
+                self._report_queue()
                 await self.journal.aclose()
