@@ -90,8 +90,10 @@ def test_a_long_past_its_liquidation_price_is_liquidated_at_it_with_a_fee() -> N
     fill = next(ev for ev in events if isinstance(ev, Fill))
     state = next(ev for ev in events if isinstance(ev, OrderState))
     assert fill.liquidity == "liquidation"
-    assert fill.client_order_id == "liq-1" and state.order.strategy == "liquidation"
-    assert state.status is OrderStatus.FILLED and state.reason == "liquidation"
+    assert fill.client_order_id == "liq-1"
+    assert state.order.strategy == "liquidation"
+    assert state.status is OrderStatus.FILLED
+    assert state.reason == "liquidation"
     assert fill.price == D("904.52")  # rounded down for a long: against the account
     assert fill.price <= liq
     assert fill.fee == D("904.52") * D("0.0125")
@@ -105,7 +107,8 @@ def test_a_short_is_liquidated_when_the_mark_rises_to_its_price() -> None:
     e = engine()
     opened(e, "sell")
     state = e.margin_state("BTC-USDT")
-    assert state is not None and state.liquidation_price is not None
+    assert state is not None
+    assert state.liquidation_price is not None
     assert state.liquidation_price > D(1000)
     up = str(state.liquidation_price.quantize(D(1)) + 1)
     events = e.on_tick(tick(up, at=T0 + timedelta(seconds=1)))
@@ -129,10 +132,13 @@ def test_add_margin_moves_the_liquidation_price_and_takes_free_balance() -> None
     free = e.balance().free
     new = e.add_margin("BTC-USDT", D(50))
     after = e.margin_state("BTC-USDT")
-    assert before is not None and after is not None
-    assert after.collateral == D(150) and after.added == D(50)
+    assert before is not None
+    assert after is not None
+    assert after.collateral == D(150)
+    assert after.added == D(50)
     assert new == after.liquidation_price == liquidation_price(D(1), D(1000), D(150))
-    assert before.liquidation_price is not None and new is not None
+    assert before.liquidation_price is not None
+    assert new is not None
     assert new < before.liquidation_price
     assert e.balance().free == free - D(50)
     # Saved: the price that liquidated it before no longer does.
@@ -147,7 +153,8 @@ def test_added_margin_is_released_when_the_position_closes() -> None:
     e.add_margin("BTC-USDT", D(50))
     e.place(market("x", "sell", "1", reduce_only=True))
     assert e.positions() == []
-    assert e.balance().used == 0 and e.balance().free == e.balance().total
+    assert e.balance().used == 0
+    assert e.balance().free == e.balance().total
 
 
 def test_cross_margin_has_no_add_margin_and_liquidates_from_the_wallet() -> None:
@@ -157,7 +164,8 @@ def test_cross_margin_has_no_add_margin_and_liquidates_from_the_wallet() -> None
     e.set_leverage("BTC-USDT", D(10))
     e.place(market("e", "buy", "1"))
     state = e.margin_state("BTC-USDT")
-    assert state is not None and state.mode == "cross"
+    assert state is not None
+    assert state.mode == "cross"
     # The whole wallet backs the position: P = (1000 - 1000) / (0.005 - 1) = 0.
     assert state.liquidation_price is None
     with pytest.raises(InvalidOrder, match="cross margin"):
@@ -235,7 +243,8 @@ def test_config_reads_market_type_tiers_and_funding() -> None:
     book = ex.engine.margin
     assert book.of("BTC-USDT").spot
     perp = book.of("BTC-USDT-PERP")
-    assert perp.funding_rate == D("0.0002") and perp.tiers[1].rate == D("0.02")
+    assert perp.funding_rate == D("0.0002")
+    assert perp.tiers[1].rate == D("0.02")
     assert perp.tiers[1].cum == D(100)  # 10000 * (0.02 - 0.01)
     assert ex.engine.liquidation_fee == D("0.01")
 
@@ -271,6 +280,7 @@ def test_exchange_methods_reach_the_engine() -> None:
         await ex.place_order(market("e", "buy", "1"))
         liq = await ex.add_margin("BTC-USDT", D(100))
         state = await ex.fetch_margin("BTC-USDT")
-        assert state is not None and state.liquidation_price == liq
+        assert state is not None
+        assert state.liquidation_price == liq
 
     trio.run(main)

@@ -47,8 +47,6 @@ from typing import Any
 from bot4_paper.engine import PaperEngine
 
 from bot4.contracts import MarketInfo
-from bot4.model import ZERO, MarketData, Order, OrderState, OrderType, Side
-from bot4_ccxt.fakebinance import FakeBinance, _ApiError, _ms, _num, _venue_symbol
 from bot4.margin import (
     DEFAULT_TIERS,
     MarginPositionModel,
@@ -56,6 +54,8 @@ from bot4.margin import (
     funding_payment,
     funding_times,
 )
+from bot4.model import ZERO, MarketData, Order, OrderState, OrderType, Side
+from bot4_ccxt.fakebinance import FakeBinance, _ApiError, _ms, _num, _venue_symbol
 
 __all__ = ["PERP_MARKETS", "FakeBinanceFutures"]
 
