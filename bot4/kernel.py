@@ -177,6 +177,9 @@ class KernelStats:
     protection: str = ""  # the protection mode (bot4.protection.ProtectionMode)
     protection_failures: int = 0  # protective orders or closes that failed
     liquidations: int = 0  # fills the exchange marked as liquidations (liquidity "liquidation")
+    margin_added: Decimal = ZERO  # collateral ADD_MARGIN moved into positions
+    margin_escalations: int = 0  # ADD_MARGIN rungs that became the next rung
+    funding_paid: Decimal = ZERO  # what funding took from the account (the venue's figure)
     rejections_by_rule: Counter[str] = attrs.field(factory=Counter)
     actions: Counter[str] = attrs.field(factory=Counter)
 
@@ -284,6 +287,7 @@ class Kernel:
                 await self._events(symbols)
         finally:
             self._run_scope = None
+            self.margin.settle(self.stats)
             with trio.CancelScope(shield=True):
                 await self.exchange.close()
         return self.stats

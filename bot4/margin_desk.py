@@ -32,7 +32,7 @@ from bot4.errors import ExchangeFailed, ExchangeRefused
 from bot4.model import ZERO, Order, Rejected, RiskAction, RiskActionKind
 
 if TYPE_CHECKING:
-    from bot4.kernel import Kernel
+    from bot4.kernel import Kernel, KernelStats
 
 __all__ = ["ESCALATED_FRACTION", "LEVERAGE_RULE", "MODE_RULE", "MarginDesk"]
 
@@ -61,6 +61,16 @@ class MarginDesk:
         if self._active is None:
             self._active = Capability.MARGIN in self._kernel.exchange.capabilities
         return self._active
+
+    def settle(self, stats: KernelStats) -> None:
+        """Copy the session's margin figures into ``stats`` (at the end of a
+        run): what was added, escalated, and the funding the venue reports
+        (an exchange's ``funding_paid`` attribute; the paper venue has one)."""
+        stats.margin_added = self.added
+        stats.margin_escalations = self.escalations
+        funding = getattr(self._kernel.exchange, "funding_paid", None)
+        if isinstance(funding, Decimal):
+            stats.funding_paid = funding
 
     async def before_entry(self, order: Order) -> Rejected | None:
         """Set mode and leverage for ``order``'s symbol if needed; a Rejected

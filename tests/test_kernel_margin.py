@@ -300,3 +300,20 @@ async def test_the_ladder_acts_before_the_venue_liquidates(tmp_path: Path) -> No
 
 def test_the_paper_venue_claims_margin() -> None:
     assert Capability.MARGIN in paper(feed=[]).capabilities
+
+
+@pytest.mark.trio
+async def test_funding_the_venue_charged_reaches_the_session_stats() -> None:
+    # Ticks an hour apart from 06:00: the 08:00 funding time falls between.
+    start = datetime(2024, 3, 1, 6, tzinfo=UTC)
+    feed = [
+        MarketData(
+            "BTC-USDT", "paper", D(50000), D(50000), D(50000), D(5), start + timedelta(hours=i)
+        )
+        for i in range(4)
+    ]
+    ex = paper(feed=feed, funding_rate="0.0001")
+    kernel, _ = await run(ex, Once(long("3", "0.01")))
+    # A long pays 0.01 * 50000 * 0.0001 once.
+    assert kernel.stats.funding_paid == D("0.05")
+    assert ex.funding_paid == D("0.05")

@@ -187,6 +187,11 @@ class PaperExchange(Exchange):
         await trio.lowlevel.checkpoint()
         return self.engine.positions()
 
+    @property
+    def funding_paid(self) -> Decimal:
+        """What funding took from the account so far (negative: received)."""
+        return self.engine.margin.funding_paid
+
     async def set_leverage(self, symbol: str, leverage: Decimal) -> Decimal:
         await trio.lowlevel.checkpoint()
         return self.engine.set_leverage(symbol, leverage)
