@@ -208,6 +208,13 @@ class PaperExchange(Exchange):
         await trio.lowlevel.checkpoint()
         return self.engine.margin_state(symbol)
 
+    async def fetch_margin_positions(self) -> Sequence[MarginState]:
+        """Every open perpetual position's margin (liquidation price, mark,
+        collateral), as the ccxt plugin's method of this name reports a venue's."""
+        await trio.lowlevel.checkpoint()
+        states = (self.engine.margin_state(p.symbol) for p in self.engine.positions())
+        return [s for s in states if s is not None]
+
     def stream(self, symbols: Sequence[str]) -> AsyncIterator[ExchangeEvent]:
         """Replay the feed; see the module docstring for the event order. A
         second call continues where the first stopped (the feed is read once)."""
