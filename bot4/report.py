@@ -132,6 +132,7 @@ class FillRecord:
     qty: Decimal
     price: Decimal
     fee: Decimal
+    liquidity: str = "taker"  # "liquidation": the venue closed the position
 
 
 @attrs.frozen(slots=True)
@@ -515,7 +516,9 @@ class SessionReport:
         if not isinstance(fill, Fill):
             return
         ts = self._advance(event.ts)
-        self._fills.append(FillRecord(ts, fill.symbol, fill.side, fill.qty, fill.price, fill.fee))
+        self._fills.append(
+            FillRecord(ts, fill.symbol, fill.side, fill.qty, fill.price, fill.fee, fill.liquidity)
+        )
         if fill.symbol not in self._last_float:
             self._last_float[fill.symbol] = float(fill.price)
         self._trade(fill, ts)

@@ -29,6 +29,7 @@ from bot4.model import (
     Signal,
 )
 from bot4.portfolio import PortfolioTracker
+from bot4.report import SessionReport
 from bot4.risk import RiskPolicy, default_rules_path
 
 D = Decimal
@@ -107,11 +108,14 @@ async def run(
     strategy: Strategy,
     balance: str = "100000",
     policy: RiskPolicy | None = None,
+    report: SessionReport | None = None,
 ) -> tuple[Kernel, list[Event]]:
     policy = policy or rules()
     events: list[Event] = []
     async with open_bus() as bus:
         bus.subscribe("#", events.append, name="test")
+        if report is not None:
+            report.attach(bus)
         kernel = Kernel(
             exchange=exchange,
             strategies=[strategy],
@@ -266,12 +270,18 @@ async def test_a_liquidation_on_the_venue_is_counted_and_flattens_the_book() -> 
     # 44000 (past the stop at 48000: the venue liquidates before stops
     # trigger). No ladder in this policy: nothing acts first.
     ex = paper(feed=ticks(["50000", "50000", "44000", "44000"]), attached_exits="false")
-    kernel, events = await run(ex, Once(long("10", "0.1")))
+    report = SessionReport(PortfolioTracker(D(100000)))
+    kernel, events = await run(ex, Once(long("10", "0.1")), report=report)
     fills = [e.payload for e in events if e.topic.startswith("fill.")]
     assert [f.liquidity for f in fills if isinstance(f, Fill)][-1] == "liquidation"
     assert kernel.stats.liquidations == 1
     assert kernel.tracker.position("BTC-USDT") is None
     assert not [e for e in events if isinstance(e.payload, Rejected)]
+    # The report keeps it (the chart marks it) and the summary counts it.
+    assert [f.liquidity for f in report.fills][-1] == "liquidation"
+    summary = report.finish(kernel.stats)
+    assert summary.liquidations == 1
+    assert "1 liquidations" in summary.as_text()
 
 
 @pytest.mark.trio
