@@ -131,6 +131,10 @@ def test_without_the_ladder_the_venue_liquidates(tmp_path: Path) -> None:
     ]
     assert len(liquidated) == summary["liquidations"]
     assert liquidated[0]["client_order_id"].startswith("liq-")
+    # The venue's liquidation replays: the re-simulated venue liquidates again.
+    replay = run_bot4("replay", str(out / "recording.jsonl.gz"), env=ENV, cwd=REPO)
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert "replay matched" in replay.stdout + replay.stderr
 
 
 def test_rules_check_and_scenario_tests_pass() -> None:
