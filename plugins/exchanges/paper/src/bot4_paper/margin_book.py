@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import attrs
 
@@ -190,6 +191,31 @@ class MarginBook:
             liquidation_price=None if threshold is None else threshold[0],
             margin_ratio=mm / equity if equity > 0 else None,
         )
+
+    def dump(self) -> dict[str, Any]:
+        """The account's state as JSON-able values (the durable venue's file)."""
+        return {
+            "leverage": {k: str(v) for k, v in self.leverage.items()},
+            "mode": dict(self.mode),
+            "added": {k: str(v) for k, v in self.added.items()},
+            "funding_paid": str(self.funding_paid),
+            "funding_events": self.funding_events,
+            "liquidations": list(self.liquidations),
+            "next_funding": None if self.next_funding is None else self.next_funding.isoformat(),
+        }
+
+    def load(self, raw: Mapping[str, Any]) -> None:
+        """Restore what :meth:`dump` wrote."""
+        self.leverage = {str(k): Decimal(v) for k, v in raw["leverage"].items()}
+        self.mode = {str(k): str(v) for k, v in raw["mode"].items()}
+        self.added = {str(k): Decimal(v) for k, v in raw["added"].items()}
+        self.added_total = sum(self.added.values(), ZERO)
+        self.funding_paid = Decimal(raw["funding_paid"])
+        self.funding_events = int(raw["funding_events"])
+        self.liquidations = [str(c) for c in raw["liquidations"]]
+        due = raw["next_funding"]
+        self.next_funding = None if due is None else datetime.fromisoformat(due)
+        self._threshold.clear()
 
     def max_leverage(self, symbol: str) -> Decimal:
         return tier_of(ZERO, self.of(symbol).tiers).max_leverage
