@@ -5,7 +5,8 @@ out the liquidation ladder's ADD_MARGIN.
 * **Before an entry** (an order that is not reduce-only) in a symbol, the
   first time and whenever its leverage differs from the one the venue
   accepted last: ``set_margin_mode(symbol, mode)`` once per symbol (mode:
-  :attr:`MarginDesk.mode`, isolated unless the session says otherwise), then
+  :attr:`MarginDesk.mode` when set, else the mode the exchange was configured
+  with, ``settings.margin_mode`` as the ccxt plugin has it, else isolated), then
   ``set_leverage(symbol, order.leverage)``. The entry is refused (a Rejected,
   rule ``exchange-leverage`` or ``exchange-margin-mode``) when the venue
   refuses, fails, or accepts another leverage than the order's: the risk
@@ -45,7 +46,7 @@ _AMOUNT_STEP = Decimal("0.00000001")
 class MarginDesk:
     """The kernel's side of the margin account (see the module docstring)."""
 
-    def __init__(self, kernel: Kernel, mode: str = "isolated") -> None:
+    def __init__(self, kernel: Kernel, mode: str | None = None) -> None:
         self._kernel = kernel
         self.mode = mode
         self._leverage: dict[str, Decimal] = {}  # symbol -> leverage the venue accepted
@@ -61,6 +62,14 @@ class MarginDesk:
         if self._active is None:
             self._active = Capability.MARGIN in self._kernel.exchange.capabilities
         return self._active
+
+    def margin_mode(self) -> str:
+        """The mode entries use (see the module docstring)."""
+        if self.mode is not None:
+            return self.mode
+        settings = getattr(self._kernel.exchange, "settings", None)
+        configured = getattr(settings, "margin_mode", None)
+        return configured if configured in ("isolated", "cross") else "isolated"
 
     def settle(self, stats: KernelStats) -> None:
         """Copy the session's margin figures into ``stats`` (at the end of a
@@ -82,12 +91,13 @@ class MarginDesk:
             return None
         exchange = self._kernel.exchange
         if symbol not in self._moded:
+            mode = self.margin_mode()
             try:
-                await exchange.set_margin_mode(symbol, self.mode)
+                await exchange.set_margin_mode(symbol, mode)
             except (ExchangeRefused, ExchangeFailed) as exc:
                 return Rejected(
                     rule=MODE_RULE,
-                    reason=f"{exchange.name} did not set {symbol} to {self.mode} margin: {exc}",
+                    reason=f"{exchange.name} did not set {symbol} to {mode} margin: {exc}",
                 )
             self._moded.add(symbol)
         try:

@@ -327,3 +327,18 @@ async def test_funding_the_venue_charged_reaches_the_session_stats() -> None:
     # A long pays 0.01 * 50000 * 0.0001 once.
     assert kernel.stats.funding_paid == D("0.05")
     assert ex.funding_paid == D("0.05")
+
+
+class ConfiguredCross(Recorded):
+    """A venue configured for cross margin (as the ccxt plugin's ``margin_mode``)."""
+
+    class settings:  # the attribute the ccxt plugin has (bot4_ccxt.settings)
+        margin_mode = "cross"
+
+
+@pytest.mark.trio
+async def test_the_mode_the_exchange_was_configured_with_is_kept() -> None:
+    ex = paper(ConfiguredCross, feed=ticks(["50000"] * 3))
+    await run(ex, Once(long()))
+    assert ex.calls[0] == ("set_margin_mode", "BTC-USDT", "cross")
+    assert ex.engine.margin.mode == {"BTC-USDT": "cross"}
