@@ -12,7 +12,10 @@ Scenarios:
                            (rejections also render the reason and the size);
 * ``tick, position held``  the liquidation ladder and drawdown on a price
                            update of a held symbol;
-* ``tick, no position``    a price update of a symbol not held (must be cheap).
+* ``tick, no position``    a price update of a symbol not held (must be cheap);
+* ``tick, held, band``      as the kernel asks (``on_tracked_tick`` with a
+                           PortfolioTracker): the price moves inside the
+                           symbol's price band (bot4.risk.band), no engine.
 
 Latency is ``perf_counter_ns`` around one call of ``check_order`` /
 ``on_market_data``, which includes building the facts from bot4's types,
@@ -36,7 +39,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from bot4.model import MarketData, Order, Portfolio, Position
+from bot4.model import Fill, MarketData, Order, Portfolio, Position
+from bot4.portfolio import PortfolioTracker
 from bot4.risk import RiskPolicy, default_rules_path
 
 NAUTILUS_US = (20.0, 35.0)
@@ -153,12 +157,24 @@ def run(quick: bool, rules: Path | None = None) -> list[dict[str, Any]]:
         )
         tick_held = _market("BTC-USDT", 51000)
         tick_other = _market("SOL-USDT", 150)
+        tracker = PortfolioTracker(Decimal(100000))
+        tracker.apply(
+            Fill("f", "c", "BTC-USDT", "buy", Decimal("0.01"), Decimal(50000), Decimal(0), TS),
+            leverage=Decimal(10),
+        )
+        banded = [_market("BTC-USDT", 51000 + (k % 7) - 3) for k in range(64)]
+
+        def band(i: int) -> object:
+            tick = banded[i % 64]
+            tracker.mark(tick.symbol, tick.last)  # as the kernel does
+            return policy.on_tracked_tick(tick, tracker, i)
 
         results = [
             _measure("pre-trade, approve", n, approve),
             _measure("pre-trade, mixed", n, mixed),
             _measure("tick, position held", n, lambda i: policy.on_market_data(tick_held, book, i)),
             _measure("tick, no position", n, lambda i: policy.on_market_data(tick_other, book, i)),
+            _measure("tick, held, band", n, band),
         ]
         for r in results:
             r["order_rules"] = order_rules

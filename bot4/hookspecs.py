@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import pluggy
 
 from bot4.contracts import Exchange, RiskRules, Strategy
+from bot4.feeds import Feed
 from bot4.notify import Notifier
 
 hookspec = pluggy.HookspecMarker("bot4")
@@ -54,6 +55,12 @@ class RegisterRiskRules(Protocol):
 class RegisterNotifier(Protocol):
     def __call__(
         self, name: str, factory: Callable[[Config], Notifier | None], *, description: str = ""
+    ) -> None: ...
+
+
+class RegisterFeed(Protocol):
+    def __call__(
+        self, name: str, factory: Callable[[Config], Feed], *, description: str = ""
     ) -> None: ...
 
 
@@ -89,6 +96,15 @@ def register_notifiers(register: RegisterNotifier) -> None:
     its configuration (environment, secrets files) and returns a
     :class:`bot4.notify.Notifier`, or None when it is not configured; bot4
     feeds every configured one (:mod:`bot4.notify`)."""
+
+
+@hookspec
+def register_feeds(register: RegisterFeed) -> None:
+    """Register market-data feeds: ``register(name, factory)``. The factory
+    gets the feed's configuration (:class:`bot4.feeds.FeedConfig` as a
+    mapping: ``source``, ``symbols``, ``interval``, its own options) and
+    returns a :class:`bot4.feeds.Feed`; ``bot4 run --feed NAME:SOURCE``
+    trades on it (the paper engine fills the orders)."""
 
 
 @hookspec

@@ -450,14 +450,38 @@ class Balance:
 
 
 @attrs.frozen(slots=True)
+class Activity:
+    """What the book did lately, for the daily facts of the rule files
+    (``portfolio.realized_pnl_today``, ``portfolio.daily_loss``,
+    ``portfolio.losing_streak``, ``position.age_seconds``). Kept by the
+    tracker from the fills themselves, so a restart that replays the
+    journal's fills restores it exactly."""
+
+    day: int = -1  # the UTC day (event ns // 86,400 s) realized_today is of
+    realized_today: Decimal = ZERO  # realised PnL minus fees of that day's fills
+    losing_streak: int = 0  # fills in a row that closed at a loss (a profit resets it)
+    opened_ns: Mapping[str, int] = attrs.field(factory=dict, eq=False, hash=False)
+
+    def realized_on(self, day: int) -> Decimal:
+        """Realised PnL (fees included) of UTC day ``day``: 0 if none traded then."""
+        return self.realized_today if day == self.day else ZERO
+
+
+NO_ACTIVITY = Activity()
+
+
+@attrs.frozen(slots=True)
 class Portfolio:
     """A snapshot of the book: cash balance, positions and the marks used to
-    value them. ``peak_equity`` is the high-water mark for drawdown."""
+    value them. ``peak_equity`` is the high-water mark for drawdown;
+    ``activity`` the day's realised PnL, the losing streak and when each
+    position opened (none known: zeros)."""
 
     cash: Decimal = attrs.field(validator=_finite, **_DEC)  # type: ignore[call-overload]
     positions: Mapping[str, Position] = attrs.field(factory=dict, eq=False, hash=False)
     marks: Mapping[str, Decimal] = attrs.field(factory=dict, eq=False, hash=False)
     peak_equity: Decimal = attrs.field(default=ZERO, validator=_non_negative, **_DEC)  # type: ignore[call-overload]
+    activity: Activity = attrs.field(default=NO_ACTIVITY, eq=False, hash=False)
 
     def mark(self, symbol: str) -> Decimal:
         pos = self.positions.get(symbol)
@@ -492,6 +516,7 @@ _set_cash = Portfolio.__dict__["cash"].__set__
 _set_positions = Portfolio.__dict__["positions"].__set__
 _set_marks = Portfolio.__dict__["marks"].__set__
 _set_peak = Portfolio.__dict__["peak_equity"].__set__
+_set_activity = Portfolio.__dict__["activity"].__set__
 
 
 def trusted_portfolio(
@@ -499,6 +524,7 @@ def trusted_portfolio(
     positions: Mapping[str, Position],
     marks: Mapping[str, Decimal],
     peak_equity: Decimal,
+    activity: Activity = NO_ACTIVITY,
 ) -> Portfolio:
     """A :class:`Portfolio` without conversion or validation, for values that
     are already a finite Decimal ``cash`` and a finite, non-negative Decimal
@@ -509,6 +535,7 @@ def trusted_portfolio(
     _set_positions(portfolio, positions)
     _set_marks(portfolio, marks)
     _set_peak(portfolio, peak_equity)
+    _set_activity(portfolio, activity)
     return portfolio
 
 

@@ -65,12 +65,14 @@ from __future__ import annotations
 
 import decimal
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from types import MappingProxyType
 
 from bot4.model import (
     ONE,
     ZERO,
+    Activity,
     Fill,
     MarketData,
     Portfolio,
@@ -94,6 +96,19 @@ _SHARE_EXP = -12
 
 # Entry price (cost / qty) is the one figure computed in Decimal: 34 digits.
 _CTX = decimal.Context(prec=34, rounding=decimal.ROUND_HALF_EVEN)
+# The day's realised PnL adds money figures of at most 30 decimals: at 100
+# digits the sum is exact for any amount below 10**70.
+_DAY_CTX = decimal.Context(prec=100, rounding=decimal.ROUND_HALF_EVEN)
+_DAY_NS = 86_400 * 10**9
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _fill_ns(fill: Fill) -> int:
+    """The fill's event time in ns since the epoch (exact integer arithmetic)."""
+    return (fill.timestamp - _EPOCH) // _MICROSECOND * 1000
+
+
 # Conversions in and out are exact: enough digits for any scaled figure.
 _EXACT = decimal.Context(prec=200, rounding=decimal.ROUND_FLOOR, traps=[decimal.Inexact])
 
@@ -234,16 +249,20 @@ class PortfolioTracker:
     """
 
     __slots__ = (
+        "_activity",
         "_books",
         "_cash",
         "_cash_dec",
         "_cash_exp",
+        "_day",
+        "_day_realized",
         "_equity_dec",
         "_fees",
         "_fees_exp",
         "_margin",
         "_marks",
         "_on_peak",
+        "_opened",
         "_peak",
         "_peak_alert",
         "_peak_dec",
@@ -252,6 +271,7 @@ class PortfolioTracker:
         "_realized_exp",
         "_snapshot",
         "_starting_cash",
+        "_streak",
         "_upnl",
     )
 
@@ -281,6 +301,12 @@ class PortfolioTracker:
         # The snapshot's positions, kept until a fill or a stop changes one:
         # a mark builds a new snapshot but not the positions mapping.
         self._positions_view: MappingProxyType[str, Position] | None = None
+        # The daily facts (bot4.model.Activity), from the fills' own times.
+        self._day = -1
+        self._day_realized = ZERO
+        self._streak = 0
+        self._opened: dict[str, int] = {}
+        self._activity: Activity | None = None
 
     # --- figures ----------------------------------------------------------------
 
@@ -435,6 +461,7 @@ class PortfolioTracker:
         realized = 0
         realized_exp = 0
         opened = False
+        fresh = False  # a new position: from flat, or the rest of a flip
         held = book.qty
 
         if held == 0 or (held > 0) == (sign > 0):
@@ -444,6 +471,7 @@ class PortfolioTracker:
             book.qty += sign * qty
             book.qty_exp = min(book.qty_exp, qexp)
             opened = True
+            fresh = held == 0
         else:
             size = abs(held)
             closing = min(qty, size)
@@ -467,6 +495,7 @@ class PortfolioTracker:
                 book.qty = sign * rest
                 book.qty_exp = qexp
                 opened = True
+                fresh = True
 
         if leverage is not None:
             book.leverage = lev
@@ -495,13 +524,43 @@ class PortfolioTracker:
         book.cached = None
         self._positions_view = None
 
+        realized_dec = _to_decimal(realized, MONEY_SCALE, realized_exp) if realized else ZERO
+        self._note_activity(fill, symbol, realized_dec, fresh, flat=book.qty == 0)
+
         mark = self._marks.get(symbol)
         if mark is None:
             # Until the first tick, value the symbol at the price it traded.
             mark = self._marks[symbol] = price_dec
         self._revalue(book, mark)
         self._touch()
-        return _to_decimal(realized, MONEY_SCALE, realized_exp) if realized else ZERO
+        return realized_dec
+
+    def _note_activity(
+        self, fill: Fill, symbol: str, realized: Decimal, fresh: bool, *, flat: bool
+    ) -> None:
+        ts = _fill_ns(fill)
+        day = ts // _DAY_NS
+        if day != self._day:
+            self._day, self._day_realized = day, ZERO
+        self._day_realized = _DAY_CTX.add(self._day_realized, _DAY_CTX.subtract(realized, fill.fee))
+        if realized < 0:
+            self._streak += 1
+        elif realized > 0:
+            self._streak = 0
+        if flat:
+            self._opened.pop(symbol, None)
+        elif fresh:
+            self._opened[symbol] = ts
+        self._activity = None
+
+    @property
+    def activity(self) -> Activity:
+        """The daily facts' figures (see :class:`bot4.model.Activity`)."""
+        if self._activity is None:
+            self._activity = Activity(
+                self._day, self._day_realized, self._streak, MappingProxyType(dict(self._opened))
+            )
+        return self._activity
 
     def restore_peak(self, peak: Decimal) -> None:
         """After a restart: the high-water mark is at least ``peak`` (the one
@@ -591,6 +650,7 @@ class PortfolioTracker:
                 view,
                 MappingProxyType(dict(self._marks)),
                 self.peak_equity,
+                self.activity,
             )
         return self._snapshot
 

@@ -41,6 +41,7 @@ import attrs
 
 from bot4.contracts import Capability, Exchange
 from bot4.errors import ConfigError
+from bot4.feeds_replay import recorded_stale_services
 from bot4.plugins import PluginManager
 from bot4.recording import read_stream
 from bot4.replayvenue import RecordedPrefix, RecordedTicks, ReplayVenue, records
@@ -364,7 +365,8 @@ async def replay(
             manager=manager,
             exchange=exchange,
             rule_paths=[rules.folder],
-            services=[],
+            # A live feed's stale-feed refusals, as recorded (bot4.feeds_replay).
+            services=recorded_stale_services(recording),
             pack_names=packs,
             reload_every=0.0,  # poll on the kernel's tick schedule only, as recorded
         )

@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,6 +95,10 @@ class SessionConfig:
     # ("exchange", "strategies[0]" -> "session.yaml:4"): a plugin refusing
     # one of them is reported at that line. Not part of the recording.
     origin: Mapping[str, str] = attrs.field(factory=dict, eq=False)
+    # ``feed:`` of a config file (bot4.feeds; ``bot4 run --feed`` overrides
+    # it): name, symbols, interval, stale_after and the feed's own options.
+    # Not part of the recording (a replay re-simulates from the ticks).
+    feed: Mapping[str, Any] | None = attrs.field(default=None, eq=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -201,6 +205,7 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
         "journal",
         "packs",
         "shadow_rules",
+        "feed",
     }
     unknown = sorted(set(raw) - known)
     _need(
@@ -264,7 +269,15 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
     )
     data = raw.get("data")
     _need(data is None or isinstance(data, str), at("data"), "data: expected a file path")
+    feed = raw.get("feed")
+    _need(
+        feed is None or isinstance(feed, str | dict),
+        at("feed"),
+        "feed: expected NAME:SOURCE or a mapping (name, symbols, interval, stale_after, options)",
+    )
     origin = {"exchange": at("exchange")} if "exchange" in raw else {}
+    if feed is not None:
+        origin["feed"] = at("feed")
     for i in range(len(strategies)):
         origin[f"strategies[{i}]"] = at(items_key, i if isinstance(items, list) else None)
     packs_where = "--packs" if overrides.get("packs") is not None else at("packs")
@@ -291,6 +304,7 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SessionConfi
         packs=packs,
         packs_where=packs_where,
         shadow_rules=shadow,
+        feed=None if feed is None else {"name": feed} if isinstance(feed, str) else dict(feed),
     )
 
 
@@ -471,7 +485,7 @@ async def run_session(
     config: SessionConfig,
     *,
     manager: PluginManager | None = None,
-    feed: Iterator[MarketData] | None = None,
+    feed: Iterator[MarketData] | AsyncIterator[MarketData] | None = None,
     rule_paths: Sequence[Path] | None = None,
     progress: ProgressHook | None = None,
     services: Sequence[SessionService] | None = None,

@@ -319,8 +319,14 @@ def test_breaker_alert_reaches_a_person(stack: dict[str, Any]) -> None:
             return health == {"bot4": "up", "prometheus": "up", "alertmanager": "up"}
 
         wait("every target up", targets_up, procs, 60)
-        status = get_json(f"{prom}/api/v1/query?query=bot4:status")["data"]["result"]
-        assert status[0]["value"][1] == "1"  # RUNNING
+
+        def running() -> bool:
+            # The recording rule is evaluated on its own interval: after the
+            # first scrape it may still hold the value from before (DOWN).
+            status = get_json(f"{prom}/api/v1/query?query=bot4:status")["data"]["result"]
+            return bool(status) and status[0]["value"][1] == "1"  # RUNNING
+
+        wait("bot4:status reads RUNNING", running, procs, 30)
 
         def alert_arrived() -> list[Any]:
             return [

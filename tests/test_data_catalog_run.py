@@ -3,7 +3,6 @@ ticks as the same candles in a CSV file, and the range options."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import random
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 
 from bot4.cli import main
+from bot4.recording import read_records
 
 ROWS = 1500  # 25 hours of one-minute candles
 
@@ -104,8 +104,7 @@ def test_from_and_to_bound_the_run_and_are_recorded(
     capsys.readouterr()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ticks"] == 120 * 4
-    with gzip.open(out / "recording.jsonl.gz", "rt") as f:
-        header = json.loads(f.readline())
+    _, header = next(iter(read_records(out / "recording.jsonl.gz")))
     assert "catalog:csv/BTC-USDT/1m?from=2024-03-01T10:00:00Z&to=2024-03-01T12:00:00Z" in (
         json.dumps(header)
     )

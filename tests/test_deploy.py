@@ -328,7 +328,8 @@ def test_the_image_has_ccxt_only_when_asked(with_ccxt: str, has_ccxt: bool) -> N
 
 
 def _requirement_name(text: str) -> str:
-    return re.split(r"[\s;\[<>=!~]", text, maxsplit=1)[0].lower().replace("_", "-")
+    # PEP 503: runs of -, _ and . are one - (ruamel.yaml is pinned as ruamel-yaml).
+    return re.sub(r"[-_.]+", "-", re.split(r"[\s;\[<>=!~]", text, maxsplit=1)[0].lower())
 
 
 def test_constraints_pin_every_runtime_dependency() -> None:

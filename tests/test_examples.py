@@ -140,7 +140,7 @@ def test_without_the_ladder_the_venue_liquidates(tmp_path: Path) -> None:
 def test_rules_check_and_scenario_tests_pass() -> None:
     check = run_bot4("rules", "check", str(RULES), env=ENV)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "ok: 18 rules in 7 files" in check.stdout
+    assert "ok: 20 rules in 7 files" in check.stdout
     test = run_bot4("rules", "test", str(RULES), env=ENV)
     assert test.returncode == 0, test.stdout + test.stderr
     assert " 0 failed" in test.stdout

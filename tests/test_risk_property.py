@@ -26,6 +26,9 @@ MAX_CORRELATION = Decimal("0.7")
 MIN_LIQ_DISTANCE = Decimal("0.05")
 MMR = Decimal("0.005")
 SYMBOLS = ("BTC-USDT", "ETH-USDT", "SOL-USDT")
+MAJORS = ("BTC-USDT", "ETH-USDT", "BTC-USDT-PERP", "ETH-USDT-PERP")
+MAX_LEVERAGE_OTHER = Decimal(2)
+MAX_DAILY_LOSS = Decimal("0.03")
 
 
 def oracle(
@@ -65,6 +68,15 @@ def oracle(
         broken.append("gross")
     if order.leverage > MAX_LEVERAGE:
         broken.append("leverage")
+    if order.symbol not in MAJORS:
+        close.append((order.leverage, MAX_LEVERAGE_OTHER))
+        if order.leverage > MAX_LEVERAGE_OTHER:
+            broken.append("symbol leverage")
+    # Today's loss: these books have no fills today, so it is the open loss.
+    daily_loss = max(Decimal(0), -(equity - book.cash))
+    close.append((daily_loss, equity * MAX_DAILY_LOSS))
+    if daily_loss > equity * MAX_DAILY_LOSS:
+        broken.append("daily loss")
     free = equity - sum((p.margin() for p in book.positions.values()), Decimal(0))
     notional = order.qty * entry
     close.append((notional, free * order.leverage))

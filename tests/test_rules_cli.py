@@ -40,7 +40,7 @@ def cli(request: pytest.FixtureRequest) -> list[str]:
 def test_check_default_policy(cli: list[str]) -> None:
     result = run(cli, "check")
     assert result.returncode == 0, result.stderr
-    assert "18 rules in 7 files" in result.stdout
+    assert "20 rules in 7 files" in result.stdout
 
 
 def test_check_broken_file_reports_file_and_line(cli: list[str], tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ def _check_with(tmp_path: Path, old: str, new: str) -> str:
     [
         ("when: order.levrage > max_leverage", "did you mean 'order.leverage'?"),
         ("when: order.leverage > max_leverge", "did you mean 'max_leverage'?"),
-        ("when: order.leverage > max_lev", "did you mean 'max_leverage'?"),
+        ("when: order.leverage > max_lev", "did you mean 'max_leverage' or 'max_leverage_other'?"),
         # The namespace slip: the same leaf under another root comes first.
         (
             "when: portfolio.qty > max_leverage",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -13,6 +14,7 @@ import attrs
 import trio
 
 from bot4.errors import ConfigError, ExchangeError
+from bot4.feeds import DEFAULT_INTERVAL, DEFAULT_STALE_AFTER
 from bot4.secrets import redact
 
 _DEBUG = "on an error, show the traceback (same as bot4 --debug)"
@@ -38,6 +40,47 @@ def add_commands(sub: Any) -> None:
     )
     run.add_argument(
         "--catalog", metavar="DIR", help="catalog folder (default: $BOT4_CATALOG, else ./bot4-data)"
+    )
+    live = run.add_argument_group(
+        "live feed", "paper trading on live market data (see bot4.feeds); no keys needed"
+    )
+    live.add_argument(
+        "--feed",
+        metavar="NAME:SOURCE",
+        help="market data from a feed plugin instead of --data, e.g. ccxt:binance "
+        "(bot4 plugins list shows the feeds); orders are filled by the paper engine",
+    )
+    live.add_argument(
+        "--symbols", metavar="SYM,SYM", help="with --feed: the symbols, e.g. BTC-USDT,ETH-USDT"
+    )
+    live.add_argument(
+        "--feed-interval",
+        type=float,
+        metavar="SECONDS",
+        help=f"with --feed: seconds between polls (default: {DEFAULT_INTERVAL:g})",
+    )
+    live.add_argument(
+        "--feed-url",
+        metavar="URL",
+        help="with --feed ccxt:...: send the venue's requests to this host (a local fake "
+        "venue, a proxy)",
+    )
+    live.add_argument(
+        "--stale-after",
+        type=float,
+        metavar="SECONDS",
+        help="with --feed: no new data for a symbol this long halts new entries in it until "
+        f"data comes back (default: {DEFAULT_STALE_AFTER:g})",
+    )
+    live.add_argument(
+        "--duration",
+        metavar="DURATION",
+        help="end the session after this long (90s, 10m, 2h, 1d), as a SIGINT would",
+    )
+    live.add_argument(
+        "--until",
+        metavar="WHEN",
+        help="end the session at this time (2026-12-01T14:00Z; HH:MM is UTC today)",
     )
     run.add_argument("--strategy", help="strategy plugin name (default: sma_cross)")
     run.add_argument("--exchange", help="exchange plugin name (default: paper)")
@@ -120,10 +163,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             "shadow_rules": args.shadow_rules,
         },
     )
-    feed, total = _catalog_feed(args, config)
+    live = _live_feed(args, config)
+    feed, total = (None, None) if live is not None else _catalog_feed(args, config)
     if feed is not None:
         config = attrs.evolve(config, data=feed[0])
-    elif sys.stderr.isatty():
+    elif sys.stderr.isatty() and live is None:
         total = count_rows(data_path(config))
     progress = progress_bar(total if sys.stderr.isatty() else None, sys.stderr)
     stop = SignalStop()
@@ -151,7 +195,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 metrics=metrics,
                 on_kernel=stop.attach,
                 announce=_say,
-                feed=None if feed is None else feed[1],
+                feed=live.watch if live is not None else None if feed is None else feed[1],
+                manager=None if live is None else live.manager,
+                services=_services(args, config, live),
             )
         )
         # Still under the handlers: a second signal while the summary and the
@@ -165,6 +211,132 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"bot4: {redact(str(result.error))}", file=sys.stderr)
         return 1 if isinstance(result.error, ExchangeError) else 2
     return 0
+
+
+@attrs.frozen
+class _Live:
+    """What ``--feed`` built: the plugins (the feed's among them) and its watch."""
+
+    manager: Any  # bot4.plugins.PluginManager
+    watch: Any  # bot4.feeds_watch.FeedWatch
+
+
+def _live_feed(args: argparse.Namespace, config: Any) -> _Live | None:
+    """For ``--feed NAME:SOURCE`` (or ``feed:`` in the config file; an option
+    given here overrides the file's): the feed plugin's feed, watched for
+    staleness."""
+    live_only = {
+        "--symbols": args.symbols,
+        "--feed-interval": args.feed_interval,
+        "--feed-url": args.feed_url,
+        "--stale-after": args.stale_after,
+    }
+    configured: dict[str, Any] = dict(config.feed or {})
+    where = config.origin.get("feed", "config")
+    if args.feed is None and not configured:
+        given = [name for name, value in live_only.items() if value is not None]
+        if given:
+            raise ConfigError(f"{given[0]}: only with --feed NAME:SOURCE")
+        return None
+    from bot4.feeds import FeedConfig, parse_feed_spec, parse_symbols
+    from bot4.feeds_watch import FeedWatch
+    from bot4.plugins import PluginManager
+
+    named = configured.pop("name", None)
+    if args.feed is not None:
+        if named is not None and named != args.feed:
+            configured = {}  # the file's settings are another feed's
+        spec, spec_where = args.feed, "--feed"
+    elif isinstance(named, str):
+        spec, spec_where = named, f"{where}: feed.name"
+    else:
+        raise ConfigError(f"{where}: feed: name the feed (name: ccxt:binance)")
+    if args.data is not None or config.data is not None:
+        raise ConfigError("--feed: market data comes from the feed; drop --data")
+    if config.exchange != "paper":
+        raise ConfigError(
+            f"--feed: only with --exchange paper (the paper engine fills the orders); "
+            f"{config.exchange!r} streams its own market data"
+        )
+    if config.speed:
+        raise ConfigError("--speed: a live feed runs in real time; drop --speed with --feed")
+    name, source = parse_feed_spec(spec, spec_where)
+    raw_symbols = configured.pop("symbols", None)
+    if args.symbols is not None:
+        symbols = parse_symbols(args.symbols)
+    elif raw_symbols is not None:
+        symbols = parse_symbols(raw_symbols, f"{where}: feed.symbols")
+    else:
+        raise ConfigError("--feed: name the symbols, e.g. --symbols BTC-USDT,ETH-USDT")
+    interval = _seconds(
+        args.feed_interval, configured.pop("interval", None), "--feed-interval", where, "interval"
+    )
+    stale_after = _seconds(
+        args.stale_after, configured.pop("stale_after", None), "--stale-after", where, "stale_after"
+    )
+    interval = DEFAULT_INTERVAL if interval is None else interval
+    stale_after = DEFAULT_STALE_AFTER if stale_after is None else stale_after
+    if args.feed_url is not None:
+        configured["api_url"] = args.feed_url
+    feed_config = FeedConfig(name, source, symbols, interval, configured)
+    manager = PluginManager.load()
+    registered = manager.registry.feed(name)
+    try:
+        feed = registered.factory(feed_config.factory_config())
+    except ConfigError as exc:
+        if config.feed and where != "config":  # a setting of the file's feed: its line
+            raise ConfigError(f"{where}: {exc}") from None
+        raise
+    except Exception as exc:  # a feed plugin's factory may raise anything
+        raise ConfigError(
+            f"--feed {feed_config.spec}: the {registered.plugin!r} plugin's feed failed to "
+            f"start: {type(exc).__name__}: {redact(str(exc))}"
+        ) from None
+    from bot4.feeds import Feed
+
+    if not isinstance(feed, Feed):
+        raise ConfigError(
+            f"--feed {feed_config.spec}: the {registered.plugin!r} plugin's factory returned "
+            f"{type(feed).__name__}, not a bot4.feeds.Feed"
+        )
+    return _Live(manager, FeedWatch(feed, feed_config, stale_after=stale_after))
+
+
+def _seconds(
+    given: float | None, configured: object, flag: str, where: str, key: str
+) -> float | None:
+    """A positive number of seconds from the command line, else the file."""
+    value: object = given if given is not None else configured
+    if value is None:
+        return None
+    name = flag if given is not None else f"{where}: feed.{key}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name}: {value!r} is not a number of seconds")
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"{name}: {value:g} must be a positive number of seconds")
+    return float(value)
+
+
+def _services(args: argparse.Namespace, config: Any, live: _Live | None) -> Any:
+    """The session's services: the default ones, the feed's watch, the clock's stop."""
+    from bot4.feeds import parse_duration, parse_until
+    from bot4.feeds_watch import stop_after
+    from bot4.session import default_services
+
+    if args.duration is not None and args.until is not None:
+        raise ConfigError("--duration and --until: give one of them")
+    extra = []
+    if live is not None:
+        extra.append(live.watch.service)
+    if args.duration is not None:
+        seconds = parse_duration(args.duration)
+        extra.append(stop_after(seconds, f"--duration {args.duration} elapsed"))
+    elif args.until is not None:
+        seconds = parse_until(args.until)
+        extra.append(stop_after(seconds, f"--until {args.until} reached"))
+    if not extra:
+        return None  # run_session's default services
+    return [*default_services(config), *extra]
 
 
 def _catalog_feed(args: argparse.Namespace, config: Any) -> tuple[Any, int | None]:

@@ -79,7 +79,9 @@ def resolve_target(configured: str | None, out: str | os.PathLike[str]) -> str |
     ``<out>/journal.sqlite``."""
     if configured is not None:
         return None if configured.strip().lower() in ("off", "none", "false", "") else configured
-    url = env_value(ENV_URL).strip()  # or the file $BOT4_DATABASE_URL_FILE names
+    # Not a secret as a whole (its host and port name the server in errors);
+    # a password inside it is masked wherever it is printed (bot4.secrets.redact).
+    url = env_value(ENV_URL, secret=False).strip()  # or the file $BOT4_DATABASE_URL_FILE names
     return url or str(Path(out) / DEFAULT_FILE)
 
 

@@ -23,6 +23,7 @@ import pluggy
 from bot4 import hookspecs
 from bot4.contracts import API_VERSION, Exchange, RiskRules, Strategy
 from bot4.errors import PluginApiMismatch, PluginError
+from bot4.feeds import Feed
 from bot4.notify import Notifier
 from bot4.plugins.finder import PluginSpec, find_plugins
 from bot4.secrets import redact
@@ -36,6 +37,7 @@ KIND_OF_HOOK = {
     "register_strategies": "strategy",
     "register_risk_rules": "risk rules",
     "register_notifiers": "notifier",
+    "register_feeds": "feed",
     "register_commands": "other",
 }
 
@@ -106,6 +108,7 @@ class Registry:
     strategies: dict[str, Registered[Strategy]] = attrs.field(factory=dict)
     risk_rules: dict[str, Registered[RiskRules]] = attrs.field(factory=dict)
     notifiers: dict[str, Registered[Notifier | None]] = attrs.field(factory=dict)
+    feeds: dict[str, Registered[Feed]] = attrs.field(factory=dict)
     commands: dict[str, Command] = attrs.field(factory=dict)
 
     def exchange(self, name: str) -> Registered[Exchange]:
@@ -116,6 +119,9 @@ class Registry:
 
     def risk_rule_pack(self, name: str) -> Registered[RiskRules]:
         return _lookup(self.risk_rules, name, "risk-rule pack")
+
+    def feed(self, name: str) -> Registered[Feed]:
+        return _lookup(self.feeds, name, "feed")
 
 
 def _lookup(table: Mapping[str, Registered[T]], name: str, what: str) -> Registered[T]:
@@ -224,6 +230,7 @@ class PluginManager:
         self.registry.strategies.update(staged.strategies)
         self.registry.risk_rules.update(staged.risk_rules)
         self.registry.notifiers.update(staged.notifiers)
+        self.registry.feeds.update(staged.feeds)
         self.registry.commands.update(staged.commands)
 
     def _registrar(
@@ -234,6 +241,7 @@ class PluginManager:
             "register_strategies": (self.registry.strategies, staged.strategies, "strategy"),
             "register_risk_rules": (self.registry.risk_rules, staged.risk_rules, "risk-rule pack"),
             "register_notifiers": (self.registry.notifiers, staged.notifiers, "notifier"),
+            "register_feeds": (self.registry.feeds, staged.feeds, "feed"),
             "register_commands": (self.registry.commands, staged.commands, "command"),
         }
         final, stage, what = tables[hook]

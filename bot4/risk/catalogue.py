@@ -34,6 +34,9 @@ PRICE = "quote per base unit"
 BASE = "base units"
 RATIO = "ratio (0.05 = 5%)"
 UNITS: Mapping[str, str] = {
+    "order.symbol": "",
+    "order.exchange": "",
+    "order.type": "",
     "order.qty": BASE,
     "order.price": PRICE,
     "order.notional": QUOTE,
@@ -51,6 +54,14 @@ UNITS: Mapping[str, str] = {
     "portfolio.free_margin": QUOTE,
     "portfolio.gross_after": QUOTE,
     "portfolio.leverage_after": "x",
+    "portfolio.open_positions": "count",
+    "portfolio.realized_pnl_today": QUOTE,
+    "portfolio.daily_loss": QUOTE,
+    "portfolio.losing_streak": "count",
+    "position.age_seconds": "seconds",
+    "time.hour": "hour",
+    "time.minute": "minute",
+    "time.weekday": "0 = Monday",
     "position.qty": BASE,
     "position.qty_along": BASE,
     "position.notional": QUOTE,

@@ -87,7 +87,7 @@ _RULE_KEYS = {
 _SETTINGS = {"maintenance_margin_rate"}
 # Fact namespaces bot4 itself fills; a pack may not add facts under them.
 RESERVED_ROOTS = frozenset(
-    {"order", "portfolio", "position", "market", "breaker", "liquidation", "fill", "window"}
+    {"order", "portfolio", "position", "market", "breaker", "liquidation", "fill", "window", "time"}
 )
 
 
@@ -139,6 +139,18 @@ class StagePlan:
     # Orders: the rules' conditions evaluated exactly in Decimal, as one
     # function giving the index of the first that holds (bot4.risk.exact).
     exact_first: First | None = attrs.field(default=None, eq=False, repr=False)
+    # The engine message with a %s per field value, in ``fields`` order
+    # (keys are f0, f1, ...: no other % in it), and the fields' fact names.
+    layout: str = attrs.field(init=False, eq=False, repr=False)
+    field_names: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
+
+    @layout.default
+    def _layout(self) -> str:
+        return '{"_z":0.0' + "".join(prefix + "%s" for _, prefix in self.fields)
+
+    @field_names.default
+    def _field_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.fields)
 
 
 @attrs.frozen(slots=True)
@@ -149,6 +161,8 @@ class CompiledPolicy:
     windows: Mapping[str, WindowSpec]
     mmr: Decimal | None
     pack_facts: Mapping[str, str]  # fact -> pack name
+    # fact -> "number" | "bool" | "string", as the pack declares (default number)
+    pack_types: Mapping[str, str] = attrs.field(factory=dict)
 
     # Whether a window counts approved orders (asked on every approval).
     counts_orders: bool = attrs.field(init=False)
@@ -256,8 +270,11 @@ def _stages(value: object, path: str, line: int) -> frozenset[str]:
 class Compiler:
     """Compiles a set of rule files against the facts available to them."""
 
-    def __init__(self, pack_facts: Mapping[str, str]) -> None:
+    def __init__(
+        self, pack_facts: Mapping[str, str], pack_types: Mapping[str, str] | None = None
+    ) -> None:
         self.pack_facts = dict(pack_facts)
+        self.pack_types = dict(pack_types or {})
         self._known_facts: list[str] = []
 
     def fact_kind(self, windows: Mapping[str, WindowSpec]) -> Callable[[str], str | None]:
@@ -268,7 +285,8 @@ class Compiler:
             if name.startswith("window.") and name[len("window.") :] in windows:
                 return NUMBER
             if name in self.pack_facts:
-                return NUMBER  # packs provide numbers (RiskRules.facts contract, see docs)
+                # As the pack declares it (RiskRules.fact_types), a number by default.
+                return self.pack_types.get(name, NUMBER)
             return None
 
         return lookup
@@ -388,6 +406,7 @@ class Compiler:
             windows=windows,
             mmr=mmr,
             pack_facts=dict(self.pack_facts),
+            pack_types=dict(self.pack_types),
         )
 
     def _rule(

@@ -33,6 +33,7 @@ import math
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Context, Decimal, getcontext, setcontext
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -79,6 +80,14 @@ _OT = frozenset({ORDER, TICK})
 BUILTIN_FACTS: dict[str, FactSpec] = {
     spec.name: spec
     for spec in [
+        FactSpec("order.symbol", STRING, _O, 'the order\'s symbol, e.g. "ETH-USDT"'),
+        FactSpec(
+            "order.exchange",
+            STRING,
+            _O,
+            'the venue quoting the symbol (its market data\'s exchange), "" when unknown',
+        ),
+        FactSpec("order.type", STRING, _O, '"market", "limit", "stop_loss", "take_profit"'),
         FactSpec("order.qty", NUMBER, _O, "order quantity"),
         FactSpec("order.price", NUMBER, _O, "entry price: the order's price, else the market mid"),
         FactSpec("order.notional", NUMBER, _O, "qty x entry price"),
@@ -99,6 +108,26 @@ BUILTIN_FACTS: dict[str, FactSpec] = {
         FactSpec("portfolio.drawdown", NUMBER, _ALL, "(peak - equity) / peak, 0 when peak <= 0"),
         FactSpec("portfolio.gross_exposure", NUMBER, _ALL, "sum of |qty| x mark over positions"),
         FactSpec("portfolio.free_margin", NUMBER, _ALL, "equity - initial margin of positions"),
+        FactSpec("portfolio.open_positions", NUMBER, _ALL, "number of open positions"),
+        FactSpec(
+            "portfolio.realized_pnl_today",
+            NUMBER,
+            _ALL,
+            "realised PnL minus fees of today's fills (UTC day of the event time)",
+        ),
+        FactSpec(
+            "portfolio.daily_loss",
+            NUMBER,
+            _ALL,
+            "today's loss: -(realized_pnl_today + unrealised PnL of open positions), "
+            "0 when that is a gain",
+        ),
+        FactSpec(
+            "portfolio.losing_streak",
+            NUMBER,
+            _ALL,
+            "fills in a row that closed (part of) a position at a loss; a profit resets it",
+        ),
         FactSpec(
             "portfolio.gross_after",
             NUMBER,
@@ -127,6 +156,12 @@ BUILTIN_FACTS: dict[str, FactSpec] = {
         ),
         FactSpec("position.entry_price", NUMBER, _OT, "average entry price, 0 when flat"),
         FactSpec("position.leverage", NUMBER, _T, "leverage of the open position"),
+        FactSpec(
+            "position.age_seconds",
+            NUMBER,
+            _OT,
+            "event time since the position in the symbol opened, 0 when flat",
+        ),
         FactSpec("market.available", BOOL, _OT, "a quote for the symbol is known"),
         FactSpec("market.bid", NUMBER, _OT, "best bid, 0 when unknown"),
         FactSpec("market.ask", NUMBER, _OT, "best ask, 0 when unknown"),
@@ -151,8 +186,33 @@ BUILTIN_FACTS: dict[str, FactSpec] = {
         FactSpec("fill.notional", NUMBER, _F, "qty x price"),
         FactSpec("fill.side", STRING, _F, '"buy" or "sell"'),
         FactSpec("fill.stop_out", BOOL, _F, "the fill closed a position at its stop loss"),
+        FactSpec("time.hour", NUMBER, _ALL, "hour of the event time, UTC (0-23)"),
+        FactSpec("time.minute", NUMBER, _ALL, "minute of the event time (0-59)"),
+        FactSpec(
+            "time.weekday",
+            NUMBER,
+            _ALL,
+            "day of the week of the event time, UTC (0 Monday - 6 Sunday)",
+        ),
     ]
 }
+
+# Facts of the event's time and the book's activity: built only for a stage
+# whose rules read one (context_facts), not on every evaluation.
+CONTEXT_FACTS = frozenset(
+    {
+        "time.hour",
+        "time.minute",
+        "time.weekday",
+        "portfolio.open_positions",
+        "portfolio.realized_pnl_today",
+        "portfolio.daily_loss",
+        "portfolio.losing_streak",
+        "position.age_seconds",
+    }
+)
+_DAY_NS = 86_400 * 10**9
+_NS = Decimal(10**9)
 
 LIQUIDATION_FACTS = frozenset({"liquidation.price", "liquidation.distance"})
 
@@ -221,10 +281,33 @@ def _distance(price: Decimal, liq: Decimal) -> Decimal:
     return abs(price - liq) / price
 
 
+# The last book's portfolio facts: (snapshot, arithmetic context, facts).
+_LAST_BOOK: list[tuple[Portfolio, tuple[int, str], dict[str, object]]] = []
+
+
 def _portfolio(p: Portfolio) -> dict[str, object]:
     """Portfolio facts in one pass over the positions. Same definitions as
     ``Portfolio.equity`` / ``gross_exposure`` / ``drawdown`` (a test holds
-    them equal), without walking the positions once per property."""
+    them equal), without walking the positions once per property.
+
+    Cached between marks: a :class:`~bot4.portfolio.PortfolioTracker`
+    snapshot (read-only mappings, rebuilt whenever a mark or fill changes the
+    book) gives the same facts until it is replaced, in the same Decimal
+    context. A Portfolio over plain dicts, which its owner may change, is
+    computed afresh every time. Callers only read the returned dict."""
+    ctx = getcontext()
+    key = (ctx.prec, ctx.rounding)
+    if _LAST_BOOK:
+        last, last_key, facts = _LAST_BOOK[0]
+        if last is p and last_key == key:
+            return facts
+    facts = _portfolio_facts(p)
+    if type(p.positions) is MappingProxyType and type(p.marks) is MappingProxyType:
+        _LAST_BOOK[:] = [(p, key, facts)]
+    return facts
+
+
+def _portfolio_facts(p: Portfolio) -> dict[str, object]:
     upnl = gross = margin = ZERO
     marks = p.marks
     for symbol, pos in p.positions.items():
@@ -315,6 +398,9 @@ def _order_facts(
     else:
         leverage_after = 0 if gross_after == 0 else NO_EQUITY_LEVERAGE
     facts: dict[str, object] = {
+        "order.symbol": order.symbol,
+        "order.exchange": market.exchange if market is not None else "",
+        "order.type": order.type.value,
         "order.qty": order.qty,
         "order.price": entry,
         "order.notional": order.qty * entry,
@@ -341,6 +427,43 @@ def _order_facts(
         # |entry - liq| / entry simplifies to |1/leverage - mmr| on both sides.
         facts["liquidation.distance"] = abs(1 / order.leverage - mmr)
     return facts
+
+
+def context_facts(
+    wanted: frozenset[str],
+    facts: dict[str, object],
+    portfolio: Portfolio,
+    now_ns: int,
+    symbol: str,
+) -> None:
+    """Add to ``facts`` those of :data:`CONTEXT_FACTS` in ``wanted``, for the
+    event at ``now_ns`` (UTC) in ``symbol``. ``facts`` already holds the
+    portfolio facts (equity and cash, for the day's loss)."""
+    if "time.hour" in wanted or "time.minute" in wanted or "time.weekday" in wanted:
+        seconds = now_ns // 10**9
+        facts["time.hour"] = seconds // 3600 % 24
+        facts["time.minute"] = seconds // 60 % 60
+        facts["time.weekday"] = (seconds // 86_400 + 3) % 7  # 1970-01-01 was a Thursday
+    activity = portfolio.activity
+    if "portfolio.open_positions" in wanted:
+        facts["portfolio.open_positions"] = sum(1 for p in portfolio.positions.values() if p.qty)
+    if "portfolio.realized_pnl_today" in wanted or "portfolio.daily_loss" in wanted:
+        today = activity.realized_on(now_ns // _DAY_NS)
+        facts["portfolio.realized_pnl_today"] = today
+        equity, cash = facts["portfolio.equity"], facts["portfolio.cash"]
+        assert isinstance(equity, Decimal)
+        assert isinstance(cash, Decimal)
+        result = today + (equity - cash)  # unrealised PnL = equity - cash
+        facts["portfolio.daily_loss"] = -result if result < 0 else ZERO
+    if "portfolio.losing_streak" in wanted:
+        facts["portfolio.losing_streak"] = activity.losing_streak
+    if "position.age_seconds" in wanted:
+        opened = activity.opened_ns.get(symbol)
+        held = portfolio.positions.get(symbol)
+        if opened is None or held is None or not held.qty:
+            facts["position.age_seconds"] = ZERO
+        else:
+            facts["position.age_seconds"] = Decimal(max(0, now_ns - opened)) / _NS
 
 
 def tick_facts(

@@ -39,6 +39,7 @@ from bot4.model import (
     RiskAction,
     RiskActionKind,
 )
+from bot4.risk import band as bands
 from bot4.risk import expr, sources
 from bot4.risk.breaker import Breaker
 from bot4.risk.compiler import (
@@ -57,10 +58,12 @@ from bot4.risk.engine import number as engine_number
 from bot4.risk.exact import ExactError, exact_decider, holds
 from bot4.risk.expr import MAX_MAGNITUDE, Value
 from bot4.risk.facts import (
+    CONTEXT_FACTS,
     FILL,
     ORDER,
     STAGES,
     TICK,
+    context_facts,
     convert,
     convert_all,
     encode,
@@ -167,6 +170,34 @@ def _pack_facts(packs: Sequence[RiskRules]) -> dict[str, str]:
     return owners
 
 
+_KINDS = ("number", "bool", "string")
+
+
+def _pack_types(packs: Sequence[RiskRules], owners: Mapping[str, str]) -> dict[str, str]:
+    """The type each pack declares for its facts (``RiskRules.fact_types``)."""
+    kinds: dict[str, str] = {}
+    for pack in packs:
+        where = f"risk pack {pack.name!r}"
+        declare = getattr(pack, "fact_types", None)
+        try:
+            declared = declare() if declare is not None else {}
+        except Exception as exc:
+            raise RuleFileError(where, None, f"fact_types() failed: {exc}") from None
+        if not isinstance(declared, Mapping):
+            raise RuleFileError(where, None, "fact_types() must return a mapping")
+        for name, kind in declared.items():
+            if owners.get(name) != pack.name:
+                raise RuleFileError(
+                    where, None, f"fact_types() names {name!r}, which is not one of its facts"
+                )
+            if kind not in _KINDS:
+                raise RuleFileError(
+                    where, None, f"fact {name!r}: type {kind!r} is not one of {', '.join(_KINDS)}"
+                )
+            kinds[name] = kind
+    return kinds
+
+
 @attrs.frozen(slots=True)
 class _Active:
     """One loaded policy: compiled rules, live engines, and what it was built from."""
@@ -205,7 +236,8 @@ def _build_unguarded(paths: Sequence[Path], packs: Sequence[RiskRules]) -> _Acti
         raw, text = read_file(f)
         raws.append(raw)
         digest.update(str(f).encode() + b"\0" + text.encode() + b"\0")
-    compiled = Compiler(_pack_facts(packs)).compile(raws)
+    owners = _pack_facts(packs)
+    compiled = Compiler(owners, _pack_types(packs, owners)).compile(raws)
     engines: dict[str, EngineRuleset] = {}
     try:
         for stage, plan in compiled.stages.items():
@@ -270,6 +302,9 @@ def _checked(name: str, value: object) -> object:
 # A string fact value -> its text in an engine message (see RiskPolicy._fire).
 _STRING_TEXT: dict[str, str] = {}
 _STRING_TEXT_KEPT = 256
+# The most ticks a symbol waits before another band is worked out after
+# bands that answered nothing (see RiskPolicy._drop_band).
+_BAND_BACKOFF_MAX = 64
 
 
 # --- the policy -----------------------------------------------------------------------------
@@ -293,6 +328,11 @@ class RiskPolicy:
         # (bot4.risk.shadow) counts the live policy's approvals instead.
         self.count_approvals = True
         self._breaker.on_reset(lambda: self._events.clear(STOP_OUTS))
+        # Price bands of held symbols (bot4.risk.band): symbol -> band, and
+        # symbol -> [ticks to wait before working out another, back-off].
+        self._bands: dict[str, bands.Band] = {}
+        self._band_wait: dict[str, list[int]] = {}
+        self._band_ranges: tuple[expr.QuietRange, ...] | None = None
         self._set_horizon()
 
     @classmethod
@@ -312,6 +352,15 @@ class RiskPolicy:
     def _set_horizon(self) -> None:
         for spec in self._active.compiled.windows.values():
             self._events.set_horizon(spec.seconds)
+        # A new policy: no band of the old one stands.
+        self._bands.clear()
+        self._band_wait.clear()
+        plan = self._active.compiled.stages[TICK]
+        self._band_ranges = (
+            plan.quiet
+            if TICK in self._active.engines and bands.supported(plan.quiet, plan.windows)
+            else None
+        )
 
     # --- properties ---
 
@@ -377,6 +426,7 @@ class RiskPolicy:
         if fresh.digest == self._active.digest:
             fresh.close()
             self._active = attrs.evolve(self._active, signature=signature)
+            self._set_horizon()  # the same rules, but start the bands afresh
             if recovered:
                 log.warning(
                     "rule files readable again; the policy in force is unchanged: %s",
@@ -442,6 +492,9 @@ class RiskPolicy:
         facts: dict[str, object] = order_facts(
             order, portfolio, market, self._breaker.tripped, compiled.mmr
         )
+        wanted = plan.reads & CONTEXT_FACTS
+        if wanted:
+            context_facts(wanted, facts, portfolio, now_ns, order.symbol)
         if plan.windows:
             self._window_facts(facts, plan.windows, order.symbol, now_ns)
         pack_failure: str | None = None
@@ -538,7 +591,8 @@ class RiskPolicy:
                 values = {}
             for name in wanted:
                 if problem is None:
-                    problem = self._pack_value(pack.name, name, values, facts)
+                    kind = compiled.pack_types.get(name, "number")
+                    problem = self._pack_value(pack.name, name, values, facts, kind)
                 if problem is not None:
                     unknown.update(wanted)
                     failure = failure or problem
@@ -546,13 +600,23 @@ class RiskPolicy:
         return failure, frozenset(unknown)
 
     @staticmethod
-    def _pack_value(pack: str, name: str, values: object, facts: dict[str, object]) -> str | None:
+    def _pack_value(
+        pack: str, name: str, values: object, facts: dict[str, object], kind: str = "number"
+    ) -> str | None:
         if not isinstance(values, Mapping) or name not in values:
             return f"risk pack {pack!r} did not give fact {name}"
         try:
             value = to_fact(name, values[name])
         except RiskError as exc:
             return f"risk pack {pack!r}: {exc}"
+        if kind == "bool" or kind == "string":
+            # A declared yes/no or text fact: exactly that type, else the order is refused.
+            if not isinstance(value, bool if kind == "bool" else str) or (
+                kind == "string" and isinstance(value, bool)
+            ):
+                return f"risk pack {pack!r}: fact {name} must be a {kind}, got {values[name]!r}"
+            facts[name] = value
+            return None
         if not isinstance(value, float):
             return f"risk pack {pack!r}: fact {name} must be a number"
         # A Decimal is kept as given (checked finite and in range above): the
@@ -591,9 +655,13 @@ class RiskPolicy:
         # Every value is validated and converted on its way into the message
         # (encode -> to_fact): NaN, infinities and huge numbers never reach C.
         # Unknown facts are left out; a rule reading one cannot match.
-        parts = ['{"_z":0.0']
-        for name, prefix in plan.fields:
+        # The values go into the plan's precompiled layout; with facts
+        # unknown their fields are left out of the message instead.
+        texts: list[str | None] = []
+        append = texts.append
+        for name in plan.field_names:
             if unknown and name in unknown:
+                append(None)
                 continue
             try:
                 value = facts[name]
@@ -622,9 +690,16 @@ class RiskPolicy:
                     if len(_STRING_TEXT) >= _STRING_TEXT_KEPT:
                         _STRING_TEXT.clear()
                     _STRING_TEXT[value] = text  # type: ignore[index]
-            parts.append(prefix)
-            parts.append(text)
-        keys = engine.fire("".join(parts))
+            append(text)
+        if unknown:
+            body = '{"_z":0.0' + "".join(
+                prefix + text
+                for (_, prefix), text in zip(plan.fields, texts, strict=True)
+                if text is not None
+            )
+        else:
+            body = plan.layout % tuple(texts)
+        keys = engine.fire(body)
         fired = []
         for key in keys:
             rule = plan.by_key.get(key)
@@ -717,16 +792,83 @@ class RiskPolicy:
 
     def on_tracked_tick(self, tick: MarketData, book: Book, now_ns: int) -> list[RiskAction]:
         """:meth:`on_market_data` for a caller that keeps the book in a
-        :class:`~bot4.portfolio.PortfolioTracker` (the kernel). The Portfolio
-        snapshot, rebuilt whenever a mark moves, is only asked for when the
-        tick's symbol is held: otherwise there is nothing to watch and the
-        answer is ``[]``, as from :meth:`on_market_data`. A subclass that
-        overrides :meth:`on_market_data` has it called on every tick, as before."""
-        if type(self).on_market_data is RiskPolicy.on_market_data and (
-            book.position(tick.symbol) is None
-        ):
+        :class:`~bot4.portfolio.PortfolioTracker` (the kernel) and reports
+        every fill through :meth:`on_fill`. The Portfolio snapshot, rebuilt
+        whenever a mark moves, is only asked for when the tick's symbol is
+        held: otherwise there is nothing to watch and the answer is ``[]``, as
+        from :meth:`on_market_data`. A tick of a held symbol priced inside
+        the symbol's band (:mod:`bot4.risk.band`: the prices at which no tick
+        rule can fire, worked out from the last tick that asked the engine)
+        is answered ``[]`` at once; any other asks the engine. A subclass
+        that overrides :meth:`on_market_data` has it called on every tick,
+        as before."""
+        if type(self).on_market_data is not RiskPolicy.on_market_data:
+            return self.on_market_data(tick, book.snapshot(), now_ns)
+        symbol = tick.symbol
+        position = book.position(symbol)
+        if position is None:
             return []
-        return self.on_market_data(tick, book.snapshot(), now_ns)
+        band = self._bands.get(symbol)
+        if band is not None:
+            try:
+                inside = (
+                    band.position is position
+                    and band.low <= tick.last <= band.high
+                    and band.holds(book, self._breaker.tripped)  # type: ignore[arg-type]  # see _new_band
+                )
+            except Exception:  # a book that cannot say: ask the engine
+                inside = False
+            if inside:
+                band.hits += 1
+                return []
+            self._drop_band(symbol, band)
+        portfolio = book.snapshot()
+        actions = self.on_market_data(tick, portfolio, now_ns)
+        if not actions and self._band_ranges is not None:
+            self._new_band(symbol, tick, portfolio, book)
+        return actions
+
+    def _drop_band(self, symbol: str, band: bands.Band) -> None:
+        del self._bands[symbol]
+        wait = self._band_wait.setdefault(symbol, [0, 1])
+        # A band that answered no tick was work for nothing (the price keeps
+        # leaving it, or the book keeps changing under it): wait longer
+        # before the next one. The answers are the engine's either way.
+        wait[1] = 1 if band.hits else min(wait[1] * 2, _BAND_BACKOFF_MAX)
+        wait[0] = wait[1] - 1
+
+    def _new_band(self, symbol: str, tick: MarketData, portfolio: Portfolio, book: Book) -> None:
+        wait = self._band_wait.get(symbol)
+        if wait is not None and wait[0] > 0:
+            wait[0] -= 1
+            return
+        ranges = self._band_ranges
+        position = portfolio.positions.get(symbol)
+        if ranges is None or position is None:
+            return
+        try:
+            band = bands.compute(
+                symbol,
+                tick,
+                position,
+                portfolio,
+                # A Book without cash, peak_equity or mark_price raises in
+                # compute (caught below: no band), so a band only exists for
+                # a book that has them, and holds() may read them.
+                book,  # type: ignore[arg-type]
+                self._breaker.tripped,
+                self._active.compiled.mmr,
+                ranges,
+                _quiet,
+            )
+        except Exception:  # no band (fail safe): the engine answers every tick
+            band = None
+        if band is None:
+            wait = self._band_wait.setdefault(symbol, [0, 1])
+            wait[1] = min(wait[1] * 2, _BAND_BACKOFF_MAX)
+            wait[0] = wait[1] - 1
+            return
+        self._bands[symbol] = band
 
     def _monitor_failed(
         self, stage: str, symbol: str, exc: BaseException, now_ns: int
@@ -753,6 +895,9 @@ class RiskPolicy:
         active = self._active
         position = portfolio.positions[tick.symbol]
         facts = tick_facts(tick, position, portfolio, self._breaker.tripped, active.compiled.mmr)
+        wanted = active.compiled.stages[TICK].reads & CONTEXT_FACTS
+        if wanted:
+            context_facts(wanted, facts, portfolio, now_ns, tick.symbol)
         return self._monitor(TICK, facts, tick.symbol, now_ns, overrides, trace)
 
     def _monitor(
@@ -821,6 +966,11 @@ class RiskPolicy:
     ) -> list[RiskAction]:
         """Count stop-outs (event time) and run the ``fill`` rules, e.g.
         "M stop-outs within a window trips the breaker"."""
+        # A fill moves cash and a position: a band tied to the book's cash and
+        # positions ends; one on the equity or the symbol alone checks what
+        # a fill changes (the equity, its own position) on every tick.
+        for symbol in [s for s, b in self._bands.items() if b.book == "book"]:
+            del self._bands[symbol]
         try:
             actions, _ = self._fill(fill, portfolio, now_ns, stop_out, None, trace=False)
         except Exception as exc:  # monitoring blind: trip the breaker
@@ -839,6 +989,10 @@ class RiskPolicy:
         if stop_out:
             self._events.record(STOP_OUTS, fill.symbol, now_ns)
         facts = fill_facts(fill, portfolio, self._breaker.tripped, stop_out)
+        plan = self._active.compiled.stages.get(FILL)
+        wanted = plan.reads & CONTEXT_FACTS if plan is not None else frozenset()
+        if wanted:
+            context_facts(wanted, facts, portfolio, now_ns, fill.symbol)
         return self._monitor(FILL, facts, fill.symbol, now_ns, overrides, trace)
 
     # --- explanations ---

@@ -41,13 +41,14 @@ from typing import Any
 import attrs
 
 from bot4.errors import ModelError, RuleFileError
-from bot4.model import Approved, Fill, MarketData, Order, Portfolio, Position, Rejected
+from bot4.model import Activity, Approved, Fill, MarketData, Order, Portfolio, Position, Rejected
 from bot4.risk.expr import FACT_NAME
 from bot4.risk.facts import FILL, ORDER, STAGES, TICK
 from bot4.risk.policy import Explanation, RiskPolicy
 from bot4.risk.yamlsrc import YList, YMap, load_yaml
 from bot4.suggest import did_you_mean
 
+_DAY_NS = 86_400 * 10**9
 _SCENARIO_KEYS = {"name", "event", "facts", "history", "expected", "description"}
 _FACT_SECTIONS = {"portfolio", "order", "market", "breaker", "now", "fill", "stop_out"}
 _EXPECTED_KEYS = {
@@ -155,11 +156,18 @@ def _section(facts: YMap, key: str, path: str) -> YMap | None:
     return value
 
 
-def _portfolio(facts: YMap, path: str) -> Portfolio:
+def _portfolio(facts: YMap, path: str, now_ns: int = 0) -> Portfolio:
     section = _section(facts, "portfolio", path)
     if section is None:
         return Portfolio(cash=Decimal(100000), peak_equity=Decimal(100000))
-    portfolio_keys = ("equity", "cash", "peak_equity", "positions")
+    portfolio_keys = (
+        "equity",
+        "cash",
+        "peak_equity",
+        "positions",
+        "realized_pnl_today",
+        "losing_streak",
+    )
     for key in section:
         if key not in portfolio_keys:
             hint = did_you_mean(str(key), portfolio_keys)
@@ -168,6 +176,7 @@ def _portfolio(facts: YMap, path: str) -> Portfolio:
     cash = _num(section.get("cash", section.get("equity", 100000)), path, line, "portfolio cash")
     positions: dict[str, Position] = {}
     marks: dict[str, Decimal] = {}
+    opened: dict[str, int] = {}
     items = section.get("positions") or []
     if not isinstance(items, list):
         raise _err(path, section.lines["positions"], "positions must be a list")
@@ -187,6 +196,8 @@ def _portfolio(facts: YMap, path: str) -> Portfolio:
         positions[pos.symbol] = pos
         if "mark" in item:
             marks[pos.symbol] = _num(item["mark"], path, pline, "mark")
+        if "opened" in item:  # seconds of event time, as `now`
+            opened[pos.symbol] = _seconds(item["opened"], path, pline)
     provisional = Portfolio(cash=cash, positions=positions, marks=marks)
     if "equity" in section and "cash" not in section and positions:
         # Equity was given: cash is what makes cash + unrealised PnL equal it.
@@ -198,8 +209,19 @@ def _portfolio(facts: YMap, path: str) -> Portfolio:
         if peak is not None
         else max(provisional.equity, Decimal(0))
     )
+    streak = section.get("losing_streak", 0)
+    if isinstance(streak, bool) or not isinstance(streak, int) or streak < 0:
+        raise _err(path, section.lines.get("losing_streak", line), "losing_streak: a count >= 0")
+    activity = Activity(
+        day=now_ns // _DAY_NS,
+        realized_today=_num(section.get("realized_pnl_today", 0), path, line, "realized_pnl_today"),
+        losing_streak=streak,
+        opened_ns=opened,
+    )
     try:
-        return Portfolio(cash=cash, positions=positions, marks=marks, peak_equity=peak_value)
+        return Portfolio(
+            cash=cash, positions=positions, marks=marks, peak_equity=peak_value, activity=activity
+        )
     except ModelError as exc:
         raise _err(path, line, str(exc)) from None
 
@@ -305,7 +327,8 @@ def run_scenario(policy: RiskPolicy, scenario: Scenario) -> Explanation:
             raise _err(path, facts.lines[key], f"unknown fact section {key!r}{hint}")
     fresh = policy.spawn()
     try:
-        portfolio = _portfolio(facts, path)
+        now = _seconds(facts.get("now", 0), path, facts.lines.get("now", scenario.line))
+        portfolio = _portfolio(facts, path, now)
         breaker = _section(facts, "breaker", path)
         if breaker is not None and breaker.get("tripped"):
             fresh.breaker.trip(str(breaker.get("reason", "tripped in the scenario")), 0)

@@ -95,12 +95,12 @@ def test_an_installed_pack_joins_the_policy_unless_the_command_chooses(site: Pat
     env = installed(site)
     every = run_bot4("rules", "check", env=env)
     assert every.returncode == 0, every.stderr
-    assert "19 rules in 8 files" in every.stdout
+    assert "21 rules in 8 files" in every.stdout
     assert "risk packs: correlation, extra" in every.stdout
     assert "bot4_extra_rules.yaml" in every.stdout
     chosen = run_bot4("rules", "check", "--packs", "correlation", env=env)
     assert chosen.returncode == 0, chosen.stderr
-    assert "18 rules in 7 files" in chosen.stdout
+    assert "20 rules in 7 files" in chosen.stdout
     assert "risk packs: correlation" in chosen.stdout
     assert "extra" not in chosen.stdout
     none = run_bot4("rules", "check", "--no-packs", str(REPO / "rules" / "20-entry.yaml"), env=env)
@@ -146,7 +146,7 @@ def test_a_session_lists_its_packs_and_failed_plugins_and_replays_with_the_same(
     assert every.returncode == 0, every.stderr
     lines = every.stderr.splitlines()
     assert "risk packs in use: correlation, extra" in lines
-    assert any(line.startswith("policy: 19 rules, sha256 ") for line in lines)
+    assert any(line.startswith("policy: 21 rules, sha256 ") for line in lines)
     broken = [line for line in lines if "broken" in line]
     assert broken == ["plugin broken not loaded: failed: RuntimeError: cannot reach the mothership"]
     assert "extra-score" in json.loads(every.stdout)["rejections_by_rule"]

@@ -3,7 +3,9 @@
 :class:`~bot4_ccxt.exchange.CcxtExchange` wraps ccxt's client (worker threads,
 error mapping, retries, client-order-id reconciliation, polling stream);
 :mod:`bot4_ccxt.fakebinance` is a local Binance-style REST server backed by
-bot4's paper engine, for tests and dry runs. Registered with bot4 as ``ccxt``::
+bot4's paper engine, for tests and dry runs; :mod:`bot4_ccxt.feed` is the
+``ccxt`` feed (a venue's public tickers for ``bot4 run --feed ccxt:binance``).
+Registered with bot4 as ``ccxt``::
 
     exchange:
       name: ccxt
@@ -19,7 +21,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import bot4
-from bot4.hookspecs import RegisterExchange
+from bot4.feeds import Feed
+from bot4.hookspecs import RegisterExchange, RegisterFeed
 from bot4_ccxt.exchange import CONFIG_KEYS, CcxtExchange, CcxtSettings, map_error
 
 BOT4_API = 1
@@ -30,8 +33,10 @@ __all__ = [
     "CcxtExchange",
     "CcxtSettings",
     "create",
+    "create_feed",
     "map_error",
     "register_exchanges",
+    "register_feeds",
 ]
 
 
@@ -47,4 +52,20 @@ def register_exchanges(register: RegisterExchange) -> None:
         create,
         description="Any exchange ccxt supports (config `exchange: binance`); "
         "dry-run against the bundled fake Binance server",
+    )
+
+
+def create_feed(config: Mapping[str, Any]) -> Feed:
+    """Factory registered as the ``ccxt`` feed: see bot4_ccxt.feed."""
+    from bot4_ccxt.feed import CcxtFeed  # only a session with --feed ccxt:... needs it
+
+    return CcxtFeed.from_config(config)
+
+
+@bot4.hookimpl
+def register_feeds(register: RegisterFeed) -> None:
+    register(
+        "ccxt",
+        create_feed,
+        description="A venue's public tickers, polled (--feed ccxt:binance); no keys needed",
     )

@@ -19,7 +19,9 @@ from the stream before tick *n+1*.
 Config (values may be strings, as they come from YAML)::
 
     feed: Iterable[MarketData] or a path for bot4.data.iter_ticks   (required;
-          a path is read in the loader's columnar batches of trusted ticks)
+          a path is read in the loader's columnar batches of trusted ticks),
+          or an AsyncIterable[MarketData] (a live feed, bot4.feeds: each tick
+          is awaited, bot4_paper.live)
     balance: "10000"        currency: "USDT"
     taker_fee: "0.0004"     maker_fee: "0.0002"     slippage_bps: "1"
     max_leverage: "100"
@@ -47,7 +49,7 @@ import functools
 import operator
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from itertools import chain
@@ -90,12 +92,17 @@ class PaperExchange(Exchange):
     name = "paper"
     capabilities = frozenset(Capability)
 
-    def __init__(self, feed: Iterable[MarketData], engine: PaperEngine | None = None) -> None:
+    def __init__(
+        self,
+        feed: Iterable[MarketData] | AsyncIterable[MarketData],
+        engine: PaperEngine | None = None,
+    ) -> None:
         self.engine = engine if engine is not None else PaperEngine()
         if not self.engine.attached_exits:
             self.capabilities = frozenset(Capability) - {Capability.ATTACHED_EXITS}
         self._feed = feed
         self._ticks: Iterator[MarketData] | None = None
+        self._live: AsyncIterator[MarketData] | None = None
         self._closed = False
 
     @classmethod
@@ -218,9 +225,15 @@ class PaperExchange(Exchange):
     def stream(self, symbols: Sequence[str]) -> AsyncIterator[ExchangeEvent]:
         """Replay the feed; see the module docstring for the event order. A
         second call continues where the first stopped (the feed is read once)."""
+        resume = getattr(self.engine, "resume_after", None)
+        if isinstance(self._feed, AsyncIterable):
+            from bot4_paper.live import LiveStream
+
+            if self._live is None:
+                self._live = aiter(self._feed)
+            return LiveStream(self, frozenset(symbols), self._live, resume)
         if self._ticks is None:
             self._ticks = iter(self._feed)
-        resume = getattr(self.engine, "resume_after", None)
         return _Stream(self, frozenset(symbols), self._ticks, resume)
 
 
@@ -423,7 +436,7 @@ def _tiers(raw: object, where: str) -> tuple[Tier, ...]:
         raise ConfigError(f"paper: config field {where!r}: {exc}") from None
 
 
-def _feed(raw: object) -> Iterable[MarketData]:
+def _feed(raw: object) -> Iterable[MarketData] | AsyncIterable[MarketData]:
     if isinstance(raw, (str, os.PathLike)):
         if not os.path.exists(raw):
             raise ConfigError(f"paper: config field 'feed': no such file or directory {raw!r}")
@@ -435,7 +448,7 @@ def _feed(raw: object) -> Iterable[MarketData]:
         # chain): the stream takes one trusted tick at a time at the cost of
         # a list step, not a generator resume per tick.
         return _lazy(lambda: chain.from_iterable(map(_batch_ticks, iter_batches(path))))
-    if isinstance(raw, Iterable):
+    if isinstance(raw, Iterable | AsyncIterable):
         return raw
     raise ConfigError(f"paper: config field 'feed': {raw!r} is neither market data nor a path")
 
