@@ -131,6 +131,19 @@ def write_chart(
                 linewidths=0.6,
                 label=f"emergency close ({len(closes)})",
             )
+        liquidated = [f for f in fills if f.symbol == symbol and f.liquidity == "liquidation"]
+        if liquidated:
+            ax.scatter(
+                _times([f.ts for f in liquidated]),
+                [float(f.price) for f in liquidated],
+                marker="P",
+                color=_EMERGENCY,
+                s=110,
+                zorder=5,
+                edgecolors="black",
+                linewidths=0.8,
+                label=f"liquidation ({len(liquidated)})",
+            )
         _trip_lines(ax, trip_times)
         ax.set_ylabel(f"{symbol}\nprice")
         _legend(ax, ncols=3)

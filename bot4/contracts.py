@@ -127,6 +127,14 @@ class Exchange(abc.ABC):
         Raises ExchangeRefused when the venue does not accept it."""
         raise ExchangeRefused(f"{self.name}: set_margin_mode needs Capability.MARGIN")
 
+    async def add_margin(self, symbol: str, amount: Decimal) -> Decimal | None:
+        """Move ``amount`` (quote currency) of free balance into the isolated
+        position in ``symbol``; returns its new liquidation price (None when
+        it can no longer be liquidated or the venue does not say).
+        Raises ExchangeRefused when the venue does not (no such position,
+        cross margin, not enough free balance)."""
+        raise ExchangeRefused(f"{self.name}: add_margin is not supported")
+
 
 class Strategy(abc.ABC):
     """Turns market data into signals. It never places orders: the kernel sends

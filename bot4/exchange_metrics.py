@@ -31,6 +31,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import trio
@@ -146,6 +147,17 @@ class InstrumentedExchange(Exchange):
 
     async def fetch_positions(self) -> Sequence[Position]:
         return await self._timed("fetch_positions", self.inner.fetch_positions())
+
+    # The margin account (Exchange defines these, so __getattr__ never sees them).
+
+    async def set_leverage(self, symbol: str, leverage: Decimal) -> Decimal:
+        return await self._timed("set_leverage", self.inner.set_leverage(symbol, leverage))
+
+    async def set_margin_mode(self, symbol: str, mode: str) -> None:
+        await self._timed("set_margin_mode", self.inner.set_margin_mode(symbol, mode))
+
+    async def add_margin(self, symbol: str, amount: Decimal) -> Decimal | None:
+        return await self._timed("add_margin", self.inner.add_margin(symbol, amount))
 
     def stream(self, symbols: Sequence[str]) -> AsyncIterator[ExchangeEvent]:
         return self.inner.stream(symbols)

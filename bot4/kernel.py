@@ -57,6 +57,7 @@ from bot4.bus import Bus
 from bot4.contracts import Exchange, MarketInfo, RiskRules, Strategy
 from bot4.errors import Bot4Error, ExchangeFailed, ExchangeRefused
 from bot4.gate import RiskGate
+from bot4.margin_desk import MarginDesk
 from bot4.model import (
     ZERO,
     Approved,
@@ -175,6 +176,10 @@ class KernelStats:
     reload_failures: int = 0
     protection: str = ""  # the protection mode (bot4.protection.ProtectionMode)
     protection_failures: int = 0  # protective orders or closes that failed
+    liquidations: int = 0  # fills the exchange marked as liquidations (liquidity "liquidation")
+    margin_added: Decimal = ZERO  # collateral ADD_MARGIN moved into positions
+    margin_escalations: int = 0  # ADD_MARGIN rungs that became the next rung
+    funding_paid: Decimal = ZERO  # what funding took from the account (the venue's figure)
     rejections_by_rule: Counter[str] = attrs.field(factory=Counter)
     actions: Counter[str] = attrs.field(factory=Counter)
 
@@ -244,6 +249,8 @@ class Kernel:
         self._next_id = 0
         self._open_stops: set[str] = set()  # open stop-loss orders, wherever placed
         self.protection = Protector(self)
+        # Leverage and margin mode before entries, ADD_MARGIN (bot4.margin_desk).
+        self.margin = MarginDesk(self)
         # Called with the protection line when the session starts (bot4 run
         # prints it); the mode depends on the connected exchange.
         self.announce: Callable[[str], None] | None = None
@@ -280,6 +287,7 @@ class Kernel:
                 await self._events(symbols)
         finally:
             self._run_scope = None
+            self.margin.settle(self.stats)
             with trio.CancelScope(shield=True):
                 await self.exchange.close()
         return self.stats
@@ -408,6 +416,8 @@ class Kernel:
 
     async def _fill(self, fill: Fill) -> None:
         self.stats.fills += 1
+        if fill.liquidity == "liquidation":
+            self.stats.liquidations += 1
         now = _ns(fill)
         placed = self._placed.get(fill.client_order_id)
         if placed is not None and not placed.reduce_only:
@@ -610,6 +620,10 @@ class Kernel:
         if not isinstance(decision, Approved):
             await self._rejected(order, decision)
             return None
+        refused = await self.margin.before_entry(order)
+        if refused is not None:
+            await self._rejected(order, refused)
+            return None
         self.stats.approved += 1
         await self.bus.publish(
             "risk.approved", decision, ts=self._now_ns, correlation_id=order.correlation_id
@@ -727,10 +741,14 @@ class Kernel:
             if self.risk_journal is not None:
                 await self.risk_journal.checkpoint()  # the trip survives a crash from here on
             return
-        if action.symbol is None or action.kind is RiskActionKind.ADD_MARGIN:
-            # Adding margin needs an exchange that moves collateral between
-            # positions; none of the bundled ones does, so the action is
-            # published for a person (or a plugin) to act on.
+        if action.kind is RiskActionKind.ADD_MARGIN:
+            # Carried out by an exchange that claims MARGIN (else published
+            # only); with no free margin it becomes the next rung.
+            escalated = await self.margin.add_margin(action)
+            if escalated is not None:
+                await self._act(escalated)
+            return
+        if action.symbol is None:
             return
         position = self.tracker.position(action.symbol)
         if position is None or position.qty == 0:

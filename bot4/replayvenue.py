@@ -147,6 +147,17 @@ class RecordedPrefix(Exchange):
     async def fetch_positions(self) -> Sequence[Position]:
         return await self.venue.fetch_positions()
 
+    # The margin account (Capability.MARGIN, bot4.margin_desk): the re-simulated venue's.
+
+    async def set_leverage(self, symbol: str, leverage: Decimal) -> Decimal:
+        return await self.venue.set_leverage(symbol, leverage)
+
+    async def set_margin_mode(self, symbol: str, mode: str) -> None:
+        await self.venue.set_margin_mode(symbol, mode)
+
+    async def add_margin(self, symbol: str, amount: Decimal) -> Decimal | None:
+        return await self.venue.add_margin(symbol, amount)
+
 
 def _markets(path: Path, number: int, payload: object) -> dict[str, MarketInfo]:
     if not isinstance(payload, Mapping):
@@ -323,3 +334,16 @@ class ReplayVenue(Exchange):
 
     async def fetch_positions(self) -> Sequence[Position]:
         return []
+
+    # The margin account: what the recorded session's venue accepted shows in
+    # its decisions (an entry it refused is a recorded rejection), so the
+    # playback takes every leverage, mode and margin move as asked.
+
+    async def set_leverage(self, symbol: str, leverage: Decimal) -> Decimal:
+        return leverage
+
+    async def set_margin_mode(self, symbol: str, mode: str) -> None:
+        return None
+
+    async def add_margin(self, symbol: str, amount: Decimal) -> Decimal | None:
+        return None

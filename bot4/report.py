@@ -132,6 +132,7 @@ class FillRecord:
     qty: Decimal
     price: Decimal
     fee: Decimal
+    liquidity: str = "taker"  # "liquidation": the venue closed the position
 
 
 @attrs.frozen(slots=True)
@@ -257,6 +258,9 @@ class Summary:
     exchange_refusals: int
     protection: str = ""  # the protection mode (bot4.protection)
     protection_failures: int = 0  # protective orders or closes that failed
+    liquidations: int = 0  # positions the venue liquidated
+    margin_added: Decimal = Decimal(0)  # collateral ADD_MARGIN moved into positions
+    funding_paid: Decimal = Decimal(0)  # funding the account paid (negative: received)
     start: datetime | None
     end: datetime | None
     duration: float
@@ -328,6 +332,16 @@ class Summary:
                 f"{self.strategy_errors:,} strategy, {self.exchange_refusals:,} exchange refusals",
             ),
         ]
+        if self.liquidations or self.margin_added or self.funding_paid:
+            # Only for a session whose venue has a margin account that acted.
+            rows.insert(
+                -3,
+                (
+                    "margin",
+                    f"{self.liquidations:,} liquidations, {_money(self.margin_added)} added, "
+                    f"funding paid {self.funding_paid:+,.2f}",
+                ),
+            )
         width = max(len(label) for label, _ in rows)
         return "\n".join(["bot4 session summary"] + [f"  {k:<{width}}  {v}" for k, v in rows])
 
@@ -502,7 +516,9 @@ class SessionReport:
         if not isinstance(fill, Fill):
             return
         ts = self._advance(event.ts)
-        self._fills.append(FillRecord(ts, fill.symbol, fill.side, fill.qty, fill.price, fill.fee))
+        self._fills.append(
+            FillRecord(ts, fill.symbol, fill.side, fill.qty, fill.price, fill.fee, fill.liquidity)
+        )
         if fill.symbol not in self._last_float:
             self._last_float[fill.symbol] = float(fill.price)
         self._trade(fill, ts)
@@ -721,6 +737,9 @@ class SessionReport:
             exchange_refusals=stats.exchange_refusals,
             protection=stats.protection,
             protection_failures=stats.protection_failures,
+            liquidations=stats.liquidations,
+            margin_added=stats.margin_added,
+            funding_paid=stats.funding_paid,
             start=ns_to_datetime(self._first_ts) if self._first_ts is not None else None,
             end=ns_to_datetime(self._last_ts) if self._first_ts is not None else None,
             duration=span / _NS,

@@ -203,15 +203,25 @@ def test_the_plan_alternates_bot4_and_the_anchor_on_the_same_ticks(tmp_path: Pat
     assert [n_of(j) for j in jobs] == [1_000_000, 1_000_000, 200_000, 200_000, 200_000]
     assert jobs[1].argv[:4] == ["/opt/nt/python", str(anchor), "run", "--scenario"]
     assert jobs[3].argv[-2:] == ["--every", "10"]
-    assert [j.scenario for j in once] == ["oversized", "flat"]
-    assert [n_of(j) for j in once] == [200_000, 1_000_000]
+    assert [j.scenario for j in once] == ["oversized", "flat", "perps"]
+    assert [n_of(j) for j in once] == [200_000, 1_000_000, 200_000]
     quick, _ = bench_kernel.plan(True, None, None)
     assert {j.scenario: n_of(j) for j in quick} == {
         "noop": 100_000,
         "orders": 20_000,
         "oversized": 20_000,
         "flat": 100_000,
+        "perps": 20_000,
     }
+
+
+def test_the_perps_case_trades_a_perpetual_at_leverage_with_margin_on() -> None:
+    """The perpetuals variant runs through the kernel's margin path: the
+    paper venue's isolated margin at 3x on BTC-USDT-PERP, every order filled."""
+    result = bench_kernel.child("perps", 2_000)
+    assert result["submitted"] == result["approved"] == result["filled"] == 200
+    assert result["deny_reasons"] == {}
+    assert result["margin"] == {"leverage": "3", "mode": "isolated"}
 
 
 def test_ticks_follow_the_anchors_walk_and_are_built_before_the_run() -> None:

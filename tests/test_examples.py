@@ -97,6 +97,46 @@ def test_stop_outs_trip_the_breaker_and_later_orders_are_refused(
     assert max(e["ts"] for e in ladder) < trips[0]["ts"]
 
 
+def test_the_ladder_saves_the_40x_positions_from_liquidation(session: tuple[Path, str]) -> None:
+    out, stdout = session
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["liquidations"] == 0
+    # ADD_MARGIN moved collateral into the paper venue's isolated positions.
+    assert float(summary["margin_added"]) > 0
+    assert "0 liquidations" in stdout
+    fills = _events(out, "fill.ETH-USDT")
+    assert all(f["payload"]["liquidity"] != "liquidation" for f in fills)
+
+
+def test_without_the_ladder_the_venue_liquidates(tmp_path: Path) -> None:
+    config = EXAMPLE / "no-ladder.yaml"
+    main = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
+    copy = yaml.safe_load(config.read_text(encoding="utf-8"))
+    # The same session but the ladder's rule file.
+    assert copy["strategies"] == main["strategies"]
+    assert sorted(Path(r).name for r in copy["rules"]) == sorted(
+        p.name for p in RULES.glob("*.yaml") if p.name != "50-liquidation-ladder.yaml"
+    )
+    out = tmp_path / "out"
+    result = run_bot4(
+        "run", "--config", str(config.relative_to(REPO)), "--out", str(out), env=ENV, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["liquidations"] >= 1
+    liquidated = [
+        f["payload"]
+        for f in _events(out, "fill.ETH-USDT")
+        if f["payload"]["liquidity"] == "liquidation"
+    ]
+    assert len(liquidated) == summary["liquidations"]
+    assert liquidated[0]["client_order_id"].startswith("liq-")
+    # The venue's liquidation replays: the re-simulated venue liquidates again.
+    replay = run_bot4("replay", str(out / "recording.jsonl.gz"), env=ENV, cwd=REPO)
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert "replay matched" in replay.stdout + replay.stderr
+
+
 def test_rules_check_and_scenario_tests_pass() -> None:
     check = run_bot4("rules", "check", str(RULES), env=ENV)
     assert check.returncode == 0, check.stdout + check.stderr

@@ -1054,6 +1054,13 @@ async def check_trio_cancellation(kit: Kit) -> None:
 _TRADE = frozenset({CAP.MARKET_ORDERS, CAP.LIMIT_ORDERS})
 
 
+def _margin_checks() -> Sequence[tuple[str, Callable[[Kit], Awaitable[None]]]]:
+    # Imported here: the margin checks build on this module's Kit.
+    from bot4.testing.margin_checks import MARGIN_CHECKS
+
+    return MARGIN_CHECKS
+
+
 def _checks() -> dict[str, Check]:
     table = [
         Check("markets", check_markets),
@@ -1079,6 +1086,7 @@ def _checks() -> dict[str, Check]:
         Check("attached_exits", check_attached_exits, frozenset({CAP.ATTACHED_EXITS}), _TRADE),
         Check("no_unclaimed_exits", check_no_unclaimed_exits, requires_any=_TRADE),
         Check("margin", check_margin, frozenset({CAP.MARGIN}), _TRADE),
+        *(Check(name, func, frozenset({CAP.MARGIN}), _TRADE) for name, func in _margin_checks()),
         Check("reconnect", check_reconnect, requires_any=_TRADE),
         Check("disconnect", check_disconnect, requires_any=_TRADE, needs_disconnect=True),
         Check("trio_cancellation", check_trio_cancellation, requires_any=_TRADE),

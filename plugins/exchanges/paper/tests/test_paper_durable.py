@@ -142,3 +142,25 @@ def test_bad_state_files_are_refused(tmp_path: Path) -> None:
         DurableEngine(junk)
     with pytest.raises(ConfigError, match="does not exist"):
         DurableEngine(tmp_path / "missing" / "p.sqlite")
+
+
+def test_the_margin_account_survives_a_restart(tmp_path: Path) -> None:
+    from bot4_paper.margin_book import MarketMargin
+
+    path = tmp_path / "paper.sqlite"
+    margin = {"*": MarketMargin(funding_rate=Decimal("0.0001"))}
+    engine = DurableEngine(path, margin=margin)
+    tick = TICKS[0]
+    engine.on_tick(tick)
+    engine.set_leverage("BTC-USDT", Decimal(10))
+    engine.place(_order("e", Side.BUY, "0.1", leverage=Decimal(10)))
+    engine.add_margin("BTC-USDT", Decimal(50))
+    state = engine.margin_state("BTC-USDT")
+    balance = engine.balance()
+    engine.close()
+    again = DurableEngine(path, margin=margin)
+    assert again.margin.leverage == {"BTC-USDT": Decimal(10)}
+    assert again.margin.added == {"BTC-USDT": Decimal(50)}
+    assert again.margin_state("BTC-USDT") == state
+    assert again.balance() == balance
+    again.close()

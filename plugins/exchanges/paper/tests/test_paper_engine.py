@@ -275,6 +275,9 @@ def test_resting_order_cancelled_when_margin_is_gone_at_fill_time() -> None:
     e.on_tick(c.tick("100", "100"))
     e.on_tick(c.tick("100", "100", symbol="ETH-USDT"))
     e.place(order("l", "buy", "limit", "9", "99"))  # 891 reserved
+    # Cross margin: an isolated short would be liquidated at about 199, losing
+    # its 50 of collateral and no more.
+    e.set_margin_mode("ETH-USDT", "cross")
     e.place(order("s", "sell", "market", "0.5", symbol="ETH-USDT"))  # a short: 50 margin
     # The short loses 400: equity falls below what the limit needs.
     e.on_tick(c.tick("900", "900", symbol="ETH-USDT"))

@@ -168,6 +168,9 @@ class FakeBinance:
         holdings: Mapping[str, Decimal] | None = None,
     ) -> None:
         self.engine = engine if engine is not None else PaperEngine()
+        # The futures venues liquidate by their own reckoning (fakefutures),
+        # a spot account never: the engine's liquidation stays off here.
+        self.engine.liquidates = False
         self.type_map: Mapping[str, OrderType] = _TYPES
         self.type_names: Mapping[OrderType, str] = _TYPE_NAMES
         # Base assets the spot account holds besides what its fills bought.

@@ -1,6 +1,6 @@
 """A local exchange server that speaks Bybit's v5 REST API for USDT linear
 perpetuals (``category=linear``), for ccxt's ``bybit`` client: the same paper
-engine, margin model (:mod:`bot4_ccxt.margin`), funding, liquidation and fault
+engine, margin model (:mod:`bot4.margin`), funding, liquidation and fault
 injection as :class:`~bot4_ccxt.fakefutures.FakeBinanceFutures`, behind Bybit's
 wire format::
 

@@ -22,7 +22,7 @@ Endpoints (what ccxt's ``binanceusdm`` calls for bot4)::
 **The account.** The paper engine holds the orders, fills and positions at
 each symbol's leverage (``POST /fapi/v1/leverage``, default 20): margin is
 notional / leverage, reduce-only orders never grow a position. What only a
-futures venue reports comes from :mod:`bot4_ccxt.margin`: the maintenance
+futures venue reports comes from :mod:`bot4.margin`: the maintenance
 margin by notional tier, the liquidation price of each position (isolated:
 its initial margin as collateral; cross: the wallet), funding at the funding
 times (every 8 h at ``funding_rate``, default 0.01%, paid on the mark: the mid
@@ -47,15 +47,15 @@ from typing import Any
 from bot4_paper.engine import PaperEngine
 
 from bot4.contracts import MarketInfo
-from bot4.model import ZERO, MarketData, Order, OrderState, OrderType, Side
-from bot4_ccxt.fakebinance import FakeBinance, _ApiError, _ms, _num, _venue_symbol
-from bot4_ccxt.margin import (
+from bot4.margin import (
     DEFAULT_TIERS,
     MarginPositionModel,
     Tier,
     funding_payment,
     funding_times,
 )
+from bot4.model import ZERO, MarketData, Order, OrderState, OrderType, Side
+from bot4_ccxt.fakebinance import FakeBinance, _ApiError, _ms, _num, _venue_symbol
 
 __all__ = ["PERP_MARKETS", "FakeBinanceFutures"]
 

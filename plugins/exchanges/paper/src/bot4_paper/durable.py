@@ -27,7 +27,10 @@ SIGKILL of the process (the simulated failure); power loss is out of scope
 for a simulator. Fills are replayed into the engine's tracker on load with
 the same leverage/stop arguments the matching used, so positions, cash and
 margin come back exactly; the stored positions are compared with the replay
-as a check.
+as a check. The margin account (leverage and mode per symbol, added
+collateral, funding paid, the next funding time, liquidations) is stored
+beside them and written at once by set_leverage, set_margin_mode and
+add_margin.
 """
 
 from __future__ import annotations
@@ -124,6 +127,24 @@ class DurableEngine(PaperEngine):
         if events or self._unsaved_ticks >= TICK_FLUSH or self._open_changed():
             self._persist(force=True)
         return events
+
+    def set_leverage(self, symbol: str, leverage: Decimal) -> Decimal:
+        try:
+            return super().set_leverage(symbol, leverage)
+        finally:
+            self._persist(force=True)
+
+    def set_margin_mode(self, symbol: str, mode: str) -> None:
+        try:
+            super().set_margin_mode(symbol, mode)
+        finally:
+            self._persist(force=True)
+
+    def add_margin(self, symbol: str, amount: Decimal) -> Decimal | None:
+        try:
+            return super().add_margin(symbol, amount)
+        finally:
+            self._persist(force=True)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -233,6 +254,7 @@ class DurableEngine(PaperEngine):
             "markets": [_market(m) for m in self._markets.values()],
             "balance": codec.encode(self.balance()),
             "positions": [codec.encode(p) for p in self.positions()],
+            "margin": self.margin.dump(),
         }
         conn = self._db()
         conn.execute("BEGIN IMMEDIATE")
@@ -346,6 +368,10 @@ class DurableEngine(PaperEngine):
         self._now = datetime.fromisoformat(meta["now"]) if meta["now"] else None
         self._last_ts = datetime.fromisoformat(meta["last_tick"]) if meta["last_tick"] else None
         self.resume_after = self._last_ts
+        if "margin" in meta:  # absent in a file written before the margin account
+            # Funding is in the stored starting balance already (the tracker's
+            # adjust_cash moves it), so only the account's own state comes back.
+            self.margin.load(meta["margin"])
         stored = {p["symbol"]: Decimal(p["qty"]) for p in meta["positions"]}
         replayed = {p.symbol: p.qty for p in self.positions()}
         if stored != replayed:

@@ -55,7 +55,20 @@ Execution rules (all documented behaviour, relied on by tests):
   time). Placing an order whose margin plus estimated taker fee exceeds free
   margin is InsufficientFunds; at fill time the check is repeated and an order
   that no longer fits is cancelled (reason ``insufficient margin``).
-  Liquidation is not simulated: risk rules are expected to act first.
+  The margin account (:mod:`bot4_paper.margin_book`): per-symbol leverage
+  (:meth:`PaperEngine.set_leverage`; once set, an opening order must carry
+  it) and mode (isolated by default, or cross), collateral added to an
+  isolated position (:meth:`PaperEngine.add_margin`), maintenance margin by
+  the market's notional tiers, funding at the funding times.
+* **Liquidation.** When a perpetual position's mark (the tick's mid) reaches
+  its liquidation price, the venue closes the whole position at that price
+  (rounded to the price increment against the account) with a reduce-only
+  market order ``liq-<n>`` (strategy ``liquidation``), charged
+  ``liquidation_fee`` of the notional; the Fill's ``liquidity`` is
+  ``"liquidation"``. Its exits are cancelled as for any close.
+* **Spot** markets (``MarketMargin.kind == "spot"``): leverage 1, and a sell
+  that is not covered by what is held (less open sells) is InsufficientFunds;
+  no funding, no liquidation.
 * **Time.** Fills carry the timestamp of the tick they executed on; fills
   between ticks carry ``now`` (default: the latest tick time seen).
 
@@ -78,6 +91,7 @@ import attrs
 
 from bot4.contracts import MarketInfo
 from bot4.errors import InsufficientFunds, InvalidOrder, OrderNotFound
+from bot4.margin import funding_due, funding_times, next_funding_time
 from bot4.model import (
     ZERO,
     Balance,
@@ -91,6 +105,14 @@ from bot4.model import (
     Side,
 )
 from bot4.portfolio import PortfolioTracker
+from bot4_paper.margin_book import (
+    CROSS,
+    FUNDING_STEP,
+    MODES,
+    MarginBook,
+    MarginState,
+    MarketMargin,
+)
 from bot4_paper.triggers import TriggerIndex
 
 __all__ = ["DEFAULT_MARKETS", "EngineEvent", "PaperEngine", "round_price", "round_qty"]
@@ -180,6 +202,8 @@ class PaperEngine:
         exchange: str = "paper",
         history: int = 10_000,
         attached_exits: bool = True,
+        margin: Mapping[str, MarketMargin] | None = None,
+        liquidation_fee: Decimal = Decimal("0.0125"),
     ) -> None:
         if history < 1:
             raise ValueError(f"history must be at least 1, not {history!r}")
@@ -192,6 +216,12 @@ class PaperEngine:
         self.slippage = slippage_bps / _BPS
         self.max_leverage = max_leverage
         self.exchange = exchange
+        self.liquidation_fee = liquidation_fee
+        # A host that runs its own liquidation on top (the ccxt fake futures
+        # venues) turns the engine's off.
+        self.liquidates = True
+        self.margin = MarginBook(margin)
+        self._funded = self.margin.funded
         self._markets: dict[str, MarketInfo] = dict(DEFAULT_MARKETS if markets is None else markets)
         # Without an explicit market list, symbols first seen in the feed are
         # added so that users' own data works without configuration.
@@ -269,7 +299,7 @@ class PaperEngine:
         positions and open orders, ``free = total - used`` (negative when the
         account is under water)."""
         total = self.tracker.equity
-        used = self.tracker.margin_used() + self._reserved()
+        used = self.tracker.margin_used() + self._reserved() + self.margin.added_total
         return Balance(currency=self.currency, total=total, free=total - used, used=used)
 
     # --- commands ---------------------------------------------------------------
@@ -328,8 +358,12 @@ class PaperEngine:
         if self._now is None or tick.timestamp > self._now:
             self._now = tick.timestamp
         self._avail.pop(symbol, None)  # a new touch: its full size, when asked
+        if self._funded:
+            self._fund(tick.timestamp)
         if self.tracker.holds(symbol):
             self.tracker.on_market_data(tick)  # a flat symbol is marked when it opens
+            if self.liquidates:
+                self._watch(tick)
         index = self._triggers.get(symbol)
         if index is not None and index.orders:
             # Computed before matching: orders created while matching (brackets)
@@ -341,6 +375,205 @@ class PaperEngine:
             return []  # the common tick: nothing to execute, nothing pending
         return self.drain()
 
+    # --- margin -------------------------------------------------------------------
+
+    def set_leverage(self, symbol: str, leverage: Decimal) -> Decimal:
+        """Use ``leverage`` for ``symbol`` from now on; returns it. Refused
+        (InvalidOrder) for an unknown symbol, above the venue's or the first
+        tier's maximum, other than 1 on spot, or a change while a position or
+        an open order in the symbol holds another leverage."""
+        market = self._markets.get(symbol)
+        if market is None:
+            raise InvalidOrder(f"unknown symbol {symbol!r}; markets: {sorted(self._markets)}")
+        if not leverage.is_finite() or leverage <= 0:
+            raise InvalidOrder(f"leverage {leverage} must be a positive number")
+        spec = self.margin.of(symbol)
+        if spec.spot:
+            if leverage != 1:
+                raise InvalidOrder(f"{symbol} is spot: no leverage ({leverage} asked)")
+            return leverage
+        cap = min(self.max_leverage, self.margin.max_leverage(symbol))
+        if leverage > cap:
+            raise InvalidOrder(f"leverage {leverage} above {symbol}'s maximum {cap}")
+        position = self.tracker.position(symbol)
+        if position is not None and position.leverage != leverage:
+            raise InvalidOrder(
+                f"{symbol} has a position at leverage {position.leverage}: close it first"
+            )
+        self.margin.leverage[symbol] = leverage
+        return leverage
+
+    def set_margin_mode(self, symbol: str, mode: str) -> None:
+        if symbol not in self._markets:
+            raise InvalidOrder(f"unknown symbol {symbol!r}; markets: {sorted(self._markets)}")
+        if mode not in MODES:
+            raise InvalidOrder(f"margin mode {mode!r}: use one of {', '.join(MODES)}")
+        if self.margin.of(symbol).spot:
+            raise InvalidOrder(f"{symbol} is spot: it has no margin mode")
+        if self.margin.mode_of(symbol) == mode:
+            return
+        if self.tracker.holds(symbol):
+            raise InvalidOrder(f"{symbol} has a position: close it before changing margin mode")
+        self.margin.mode[symbol] = mode
+        self.margin.changed(symbol)
+
+    def add_margin(self, symbol: str, amount: Decimal) -> Decimal | None:
+        """Move ``amount`` of free balance into the isolated position in
+        ``symbol``; returns its new liquidation price (None: cannot be
+        liquidated). InsufficientFunds above the free balance."""
+        position = self.tracker.position(symbol)
+        if position is None or self.margin.of(symbol).spot:
+            raise InvalidOrder(f"no {symbol} position to add margin to")
+        if self.margin.mode_of(symbol) == CROSS:
+            raise InvalidOrder(f"{symbol} is cross margin: its margin is the whole wallet")
+        if not amount.is_finite() or amount <= 0:
+            raise InvalidOrder(f"add_margin needs a positive amount, not {amount}")
+        free = self.balance().free
+        if amount > free:
+            raise InsufficientFunds(
+                f"add_margin {amount} {self.currency} to {symbol}: free is {free}"
+            )
+        self.margin.add(symbol, amount)
+        threshold = self.margin.threshold(position)
+        return None if threshold is None else threshold[0]
+
+    def margin_state(self, symbol: str) -> MarginState | None:
+        """The margin of the position in ``symbol`` (None when flat or spot)."""
+        position = self.tracker.position(symbol)
+        if position is None or self.margin.of(symbol).spot:
+            return None
+        mark = self.tracker.mark_price(symbol) or position.entry_price
+        return self.margin.state(position, mark, self._wallet(symbol))
+
+    def _wallet(self, symbol: str) -> Decimal | None:
+        if self.margin.mode_of(symbol) != CROSS:
+            return None
+        marks = {
+            p.symbol: self.tracker.mark_price(p.symbol) or p.entry_price for p in self.positions()
+        }
+        return self.margin.cross_wallet(symbol, self.tracker.cash, self.positions(), marks)
+
+    def _check_holdings(self, order: Order) -> None:
+        if order.reduce_only:
+            return
+        held = max(ZERO, self.tracker.qty(order.symbol))
+        selling = sum(
+            (
+                o.remaining
+                for o in self._open.get(order.symbol, {}).values()
+                if o.order.side is Side.SELL and not o.order.reduce_only
+            ),
+            ZERO,
+        )
+        if order.qty + selling > held:
+            raise InsufficientFunds(
+                f"{order.symbol} is spot: selling {order.qty} (plus {selling} in open sells) "
+                f"but holding {held}"
+            )
+
+    def _fund(self, now: datetime) -> None:
+        """Pay funding for every funding time passed since the last tick, at
+        each position's mark then (the mark of its last tick)."""
+        margin = self.margin
+        due = margin.next_funding
+        if due is None:
+            margin.next_funding = next_funding_time(now)
+            return
+        if now < due:
+            return
+        times = [due, *funding_times(due, now)]
+        for position in self.positions():
+            spec = margin.of(position.symbol)
+            if spec.spot or not spec.funding_rate:
+                continue
+            mark = self.tracker.mark_price(position.symbol) or position.entry_price
+            for _when in times:
+                pay = funding_due(position.qty, mark, spec.funding_rate, FUNDING_STEP)
+                if pay:
+                    self.tracker.adjust_cash(pay)
+                    margin.funding_paid -= pay
+                    margin.funding_events += 1
+            margin.changed(position.symbol)
+        margin.next_funding = next_funding_time(times[-1])
+
+    def _watch(self, tick: MarketData) -> None:
+        """Liquidate the tick's perpetual position if its mark reached the
+        liquidation price."""
+        symbol = tick.symbol
+        margin = self.margin
+        if margin.of(symbol).spot:
+            return
+        cached = margin.cached(symbol)
+        threshold: tuple[Decimal, bool] | None
+        if cached is False or cached is True:
+            position = self.tracker.position(symbol)
+            if position is None:
+                return
+            threshold = margin.threshold(position, self._wallet(symbol))
+        else:
+            threshold = cached
+        if threshold is None:
+            return
+        price, long = threshold
+        mark = tick.mid
+        if (mark > price) if long else (mark < price):
+            return
+        self._liquidate(symbol, price, long, tick.timestamp)
+
+    def _liquidate(self, symbol: str, price: Decimal, long: bool, when: datetime) -> None:
+        position = self.tracker.position(symbol)
+        assert position is not None
+        market = self._markets[symbol]
+        rounding = decimal.ROUND_FLOOR if long else decimal.ROUND_CEILING
+        fill_price = (price / market.price_increment).to_integral_value(
+            rounding
+        ) * market.price_increment
+        if fill_price <= 0:
+            fill_price = market.price_increment
+        qty = abs(position.qty)
+        margin = self.margin
+        coid = f"liq-{len(margin.liquidations) + 1}"
+        order = Order(
+            client_order_id=coid,
+            symbol=symbol,
+            side=Side.SELL if long else Side.BUY,
+            type=OrderType.MARKET,
+            qty=qty,
+            leverage=position.leverage,
+            reduce_only=True,
+            strategy="liquidation",
+        )
+        self._seq += 1
+        live = _Live(order=order, placed=order, seq=self._seq, exchange_order_id=f"P{self._seq}")
+        self._orders[coid] = live
+        self._fill_seq += 1
+        fill = Fill(
+            fill_id=f"paper-{self._fill_seq}",
+            client_order_id=coid,
+            symbol=symbol,
+            side=order.side,
+            qty=qty,
+            price=fill_price,
+            fee=qty * fill_price * self.liquidation_fee,
+            timestamp=when,
+            liquidity="liquidation",
+        )
+        self.tracker.apply(fill)
+        self._fills.append(fill)
+        margin.release(symbol)
+        margin.liquidations.append(coid)
+        live.filled = qty
+        live.notional = qty * fill_price
+        live.status = OrderStatus.FILLED
+        live.reason = "liquidation"
+        self._closed.append(coid)
+        self._outbox.append(fill)
+        self._outbox.append(live.state())
+        if self._legs.get(symbol):
+            self._keep_legs(symbol, None)
+        if self._others:
+            self._cancel_stale_exits(symbol)
+
     # --- validation ---------------------------------------------------------------
 
     def _validate(self, order: Order) -> Order:
@@ -349,6 +582,15 @@ class PaperEngine:
             raise InvalidOrder(f"unknown symbol {order.symbol!r}; markets: {sorted(self._markets)}")
         if order.leverage > self.max_leverage:
             raise InvalidOrder(f"leverage {order.leverage} above the maximum {self.max_leverage}")
+        spec = self.margin.of(order.symbol)
+        if spec.spot and order.leverage != 1:
+            raise InvalidOrder(f"{order.symbol} is spot: no leverage (order has {order.leverage})")
+        fixed = self.margin.leverage.get(order.symbol)
+        if fixed is not None and order.leverage != fixed and not order.reduce_only:
+            raise InvalidOrder(
+                f"order leverage {order.leverage} differs from {order.symbol}'s leverage "
+                f"{fixed} (set_leverage)"
+            )
         qty = round_qty(order.qty, market.qty_increment)
         if qty <= 0 or qty < market.min_qty:
             raise InvalidOrder(
@@ -449,6 +691,9 @@ class PaperEngine:
             )
         price = self._reference_price(order)
         assert price is not None  # only market orders lack a price, checked above
+        if order.side is Side.SELL and self.margin.of(order.symbol).spot:
+            self._check_holdings(order)
+            return
         opening = self._opening_qty(order, order.qty)
         if not opening:
             return
@@ -560,11 +805,25 @@ class PaperEngine:
         if qty <= 0:
             return  # no size left on this tick; try again on the next one
 
+        if (
+            not buy
+            and not order.reduce_only
+            and self.margin.of(order.symbol).spot
+            and qty > max(ZERO, self.tracker.qty(order.symbol))
+        ):
+            self._close(live, OrderStatus.CANCELED, "insufficient holdings (spot)")
+            self._outbox.append(live.state())
+            return
         fee = qty * price * rate
         opening = self._opening_qty(order, qty)
         if opening:
             need = opening * price / order.leverage + fee
-            free = self.tracker.equity - self.tracker.margin_used() - self._reserved(exclude=live)
+            free = (
+                self.tracker.equity
+                - self.tracker.margin_used()
+                - self._reserved(exclude=live)
+                - self.margin.added_total
+            )
             if need > free:
                 self._close(live, OrderStatus.CANCELED, "insufficient margin")
                 self._outbox.append(live.state())
@@ -592,6 +851,10 @@ class PaperEngine:
             stop_loss=order.stop_loss if opening else None,
         )
         self._fills.append(fill)
+        if tracker.holds(order.symbol):
+            self.margin.changed(order.symbol)
+        else:
+            self.margin.release(order.symbol)
         avail[side_index] -= qty
         live.filled += qty
         live.notional += qty * price

@@ -30,7 +30,14 @@ Config (values may be strings, as they come from YAML)::
     markets: {BTC-USDT: {price_increment: "0.01", qty_increment: "0.0001",
                          min_qty: "0.0001"}, ...}
       (default: BTC-USDT and ETH-USDT, plus any symbol first seen in the feed,
-       see bot4_paper.engine)
+       see bot4_paper.engine); per market also
+         type: perp | spot       (default perp; a -PERP symbol cannot be spot)
+         tiers: [[50000, "0.005", 125], [250000, "0.01", 100], [null, "0.025", 50]]
+                 maintenance-margin brackets: notional cap (null: none), rate,
+                 max leverage (default: bot4.margin.DEFAULT_TIERS, 0.5% first)
+         funding_rate: "0.0001"  per 8 h (default: the top-level funding_rate)
+    funding_rate: "0"       funding rate of every perpetual without its own
+    liquidation_fee: "0.0125"  charged on the notional of a liquidation
     state: "paper.sqlite"   durable mode: the venue's orders, fills, balance and
       positions live in this file and survive the bot process; a restarted
       exchange skips the feed up to the last tick it took (bot4_paper.durable)
@@ -52,8 +59,11 @@ import trio
 
 from bot4.contracts import Capability, Exchange, ExchangeEvent, MarketInfo
 from bot4.errors import ConfigError
+from bot4.margin import DEFAULT_TIERS, Tier
+from bot4.margin import tiers as tier_table
 from bot4.model import Balance, Fill, MarketData, Order, OrderState, Position
 from bot4_paper.engine import PaperEngine
+from bot4_paper.margin_book import PERP_SUFFIX, SPOT, MarginState, MarketMargin
 
 __all__ = ["CONFIG_KEYS", "PaperExchange"]
 
@@ -70,6 +80,8 @@ CONFIG_KEYS = frozenset(
         "attached_exits",
         "markets",
         "state",
+        "funding_rate",
+        "liquidation_fee",
     }
 )
 
@@ -111,6 +123,8 @@ class PaperExchange(Exchange):
                 f"paper: config field 'currency': {currency!r} is not a currency name"
             )
         markets = _markets(config["markets"]) if "markets" in config else None
+        funding = _number(config, "funding_rate", "0", signed=True)
+        margin = _margins(config.get("markets"), funding)
         make: Any = PaperEngine
         if config.get("state") is not None:
             from bot4_paper.durable import DurableEngine
@@ -129,6 +143,8 @@ class PaperExchange(Exchange):
             max_leverage=_number(config, "max_leverage", "100", positive=True),
             history=_history(config),
             attached_exits=_flag(config, "attached_exits", True),
+            margin=margin,
+            liquidation_fee=_number(config, "liquidation_fee", "0.0125", below_one=True),
         )
         return cls(feed, engine)
 
@@ -177,6 +193,34 @@ class PaperExchange(Exchange):
     async def fetch_positions(self) -> Sequence[Position]:
         await trio.lowlevel.checkpoint()
         return self.engine.positions()
+
+    @property
+    def funding_paid(self) -> Decimal:
+        """What funding took from the account so far (negative: received)."""
+        return self.engine.margin.funding_paid
+
+    async def set_leverage(self, symbol: str, leverage: Decimal) -> Decimal:
+        await trio.lowlevel.checkpoint()
+        return self.engine.set_leverage(symbol, leverage)
+
+    async def set_margin_mode(self, symbol: str, mode: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self.engine.set_margin_mode(symbol, mode)
+
+    async def add_margin(self, symbol: str, amount: Decimal) -> Decimal | None:
+        await trio.lowlevel.checkpoint()
+        return self.engine.add_margin(symbol, amount)
+
+    async def fetch_margin(self, symbol: str) -> MarginState | None:
+        await trio.lowlevel.checkpoint()
+        return self.engine.margin_state(symbol)
+
+    async def fetch_margin_positions(self) -> Sequence[MarginState]:
+        """Every open perpetual position's margin (liquidation price, mark,
+        collateral), as the ccxt plugin's method of this name reports a venue's."""
+        await trio.lowlevel.checkpoint()
+        states = (self.engine.margin_state(p.symbol) for p in self.engine.positions())
+        return [s for s in states if s is not None]
 
     def stream(self, symbols: Sequence[str]) -> AsyncIterator[ExchangeEvent]:
         """Replay the feed; see the module docstring for the event order. A
@@ -269,6 +313,7 @@ def _number(
     positive: bool = False,
     below_one: bool = False,
     prefix: str = "",
+    signed: bool = False,
 ) -> Decimal:
     raw = config.get(key, default)
     key = prefix + key
@@ -280,6 +325,10 @@ def _number(
         raise ConfigError(f"paper: config field {key!r}: {raw!r} is not a number") from None
     if not value.is_finite():
         raise ConfigError(f"paper: config field {key!r}: {raw!r} is not a finite number")
+    if signed:
+        if abs(value) >= 1:
+            raise ConfigError(f"paper: config field {key!r}: {raw!r} must be a fraction below 1")
+        return value
     if value < 0 or (positive and value == 0):
         need = "greater than zero" if positive else "zero or more"
         raise ConfigError(f"paper: config field {key!r}: {raw!r} must be {need}")
@@ -321,6 +370,70 @@ def _markets(raw: object) -> dict[str, MarketInfo]:
         quote = spec.get("quote_currency", symbol.split("-")[1] if "-" in symbol else "USDT")
         out[symbol] = MarketInfo(symbol, price_inc, qty_inc, min_qty, str(quote))
     return out
+
+
+def _margins(raw: object, funding: Decimal) -> dict[str, MarketMargin]:
+    """Each configured market's margin spec (``type``, ``tiers``,
+    ``funding_rate``); markets not configured are perpetuals at ``funding``."""
+    out: dict[str, MarketMargin] = {}
+    default = MarketMargin(funding_rate=funding)
+    entries: list[tuple[str, Mapping[str, Any]]] = []
+    if isinstance(raw, Mapping):
+        entries = [(str(k), v) for k, v in raw.items() if isinstance(v, Mapping)]
+    elif isinstance(raw, (list, tuple)):
+        entries = [(str(v["symbol"]), v) for v in raw if isinstance(v, Mapping)]
+    for symbol, spec in entries:
+        where = f"markets.{symbol}."
+        kind = spec.get("type", "perp")
+        if kind not in ("perp", "spot"):
+            raise ConfigError(f"paper: config field {where}type: {kind!r} is not perp or spot")
+        if kind == "spot":
+            if symbol.endswith(PERP_SUFFIX):
+                raise ConfigError(f"paper: config field {where}type: a -PERP symbol is not spot")
+            out[symbol] = SPOT
+            continue
+        rate = (
+            _number(spec, "funding_rate", "0", prefix=where, signed=True)
+            if "funding_rate" in spec
+            else funding
+        )
+        table = _tiers(spec["tiers"], where + "tiers") if "tiers" in spec else DEFAULT_TIERS
+        out[symbol] = MarketMargin("perp", table, rate)
+    # A symbol not configured here (a default or inferred market) is a
+    # perpetual at the top-level funding rate.
+    out.setdefault("*", default)
+    return out
+
+
+def _tiers(raw: object, where: str) -> tuple[Tier, ...]:
+    if not isinstance(raw, (list, tuple)) or not raw:
+        raise ConfigError(f"paper: config field {where!r}: a list of [cap, rate, max leverage]")
+    rows: list[tuple[Decimal | None, str, int]] = []
+    for i, row in enumerate(raw):
+        here = f"{where}[{i}]"
+        if not isinstance(row, (list, tuple)) or len(row) != 3:
+            raise ConfigError(
+                f"paper: config field {here!r}: {row!r} is not [cap, rate, max leverage]"
+            )
+        fields = dict(zip(("cap", "rate", "max_leverage"), row, strict=True))
+        prefix = here + "."
+        cap = (
+            None
+            if fields["cap"] is None
+            else _number(fields, "cap", "0", positive=True, prefix=prefix)
+        )
+        rate = _number(fields, "rate", "0", positive=True, below_one=True, prefix=prefix)
+        lev = _number(fields, "max_leverage", "1", positive=True, prefix=prefix)
+        if lev != int(lev):
+            raise ConfigError(
+                f"paper: config field {here!r}: max leverage {fields['max_leverage']!r} "
+                "is not a whole number"
+            )
+        rows.append((cap, str(rate), int(lev)))
+    try:
+        return tier_table(rows)
+    except ValueError as exc:
+        raise ConfigError(f"paper: config field {where!r}: {exc}") from None
 
 
 def _feed(raw: object) -> Iterable[MarketData] | AsyncIterable[MarketData]:
