@@ -72,8 +72,10 @@ SEVERITY = {
     RiskActionKind.ADD_MARGIN: 1,
     RiskActionKind.TRIP_BREAKER: 0,
 }
-_FILE_KEYS = {"description", "params", "settings", "windows", "rules"}
-_RULE_KEYS = {
+# The keys of a rule file and of a rule, in their canonical order (the one
+# `bot4 rules fmt` writes, bot4.risk.fmt).
+FILE_KEYS = ("description", "settings", "params", "windows", "rules")
+RULE_KEYS = (
     "name",
     "description",
     "on",
@@ -83,7 +85,9 @@ _RULE_KEYS = {
     "approve",
     "reject",
     "action",
-}
+)
+_FILE_KEYS = set(FILE_KEYS)
+_RULE_KEYS = set(RULE_KEYS)
 _SETTINGS = {"maintenance_margin_rate"}
 # Fact namespaces bot4 itself fills; a pack may not add facts under them.
 RESERVED_ROOTS = frozenset(

@@ -41,19 +41,10 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
 from bot4.errors import RuleFileError
+from bot4.risk.compiler import FILE_KEYS, RULE_KEYS
 
-FILE_ORDER = ("description", "settings", "params", "windows", "rules", "scenarios")
-RULE_ORDER = (
-    "name",
-    "description",
-    "on",
-    "priority",
-    "params",
-    "when",
-    "approve",
-    "reject",
-    "action",
-)
+FILE_ORDER = (*FILE_KEYS, "scenarios")  # a scenario file's list comes where rules would
+RULE_ORDER = RULE_KEYS
 SCENARIO_ORDER = ("name", "description", "event", "facts", "history", "expected")
 # The top-level lists whose items are separated by one blank line.
 _ITEM_LISTS = {"rules": RULE_ORDER, "scenarios": SCENARIO_ORDER}
