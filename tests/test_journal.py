@@ -348,7 +348,11 @@ def test_recovery_reconciles_with_a_durable_venue(backend: Backend, tmp_path: Pa
     assert first.stats.approved > 5
     # The two crash windows, made by hand: an intent the venue never got, and
     # one the venue accepted (and filled) while the bot died before hearing.
-    lost, sent = order(100_000), order(100_001, Side.SELL)
+    # At the session's 3x (the demo strategy's): the paper venue holds BTC-USDT
+    # at the leverage the kernel set before the first entry, and refuses another.
+    lost, sent = (
+        attrs.evolve(o, leverage=Decimal(3)) for o in (order(100_000), order(100_001, Side.SELL))
+    )
     store = backend.open()
     store.append([Record.intent(lost, 1), Record.intent(sent, 2)], durable=True)
     store.append([Record.breaker(True, "tripped before the crash", 3, rule="stop-outs")])
