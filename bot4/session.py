@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import operator
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -513,144 +515,156 @@ async def run_session(
     from bot4.risk import RiskPolicy, default_rules_path
 
     manager = manager or PluginManager.load()
+    # The data file this session opens, closed however the session ends (a
+    # stop mid-file would leave it to the garbage collector, which may
+    # finalize the file before the reader holding it).
+    opened: Iterator[Any] | None = None
     if exchange is None:
         if feed is None:
-            from bot4.data import iter_ticks
+            from bot4.data import iter_batches
 
-            feed = iter_ticks(data_path(config))
+            opened = iter_batches(data_path(config))
+            feed = chain.from_iterable(map(_batch_ticks, opened))
         with _at(config.origin.get("exchange")):
             exchange = manager.registry.exchange(config.exchange).factory(
                 {**config.exchange_params, "feed": feed}
             )
-    strategies: list[Strategy] = []
-    for i, s in enumerate(config.strategies):
-        with _at(config.origin.get(f"strategies[{i}]")):
-            strategies.append(manager.registry.strategy(s.name).factory(s.params))
-    packs: list[RiskRules]
-    if pack_names is None:
-        packs = session_packs(manager, config)
-    else:
-        packs = [manager.registry.risk_rule_pack(name).factory({}) for name in pack_names]
-    # A plugin that failed to load is said at once (it may explain an error
-    # that follows); what the session runs with is said once it starts, so
-    # an error before that is the only line a person sees.
-    starting: list[str] = []
-    if announce is not None:
-        for plugin in manager.failed():
-            announce(f"plugin {plugin.name} not loaded: {plugin.status}")
-    starting.append(f"risk packs in use: {', '.join(p.name for p in packs) or 'none'}")
-    paths = (
-        list(rule_paths)
-        if rule_paths is not None
-        else ([Path(p) for p in config.rules] if config.rules else [default_rules_path()])
-    )
-    policy = RiskPolicy.load(paths, packs)  # first: a missing file is a RuleFileError
-    shadow = None
-    if config.shadow_rules:
-        from bot4.risk.shadow import ShadowPolicy
-
-        # The same pack objects: the shadow reads the facts the live policy reads.
-        shadow = ShadowPolicy(RiskPolicy.load([Path(p) for p in config.shadow_rules], packs))
-        starting.append(
-            f"shadow policy: {shadow.policy.summary} in {len(shadow.policy.files)} files "
-            "(compared, never deciding)"
-        )
-    sources = rule_sources(paths)
-    # The figures a hot reload reports, to compare with.
-    starting.append(f"policy: {policy.summary} in {len(policy.files)} files")
-    raw_balance = config.exchange_params.get("balance", "10000")
     try:
-        balance = Decimal(str(raw_balance))
-    except InvalidOperation:
-        balance = Decimal("NaN")
-    if not balance.is_finite() or balance <= 0 or isinstance(raw_balance, bool):
-        where = config.origin.get("exchange", "exchange")
-        raise ConfigError(f"{where}: balance: {raw_balance!r} is not a positive number")
-    tracker = PortfolioTracker(balance)
-    symbols = sorted({sym for s in config.strategies for sym in s.params.get("symbols", ())})
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before the session starts
-    recording: Path | None = None
-    digest = hashlib.sha256(repr(sorted(sources.items())).encode()).hexdigest()[:16]
-
-    started = time.perf_counter()
-    async with open_bus() as bus:
-        report = SessionReport(tracker)
-        report.attach(bus)
-        kernel = Kernel(
-            exchange=exchange,
-            strategies=strategies,
-            gate=RiskGate(policy),
-            policy=policy,
-            tracker=tracker,
-            bus=bus,
-            packs=packs,
-            session_id=config.session_id,
-            on_tick=_pacer(config.speed, progress),
+        strategies: list[Strategy] = []
+        for i, s in enumerate(config.strategies):
+            with _at(config.origin.get(f"strategies[{i}]")):
+                strategies.append(manager.registry.strategy(s.name).factory(s.params))
+        packs: list[RiskRules]
+        if pack_names is None:
+            packs = session_packs(manager, config)
+        else:
+            packs = [manager.registry.risk_rule_pack(name).factory({}) for name in pack_names]
+        # A plugin that failed to load is said at once (it may explain an error
+        # that follows); what the session runs with is said once it starts, so
+        # an error before that is the only line a person sees.
+        starting: list[str] = []
+        if announce is not None:
+            for plugin in manager.failed():
+                announce(f"plugin {plugin.name} not loaded: {plugin.status}")
+        starting.append(f"risk packs in use: {', '.join(p.name for p in packs) or 'none'}")
+        paths = (
+            list(rule_paths)
+            if rule_paths is not None
+            else ([Path(p) for p in config.rules] if config.rules else [default_rules_path()])
         )
-        kernel.announce = announce
-        kernel.shadow = shadow
-        if reload_every is not None:
-            kernel.reload_every = reload_every
-        header = {
-            "config": config.as_dict(),
-            "rules": sources,
-            "policy_sha256": policy_sha256(sources),
-            "plugins": plugins_used(manager, config, packs),
-            "plugins_loaded": [
-                {"name": p.name, "version": p.version} for p in manager.plugins if p.ok
-            ],
-            "capabilities": sorted(c.value for c in exchange.capabilities),
-            "balance": str(balance),
-        }
+        policy = RiskPolicy.load(paths, packs)  # first: a missing file is a RuleFileError
+        shadow = None
+        if config.shadow_rules:
+            from bot4.risk.shadow import ShadowPolicy
 
-        async def record_reload(outcome: object) -> None:
-            # The text as the files hold it right after the reload compiled it.
-            texts = rule_sources(paths)
-            await bus.publish(
-                "policy.reload",
-                {"sha256": policy_sha256(texts), "rules": texts},
-                ts=kernel.now_ns,
+            # The same pack objects: the shadow reads the facts the live policy reads.
+            shadow = ShadowPolicy(RiskPolicy.load([Path(p) for p in config.shadow_rules], packs))
+            starting.append(
+                f"shadow policy: {shadow.policy.summary} in {len(shadow.policy.files)} files "
+                "(compared, never deciding)"
             )
+        sources = rule_sources(paths)
+        # The figures a hot reload reports, to compare with.
+        starting.append(f"policy: {policy.summary} in {len(policy.files)} files")
+        raw_balance = config.exchange_params.get("balance", "10000")
+        try:
+            balance = Decimal(str(raw_balance))
+        except InvalidOperation:
+            balance = Decimal("NaN")
+        if not balance.is_finite() or balance <= 0 or isinstance(raw_balance, bool):
+            where = config.origin.get("exchange", "exchange")
+            raise ConfigError(f"{where}: balance: {raw_balance!r} is not a positive number")
+        tracker = PortfolioTracker(balance)
+        symbols = sorted({sym for s in config.strategies for sym in s.params.get("symbols", ())})
+        out = Path(config.out)
+        out.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before the session starts
+        recording: Path | None = None
+        digest = hashlib.sha256(repr(sorted(sources.items())).encode()).hexdigest()[:16]
 
-        kernel.on_reload = record_reload
-        if on_kernel is not None:
-            on_kernel(kernel)
-        ctx = SessionContext(
-            config, manager, exchange, policy, tracker, kernel.gate, bus, kernel, out, metrics
-        )
-        chosen = default_services(config) if services is None else services
-        if metrics is not None:
-            chosen = [*chosen, metrics.service]
-        async with trio.open_nursery() as nursery:
-            for service in chosen:
-                await service(ctx, nursery)
-            if announce is not None:
-                for line in starting:
-                    announce(line)
-            if config.record:
-                earlier = ctx.history.runs if ctx.history is not None else 0
-                recording = recording_path(out, earlier)
-            if recording is not None:
-                async with SessionRecorder(bus, recording, encode=codec.encode):
-                    await bus.publish("session.start", header, ts=0)
+        started = time.perf_counter()
+        async with open_bus() as bus:
+            report = SessionReport(tracker)
+            report.attach(bus)
+            kernel = Kernel(
+                exchange=exchange,
+                strategies=strategies,
+                gate=RiskGate(policy),
+                policy=policy,
+                tracker=tracker,
+                bus=bus,
+                packs=packs,
+                session_id=config.session_id,
+                on_tick=_pacer(config.speed, progress),
+            )
+            kernel.announce = announce
+            kernel.shadow = shadow
+            if reload_every is not None:
+                kernel.reload_every = reload_every
+            header = {
+                "config": config.as_dict(),
+                "rules": sources,
+                "policy_sha256": policy_sha256(sources),
+                "plugins": plugins_used(manager, config, packs),
+                "plugins_loaded": [
+                    {"name": p.name, "version": p.version} for p in manager.plugins if p.ok
+                ],
+                "capabilities": sorted(c.value for c in exchange.capabilities),
+                "balance": str(balance),
+            }
+
+            async def record_reload(outcome: object) -> None:
+                # The text as the files hold it right after the reload compiled it.
+                texts = rule_sources(paths)
+                await bus.publish(
+                    "policy.reload",
+                    {"sha256": policy_sha256(texts), "rules": texts},
+                    ts=kernel.now_ns,
+                )
+
+            kernel.on_reload = record_reload
+            if on_kernel is not None:
+                on_kernel(kernel)
+            ctx = SessionContext(
+                config, manager, exchange, policy, tracker, kernel.gate, bus, kernel, out, metrics
+            )
+            chosen = default_services(config) if services is None else services
+            if metrics is not None:
+                chosen = [*chosen, metrics.service]
+            async with trio.open_nursery() as nursery:
+                for service in chosen:
+                    await service(ctx, nursery)
+                if announce is not None:
+                    for line in starting:
+                        announce(line)
+                if config.record:
+                    earlier = ctx.history.runs if ctx.history is not None else 0
+                    recording = recording_path(out, earlier)
+                if recording is not None:
+                    async with SessionRecorder(bus, recording, encode=codec.encode):
+                        await bus.publish("session.start", header, ts=0)
+                        stats = await kernel.run(symbols)
+                        await bus.drain()
+                else:
                     stats = await kernel.run(symbols)
-                    await bus.drain()
-            else:
-                stats = await kernel.run(symbols)
-            await bus.drain()
-            nursery.cancel_scope.cancel()
-    return SessionResult(
-        stats,
-        report,
-        recording,
-        time.perf_counter() - started,
-        digest,
-        stopped=kernel.stop_reason,
-        error=kernel.stop_error,
-        history=ctx.history,
-        shadow=_shadow_summary(shadow),
-    )
+                await bus.drain()
+                nursery.cancel_scope.cancel()
+        return SessionResult(
+            stats,
+            report,
+            recording,
+            time.perf_counter() - started,
+            digest,
+            stopped=kernel.stop_reason,
+            error=kernel.stop_error,
+            history=ctx.history,
+            shadow=_shadow_summary(shadow),
+        )
+    finally:
+        if opened is not None:
+            opened.close()
+
+
+_batch_ticks = operator.attrgetter("ticks")
 
 
 def _shadow_summary(shadow: Any) -> dict[str, Any] | None:

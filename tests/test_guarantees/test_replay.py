@@ -10,6 +10,7 @@ difference is shown whole.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -332,8 +333,11 @@ def test_a_reload_whose_text_does_not_match_its_hash_is_refused(tmp_path: Path) 
 def test_a_session_stopped_between_two_events_replays_to_a_match(tmp_path: Path) -> None:
     """Stopped (as by a signal) right after its first order: the venue still
     holds that order's fill, which the session never took. The replay must
-    end where the recording ends, not simulate past it."""
+    end where the recording ends, not simulate past it. The data file, read
+    only in part, is closed when the session returns (not left to the garbage
+    collector, which may finalize it before its reader: a ResourceWarning)."""
     data = write_ticks(tmp_path / "ticks.csv", seconds=1500)
+    kernels: list[Any] = []  # keeps the venue, and whatever it holds, alive
     config = SessionConfig(
         data=str(data),
         strategies=(StrategyConfig("sma_cross", PARAMS),),
@@ -350,9 +354,12 @@ def test_a_session_stopped_between_two_events_replays_to_a_match(tmp_path: Path)
             return state
 
         kernel.exchange.place_order = placed_then_stop
+        kernels.append(kernel)
 
     result = trio.run(lambda: run_session(config, services=[], on_kernel=stop_after_first_order))
     assert result.stopped == "SIGINT"
+    assert kernels
+    assert not _open_files(data)
     assert result.recording is not None
     records = _lines(result.recording)
     assert records[-1]["topic"] == "order.placed"  # its fill was never taken
@@ -380,6 +387,16 @@ def test_a_recording_that_ends_early_is_named_with_the_next_record(
     reverse = compare(recorded, short)[1]
     assert reverse is not None
     assert reverse.startswith("the replay ended early; the original goes on with")
+
+
+def _open_files(path: Path) -> list[str]:
+    """This process's file descriptors open on ``path`` (Linux /proc)."""
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed
+            if Path(os.readlink(fd)) == path.resolve():
+                found.append(fd.name)
+    return found
 
 
 def _as_live(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

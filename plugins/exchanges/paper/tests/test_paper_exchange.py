@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import gzip
+import os
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -268,3 +269,37 @@ async def test_stopping_early_needs_no_cleanup_and_close_ends_the_stream() -> No
     assert isinstance(await rest.__anext__(), MarketData)
     await ex.close()
     assert [e async for e in rest] == []
+
+
+def _open_files(path: Path) -> list[str]:
+    """The file descriptors of this process open on ``path`` (Linux /proc)."""
+    fds = Path("/proc/self/fd")
+    found = []
+    for fd in fds.iterdir():
+        try:
+            if Path(os.readlink(fd)) == path:
+                found.append(fd.name)
+        except OSError:
+            continue  # closed while listing (the listing's own descriptor)
+    return found
+
+
+@pytest.mark.trio
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc to list fds")
+async def test_close_closes_a_data_file_read_only_in_part(tmp_path: Path) -> None:
+    """A session stopped mid-file (a signal, a breaker) closes the venue: the
+    data file must be closed then, not left to the garbage collector, which
+    may finalize the file before the reader holding it (a ResourceWarning
+    seen on Python 3.13)."""
+    path = tmp_path / "ticks.csv"
+    lines = ["timestamp,symbol,bid,ask,last,volume"]
+    lines += [f"2024-03-01T00:00:{s:02d}Z,BTC-USDT,100,101,100,1" for s in range(50)]
+    path.write_text("\n".join(lines) + "\n")
+    ex = PaperExchange.from_config({"feed": str(path)})
+    assert _open_files(path) == []  # a config check holds no handle
+    stream = ex.stream([])
+    assert isinstance(await stream.__anext__(), MarketData)
+    assert len(_open_files(path)) == 1
+    await ex.close()
+    assert _open_files(path) == []
+    assert [e async for e in stream] == []

@@ -153,6 +153,8 @@ class PaperExchange(Exchange):
 
     async def close(self) -> None:
         self._closed = True
+        if isinstance(self._feed, _lazy):  # the data file, however far it was read
+            self._feed.close()
         close = getattr(self.engine, "close", None)  # durable mode: the state file
         if close is not None:
             close()
@@ -444,10 +446,7 @@ def _feed(raw: object) -> Iterable[MarketData] | AsyncIterable[MarketData]:
         from bot4.data.loader import iter_batches
 
         path = raw
-        # The loader's batches, flattened in C (a list iterator inside a
-        # chain): the stream takes one trusted tick at a time at the cost of
-        # a list step, not a generator resume per tick.
-        return _lazy(lambda: chain.from_iterable(map(_batch_ticks, iter_batches(path))))
+        return _lazy(lambda: iter_batches(path))
     if isinstance(raw, Iterable | AsyncIterable):
         return raw
     raise ConfigError(f"paper: config field 'feed': {raw!r} is neither market data nor a path")
@@ -458,14 +457,27 @@ _batch_ticks = operator.attrgetter("ticks")
 
 class _lazy(Iterable[MarketData]):
     """Opens the file only when the stream starts, so a config check does not
-    hold a file handle."""
+    hold a file handle; :meth:`close` closes it however the session ended
+    (a stop mid-file would otherwise leave the handle to the garbage
+    collector, which may finalize the file before the reader holding it)."""
 
     def __init__(self, make: Any) -> None:
         self._make = make
+        self._batches: Iterator[Any] | None = None
 
     def __iter__(self) -> Iterator[MarketData]:
-        it: Iterator[MarketData] = self._make()
-        return it
+        self.close()
+        self._batches = batches = self._make()
+        # The loader's batches, flattened in C (a list iterator inside a
+        # chain): the stream takes one trusted tick at a time at the cost of
+        # a list step, not a generator resume per tick.
+        return chain.from_iterable(map(_batch_ticks, batches))
+
+    def close(self) -> None:
+        batches, self._batches = self._batches, None
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
 
 
 def _history(config: Mapping[str, Any]) -> int:
