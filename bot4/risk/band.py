@@ -58,7 +58,14 @@ from typing import Protocol
 
 import attrs
 
-from bot4.model import ZERO, MarketData, Portfolio, Position, trusted_portfolio
+from bot4.model import (
+    ZERO,
+    MarketData,
+    Portfolio,
+    Position,
+    trusted_market_data,
+    trusted_portfolio,
+)
 from bot4.risk.expr import QuietRange
 from bot4.risk.facts import tick_facts
 
@@ -163,6 +170,15 @@ class Band:
             if book.position(symbol) is not position or book.mark_price(symbol) != other_mark:
                 return False
         return True
+
+
+def _at_price(tick: MarketData, price: Decimal) -> MarketData:
+    """``tick`` with bid, ask and last at ``price`` (a finite Decimal above
+    zero, as a band edge is): valid as ``MarketData(...)`` would check it, so
+    built without the validators, which cost more than the facts it feeds."""
+    return trusted_market_data(
+        tick.symbol, tick.exchange, price, price, price, tick.volume, tick.timestamp, tick.ts_ns
+    )
 
 
 def supported(ranges: tuple[QuietRange, ...] | None, windows: tuple[str, ...]) -> bool:
@@ -279,7 +295,7 @@ def compute(
     # Every fact is monotone in the price and in the peak: quiet at the four
     # corners, quiet throughout.
     for edge in (band_low, band_high):
-        edge_tick = attrs.evolve(tick, bid=edge, ask=edge, last=edge)
+        edge_tick = _at_price(tick, edge)
         marks = dict(portfolio.marks)
         marks[symbol] = edge
         for corner_peak in (peak, peak_max) if peak_max != peak else (peak,):
@@ -350,7 +366,7 @@ def _equity_band(
         return None
     # The symbol's own facts at the price edges, the book as it is.
     for edge in (band_low, band_high):
-        edge_tick = attrs.evolve(tick, bid=edge, ask=edge, last=edge)
+        edge_tick = _at_price(tick, edge)
         if not quiet(ranges, tick_facts(edge_tick, position, portfolio, tripped, mmr)):
             return None
     equity_d = facts["portfolio.equity"]
