@@ -562,6 +562,28 @@ class PortfolioTracker:
             )
         return self._activity
 
+    def copy(self) -> PortfolioTracker:
+        """An independent tracker in the same state (books, marks, cash,
+        peak, the day's activity), without the peak watcher: the session
+        report keeps one, moved by the events it is delivered, so that its
+        figures are the book as of each event rather than as of whenever its
+        task ran."""
+        twin = PortfolioTracker.__new__(PortfolioTracker)
+        for name in PortfolioTracker.__slots__:
+            setattr(twin, name, getattr(self, name))
+        books: dict[str, _Book] = {}
+        for symbol, book in self._books.items():
+            copy = books[symbol] = _Book.__new__(_Book)
+            for name in _Book.__slots__:
+                setattr(copy, name, getattr(book, name))
+        twin._books = books
+        twin._marks = dict(self._marks)
+        twin._opened = dict(self._opened)
+        twin._on_peak = None
+        twin._snapshot = None
+        twin._positions_view = None
+        return twin
+
     def restore_peak(self, peak: Decimal) -> None:
         """After a restart: the high-water mark is at least ``peak`` (the one
         journaled before the crash, unrealised gains included), never lower

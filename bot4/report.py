@@ -61,6 +61,7 @@ import attrs
 from bot4.bus import Backpressure, Bus, Event, EventBatch, Subscription
 from bot4.kernel import KernelStats
 from bot4.model import ZERO, Fill, MarketData, Rejected, RiskAction, RiskActionKind, Side
+from bot4.portfolio import PortfolioTracker
 
 __all__ = [
     "ActionRecord",
@@ -391,6 +392,8 @@ class SessionReport:
         self._gross_ratio = 0.0
         self._max_drawdown = ZERO
         self._first_equity: Decimal | None = None  # equity at this run's first book event
+        # The book as of the last event handled (see follow()); None: read the tracker.
+        self._book: PortfolioTracker | None = None
 
         self._by_head: dict[str, Callable[[Event], None]] = {
             "market": self._on_market,
@@ -421,6 +424,16 @@ class SessionReport:
         )
         return self._subscription
 
+    def follow(self) -> None:
+        """Keep a private copy of the tracker from now on, moved by the events
+        delivered (ticks mark it at their last price, fills are applied), as
+        the kernel moves the tracker before it publishes each. Call it when
+        the session starts, after a restart has restored the book and before
+        the first event is published; see the module docstring for why."""
+        if not isinstance(self.tracker, PortfolioTracker):
+            raise TypeError("follow() needs a PortfolioTracker to copy")
+        self._book = self.tracker.copy()
+
     def handle(self, event: Event) -> None:
         """Take one event (the bus handler; also usable without a bus)."""
         handler = self._by_topic.get(event.topic)
@@ -432,10 +445,12 @@ class SessionReport:
     def handle_batch(self, batch: EventBatch) -> None:
         """Take a batch of ticks (the bus's batch handler): the same figures as
         :meth:`handle` on each of its events, delivered at the same moment.
-        The book is read once for the batch, as it is the same for each; a
-        tick while flat (most of them) credits no exposure and leaves the
-        gross ratio at zero, so only the clock and the buckets move."""
+        While flat the book is read once for the run of ticks, as no mark
+        moves it; a tick while a position is open re-reads it. A tick while
+        flat (most of them) credits no exposure and leaves the gross ratio
+        at zero, so only the clock and the buckets move."""
         state: tuple[Decimal, Decimal] | None = None
+        book = self._book
         bucket_ns = self._bucket_ns
         price_open, prices, last_price = self._price_open, self._prices, self._last_price
         for i, (topic, tick, event_ts) in enumerate(
@@ -455,6 +470,10 @@ class SessionReport:
                 ts = self._advance(event_ts)
             symbol, price = tick.symbol, tick.last
             last_price[symbol] = price
+            if book is not None:
+                book.mark(symbol, price)
+                if not flat:
+                    state = None  # a held symbol's mark moved the book
             index = ts // bucket_ns
             bucket = price_open.get(symbol)
             if bucket is None:
@@ -495,6 +514,8 @@ class SessionReport:
         self._ticks += 1
         ts = self._advance(event.ts)
         symbol, price = tick.symbol, tick.last
+        if self._book is not None:
+            self._book.mark(symbol, price)
         self._last_price[symbol] = price
         self._last_float[symbol] = float(price)
         index = ts // self._bucket_ns
@@ -516,6 +537,8 @@ class SessionReport:
         if not isinstance(fill, Fill):
             return
         ts = self._advance(event.ts)
+        if self._book is not None:
+            self._book.apply(fill)
         self._fills.append(
             FillRecord(ts, fill.symbol, fill.side, fill.qty, fill.price, fill.fee, fill.liquidity)
         )
@@ -576,10 +599,11 @@ class SessionReport:
     def _book_state(self) -> tuple[Decimal, Decimal]:
         """Equity and drawdown from the tracker now (the first equity and the
         worst drawdown are kept)."""
-        equity = self.tracker.equity
+        book = self._book if self._book is not None else self.tracker
+        equity = book.equity
         if self._first_equity is None:
             self._first_equity = equity
-        peak = self.tracker.peak_equity
+        peak = book.peak_equity
         if equity > peak:  # a tracker whose peak lags its equity
             peak = equity
         drawdown = (peak - equity) / peak if peak > 0 and equity < peak else ZERO

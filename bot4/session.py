@@ -633,6 +633,9 @@ async def run_session(
             async with trio.open_nursery() as nursery:
                 for service in chosen:
                     await service(ctx, nursery)
+                # The book as the services left it (a restart restores it):
+                # from here the report follows it event by event.
+                report.follow()
                 if announce is not None:
                     for line in starting:
                         announce(line)
@@ -660,8 +663,9 @@ async def run_session(
             shadow=_shadow_summary(shadow),
         )
     finally:
-        if opened is not None:
-            opened.close()
+        close = getattr(opened, "close", None)  # a generator; its file closes with it
+        if close is not None:
+            close()
 
 
 _batch_ticks = operator.attrgetter("ticks")

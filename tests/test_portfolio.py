@@ -340,3 +340,35 @@ def test_peak_watcher_hears_only_rises_past_the_level_it_asked_for() -> None:
     t.mark("BTC-USDT", D("200"))
     assert heard == [D("1001"), D("1012"), D("1025")]
     assert t.peak_equity == D("1100")
+
+
+def test_a_copy_is_the_same_book_and_moves_on_its_own() -> None:
+    t = PortfolioTracker(Decimal(10000))
+    t.apply(fill("buy", "2", "100", fee="0.5"), leverage=Decimal(3), stop_loss=Decimal(90))
+    t.apply(fill("sell", "1", "50", symbol="ETH-USDT"))
+    t.mark("BTC-USDT", Decimal(120))
+    seen: list[Decimal] = []
+
+    def watcher(peak: Decimal) -> Decimal:
+        seen.append(peak)
+        return peak
+
+    t.watch_peak(watcher)
+    twin = t.copy()
+    assert twin.snapshot() == t.snapshot()
+    figures = ("cash", "equity", "peak_equity", "fees", "realized_pnl", "starting_cash")
+    assert [getattr(twin, f) for f in figures] == [getattr(t, f) for f in figures]
+    assert twin.margin_used() == t.margin_used()
+    assert twin.activity == t.activity
+    # Each moves alone; the peak watcher stays with the original.
+    twin.mark("BTC-USDT", Decimal(200))
+    twin.apply(fill("sell", "2", "200"))
+    assert twin.position("BTC-USDT") is None
+    assert twin.equity == Decimal(10000) - Decimal("0.5") + 2 * 100
+    held = t.position("BTC-USDT")
+    assert held is not None
+    assert held.qty == 2
+    assert t.equity == Decimal(10000) - Decimal("0.5") + 2 * 20
+    assert seen == []
+    t.mark("BTC-USDT", Decimal(130))
+    assert seen == [t.peak_equity]

@@ -432,3 +432,56 @@ def test_ticks_in_batches_give_the_figures_of_ticks_one_by_one() -> None:
         assert batched.max_drawdown == one_by_one.max_drawdown > 0
 
     trio.run(main)
+
+
+def test_a_report_behind_the_kernel_gives_the_book_as_of_each_event() -> None:
+    """The report's task runs some events behind the kernel (a batch of ticks
+    at a time, whenever the scheduler gets to it), so the tracker it was
+    given already holds a later book. Following a copy of the tracker, it
+    sees the crash between the fills, though the kernel was flat again by
+    the time the report ran: the same figures on every run."""
+
+    async def main() -> Summary:
+        tracker = PortfolioTracker(D(1000))
+        report = SessionReport(tracker, sample_every_s=3600)
+        async with open_bus() as bus:
+            report.attach(bus)
+            report.follow()
+            n = 0
+            for t, kind, price in [
+                (0, "tick", "100"),
+                (1, "buy", "100"),
+                (2, "tick", "40"),  # equity 700: 30 % down
+                (3, "tick", "100"),
+                (4, "sell", "100"),  # flat again, before the report has run
+                (5, "tick", "100"),
+            ]:
+                p = D(price)
+                if kind == "tick":
+                    tracker.mark(BTC, p)
+                    tick = MarketData(BTC, "paper", p, p, p, D(1), T0 + timedelta(seconds=t))
+                    bus.post(f"market.{BTC}", tick, ts=ns(t))
+                else:
+                    n += 1
+                    stamp = T0 + timedelta(seconds=t)
+                    fill = Fill(f"f{n}", f"o{n}", BTC, kind, D(5), p, D(0), stamp)
+                    tracker.apply(fill)
+                    waiting = bus.post(f"fill.{BTC}", fill, ts=ns(t))
+                    assert waiting is None  # no yield: the report has not run
+            assert report.equity_samples() == []  # it really is behind
+            await bus.drain()
+        return report.finish(KernelStats())
+
+    summary = trio.run(main)
+    assert summary.max_drawdown == pytest.approx(0.3)
+    # Exposed from the buy (1 s) to the sell (4 s), at 500 / 1000, then 200 / 700,
+    # then 500 / 1000 of equity, over the 5 s span.
+    assert summary.avg_gross_exposure == pytest.approx((0.5 + 200 / 700 + 0.5) / 5)
+
+
+def test_follow_needs_a_tracker_to_copy() -> None:
+    class Figures:
+        equity = peak_equity = starting_cash = fees = D(0)
+
+    with pytest.raises(TypeError, match="PortfolioTracker"):
+        SessionReport(Figures()).follow()
