@@ -1,6 +1,6 @@
 #!/bin/sh
 # Smoke test of the compose stack where a Docker engine and the images are
-# available (tests/test_alerts.py proves the same parts natively, without
+# available (tests/test_stack.py proves the same parts natively, without
 # Docker):
 #
 #   deploy/smoke.sh
