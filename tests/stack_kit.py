@@ -222,10 +222,12 @@ def _seconds(text: str) -> int:
     return int(text[:-1]) * units[text[-1]]
 
 
-def dashboard_queries() -> list[tuple[str, str]]:
+def dashboard_queries(instance: str | None = None) -> list[tuple[str, str]]:
     """(where, expression) for every query of the dashboard: each panel's
     (where: its title) and each annotation's (where: ``annotation <name>``),
-    its variables replaced; a variable left over fails."""
+    its variables replaced; a variable left over fails. ``instance``: the
+    session chosen on the dashboard (a scrape target's ``host:port``);
+    None is "All", the default."""
     board = json.loads(DASHBOARD.read_text())
     found: list[tuple[str, str]] = []
 
@@ -244,8 +246,13 @@ def dashboard_queries() -> list[tuple[str, str]]:
     for annotation in board["annotations"]["list"]:
         if "expr" in annotation:
             found.append((f"annotation {annotation['name']}", annotation["expr"]))
-    assert not board["templating"]["list"], "a dashboard variable: fill it here as Grafana would"
     variables = grafana_variables()
+    # The dashboard's one variable, the sessions shown: "All" (its default)
+    # is its allValue, a regex matching every instance.
+    (chosen,) = board["templating"]["list"]
+    assert chosen["name"] == "instance", chosen
+    assert chosen["current"]["value"] == ["$__all"], chosen["current"]
+    variables["instance"] = chosen["allValue"] if instance is None else instance
     queries = []
     for where, expr in found:
         # Longest names first: $__rate_interval before $__range.

@@ -592,7 +592,9 @@ def test_the_top_row_reads_the_status(live_registry: set[str]) -> None:
     assert status["title"] == "Status"
     rules = yaml.safe_load(ALERTS.read_text())
     (record,) = [r for g in rules["groups"] for r in g["rules"] if r.get("record") == "bot4:status"]
-    assert status["targets"][0]["expr"] == record["expr"]
+    # The panel's, for the sessions chosen on the dashboard; the rule's, for all.
+    chosen = status["targets"][0]["expr"].replace(', instance=~"$instance"', "")
+    assert chosen.replace('{instance=~"$instance"}', "") == record["expr"]
     (mapping,) = status["fieldConfig"]["defaults"]["mappings"]
     words = {k: v["text"] for k, v in mapping["options"].items()}
     assert words == {"0": "DOWN", "1": "RUNNING", "2": "TRIPPED", "3": "HALTED", "4": "STOPPED"}
@@ -618,3 +620,23 @@ def test_smoke_script_parses_and_says_when_it_cannot_run(tmp_path: Path) -> None
     )
     assert result.returncode == 77, result.stderr
     assert "no `docker compose` here" in result.stderr
+
+
+def test_every_query_follows_the_session_chosen_on_the_dashboard() -> None:
+    """With several bots on one Prometheus, the dashboard's `instance`
+    variable (the sessions, from bot4_session_info) chooses which are shown:
+    every series selector of every query carries its matcher, or a panel
+    would add up sessions the user did not choose."""
+    board = dashboard()
+    (variable,) = board["templating"]["list"]
+    assert variable["name"] == "instance"
+    assert variable["query"]["query"] == "label_values(bot4_session_info, instance)"
+    assert (variable["multi"], variable["includeAll"], variable["allValue"]) == (True, True, ".*")
+    selector = re.compile(r"\b(bot4_[a-z0-9_]+|up)\b(\{[^}]*\})?(?!\s*\()")
+    exprs = [n["expr"] for n in walk(board) if isinstance(n.get("expr"), str)]
+    assert len(exprs) >= 30
+    for expr in exprs:
+        for match in selector.finditer(expr):
+            if match.group(1) == "up" and match.group(2) is None:
+                continue  # the word, not the metric (never bare in these queries)
+            assert 'instance=~"$instance"' in (match.group(2) or ""), (expr, match.group(0))

@@ -298,6 +298,15 @@ def test_the_stack_watches_two_sessions_and_pages_a_person(
         assert {(s["metric"]["instance"], s["metric"]["session_id"]) for s in info} == {
             (s.instance, s.session_id) for s in sessions.values()
         }
+        # Choosing one session on the dashboard shows that session alone.
+        for session in sessions.values():
+            (table,) = [
+                e
+                for _, e in dashboard_queries(instance=session.instance)
+                if "(bot4_session_info{" in e
+            ]
+            shown = {s["metric"]["session_id"] for s in monitoring.query(table)}
+            assert shown == {session.session_id}, (table, shown)
 
         # Every panel's query has data while both sessions run (the rates
         # need a few scrapes, and a retry or a cancel its first order).
