@@ -14,6 +14,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# What ruff checks and formats (the same set for both).
+LINTED = ("bot4", "tests", "benchmarks", "tools", "plugins", "dev.py")
+
+
 def main(args: list[str]) -> int:
     # --pytest-only: dev.py's extra pass on another Python, after ruff and
     # mypy already ran on python3.
@@ -23,21 +27,8 @@ def main(args: list[str]) -> int:
     plugin_src = sorted(str(p) for p in ROOT.glob("plugins/*/*/src"))
     plugin_tests = sorted(str(p) for p in ROOT.glob("plugins/*/*/tests"))
     steps = [
-        (
-            "ruff",
-            [
-                py,
-                "-m",
-                "ruff",
-                "check",
-                "bot4",
-                "tests",
-                "benchmarks",
-                "tools",
-                "plugins",
-                "dev.py",
-            ],
-        ),
+        ("ruff", [py, "-m", "ruff", "check", *LINTED]),
+        ("ruff format", [py, "-m", "ruff", "format", "--check", *LINTED]),
         ("mypy", [py, "-m", "mypy", "bot4", *plugin_src]),
     ]
     failed = []
