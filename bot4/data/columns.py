@@ -12,8 +12,8 @@ file as columns:
     int64 fixed point at ``size_scale``.
 ``ticks``
     the same rows as :class:`bot4.model.MarketData`, in file order, built
-    through :func:`bot4.model.trusted_market_data` (their Decimals are those
-    ``Decimal(cell)`` gives, so ``str(tick.bid)`` is what the file says).
+    through :func:`bot4.model.trusted_market_data_batch` (their Decimals are
+    those ``Decimal(cell)`` gives, so ``str(tick.bid)`` is what the file says).
 
 **Scale and rounding.** The scale is per batch (of one file): ``price_scale`` is
 the most decimals any bid, ask or last of the batch is written with, and
@@ -56,7 +56,7 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
-from bot4.model import MarketData, trusted_market_data
+from bot4.model import MarketData, trusted_market_data_batch
 
 __all__ = ["BATCH_ROWS", "MAX_DIGITS", "TickBatch", "fixed_point"]
 
@@ -282,41 +282,26 @@ def build_batch(
         if not all(_SYMBOL.match(s) for s in distinct):
             return None
     when = list(map(moments.__getitem__, times))
+    marks: Sequence[Decimal | None] | None = None
+    rates: Sequence[Decimal | None] | None = None
+    if extras is not None:
+        marks = _optional_values(extras[0], n, _mark_ok)
+        rates = _optional_values(extras[1], n, _rate_ok)
+        if marks is None or rates is None:
+            return None
     try:
-        if extras is None:
-            ticks = list(
-                map(
-                    trusted_market_data,
-                    syms,
-                    repeat(exchange, n),
-                    map(Decimal, bids),
-                    map(Decimal, asks),
-                    map(Decimal, lasts),
-                    map(Decimal, volumes),
-                    when,
-                    ts_ns.tolist(),
-                )
-            )
-        else:
-            marks = _optional_values(extras[0], n, _mark_ok)
-            rates = _optional_values(extras[1], n, _rate_ok)
-            if marks is None or rates is None:
-                return None
-            ticks = list(
-                map(
-                    trusted_market_data,
-                    syms,
-                    repeat(exchange, n),
-                    map(Decimal, bids),
-                    map(Decimal, asks),
-                    map(Decimal, lasts),
-                    map(Decimal, volumes),
-                    when,
-                    ts_ns.tolist(),
-                    marks,
-                    rates,
-                )
-            )
+        ticks = trusted_market_data_batch(
+            syms,
+            exchange,
+            list(map(Decimal, bids)),
+            list(map(Decimal, asks)),
+            list(map(Decimal, lasts)),
+            list(map(Decimal, volumes)),
+            when,
+            ts_ns.tolist(),
+            marks,
+            rates,
+        )
     except ArithmeticError:  # not expected of a plain numeral; the reference decides
         return None
     if n:
