@@ -8,6 +8,7 @@ import sqlite3
 from decimal import Decimal
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 from bot4_paper import PaperExchange
@@ -169,8 +170,6 @@ def test_the_margin_account_survives_a_restart(tmp_path: Path) -> None:
 def test_the_funding_rates_from_the_data_survive_a_restart(tmp_path: Path) -> None:
     """A restarted venue skips the ticks it took, so the rate they carried
     must come back from the state file: the next funding time pays it."""
-    import attrs
-
     path = tmp_path / "paper.sqlite"
     engine = DurableEngine(path)
     rated = attrs.evolve(TICKS[0], funding_rate=Decimal("0.0002"), mark=TICKS[0].mid)
