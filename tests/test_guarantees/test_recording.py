@@ -264,6 +264,10 @@ _ONE = (
         ("topic", _block(1, [[1, "fill.X", "X-Y", "d"]], _ONE, [b"1"] * 4), b"T", "market"),
         ("huge", _block(10**9, _SYM, _ONE, [b"1"] * 4), b"T", "does not add"),
         ("event", b"[1, 2]", b"E", "without a topic"),
+        ("five", _block(1, _SYM, _ONE, [b"1.5", b"1.6", b"1.5", b"2", b"1"]), b"T", "text"),
+        ("mark", _block(1, _SYM, _ONE, [b"1.5", b"1.6", b"1.5", b"2", b"-1", b""]), b"T", "unread"),
+        ("rate", _block(1, _SYM, _ONE, [b"1.5", b"1.6", b"1.5", b"2", b"", b"2"]), b"T", "unread"),
+        ("rows", _block(1, _SYM, _ONE, [b"1.5", b"1.6", b"1.5", b"2", b"\n", b""]), b"T", "add up"),
     ],
 )
 def test_a_crafted_frame_is_one_clear_error(
