@@ -238,6 +238,9 @@ class Metrics:
         # risk
         self.actions = counter("risk_actions", "Risk actions taken, by kind", ("kind",))
         self.breaker_trips = counter("breaker_trips", "Circuit breaker trips")
+        self.liquidations = counter(
+            "liquidations", "Positions the venue liquidated (isolated or by the cross account)"
+        )
         self.breaker_tripped = gauge("breaker_tripped", "1 while the circuit breaker is tripped")
         self.reloads = counter("rule_reloads", "Rule file reloads, by result", ("result",))
         # kernel
@@ -540,6 +543,7 @@ class Metrics:
         self._advance(self.strategy_errors, "strategy_errors", stats.strategy_errors, seen)
         self._advance(self.refusals, "exchange_refusals", stats.exchange_refusals, seen)
         self._advance(self.breaker_trips, "breaker_trips", stats.breaker_trips, seen)
+        self._advance(self.liquidations, "liquidations", stats.liquidations, seen)
         self._advance(self.reloads.labels("ok"), "reloads", stats.reloads, seen)
         self._advance(self.reloads.labels("failed"), "reload_failures", stats.reload_failures, seen)
         self._advance(

@@ -20,7 +20,10 @@ each a kind byte, a 4-byte big-endian length and that many bytes:
   each the difference from the previous tick), the tick's own timestamp in
   microseconds minus ``ts // 1000`` (int64, zero for a kernel's tick), then
   bid, ask, last and volume as newline-separated decimal text, exactly as
-  ``str(Decimal)`` writes them (no digit or trailing zero lost).
+  ``str(Decimal)`` writes them (no digit or trailing zero lost). A block
+  holding a tick with a mark or a funding rate has two more text columns,
+  mark and funding rate, an empty line for a tick without (``text`` then
+  lists six lengths); a block without any is as it always was.
 
 The recorder takes ticks from the bus in batches (no envelope, no JSON per
 tick) and writes a block when another event comes (so the order of ticks and
@@ -105,6 +108,7 @@ _SYMBOL = attrgetter("symbol")
 _EXCHANGE = attrgetter("exchange")
 _STAMP = attrgetter("timestamp")
 _PRICES = (attrgetter("bid"), attrgetter("ask"), attrgetter("last"), attrgetter("volume"))
+_OPTIONAL = (attrgetter("mark"), attrgetter("funding_rate"))  # None on most ticks
 
 
 def _iso(ns: int) -> str:
@@ -241,6 +245,12 @@ class CompactWriter:
                 if cid is not None and cid != f"{prefix}{seqs[i]}"
             ]
         texts = ["\n".join(map(str, map(price, ticks))).encode("ascii") for price in _PRICES]
+        optional = [list(map(get, ticks)) for get in _OPTIONAL]
+        if any(column.count(None) != n for column in optional):
+            texts += [
+                "\n".join(["" if v is None else str(v) for v in column]).encode("ascii")
+                for column in optional
+            ]
         head = {
             "n": n,
             "symbols": declared,
@@ -451,7 +461,9 @@ class _Block:
         n, prefix, text = head["n"], head["prefix"], head["text"]
         if not (isinstance(n, int) and 0 < n <= FLUSH_TICKS and isinstance(prefix, str)):
             raise ValueError("bad count or prefix")
-        if not (isinstance(text, list) and len(text) == 4 and all(type(t) is int for t in text)):
+        if not (
+            isinstance(text, list) and len(text) in (4, 6) and all(type(t) is int for t in text)
+        ):
             raise TypeError("bad text column lengths")
         for sid, topic, symbol, exchange in head["symbols"]:
             if not (
@@ -497,7 +509,9 @@ class _Block:
 
     def items(self, models: bool) -> Iterator[tuple[int, str, Any]]:
         path, symbols, cids, prefix = self.path, self.symbols, self.cids, self.prefix
-        bids, asks, lasts, volumes = self.texts
+        bids, asks, lasts, volumes = self.texts[:4]
+        n = self.n
+        marks, rates = self.texts[4:] if len(self.texts) == 6 else ([""] * n, [""] * n)
         number = self.number
         for i, (sid, ts, seq, offset) in enumerate(
             zip(self.sids, self.ts, self.seqs, self.offsets, strict=True)
@@ -505,6 +519,7 @@ class _Block:
             topic, symbol, exchange = symbols[sid]
             try:
                 stamp = _EPOCH + timedelta(microseconds=ts // 1000 + offset)
+                mark, rate = marks[i] or None, rates[i] or None
                 if models:
                     tick = MarketData(
                         symbol,
@@ -514,6 +529,8 @@ class _Block:
                         Decimal(lasts[i]),
                         Decimal(volumes[i]),
                         stamp,
+                        None if mark is None else Decimal(mark),
+                        None if rate is None else Decimal(rate),
                     )
             except (Bot4Error, ArithmeticError, ValueError, TypeError, OverflowError) as exc:
                 raise ConfigError(f"{path}:{number + i}: {topic}: unreadable tick: {exc}") from None
@@ -537,6 +554,8 @@ class _Block:
                         "last": lasts[i],
                         "volume": volumes[i],
                         "timestamp": stamp.isoformat(),
+                        "mark": mark,
+                        "funding_rate": rate,
                     },
                 },
             )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot4.data import DataError, iter_ticks, symbol_from_filename
+from bot4.data import DataError, iter_batches, iter_ticks, symbol_from_filename
 from bot4.errors import ConfigError
 
 D = Decimal
@@ -275,3 +275,96 @@ def test_candles_need_a_symbol(tmp_path: Path) -> None:
 )
 def test_symbol_from_filename(name: str, symbol: str | None) -> None:
     assert symbol_from_filename(name) == symbol
+
+
+PERP_HEADER = "timestamp,symbol,bid,ask,last,volume,mark,funding_rate\n"
+
+
+@pytest.mark.parametrize("columnar", [True, False])
+def test_mark_and_funding_rate_columns_reach_the_ticks(tmp_path: Path, columnar: bool) -> None:
+    path = write(
+        tmp_path / "perp.csv",
+        PERP_HEADER
+        + "2024-03-01T00:00:00Z,BTC-USDT-PERP,100.5,100.6,100.55,1.5,100.52,0.0001\n"
+        + "2024-03-01T00:00:01Z,BTC-USDT-PERP,100.5,100.6,100.55,1.5,,-0.00025\n"  # no mark
+        + "2024-03-01T00:00:02Z,BTC-USDT-PERP,100.5,100.6,100.55,1.5,100.49,\n",  # no rate
+    )
+    ticks = list(iter_ticks(path, columnar=columnar))
+    assert [(t.mark, t.funding_rate) for t in ticks] == [
+        (D("100.52"), D("0.0001")),
+        (None, D("-0.00025")),
+        (D("100.49"), None),
+    ]
+    assert str(ticks[0].mark) == "100.52"  # the file's text, as for the other prices
+    assert ticks[1].mid == D("100.55")
+
+
+def test_a_file_with_marks_is_still_read_in_columns_and_one_without_has_none(
+    tmp_path: Path,
+) -> None:
+    rows = "".join(f"{1709251200 + i},BTC-USDT,100,100.1,100,1,100.05,0.0001\n" for i in range(50))
+    path = write(tmp_path / "perp.csv", PERP_HEADER + rows)
+    (batch,) = iter_batches(path)
+    assert batch.columnar
+    assert {(t.mark, t.funding_rate) for t in batch.ticks} == {(D("100.05"), D("0.0001"))}
+    plain = write(tmp_path / "spot.csv", HEADER + "1709251200,BTC-USDT,100,100.1,100,1\n")
+    (tick,) = iter_ticks(plain)
+    assert (tick.mark, tick.funding_rate) == (None, None)
+
+
+def test_the_optional_columns_go_by_other_names(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "perp.csv",
+        "timestamp,symbol,bid,ask,last,volume,mark_price,funding\n"
+        "1709251200,ETH-USDT,10,10.1,10,1,10.02,0.0003\n",
+    )
+    (tick,) = iter_ticks(path)
+    assert (tick.mark, tick.funding_rate) == (D("10.02"), D("0.0003"))
+
+
+@pytest.mark.parametrize("columnar", [True, False])
+@pytest.mark.parametrize(
+    ("header", "cells", "expected"),
+    [
+        (PERP_HEADER, "abc,0.0001", "perp.csv:3: column 'mark': 'abc' is not a number"),
+        (PERP_HEADER, "0,0.0001", "perp.csv:3: column 'mark': '0': must be greater than zero"),
+        (PERP_HEADER, "-5,0.0001", "perp.csv:3: column 'mark': '-5': must be greater than zero"),
+        (PERP_HEADER, "NaN,0.0001", "perp.csv:3: column 'mark': 'NaN' is not a finite number"),
+        (PERP_HEADER, "100,x", "perp.csv:3: column 'funding_rate': 'x' is not a number"),
+        (
+            PERP_HEADER,
+            "100,inf",
+            "perp.csv:3: column 'funding_rate': 'inf' is not a finite number",
+        ),
+        (
+            PERP_HEADER,
+            "100,1.5",
+            "perp.csv:3: column 'funding_rate': '1.5': must be a fraction between -1 and 1",
+        ),
+        (
+            PERP_HEADER.replace("mark,funding_rate", "mark_price,funding"),
+            "100,-1",
+            "perp.csv:3: column 'funding': '-1': must be a fraction between -1 and 1",
+        ),
+        (
+            PERP_HEADER.replace("mark,funding_rate", "mark_price,funding"),
+            "1e,0",
+            "perp.csv:3: column 'mark_price': '1e' is not a number",
+        ),
+    ],
+)
+def test_a_bad_mark_or_funding_rate_cell_names_file_line_and_column(
+    tmp_path: Path, header: str, cells: str, expected: str, columnar: bool
+) -> None:
+    path = write(
+        tmp_path / "perp.csv",
+        header
+        + "2024-03-01T00:00:00Z,BTC-USDT,100,100,100,1,100,0.0001\n"
+        + f"2024-03-01T00:00:01Z,BTC-USDT,100,100,100,1,{cells}\n",
+    )
+    stream = iter_ticks(path, columnar=columnar)
+    assert next(stream).mark == D(100)  # the row before the bad one still goes out
+    with pytest.raises(DataError) as err:
+        next(stream)
+    assert str(err.value).removeprefix(str(tmp_path) + "/").startswith(expected)
+    assert (err.value.line, err.value.column) == (3, expected.split("'")[1])

@@ -242,6 +242,7 @@ def test_final_figures_match_the_kernel(finished: tuple[Metrics, SessionResult])
     for kind, count in stats.actions.items():
         assert value(samples, "bot4_risk_actions_total", kind=kind) == count
     assert value(samples, "bot4_breaker_trips_total") == stats.breaker_trips
+    assert value(samples, "bot4_liquidations_total") == stats.liquidations
     # Every gate decision is timed; min-qty and kill-switch rejections never
     # reach the gate, so the histogram counts at most the decisions.
     assert (

@@ -290,3 +290,19 @@ def test_a_session_reports_its_requests_feed_and_run(
 
 def test_run_id_is_unique(tmp_path: Path) -> None:
     assert len({Metrics().run_id for _ in range(50)}) == 50
+
+
+def test_liquidations_are_counted_from_the_kernel() -> None:
+    """``bot4_liquidations_total`` follows the kernel's count of fills the
+    venue marked as liquidations (an isolated one, or each position the
+    cross account closed)."""
+    metrics = Metrics()
+    tracker = PortfolioTracker(Decimal(10000))
+    policy = type("Policy", (), {"breaker": CircuitBreaker()})()
+    stats = KernelStats()
+    metrics.sample(tracker, policy, stats, None)
+    assert value(samples(metrics), "bot4_liquidations_total") == 0
+    stats.liquidations = 2
+    metrics.sample(tracker, policy, stats, None)
+    metrics.sample(tracker, policy, stats, None)  # sampled again: not counted twice
+    assert value(samples(metrics), "bot4_liquidations_total") == 2

@@ -12,8 +12,8 @@ file as columns:
     int64 fixed point at ``size_scale``.
 ``ticks``
     the same rows as :class:`bot4.model.MarketData`, in file order, built
-    through :func:`bot4.model.trusted_market_data` (their Decimals are those
-    ``Decimal(cell)`` gives, so ``str(tick.bid)`` is what the file says).
+    through :func:`bot4.model.trusted_market_data_batch` (their Decimals are
+    those ``Decimal(cell)`` gives, so ``str(tick.bid)`` is what the file says).
 
 **Scale and rounding.** The scale is per batch (of one file): ``price_scale`` is
 the most decimals any bid, ask or last of the batch is written with, and
@@ -28,6 +28,14 @@ its digits at the batch's scale number at most 18
 scale), or that fails a check below, is read row by row by the validating
 :class:`MarketData` constructor instead: the same ticks, or the same error at
 the same row and column, just slower (see :mod:`bot4.data.loader`).
+
+**Mark and funding rate.** A file with the optional ``mark`` and
+``funding_rate`` columns (:mod:`bot4.data.tickrows`) has them on its ticks
+only, not as fixed-point columns (nothing reads them as arrays). Their cells
+are converted once per distinct text (a funding rate repeats for hours): a
+blank is None, anything else must be a finite number, a mark above zero and
+a rate strictly between -1 and 1, or the batch goes row by row and the
+validating path names the cell. A file without them pays nothing for them.
 
 **Checks** (all vectorised over the batch, exact integer comparisons): prices
 above zero, ``bid <= ask``, times never earlier than the previous row (across
@@ -48,7 +56,7 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
-from bot4.model import MarketData, trusted_market_data
+from bot4.model import MarketData, trusted_market_data_batch
 
 __all__ = ["BATCH_ROWS", "MAX_DIGITS", "TickBatch", "fixed_point"]
 
@@ -182,6 +190,37 @@ def _printable_name(value: str) -> bool:
     return bool(value) and value.isprintable() and value == value.strip()
 
 
+def _mark_ok(value: Decimal) -> bool:
+    return value.is_finite() and value > 0  # bot4.model's check of a mark
+
+
+def _rate_ok(value: Decimal) -> bool:
+    return value.is_finite() and -1 < value < 1  # bot4.model's check of a funding rate
+
+
+def _optional_values(
+    cells: Sequence[str] | None, n: int, ok: Callable[[Decimal], bool]
+) -> Sequence[Decimal | None] | None:
+    """An optional column's values (None for a blank cell; all None without
+    the column), converted once per distinct cell as ``MarketData(...)``
+    would; None when a cell is not a number or fails ``ok``."""
+    if cells is None:
+        return list(repeat(None, n))
+    values: dict[str, Decimal | None] = {}
+    for cell in dict.fromkeys(cells):
+        if not cell.strip():
+            values[cell] = None
+            continue
+        try:
+            value = Decimal(cell)
+        except ArithmeticError:
+            return None
+        if not ok(value):
+            return None
+        values[cell] = value
+    return list(map(values.__getitem__, cells))
+
+
 def build_batch(
     name: str,
     lines: list[int],
@@ -191,12 +230,14 @@ def build_batch(
     exchange: str,
     state: FileState,
     parse_time: Callable[[str], datetime],
+    extras: tuple[Sequence[str] | None, Sequence[str] | None] | None = None,
 ) -> TickBatch | None:
     """The batch of these rows, or None when the rows must go through the
     validating path (a cell this path does not take, or any check failing).
     ``columns`` is (time, bid, ask, last, volume) cells; ``parse_time`` turns a
-    time cell into a UTC datetime or raises. ``state`` is advanced only when a
-    batch is returned."""
+    time cell into a UTC datetime or raises. ``extras`` is the (mark,
+    funding rate) cells of a file with either column (None for one it
+    lacks). ``state`` is advanced only when a batch is returned."""
     if state.exchange_ok is None:
         state.exchange_ok = _printable_name(exchange)
     if not state.exchange_ok:
@@ -241,19 +282,25 @@ def build_batch(
         if not all(_SYMBOL.match(s) for s in distinct):
             return None
     when = list(map(moments.__getitem__, times))
+    marks: Sequence[Decimal | None] | None = None
+    rates: Sequence[Decimal | None] | None = None
+    if extras is not None:
+        marks = _optional_values(extras[0], n, _mark_ok)
+        rates = _optional_values(extras[1], n, _rate_ok)
+        if marks is None or rates is None:
+            return None
     try:
-        ticks = list(
-            map(
-                trusted_market_data,
-                syms,
-                repeat(exchange, n),
-                map(Decimal, bids),
-                map(Decimal, asks),
-                map(Decimal, lasts),
-                map(Decimal, volumes),
-                when,
-                ts_ns.tolist(),
-            )
+        ticks = trusted_market_data_batch(
+            syms,
+            exchange,
+            list(map(Decimal, bids)),
+            list(map(Decimal, asks)),
+            list(map(Decimal, lasts)),
+            list(map(Decimal, volumes)),
+            when,
+            ts_ns.tolist(),
+            marks,
+            rates,
         )
     except ArithmeticError:  # not expected of a plain numeral; the reference decides
         return None

@@ -10,6 +10,11 @@ Formats (``format="auto"`` sniffs the first line; ``.gz`` files are gunzipped):
     CSV with a header naming at least ``timestamp,bid,ask,last,volume`` and,
     unless the symbol comes from the ``symbol`` option or the file name,
     ``symbol``. ``volume`` is the size available at the top of the book.
+    Optional, for perpetuals: ``mark`` (or ``mark_price``), the venue's mark
+    price, and ``funding_rate`` (or ``funding``), the current funding rate as
+    a fraction per funding period (``0.0001`` is 0.01%); a blank cell is a
+    tick without one. The paper venue marks positions at the mark (else the
+    mid) and pays funding at the latest rate seen (else its configured one).
 ``ohlcv``
     CSV with a header ``timestamp,open,high,low,close,volume`` (``time``,
     ``open_time``, ``date`` or ``ts`` are accepted for the time column).

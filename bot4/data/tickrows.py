@@ -1,13 +1,19 @@
-"""Tick files (``timestamp,symbol,bid,ask,last,volume``) read in batches: the
-columnar path of :mod:`bot4.data.columns` where it takes a batch, row by row
-through the validating constructor where it does not (see
-:mod:`bot4.data.loader`)."""
+"""Tick files (``timestamp,symbol,bid,ask,last,volume`` and optionally
+``mark,funding_rate``) read in batches: the columnar path of
+:mod:`bot4.data.columns` where it takes a batch, row by row through the
+validating constructor where it does not (see :mod:`bot4.data.loader`).
+
+The optional columns are a perpetual's mark price (``mark`` or
+``mark_price``) and its current funding rate (``funding_rate`` or
+``funding``, a fraction per funding period); an empty cell is a tick without
+one. A file without them reads exactly as before, at the same cost."""
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Iterable, Iterator
 from datetime import datetime
+from decimal import Decimal
 from itertools import islice
 
 import attrs
@@ -26,6 +32,17 @@ from bot4.data.columns import BATCH_ROWS, FileState, TickBatch, build_batch
 from bot4.errors import ModelError
 from bot4.model import MarketData
 
+MARK_NAMES = ("mark", "mark_price")
+FUNDING_NAMES = ("funding_rate", "funding")
+
+
+def _optional(name: str, line: int, column: str, text: str) -> Decimal | None:
+    """An optional cell: None when blank, else a number (checked as the
+    required ones are)."""
+    if not text.strip():
+        return None
+    return _number(name, line, column, text)
+
 
 @attrs.frozen(slots=True)
 class _Layout:
@@ -37,6 +54,8 @@ class _Layout:
     last: int
     vol: int
     sym: int | None
+    mark: int | None  # the optional columns, None when the file has none
+    funding: int | None
     width: int
     names: list[str]
     default_symbol: str
@@ -50,6 +69,8 @@ def _layout(name: str, header: list[str], symbol: str | None) -> _Layout:
     i_last = _column(name, header, ("last", "price"), first_line)
     i_vol = _column(name, header, ("volume", "size", "qty"), first_line)
     i_sym = header.index("symbol") if "symbol" in header else None
+    i_mark = _optional_column(header, MARK_NAMES)
+    i_funding = _optional_column(header, FUNDING_NAMES)
     if i_sym is None and symbol is None:
         raise DataError(
             name,
@@ -58,7 +79,26 @@ def _layout(name: str, header: list[str], symbol: str | None) -> _Layout:
             "no 'symbol' column, no symbol option and the file name does not tell the symbol",
         )
     # default_symbol is unused when the file has a symbol column
-    return _Layout(i_ts, i_bid, i_ask, i_last, i_vol, i_sym, len(header), header, symbol or "")
+    return _Layout(
+        i_ts,
+        i_bid,
+        i_ask,
+        i_last,
+        i_vol,
+        i_sym,
+        i_mark,
+        i_funding,
+        len(header),
+        header,
+        symbol or "",
+    )
+
+
+def _optional_column(header: list[str], wanted: tuple[str, ...]) -> int | None:
+    for w in wanted:
+        if w in header:
+            return header.index(w)
+    return None
 
 
 def _row_batches(reader: _Rows) -> Iterator[tuple[list[list[str]], list[int]]]:
@@ -131,6 +171,12 @@ def tick_batches(
     for rows, lines in _row_batches(reader):
         if columnar and len(rows[0]) == width and len(set(map(len, rows))) == 1:
             columns = list(zip(*rows, strict=True))
+            extras = None
+            if layout.mark is not None or layout.funding is not None:
+                extras = (
+                    None if layout.mark is None else columns[layout.mark],
+                    None if layout.funding is None else columns[layout.funding],
+                )
             batch = build_batch(
                 name,
                 lines,
@@ -140,6 +186,7 @@ def tick_batches(
                 exchange,
                 state,
                 parse_time,
+                extras,
             )
             if batch is not None:
                 yield batch
@@ -174,6 +221,7 @@ def _checked_ticks(
         layout.vol,
         layout.sym,
     )
+    i_mark, i_funding = layout.mark, layout.funding
     width = layout.width
     names = layout.names
     default_symbol = layout.default_symbol
@@ -200,6 +248,10 @@ def _checked_ticks(
         ask = _number(name, line, "ask", row[i_ask])
         last = _number(name, line, names[i_last], row[i_last])
         vol = _number(name, line, names[i_vol], row[i_vol])
+        mark = None if i_mark is None else _optional(name, line, names[i_mark], row[i_mark])
+        funding = (
+            None if i_funding is None else _optional(name, line, names[i_funding], row[i_funding])
+        )
         sym = row[i_sym].strip() if i_sym is not None else default_symbol
         try:
             tick = MarketData(
@@ -210,6 +262,8 @@ def _checked_ticks(
                 last=last,
                 volume=vol,
                 timestamp=moment,
+                mark=mark,
+                funding_rate=funding,
             )
         except ModelError as exc:
             cells = {
@@ -219,11 +273,20 @@ def _checked_ticks(
                 "last": row[i_last],
                 "volume": row[i_vol],
             }
+            if i_mark is not None:
+                cells["mark"] = row[i_mark]
+            if i_funding is not None:
+                cells["funding_rate"] = row[i_funding]
             err = _model_error(name, line, exc, cells)
-            if exc.field in ("last", "volume"):
-                err = DataError(
-                    name, line, names[i_last if exc.field == "last" else i_vol], err.message
-                )
+            # Errors name the column as the file's header does.
+            column = {
+                "last": i_last,
+                "volume": i_vol,
+                "mark": i_mark,
+                "funding_rate": i_funding,
+            }.get(exc.field)
+            if column is not None:
+                err = DataError(name, line, names[column], err.message)
             raise err from None
         # Kept for the next batch before the tick goes out (the caller may
         # stop reading at any tick).

@@ -43,6 +43,8 @@ def fingerprint(tick: MarketData) -> tuple[Any, ...]:
         tick.timestamp,
         tick.timestamp.tzinfo,
         tick.ts_ns,
+        str(tick.mark),
+        str(tick.funding_rate),
         tick,  # attrs equality too
     )
 
@@ -142,6 +144,42 @@ def test_a_hostile_number_gives_the_same_ticks_or_the_same_error(
     assert len(ticks) >= good
     if error is not None:
         assert error.startswith(f"{path}:{good + 2}: ")  # header is line 1
+
+
+HOSTILE_PERP_CELLS = [
+    ("100.52", "0.0001"),
+    ("", ""),
+    (" ", " "),
+    ("100.520", "0.00010"),
+    ("1e2", "1E-4"),
+    ("abc", "0.0001"),
+    ("0", "0"),
+    ("-1", "0"),
+    ("100", "-0.999999"),
+    ("100", "1"),
+    ("100", "-1"),
+    ("NaN", "0"),
+    ("100", "sNaN"),
+    ("100", "Infinity"),
+    ("\u0661\u0660\u0660", "0"),  # Arabic-Indic digits: Decimal takes them
+]
+
+
+@pytest.mark.parametrize("cells", HOSTILE_PERP_CELLS, ids=[",".join(c) for c in HOSTILE_PERP_CELLS])
+@pytest.mark.parametrize("where", ["early", "after a batch"])
+def test_a_hostile_mark_or_funding_rate_gives_the_same_ticks_or_the_same_error(
+    tmp_path: Path, cells: tuple[str, str], where: str
+) -> None:
+    good = BATCH_ROWS + 7 if where == "after a batch" else 3
+    rows = "".join(f"{T0 + i},BTC-USDT,100.5,100.6,100.55,1.5,100.5,0.0001\n" for i in range(good))
+    bad = f"{T0 + good},BTC-USDT,100.5,100.6,100.55,1.5,{','.join(cells)}\n"
+    after = "".join(f"{T0 + good + 1 + i},ETH-USDT,10,10.1,10,2,,\n" for i in range(3))
+    path = tmp_path / "ticks.csv"
+    path.write_text(HEADER.replace("volume", "volume,mark,funding_rate") + rows + bad + after)
+    ticks, error = assert_same(path)
+    assert len(ticks) >= good
+    if error is not None:
+        assert error.startswith(f"{path}:{good + 2}: column ")
 
 
 HOSTILE_LAYOUTS = {

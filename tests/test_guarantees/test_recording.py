@@ -264,6 +264,10 @@ _ONE = (
         ("topic", _block(1, [[1, "fill.X", "X-Y", "d"]], _ONE, [b"1"] * 4), b"T", "market"),
         ("huge", _block(10**9, _SYM, _ONE, [b"1"] * 4), b"T", "does not add"),
         ("event", b"[1, 2]", b"E", "without a topic"),
+        ("five", _block(1, _SYM, _ONE, [b"1.5", b"1.6", b"1.5", b"2", b"1"]), b"T", "text"),
+        ("mark", _block(1, _SYM, _ONE, [b"1.5", b"1.6", b"1.5", b"2", b"-1", b""]), b"T", "unread"),
+        ("rate", _block(1, _SYM, _ONE, [b"1.5", b"1.6", b"1.5", b"2", b"", b"2"]), b"T", "unread"),
+        ("rows", _block(1, _SYM, _ONE, [b"1.5", b"1.6", b"1.5", b"2", b"\n", b""]), b"T", "add up"),
     ],
 )
 def test_a_crafted_frame_is_one_clear_error(
@@ -299,3 +303,32 @@ def test_a_recording_cut_inside_a_frame_is_one_clear_error(recorded: Path, tmp_p
     cut.write_bytes(gzip.compress(whole[: len(whole) // 2]))
     line = _one_clear_line(run_bot4("replay", str(cut)), cut)
     assert "ends inside a frame (truncated)" in line
+
+
+def test_ticks_with_a_mark_and_a_funding_rate_read_back_exactly(tmp_path: Path) -> None:
+    """A perpetual's mark and funding rate (some ticks without one) survive
+    the columnar block, as models and as records; a block without any keeps
+    its four text columns."""
+    t0 = datetime(2024, 3, 1, tzinfo=UTC)
+    p = Decimal("50000.10")
+    ticks = [
+        MarketData("BTC-USDT-PERP", "data", p, p, p, Decimal(1), t0, Decimal("50001.20"), None),
+        MarketData("BTC-USDT-PERP", "data", p, p, p, Decimal(1), t0, None, Decimal("-0.00010")),
+        MarketData("BTC-USDT-PERP", "data", p, p, p, Decimal(1), t0),
+    ]
+    path = tmp_path / "perp.jsonl.gz"
+    writer = CompactWriter(path, codec.encode)
+    ts = 1_709_251_200_000_000_000
+    for seq, tick in enumerate(ticks, start=1):
+        writer.write("market.BTC-USDT-PERP", tick, ts, seq, f"p-{seq}")
+    writer.write("signal.x", {}, ts, 4, "p-4")
+    writer.write("market.BTC-USDT-PERP", ticks[2], ts, 5, "p-5")
+    writer.close()
+    models = [item for _, topic, item in read_stream(path, ticks="models") if topic != "signal.x"]
+    assert models == [*ticks, ticks[2]]
+    assert str(models[1].funding_rate) == "-0.00010"  # the trailing zero too
+    records = [r["payload"] for _, r in read_records(path) if r["topic"] != "signal.x"]
+    assert records == [codec.encode(t) for t in [*ticks, ticks[2]]]
+    frames = _frames(gzip.decompress(path.read_bytes()))
+    heads = [json.loads(body.partition(b"\n")[0]) for kind, body in frames if kind == b"T"]
+    assert [len(h["text"]) for h in heads] == [6, 4]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import shutil
 import socket
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -463,3 +465,52 @@ def test_a_venue_refusal_and_failure_are_answered_from_the_recording(tmp_path: P
     mismatch = trio.run(replay, cut).mismatch
     assert mismatch is not None
     assert "the recording holds no answer for order" in mismatch
+
+
+def _perp_ticks(path: Path) -> Path:
+    """Ticks with a mark and a funding rate column from 07:45 UTC (so the
+    08:00 funding time falls inside), the marks at the mid except three
+    spikes that take any 3x position past its liquidation price."""
+    t0 = datetime(2024, 3, 1, 7, 45, tzinfo=UTC)
+    lines = ["timestamp,symbol,bid,ask,last,volume,mark,funding_rate"]
+    for i in range(1500):
+        ts = (t0 + timedelta(seconds=i)).isoformat()
+        wave = math.sin(i / 60) + 0.3 * math.sin(i / 7)
+        btc = 50000 + 400 * wave
+        eth = 3000 + 30 * wave
+        spike = {600: 0.5, 900: 1.5, 1200: 0.5}.get(i, 1.0)
+        rate = "0.0001" if i % 300 else ""  # now and then a tick without one
+        lines.append(
+            f"{ts},BTC-USDT,{btc - 0.5:.2f},{btc + 0.5:.2f},{btc:.2f},2,{btc * spike:.2f},{rate}"
+        )
+        lines.append(f"{ts},ETH-USDT,{eth - 0.05:.2f},{eth + 0.05:.2f},{eth:.2f},20,,{rate}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_session_on_marks_and_funding_rates_replays_to_a_match(tmp_path: Path) -> None:
+    """The paper venue liquidates on the data's marks and funds at its rates;
+    the recording keeps both, so the replay's venue does the same. Without
+    the marks the replay would not liquidate: a mismatch."""
+    config = SessionConfig(
+        data=str(_perp_ticks(tmp_path / "perp.csv")),
+        strategies=(StrategyConfig("sma_cross", {**PARAMS, "leverage": "3"}),),
+        out=str(tmp_path / "out"),
+        journal="off",
+    )
+    result = trio.run(lambda: run_session(config, services=[]))
+    assert result.stats.liquidations >= 1
+    assert result.stats.funding_paid != 0  # at 08:00, at the data's rate (none configured)
+    assert result.recording is not None
+    records = _lines(result.recording)
+    liquidated = [r for r in records if r["topic"].startswith("fill.") and "liq-" in str(r)]
+    assert liquidated
+    replayed = trio.run(replay, result.recording)
+    assert replayed.mismatch is None
+    assert replayed.compared > 50
+
+    for record in records:
+        if record["topic"].startswith("market."):
+            record["payload"]["mark"] = None
+    unmarked = _write(tmp_path / "unmarked.jsonl", records)
+    assert trio.run(replay, unmarked).mismatch is not None

@@ -8,6 +8,7 @@ import sqlite3
 from decimal import Decimal
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 from bot4_paper import PaperExchange
@@ -163,4 +164,24 @@ def test_the_margin_account_survives_a_restart(tmp_path: Path) -> None:
     assert again.margin.added == {"BTC-USDT": Decimal(50)}
     assert again.margin_state("BTC-USDT") == state
     assert again.balance() == balance
+    again.close()
+
+
+def test_the_funding_rates_from_the_data_survive_a_restart(tmp_path: Path) -> None:
+    """A restarted venue skips the ticks it took, so the rate they carried
+    must come back from the state file: the next funding time pays it."""
+    path = tmp_path / "paper.sqlite"
+    engine = DurableEngine(path)
+    rated = attrs.evolve(TICKS[0], funding_rate=Decimal("0.0002"), mark=TICKS[0].mid)
+    engine.on_tick(rated)
+    engine.set_leverage("BTC-USDT", Decimal(10))
+    engine.place(_order("e", Side.BUY, "0.1", leverage=Decimal(10)))
+    engine.drain()
+    engine.close()
+    again = DurableEngine(path)
+    assert again.margin.rates == {"BTC-USDT": Decimal("0.0002")}
+    later = attrs.evolve(TICKS[0], timestamp=TICKS[0].timestamp.replace(hour=8, second=1))
+    again.on_tick(later)  # 08:00 passed: funded at the data's rate, none configured
+    assert again.margin.funding_events == 1
+    assert again.margin.funding_paid == Decimal("0.1") * TICKS[0].mid * Decimal("0.0002")
     again.close()

@@ -372,6 +372,7 @@ class DurableEngine(PaperEngine):
             # Funding is in the stored starting balance already (the tracker's
             # adjust_cash moves it), so only the account's own state comes back.
             self.margin.load(meta["margin"])
+            self._funded = self.margin.funded  # the data's funding rates came back too
         stored = {p["symbol"]: Decimal(p["qty"]) for p in meta["positions"]}
         replayed = {p.symbol: p.qty for p in self.positions()}
         if stored != replayed:

@@ -60,12 +60,25 @@ Execution rules (all documented behaviour, relied on by tests):
   it) and mode (isolated by default, or cross), collateral added to an
   isolated position (:meth:`PaperEngine.add_margin`), maintenance margin by
   the market's notional tiers, funding at the funding times.
-* **Liquidation.** When a perpetual position's mark (the tick's mid) reaches
-  its liquidation price, the venue closes the whole position at that price
+* **Mark.** A position is valued (unrealised PnL, margin, liquidation,
+  funding) at its tick's ``mark`` when the data carries one
+  (``MarketData.mark``), else at the tick's mid.
+* **Liquidation.** When an isolated perpetual position's mark reaches its
+  liquidation price, the venue closes the whole position at that price
   (rounded to the price increment against the account) with a reduce-only
   market order ``liq-<n>`` (strategy ``liquidation``), charged
   ``liquidation_fee`` of the notional; the Fill's ``liquidity`` is
-  ``"liquidation"``. Its exits are cancelled as for any close.
+  ``"liquidation"``. Its exits are cancelled as for any close. Cross
+  positions are liquidated by the account, not one by one: when the cross
+  margin balance (the cash less the isolated positions' collateral, plus the
+  unrealised PnL of the cross positions at their marks) falls to the sum of
+  their maintenance margins, the venue closes them largest loss first, each
+  at its mark (rounded against the account) with the same fee and ``liq-<n>``
+  order, until the balance is above what the positions left need again (with
+  the default fee, 1.25% against a 0.5% first tier, that is all of them).
+* **Funding** at 00:00, 08:00 and 16:00 UTC: ``-q * mark * rate`` from the
+  wallet, at the latest ``funding_rate`` a tick of the symbol carried before
+  that time (``MarketData.funding_rate``), else the market's configured rate.
 * **Spot** markets (``MarketMargin.kind == "spot"``): leverage 1, and a sell
   that is not covered by what is held (less open sells) is InsufficientFunds;
   no funding, no liquidation.
@@ -218,7 +231,8 @@ class PaperEngine:
         self.exchange = exchange
         self.liquidation_fee = liquidation_fee
         # A host that runs its own liquidation on top (the ccxt fake futures
-        # venues) turns the engine's off.
+        # venues) turns the engine's off (and its funding from the data's
+        # funding rates with it; a configured rate still applies).
         self.liquidates = True
         self.margin = MarginBook(margin)
         self._funded = self.margin.funded
@@ -360,10 +374,23 @@ class PaperEngine:
         self._avail.pop(symbol, None)  # a new touch: its full size, when asked
         if self._funded:
             self._fund(tick.timestamp)
+        rate = tick.funding_rate
+        if rate is not None and self.liquidates:
+            # Applies from the next funding time on (the one this tick may
+            # have just passed was paid at the rate before). A host with its
+            # own margin model (liquidates off) funds by itself.
+            self.margin.rates[symbol] = rate
+            if not self._funded:
+                self._funded = True
+                self._fund(tick.timestamp)  # starts the funding clock
         if self.tracker.holds(symbol):
-            self.tracker.on_market_data(tick)  # a flat symbol is marked when it opens
+            # A flat symbol is marked when it opens.
+            mark = tick.mark
+            if mark is None:
+                mark = tick.mid
+            self.tracker.mark(symbol, mark)
             if self.liquidates:
-                self._watch(tick)
+                self._watch(tick, mark)
         index = self._triggers.get(symbol)
         if index is not None and index.orders:
             # Computed before matching: orders created while matching (brackets)
@@ -484,11 +511,12 @@ class PaperEngine:
         times = [due, *funding_times(due, now)]
         for position in self.positions():
             spec = margin.of(position.symbol)
-            if spec.spot or not spec.funding_rate:
+            rate = margin.rates.get(position.symbol, spec.funding_rate)
+            if spec.spot or not rate:
                 continue
             mark = self.tracker.mark_price(position.symbol) or position.entry_price
             for _when in times:
-                pay = funding_due(position.qty, mark, spec.funding_rate, FUNDING_STEP)
+                pay = funding_due(position.qty, mark, rate, FUNDING_STEP)
                 if pay:
                     self.tracker.adjust_cash(pay)
                     margin.funding_paid -= pay
@@ -496,29 +524,53 @@ class PaperEngine:
             margin.changed(position.symbol)
         margin.next_funding = next_funding_time(times[-1])
 
-    def _watch(self, tick: MarketData) -> None:
-        """Liquidate the tick's perpetual position if its mark reached the
-        liquidation price."""
+    def _watch(self, tick: MarketData, mark: Decimal) -> None:
+        """Liquidate the tick's isolated perpetual position if its mark
+        reached the liquidation price; for a cross position, check the
+        cross account."""
         symbol = tick.symbol
         margin = self.margin
-        if margin.of(symbol).spot:
-            return
         cached = margin.cached(symbol)
         threshold: tuple[Decimal, bool] | None
         if cached is False or cached is True:
+            if margin.of(symbol).spot:
+                return
+            if margin.mode.get(symbol) == CROSS:
+                self._watch_cross(tick.timestamp)
+                return
             position = self.tracker.position(symbol)
             if position is None:
                 return
-            threshold = margin.threshold(position, self._wallet(symbol))
+            threshold = margin.threshold(position)
         else:
             threshold = cached
         if threshold is None:
             return
         price, long = threshold
-        mark = tick.mid
         if (mark > price) if long else (mark < price):
             return
         self._liquidate(symbol, price, long, tick.timestamp)
+
+    def _watch_cross(self, when: datetime) -> None:
+        """Liquidate cross positions while the cross margin balance is at or
+        below their maintenance margin: largest loss first, each at its mark
+        (see the module docstring)."""
+        margin = self.margin
+        tracker = self.tracker
+        positions = self.positions()
+        marks = {p.symbol: tracker.mark_price(p.symbol) or p.entry_price for p in positions}
+        balance, maintenance, cross = margin.cross_account(tracker.cash, positions, marks)
+        if balance > maintenance:
+            return
+        cross.sort(key=lambda p: (p.unrealized_pnl(marks[p.symbol]), p.symbol))
+        for position in cross:
+            symbol = position.symbol
+            mark = marks[symbol]
+            self._liquidate(symbol, mark, position.qty > 0, when)
+            positions = self.positions()
+            balance, maintenance, left = margin.cross_account(tracker.cash, positions, marks)
+            if not left or balance > maintenance:
+                return
 
     def _liquidate(self, symbol: str, price: Decimal, long: bool, when: datetime) -> None:
         position = self.tracker.position(symbol)
@@ -843,8 +895,10 @@ class PaperEngine:
         )
         tracker = self.tracker
         if not tracker.holds(order.symbol):
-            # Marked from now on; valued at the mid of the tick it trades on.
-            tracker.on_market_data(self._last[order.symbol])
+            # Marked from now on; valued at the mark (else the mid) of the
+            # tick it trades on.
+            last = self._last[order.symbol]
+            tracker.mark(order.symbol, last.mid if last.mark is None else last.mark)
         tracker.apply(
             fill,
             leverage=order.leverage if opening else None,

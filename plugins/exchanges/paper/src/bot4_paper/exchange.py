@@ -36,8 +36,11 @@ Config (values may be strings, as they come from YAML)::
                  maintenance-margin brackets: notional cap (null: none), rate,
                  max leverage (default: bot4.margin.DEFAULT_TIERS, 0.5% first)
          funding_rate: "0.0001"  per 8 h (default: the top-level funding_rate)
-    funding_rate: "0"       funding rate of every perpetual without its own
-    liquidation_fee: "0.0125"  charged on the notional of a liquidation
+    funding_rate: "0"       funding rate of every perpetual without its own (a
+                            tick's funding_rate, from the data, overrides both for
+                            its symbol; a tick's mark replaces the mid as mark)
+    liquidation_fee: "0.0125"  charged on the notional of a liquidation (isolated,
+                            or each position the cross account closes)
     state: "paper.sqlite"   durable mode: the venue's orders, fills, balance and
       positions live in this file and survive the bot process; a restarted
       exchange skips the feed up to the last tick it took (bot4_paper.durable)

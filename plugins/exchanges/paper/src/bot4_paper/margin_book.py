@@ -13,18 +13,29 @@ For a perpetual position (one-way mode, USDT-margined, linear):
 * **Collateral** (isolated) is the initial margin ``|q| E / leverage`` booked
   by the fills plus what :meth:`MarginBook.add` moved into it from the free
   balance; it returns to the free balance when the position closes.
-* **Mark** is the mid of the symbol's last tick (the market data carries no
-  separate mark price).
+* **Mark** is the ``mark`` of the symbol's last tick when the data carries
+  one (a ``mark`` column), else its mid.
 * **Liquidation price**: :func:`bot4.margin.liquidation_price` for the
   market's tier table, from the collateral (isolated) or from the cross
   wallet (cross: the cash less the collateral of isolated positions, less the
   other cross positions' maintenance margin plus their unrealised PnL,
   Binance's formula for one cross position). Isolated thresholds are cached
   per position and recomputed on a fill or a margin change; a cross
-  threshold moves with every other position and is recomputed per tick.
-* **Funding** at the funding times (every 8 h from 00:00 UTC) at the market's
-  ``funding_rate``: the wallet moves by ``-q * mark * rate``, rounded to the
-  currency's 1e-8 against the account (:func:`bot4.margin.funding_due`).
+  position's is reported (:meth:`MarginBook.state`) but not what liquidates it.
+* **Cross liquidation is by account** (:meth:`MarginBook.cross_account`):
+  the cross margin balance is the cash less the isolated positions'
+  collateral plus the unrealised PnL of every cross position at its mark;
+  when it falls to the sum of the cross positions' maintenance margins (each
+  by its tier at its mark), the venue closes cross positions, largest
+  unrealised loss first, each at its mark with the liquidation fee, until the
+  balance is above what the remaining ones need (as Binance's cross margin
+  ratio reaching 100%). Two cross positions can so be liquidated together
+  although neither is past the price its own collateral would give it.
+* **Funding** at the funding times (every 8 h from 00:00 UTC): the wallet
+  moves by ``-q * mark * rate``, rounded to the currency's 1e-8 against the
+  account (:func:`bot4.margin.funding_due`), at the latest funding rate a tick
+  of the symbol carried before that time (:attr:`MarginBook.rates`, from a
+  ``funding_rate`` column), else the market's configured ``funding_rate``.
 """
 
 from __future__ import annotations
@@ -96,6 +107,9 @@ class MarginBook:
         # Isolated liquidation thresholds by symbol: (price, long) or None.
         self._threshold: dict[str, tuple[Decimal, bool] | None] = {}
         self.next_funding: datetime | None = None
+        # The latest funding rate the data gave each symbol (it overrides the
+        # configured one from the next funding time on).
+        self.rates: dict[str, Decimal] = {}
 
     def of(self, symbol: str) -> MarketMargin:
         spec = self.markets.get(symbol)
@@ -110,8 +124,9 @@ class MarginBook:
 
     @property
     def funded(self) -> bool:
-        """Whether any market pays funding (else the engine skips the check)."""
-        return any(m.funding_rate for m in self.markets.values() if not m.spot)
+        """Whether any market pays funding (else the engine skips the check
+        until a tick carries a funding rate)."""
+        return bool(self.rates) or any(m.funding_rate for m in self.markets.values() if not m.spot)
 
     def add(self, symbol: str, amount: Decimal) -> None:
         self.added[symbol] = self.added.get(symbol, ZERO) + amount
@@ -147,6 +162,33 @@ class MarginBook:
             wallet -= maintenance_margin(other.qty, mark, self.of(other.symbol).tiers)
             wallet += other.unrealized_pnl(mark)
         return wallet
+
+    def cross_account(
+        self,
+        cash: Decimal,
+        positions: Sequence[Position],
+        marks: Mapping[str, Decimal],
+    ) -> tuple[Decimal, Decimal, list[Position]]:
+        """The cross margin balance (cash less isolated collateral plus the
+        cross positions' unrealised PnL at ``marks``), the sum of the cross
+        positions' maintenance margins, and those positions: the account is
+        liquidated when the first is at or below the second."""
+        balance = cash
+        maintenance = ZERO
+        cross: list[Position] = []
+        for position in positions:
+            symbol = position.symbol
+            spec = self.of(symbol)
+            if spec.spot:
+                continue
+            if self.mode_of(symbol) == ISOLATED:
+                balance -= self.collateral(position)
+                continue
+            mark = marks.get(symbol, position.entry_price)
+            balance += position.unrealized_pnl(mark)
+            maintenance += maintenance_margin(position.qty, mark, spec.tiers)
+            cross.append(position)
+        return balance, maintenance, cross
 
     def cached(self, symbol: str) -> tuple[Decimal, bool] | bool | None:
         """An isolated position's cached threshold, or False (not cached, or cross)."""
@@ -202,6 +244,7 @@ class MarginBook:
             "funding_events": self.funding_events,
             "liquidations": list(self.liquidations),
             "next_funding": None if self.next_funding is None else self.next_funding.isoformat(),
+            "rates": {k: str(v) for k, v in self.rates.items()},
         }
 
     def load(self, raw: Mapping[str, Any]) -> None:
@@ -215,6 +258,8 @@ class MarginBook:
         self.liquidations = [str(c) for c in raw["liquidations"]]
         due = raw["next_funding"]
         self.next_funding = None if due is None else datetime.fromisoformat(due)
+        # A state file written before funding rates came from the data has none.
+        self.rates = {str(k): Decimal(v) for k, v in raw.get("rates", {}).items()}
         self._threshold.clear()
 
     def max_leverage(self, symbol: str) -> Decimal:
