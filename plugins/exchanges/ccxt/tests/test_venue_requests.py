@@ -593,7 +593,8 @@ def test_swap_claims_margin(monkeypatch: pytest.MonkeyPatch) -> None:
     answer, _ = _bybit_answer()
     ex, _rec = make("bybit", "swap", lambda c: [_perp(c, "BTCUSDT")], answer, monkeypatch)
     assert Capability.MARGIN in ex.capabilities
-    assert Capability.STOP_ORDERS not in ex.capabilities  # held by the kernel on Bybit perps
+    # Bybit perps take conditional orders (tests/test_venue_trigger_requests.py).
+    assert Capability.STOP_ORDERS in ex.capabilities
 
 
 def test_bybit_spot_market_buy_is_in_the_base_asset(monkeypatch: pytest.MonkeyPatch) -> None:

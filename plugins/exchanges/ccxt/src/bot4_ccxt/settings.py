@@ -47,6 +47,7 @@ CONFIG_KEYS = frozenset(
         "options",
         "type",
         "margin_mode",
+        "trigger_price",
         "allow_untested",
         "feed",  # given by bot4 run to every exchange; the venue has its own data
         "balance",  # read by bot4 run for its own book; the venue has the real one
@@ -101,6 +102,7 @@ class CcxtSettings:
     options: Mapping[str, Any] = attrs.field(factory=dict)
     market_type: str = "spot"  # "spot" or "swap" (linear perpetuals)
     margin_mode: str = "isolated"  # for swaps: "isolated" or "cross"
+    trigger_price: str = "mark"  # what a swap's stop orders watch: "mark" or "last"
     allow_untested: bool = False
 
     @property
@@ -154,6 +156,11 @@ class CcxtSettings:
             raise ConfigError(
                 f"ccxt: config field 'margin_mode': {margin_mode!r} must be isolated or cross"
             )
+        trigger_price = config.get("trigger_price", "mark")
+        if trigger_price not in ("mark", "last"):
+            raise ConfigError(
+                f"ccxt: config field 'trigger_price': {trigger_price!r} must be mark or last"
+            )
         symbols = config.get("symbols", ())
         if isinstance(symbols, str):
             symbols = [symbols]
@@ -189,6 +196,7 @@ class CcxtSettings:
             options=dict(options),
             market_type=kind,
             margin_mode=margin_mode,
+            trigger_price=trigger_price,
             allow_untested=allow_untested,
         )
 
