@@ -748,10 +748,15 @@ class CcxtExchange(Exchange):
         params: dict[str, Any] = {}
         if self.settings.exchange == "okx":
             params["lever"] = int(self._leverage.get(symbol, Decimal(1)))
-        await self._call(
-            f"set_margin_mode({symbol!r}, {mode!r})",
-            lambda c: c.set_margin_mode(mode, sym, params),
-        )
+        try:
+            await self._call(
+                f"set_margin_mode({symbol!r}, {mode!r})",
+                lambda c: c.set_margin_mode(mode, sym, params),
+            )
+        except ExchangeRefused as exc:
+            # The mode in force already (Binance -4046, Bybit 110026): it is in force.
+            if "MarginModeAlreadySet" not in str(exc) and "-4046" not in str(exc):
+                raise
         self._mode[symbol] = mode
 
     async def add_margin(self, symbol: str, amount: Decimal) -> Decimal | None:
