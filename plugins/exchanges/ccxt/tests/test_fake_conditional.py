@@ -70,8 +70,12 @@ async def name(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def venue(name: str) -> AsyncIterator[FakeBinanceFutures]:
-    with VENUES[name]() as v:
+    v = VENUES[name]().start()
+    assert isinstance(v, FakeBinanceFutures)
+    try:
         yield v
+    finally:
+        v.close()
 
 
 @pytest.mark.parametrize("watch", ["mark", "last"])
@@ -97,7 +101,7 @@ async def test_a_stop_watches_the_mark_or_the_last_price(
         assert (state.order.type, state.order.price) == (OrderType.STOP_LOSS, Decimal(99))
         # The market order the stop placed filled it: its fill is the stop's.
         fills = [f for f in await ex.fetch_fills() if f.side is Side.SELL]
-        assert [(f.client_order_id, f.qty) for f in fills] == [("sl-1", 1)]
+        assert [(f.client_order_id, f.qty) for f in fills] == [("sl-1", Decimal(1))]
         assert await ex.fetch_positions() == []
     finally:
         await ex.close()
