@@ -196,3 +196,29 @@ async def test_binance_fapi_order_refuses_conditional_types() -> None:
             {"symbol": "BTCUSDT", "side": "SELL", "type": "STOP_MARKET", "quantity": "1"}
         )
     assert err.value.code == -4120
+
+
+async def test_a_restarted_bot_lists_and_cancels_a_stop_it_did_not_place(
+    name: str, venue: FakeBinanceFutures
+) -> None:
+    Quotes(venue)("100")
+    ex = exchange(venue, name)
+    try:
+        await ex.place_order(buy())
+        await ex.place_order(sell_stop("95"))
+    finally:
+        await ex.close()
+    fresh = exchange(venue, name)  # nothing in memory: what the venue says
+    try:
+        [listed] = await fresh.fetch_open_orders(SYM)
+        assert listed.order.client_order_id == "sl-1"
+        assert (listed.order.type, listed.order.price) == (OrderType.STOP_LOSS, Decimal(95))
+        assert listed.order.reduce_only
+        fresh2 = exchange(venue, name)
+        try:
+            assert (await fresh2.cancel_order(SYM, "sl-1")).status is OrderStatus.CANCELED
+        finally:
+            await fresh2.close()
+        assert await fresh.fetch_open_orders(SYM) == []
+    finally:
+        await fresh.close()

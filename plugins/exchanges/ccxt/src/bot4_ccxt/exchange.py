@@ -574,6 +574,15 @@ class CcxtExchange(Exchange):
                 return decoded
         return str(venue or raw.get("id"))
 
+    @property
+    def _algo_service(self) -> bool:
+        """Binance USDⓈ-M: trigger orders live in the Algo Service (own ids, look-ups)."""
+        return (
+            self._swap
+            and self.profile is not None
+            and self.profile.trigger_orders == "binance_algo"
+        )
+
     def _is_trigger(self, coid: str, kind: OrderType | None = None) -> bool | None:
         """Whether ``coid`` is a trigger order (None: this object cannot tell)."""
         known = self._orders.get(coid)
@@ -842,7 +851,7 @@ class CcxtExchange(Exchange):
         if coid is None and link:
             coid = self._coid_of({"clientOrderId": link})
             self._coids[(symbol, order_id)] = coid
-        if coid is None and separate(self.profile, self._swap):
+        if coid is None and self._algo_service:
             coid = await self._trigger_of_fill(symbol, order_id)
         if coid is None:
             sym = self._sym(symbol)
@@ -1088,8 +1097,13 @@ class CcxtExchange(Exchange):
         cancel_params = self._coid_params(coid)
         if self.profile is not None and self.profile.lookup == "bybit":
             cancel_params = {"orderLinkId": cancel_params["clientOrderId"]}
-        elif self._is_trigger(coid):  # Binance's Algo Service: cancelled there
-            cancel_params.update(lookup_params(self.profile, True, self._swap))
+        elif self._algo_service:
+            trigger = self._is_trigger(coid)
+            if trigger is None:  # not placed by this object (a restart): ask the venue
+                found = await self._lookup(symbol, coid)
+                trigger = found is not None and trigger_kind(found) is not None
+            if trigger:  # Binance's Algo Service: cancelled there
+                cancel_params.update(lookup_params(self.profile, True, self._swap))
         attempt = 0
         while True:
             try:
