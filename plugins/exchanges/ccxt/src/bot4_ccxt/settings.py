@@ -17,6 +17,7 @@ import ccxt  # type: ignore[import-untyped]  # no py.typed: its clients are Any 
 
 from bot4.errors import ConfigError
 from bot4_ccxt.perps import MARGIN_MODES
+from bot4_ccxt.triggers import TRIGGER_PRICES
 from bot4_ccxt.venues import PROFILES, VenueProfile, profile_of
 
 __all__ = ["CONFIG_KEYS", "DEFAULT_OPTIONS", "VENUE_OPTIONS", "CcxtSettings"]
@@ -157,7 +158,7 @@ class CcxtSettings:
                 f"ccxt: config field 'margin_mode': {margin_mode!r} must be isolated or cross"
             )
         trigger_price = config.get("trigger_price", "mark")
-        if trigger_price not in ("mark", "last"):
+        if trigger_price not in TRIGGER_PRICES:
             raise ConfigError(
                 f"ccxt: config field 'trigger_price': {trigger_price!r} must be mark or last"
             )

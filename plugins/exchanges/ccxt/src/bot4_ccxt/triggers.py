@@ -48,9 +48,11 @@ from bot4_ccxt.venues import VenueProfile
 __all__ = [
     "TRIGGER_PRICES",
     "TRIGGER_TYPES",
+    "actual_order_id",
     "lookup_params",
     "merged_with_actual",
     "order_params",
+    "separate",
     "trigger_kind",
 ]
 
