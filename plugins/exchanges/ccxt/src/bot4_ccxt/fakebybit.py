@@ -26,7 +26,8 @@ market order in the engine; cancelled before that they are ``Deactivated``. One
 whose trigger is already reached is refused (110092 rising, 110093 falling).
 ``/v5/order/realtime`` lists them only under ``orderFilter=StopOrder`` (what
 ccxt sends for ``params={"trigger": True}``), ``/v5/order/history`` under
-``StopOrder`` or with no filter (all kinds, as Bybit documents).
+``StopOrder`` or with no filter (all kinds, as Bybit documents). Their
+handlers are :mod:`bot4_ccxt.fakebybitstop`.
 
 Signed requests carry ``X-BAPI-API-KEY``, ``X-BAPI-TIMESTAMP``,
 ``X-BAPI-RECV-WINDOW`` and ``X-BAPI-SIGN``, the HMAC-SHA256 of timestamp, key,
@@ -54,9 +55,9 @@ from urllib.parse import parse_qsl
 from bot4_paper.engine import PaperEngine
 
 from bot4.errors import OrderNotFound
-from bot4.model import ZERO, OrderState, OrderStatus, OrderType, Side
+from bot4.model import ZERO, OrderState, OrderStatus, OrderType
 from bot4_ccxt.fakebinance import _ApiError, _ms, _num, _venue_symbol
-from bot4_ccxt.fakeconditional import CANCELED, REJECTED, WAITING, Conditional, reached
+from bot4_ccxt.fakeconditional import CANCELED, WAITING, Conditional
 from bot4_ccxt.fakefutures import FakeBinanceFutures
 
 __all__ = ["BYBIT_ORDER_TYPES", "FakeBybit"]
@@ -97,6 +98,9 @@ class FakeBybit(FakeBinanceFutures):
         # account sells only what it holds (``holdings`` plus its fills).
         self.category = category
         self.spot = category == "spot"
+        from bot4_ccxt.fakebybitstop import BybitStopOrders  # it builds on this class
+
+        self.stops = BybitStopOrders(self)
 
     # --- wire format ----------------------------------------------------------------
 
@@ -317,119 +321,13 @@ class FakeBybit(FakeBinanceFutures):
         if params.get("price") is not None:
             binance["price"] = str(params["price"])
         if params.get("triggerPrice") is not None:
-            return self._create_conditional(params, binance)
+            return self.stops.create(params, binance)
         out = self._new_order(binance)
         assert isinstance(out, dict)
         return {"orderId": str(out["orderId"]), "orderLinkId": out["clientOrderId"]}
 
-    def _create_conditional(self, params: Mapping[str, Any], binance: Mapping[str, str]) -> object:
-        """A conditional order (module docstring): waits outside the engine."""
-        if self.spot:
-            raise _ApiError(200, -1102, "spot conditional orders are not supported by this fake")
-        symbol = self._symbol(binance)
-        assert symbol is not None
-        if binance["type"] != "MARKET":
-            raise _ApiError(200, -1102, "this fake venue's conditional orders are Market orders")
-        side = Side.BUY if binance["side"] == "BUY" else Side.SELL
-        direction = str(params.get("triggerDirection", ""))
-        if direction not in ("1", "2"):
-            raise _ApiError(200, -1102, "triggerDirection must be 1 (rise) or 2 (fall)")
-        watch = {"LastPrice": "last", "MarkPrice": "mark", "IndexPrice": "mark"}.get(
-            str(params.get("triggerBy") or "LastPrice")
-        )
-        if watch is None:
-            raise _ApiError(200, -1102, "triggerBy must be LastPrice, MarkPrice or IndexPrice")
-        # A fall sells at a stop (buys at a take-profit); a rise the other way round.
-        falls = direction == "2"
-        kind = OrderType.STOP_LOSS if falls == (side is Side.SELL) else OrderType.TAKE_PROFIT
-        market = self.engine.markets[symbol]
-        try:
-            trigger, qty = Decimal(str(params["triggerPrice"])), Decimal(binance["quantity"])
-        except (ArithmeticError, KeyError):
-            raise _ApiError(200, -1102, "triggerPrice and qty must be numbers") from None
-        if qty < market.min_qty or (qty / market.qty_increment) % 1:
-            raise _ApiError(200, -1013, "Qty invalid")
-        if trigger <= 0 or (trigger / market.price_increment) % 1:
-            raise _ApiError(200, -1013, "triggerPrice invalid")
-        link = binance["newClientOrderId"] or f"fake-{len(self._ids) + 1}"
-        if link in self._ids:
-            raise _ApiError(200, 110072, "OrderLinkedID is duplicate")
-        now = self._trigger_price(symbol, watch)
-        if now is not None and reached(kind, side, trigger, now):
-            code, want = (110093, "Falling") if falls else (110092, "Rising")
-            sign = ">=" if falls else "<="
-            raise _ApiError(
-                200, code, f"expect {want}, but trigger_price[{trigger}] {sign} current[{now}]"
-            )
-        order_id = self._register(link)
-        stamp = self._times[link]
-        self.conditionals.add(
-            Conditional(
-                order_id=order_id,
-                coid=link,
-                symbol=symbol,
-                side=side,
-                kind=kind,
-                qty=qty,
-                trigger=trigger,
-                watch=watch,
-                reduce_only=binance["reduceOnly"] == "true",
-                created=stamp,
-                updated=stamp,
-            )
-        )
-        return {"orderId": str(order_id), "orderLinkId": link}
-
     def _actual_coid(self, cond: Conditional) -> str:
         return cond.coid  # Bybit: the triggered order is the conditional order itself
-
-    def _conditional_of(self, params: Mapping[str, Any]) -> Conditional | None:
-        order_id = str(params.get("orderId") or "")
-        return self.conditionals.get(
-            str(params.get("orderLinkId") or "") or None,
-            int(order_id) if order_id.isdigit() else None,
-        )
-
-    def _conditional_v5(self, cond: Conditional) -> dict[str, Any]:
-        """A conditional order as Bybit lists it, triggered or not."""
-        if cond.actual is not None:
-            row = self._order_v5(self.engine.order_state(cond.actual, cond.symbol))
-        else:
-            row = {
-                "orderId": str(cond.order_id),
-                "orderLinkId": cond.coid,
-                "symbol": _venue_symbol(cond.symbol),
-                "side": "Buy" if cond.side is Side.BUY else "Sell",
-                "orderType": "Market",
-                "price": "0",
-                "qty": _num(cond.qty or ZERO),
-                "cumExecQty": "0",
-                "cumExecValue": "0",
-                "cumExecFee": "0",
-                "avgPrice": "",
-                "leavesQty": _num(cond.qty or ZERO) if cond.status == WAITING else "0",
-                "orderStatus": {
-                    WAITING: "Untriggered",
-                    CANCELED: "Deactivated",
-                    REJECTED: "Rejected",
-                }.get(cond.status, "Triggered"),
-                "timeInForce": "IOC",
-                "reduceOnly": cond.reduce_only,
-                "closeOnTrigger": False,
-                "positionIdx": 0,
-                "createdTime": str(cond.created),
-                "updatedTime": str(cond.updated),
-            }
-        falls = (cond.kind is OrderType.STOP_LOSS) == (cond.side is Side.SELL)
-        row.update(
-            {
-                "triggerPrice": _num(cond.trigger),
-                "triggerDirection": 2 if falls else 1,
-                "triggerBy": "MarkPrice" if cond.watch == "mark" else "LastPrice",
-                "stopOrderType": "Stop",
-            }
-        )
-        return row
 
     def _add_margin_v5(self, params: Mapping[str, Any]) -> object:
         self._linear(params)
@@ -460,7 +358,7 @@ class FakeBybit(FakeBinanceFutures):
 
     def _cancel_v5(self, params: Mapping[str, Any]) -> object:
         self._linear(params)
-        cond = self._conditional_of(params)
+        cond = self.stops.find(params)
         if cond is not None and cond.actual is None:
             if cond.status != WAITING:
                 raise _ApiError(200, 110001, "order not exists or too late to cancel")
@@ -480,24 +378,10 @@ class FakeBybit(FakeBinanceFutures):
         kinds = params.get("orderFilter")
         # realtime: conditional orders only under StopOrder; history: with no filter too.
         conditional = kinds == "StopOrder" or (kinds is None and not open_only)
-        rows = self._conditional_rows(params, open_only) if conditional else []
+        rows = self.stops.rows(params, open_only) if conditional else []
         if kinds != "StopOrder":
             rows += self._plain_rows(params, open_only)
         return {"category": self.category, "list": rows, "nextPageCursor": ""}
-
-    def _conditional_rows(self, params: Mapping[str, Any], open_only: bool) -> list[dict[str, Any]]:
-        by_id = bool(params.get("orderLinkId") or params.get("orderId"))
-        if by_id:
-            found = self._conditional_of(params)
-            conds = [found] if found is not None else []
-        else:
-            symbol = self._symbol(params, required=False)
-            conds = [c for c in self.conditionals if symbol is None or c.symbol == symbol]
-        rows = [self._conditional_v5(c) for c in conds]
-        done = ("Filled", "Cancelled", "Deactivated", "Rejected")
-        if open_only:
-            return [r for r in rows if by_id or r["orderStatus"] not in done]
-        return [r for r in rows if r["orderStatus"] in done]
 
     def _plain_rows(self, params: Mapping[str, Any], open_only: bool) -> list[dict[str, Any]]:
         if params.get("orderLinkId") or params.get("orderId"):
