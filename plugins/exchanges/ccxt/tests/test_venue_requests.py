@@ -12,190 +12,30 @@ here rather than in a live session.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
-import attrs
 import pytest
-import trio
 from bot4_ccxt.exchange import CcxtExchange
+from bot4_ccxt.offline import (
+    COID,
+    KEY,
+    Answer,
+    Request,
+    make,
+    order,
+    run,
+)
+from bot4_ccxt.offline import perp_market as _perp
+from bot4_ccxt.offline import signed_hmac as _signed_hmac
+from bot4_ccxt.offline import spot_market as _spot
 from bot4_ccxt.venues import PROFILES, decode_coid, encode_coid
 
 from bot4.contracts import Capability, Exchange
 from bot4.errors import ConfigError, ExchangeRefused
-from bot4.model import Order, OrderStatus, OrderType, Side
-
-KEY = "test-key-0123456789"
-SECRET = "dGVzdC1zZWNyZXQtMDEyMzQ1Njc4OQ=="  # base64: Kraken decodes its secret
-COID = "s1-t-4"
-
-
-@attrs.define
-class Request:
-    method: str
-    path: str
-    params: dict[str, str]
-    headers: dict[str, str]
-
-
-Answer = tuple[int, Any]
-
-
-def _market(client: Any, **fields: Any) -> dict[str, Any]:
-    base = {
-        "active": True,
-        "contract": False,
-        "linear": None,
-        "inverse": None,
-        "contractSize": None,
-        "settle": None,
-        "settleId": None,
-        "taker": 0.001,
-        "maker": 0.001,
-        "precision": {"amount": 0.001, "price": 0.01},
-        "limits": {"amount": {"min": 0.001}, "price": {}, "cost": {}, "leverage": {}},
-        "info": {},
-    }
-    base.update(fields)
-    out: dict[str, Any] = client.safe_market_structure(base)
-    return out
-
-
-def _spot(client: Any, venue_id: str, base: str = "BTC", quote: str = "USDT") -> dict[str, Any]:
-    return _market(
-        client,
-        id=venue_id,
-        symbol=f"{base}/{quote}",
-        base=base,
-        quote=quote,
-        baseId=base,
-        quoteId=quote,
-        type="spot",
-        spot=True,
-        swap=False,
-        future=False,
-        option=False,
-        margin=False,
-        info={"orderTypes": ["LIMIT", "MARKET", "STOP_LOSS", "TAKE_PROFIT"]},
-    )
-
-
-def _perp(client: Any, venue_id: str, size: float = 1.0, step: float = 0.001) -> dict[str, Any]:
-    return _market(
-        client,
-        id=venue_id,
-        symbol="BTC/USDT:USDT",
-        base="BTC",
-        quote="USDT",
-        settle="USDT",
-        baseId="BTC",
-        quoteId="USDT",
-        settleId="USDT",
-        type="swap",
-        spot=False,
-        swap=True,
-        future=False,
-        option=False,
-        margin=False,
-        contract=True,
-        linear=True,
-        inverse=False,
-        contractSize=size,
-        info={"orderTypes": ["LIMIT", "MARKET", "STOP_MARKET", "TAKE_PROFIT_MARKET"]},
-        precision={"amount": step, "price": 0.1},
-        limits={"amount": {"min": step}, "price": {}, "cost": {}, "leverage": {}},
-    )
-
-
-class Recorder:
-    """Stands in for ccxt's ``fetch``: keeps the signed request, answers it."""
-
-    def __init__(self, client: Any, answer: Callable[[Request], Answer]) -> None:
-        self.client = client
-        self.answer = answer
-        self.requests: list[Request] = []
-
-    def __call__(self, url: str, method: str = "GET", headers: Any = None, body: Any = None) -> Any:
-        parts = urlsplit(url)
-        params = dict(parse_qsl(parts.query, keep_blank_values=True))
-        if body:
-            text = body.decode() if isinstance(body, bytes) else str(body)
-            if text.startswith(("{", "[")):
-                data = json.loads(text)
-                data = data[0] if isinstance(data, list) else data  # OKX: batch-orders
-                params.update({k: str(v) for k, v in data.items()})
-            else:
-                params.update(parse_qsl(text, keep_blank_values=True))
-        req = Request(method, parts.path, params, dict(headers or {}))
-        self.requests.append(req)
-        status, payload = self.answer(req)
-        text = json.dumps(payload)
-        self.client.handle_errors(status, "", url, method, {}, text, payload, headers, body)
-        self.client.handle_http_status_code(status, "", url, method, text)
-        return payload
-
-    def of(self, method: str, path: str) -> list[Request]:
-        return [r for r in self.requests if r.method == method and r.path.endswith(path)]
-
-
-def make(
-    exchange: str,
-    kind: str,
-    markets: Callable[[Any], list[dict[str, Any]]],
-    answer: Callable[[Request], Answer],
-    monkeypatch: pytest.MonkeyPatch,
-    **config: Any,
-) -> tuple[CcxtExchange, Recorder]:
-    monkeypatch.setenv("T_KEY", KEY)
-    monkeypatch.setenv("T_SECRET", SECRET)
-    monkeypatch.setenv("T_PASS", "test-passphrase")
-    ex = CcxtExchange.from_config(
-        {
-            "exchange": exchange,
-            "type": kind,
-            "api_key_env": "T_KEY",
-            "secret_env": "T_SECRET",
-            "password_env": "T_PASS",
-            "rate_limit": 0,
-            "max_retries": 0,
-            "options": {"adjustForTimeDifference": False},
-            **config,
-        }
-    )
-    client = ex._new_client()
-    client.set_markets(markets(client))
-    recorder = Recorder(client, answer)
-    client.fetch = recorder
-    ex._client = client
-    return ex, recorder
-
-
-def order(symbol: str, **kw: Any) -> Order:
-    fields: dict[str, Any] = {
-        "client_order_id": COID,
-        "symbol": symbol,
-        "side": Side.BUY,
-        "type": OrderType.LIMIT,
-        "qty": Decimal("0.05"),
-        "price": Decimal("50000"),
-        **kw,
-    }
-    return Order(**fields)
-
-
-def run(fn: Callable[[], Any]) -> Any:
-    return trio.run(fn)
-
-
-def _signed_hmac(req: Request) -> bool:
-    return any(k.lower() in ("signature", "sign") for k in req.params) or any(
-        "sign" in k.lower() for k in req.headers
-    )
-
+from bot4.model import OrderStatus, OrderType, Side
 
 # --- client order ids ------------------------------------------------------------------------
 
@@ -753,7 +593,8 @@ def test_swap_claims_margin(monkeypatch: pytest.MonkeyPatch) -> None:
     answer, _ = _bybit_answer()
     ex, _rec = make("bybit", "swap", lambda c: [_perp(c, "BTCUSDT")], answer, monkeypatch)
     assert Capability.MARGIN in ex.capabilities
-    assert Capability.STOP_ORDERS not in ex.capabilities  # held by the kernel on Bybit perps
+    # Bybit perps take conditional orders (tests/test_venue_trigger_requests.py).
+    assert Capability.STOP_ORDERS in ex.capabilities
 
 
 def test_bybit_spot_market_buy_is_in_the_base_asset(monkeypatch: pytest.MonkeyPatch) -> None:

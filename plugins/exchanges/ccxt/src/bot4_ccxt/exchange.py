@@ -42,8 +42,10 @@ a quote changed, each new Fill, and each changed OrderState (fills before
 the order update they caused, then the quote).
 
 **Stop orders, claimed only where they work.** ``STOP_ORDERS`` and
-``TAKE_PROFIT_ORDERS`` (market orders triggered at ``stopLossPrice`` /
-``takeProfitPrice``) are claimed only when ccxt's client for the venue creates
+``TAKE_PROFIT_ORDERS`` (market orders triggered at their price, sent as each
+venue files them: :mod:`bot4_ccxt.triggers`) are claimed only for the market
+types the venue's profile sends them for (:mod:`bot4_ccxt.venues`), when
+ccxt's client for the venue creates
 them (``has["createStopLossOrder"]``, ``has["createTakeProfitOrder"]``), and,
 once the markets are loaded, only when every configured symbol (every market,
 when none is configured) lists the order type where the venue publishes its
@@ -61,8 +63,10 @@ own money, never more exposure.
 **Perpetuals** (``type: swap``, :mod:`bot4_ccxt.perps`): ``BTC-USDT-PERP`` is
 ccxt's ``BTC/USDT:USDT``; the exchange claims MARGIN, sets the margin mode
 and the order's leverage before an entry (:meth:`CcxtExchange.set_leverage`,
-:meth:`CcxtExchange.set_margin_mode`), sends exits as ``reduceOnly`` and reads
-positions, liquidation price and margin from the venue.
+:meth:`CcxtExchange.set_margin_mode`), sends exits as ``reduceOnly``, reads
+positions, liquidation price and margin from the venue and adds margin to an
+isolated position (:meth:`CcxtExchange.add_margin`: ccxt's ``add_margin`` on
+Binance, ``POST /v5/position/add-margin`` on Bybit).
 """
 
 from __future__ import annotations
@@ -117,6 +121,15 @@ from bot4_ccxt.perps import (
     margin_position,
 )
 from bot4_ccxt.settings import CONFIG_KEYS, DEFAULT_OPTIONS, VENUE_OPTIONS, CcxtSettings
+from bot4_ccxt.triggers import (
+    TRIGGER_TYPES,
+    actual_order_id,
+    lookup_params,
+    merged_with_actual,
+    order_params,
+    separate,
+    trigger_kind,
+)
 from bot4_ccxt.venues import (
     decode_coid,
     encode_coid,
@@ -139,11 +152,11 @@ _CAPS = frozenset(
         Capability.PARTIAL_FILLS,
     }
 )
-# A triggered order type, the ccxt ``has`` entry for it, and the venue's name of it
-# in a market's order types (Binance's ``info.orderTypes``).
+# A triggered order type, the ccxt ``has`` entry for it, and the venue's names of it
+# in a market's order types (Binance's ``info.orderTypes``: spot, then USDⓈ-M).
 _TRIGGERS = (
-    (Capability.STOP_ORDERS, "createStopLossOrder", "STOP_LOSS"),
-    (Capability.TAKE_PROFIT_ORDERS, "createTakeProfitOrder", "TAKE_PROFIT"),
+    (Capability.STOP_ORDERS, "createStopLossOrder", ("STOP_LOSS", "STOP_MARKET")),
+    (Capability.TAKE_PROFIT_ORDERS, "createTakeProfitOrder", ("TAKE_PROFIT", "TAKE_PROFIT_MARKET")),
 )
 
 
@@ -161,7 +174,7 @@ def _market_caps(caps: frozenset[Capability], markets: Sequence[Any]) -> frozens
         info = market.get("info") if isinstance(market, Mapping) else None
         types = info.get("orderTypes") if isinstance(info, Mapping) else None
         if isinstance(types, list):
-            missing |= {cap for cap, _, name in _TRIGGERS if name not in types}
+            missing |= {cap for cap, _, names in _TRIGGERS if not set(names) & set(types)}
     return caps - missing
 
 
@@ -325,12 +338,14 @@ class CcxtExchange(Exchange):
         self._coid_back: dict[str, str] = {}  # the venue's client id -> bot4's
         self._leverage: dict[str, Decimal] = {}  # symbol -> leverage the venue accepted
         self._mode: dict[str, str] = {}  # symbol -> margin mode the venue accepted
+        # Trigger orders whose triggered order is known (its fills map to them).
+        self._resolved: set[tuple[str, str]] = set()
         self._closed = False
         self.requests = 0  # calls that reached the venue (attempts, retries included)
 
     def _base_caps(self) -> frozenset[Capability]:
         caps = _client_caps(self.settings.exchange)
-        if self.profile is not None and not self.profile.triggers:
+        if self.profile is not None and self.settings.market_type not in self.profile.triggers:
             caps -= {cap for cap, _, _ in _TRIGGERS}
         return caps | {Capability.MARGIN} if self._swap else caps
 
@@ -385,6 +400,8 @@ class CcxtExchange(Exchange):
                     api[key] = re.sub(r"^[a-z]+://[^/]+", base, url)
         if s.urls and isinstance(api, dict):
             api.update(s.urls)
+        if s.api_url or s.urls:
+            _errors_by_market_type(client, s.profile, s.market_type)
         return client
 
     def _pace(self) -> Pacer:
@@ -557,31 +574,63 @@ class CcxtExchange(Exchange):
                 return decoded
         return str(venue or raw.get("id"))
 
-    async def _lookup(self, symbol: str, coid: str) -> dict[str, Any] | None:
+    @property
+    def _algo_service(self) -> bool:
+        """Binance USDⓈ-M: trigger orders live in the Algo Service (own ids, look-ups)."""
+        return (
+            self._swap
+            and self.profile is not None
+            and self.profile.trigger_orders == "binance_algo"
+        )
+
+    def _is_trigger(self, coid: str, kind: OrderType | None = None) -> bool | None:
+        """Whether ``coid`` is a trigger order (None: this object cannot tell)."""
+        known = self._orders.get(coid)
+        kind = known.sent.type if known is not None else kind
+        return None if kind is None else kind in TRIGGER_TYPES
+
+    async def _lookup(
+        self, symbol: str, coid: str, kind: OrderType | None = None
+    ) -> dict[str, Any] | None:
         """The venue's record of an order by client id; None if it has none.
 
         Binance, OKX: ``fetch_order`` by client id. Bybit v5: its open orders
         filtered by ``orderLinkId`` (``/v5/order/realtime``, category from the
         market), then its order history (ccxt's ``fetch_order`` there needs an
-        exchange id). Kraken: open, then closed orders filtered by ``userref``."""
+        exchange id). Kraken: open, then closed orders filtered by ``userref``.
+        On a venue that files trigger orders apart (:mod:`bot4_ccxt.triggers`),
+        a trigger order is looked up there, an order of unknown type in both."""
+        trigger = self._is_trigger(coid, kind)
+        if not separate(self.profile, self._swap):
+            return await self._lookup_in(symbol, coid, False)
+        for conditional in (False, True) if trigger is None else (trigger,):
+            raw = await self._lookup_in(symbol, coid, conditional)
+            if raw is not None:
+                return raw
+        return None
+
+    async def _lookup_in(self, symbol: str, coid: str, trigger: bool) -> dict[str, Any] | None:
         sym = self._sym(symbol)
         what = f"fetch_order({symbol!r}, {coid!r})"
         kind = self.profile.lookup if self.profile is not None else "fetch_order"
+        extra = lookup_params(self.profile, trigger, self._swap)
         if kind == "fetch_order":
-            params = self._coid_params(coid)
+            params = {**self._coid_params(coid), **extra}
             try:
                 raw: dict[str, Any] = await self._call(
                     what, lambda c: c.fetch_order(None, sym, dict(params))
                 )
             except OrderNotFound:
                 return None
+            if trigger:
+                return await self._with_actual(symbol, coid, raw)
             return raw
         venue = self._venue_coid(coid)
         key = "orderLinkId" if kind == "bybit" else "userref"
         for method in ("fetch_open_orders", "fetch_closed_orders"):
             found = await self._call(
                 what,
-                lambda c, m=method: getattr(c, m)(sym, None, None, {key: venue}),
+                lambda c, m=method: getattr(c, m)(sym, None, None, {key: venue, **extra}),
             )
             mine = [r for r in found if str(r.get("clientOrderId") or "") == str(venue)]
             if not mine and kind == "kraken":
@@ -590,16 +639,40 @@ class CcxtExchange(Exchange):
                 return dict(mine[-1])
         return None
 
+    async def _with_actual(self, symbol: str, coid: str, raw: dict[str, Any]) -> dict[str, Any]:
+        """A Binance algo order with the status and fills of the order it
+        placed when it triggered (:mod:`bot4_ccxt.triggers`); that order's
+        fills are booked under ``coid``."""
+        actual = actual_order_id(raw)
+        if actual is None:
+            if raw.get("status") == "closed":  # triggered, its order not named yet
+                return {**raw, "status": "open"}
+            return raw
+        self._coids[(symbol, actual)] = coid
+        sym = self._sym(symbol)
+        placed: dict[str, Any] = await self._call(
+            f"fetch_order({actual!r})", lambda c: c.fetch_order(actual, sym)
+        )
+        return merged_with_actual(raw, placed)
+
     async def fetch_open_orders(self, symbol: str | None = None) -> Sequence[OrderState]:
         await self._ready()
         symbols = [symbol] if symbol is not None else sorted(self._traded)
         raws: list[tuple[str, dict[str, Any]]] = []
+        apart = separate(self.profile, self._swap)
+        extra = lookup_params(self.profile, True, self._swap)
         for sym in symbols:
             ccxt_symbol = self._sym(sym)
             got = await self._call(
                 f"fetch_open_orders({sym!r})", lambda c, s=ccxt_symbol: c.fetch_open_orders(s)
             )
             raws.extend((sym, r) for r in got)
+            if apart:  # the venue lists its trigger orders apart
+                got = await self._call(
+                    f"fetch_open_orders({sym!r}, trigger)",
+                    lambda c, s=ccxt_symbol: c.fetch_open_orders(s, None, None, dict(extra)),
+                )
+                raws.extend((sym, r) for r in got)
         raws.sort(key=lambda sr: (sr[1].get("timestamp") or 0, _id_key(sr[1].get("id"))))
         return [self._state(r, sym) for sym, r in raws]
 
@@ -684,11 +757,50 @@ class CcxtExchange(Exchange):
         params: dict[str, Any] = {}
         if self.settings.exchange == "okx":
             params["lever"] = int(self._leverage.get(symbol, Decimal(1)))
-        await self._call(
-            f"set_margin_mode({symbol!r}, {mode!r})",
-            lambda c: c.set_margin_mode(mode, sym, params),
-        )
+        try:
+            await self._call(
+                f"set_margin_mode({symbol!r}, {mode!r})",
+                lambda c: c.set_margin_mode(mode, sym, params),
+            )
+        except ExchangeRefused as exc:
+            # The mode in force already (Binance -4046, Bybit 110026): it is in force.
+            if "MarginModeAlreadySet" not in str(exc) and "-4046" not in str(exc):
+                raise
         self._mode[symbol] = mode
+
+    async def add_margin(self, symbol: str, amount: Decimal) -> Decimal | None:
+        """Move ``amount`` (quote currency, rounded down to a cent) of free
+        balance into the isolated position in ``symbol``; returns the
+        liquidation price the venue then reports (None if it reports none).
+        Binance: ccxt's ``add_margin`` (``POST /fapi/v1/positionMargin``,
+        type 1); Bybit: ``POST /v5/position/add-margin`` (ccxt has no unified
+        call for it there). A venue without it refuses ("not supported")."""
+        await self._ready()
+        self._need_margin("add_margin")
+        style = self.profile.margin_add if self.profile is not None else ""
+        if not style:
+            raise ExchangeRefused(f"{self.name}: add_margin is not supported on this venue")
+        cents = amount.quantize(Decimal("0.01"), rounding="ROUND_DOWN")
+        if not cents.is_finite() or cents <= 0:
+            raise InvalidOrder(f"{self.name}: add_margin needs a positive amount, not {amount}")
+        sym = self._sym(symbol)
+        what = f"add_margin({symbol!r}, {cents})"
+        if style == "bybit":
+            market_id = self._client.market(sym)["id"] if self._client else sym
+            request = {
+                "category": "linear",
+                "symbol": market_id,
+                "margin": _text(cents),
+                "positionIdx": 0,  # one-way mode
+            }
+            # Not retried: a lost answer may have moved the margin already.
+            await self._once(what, lambda c: c.privatePostV5PositionAddMargin(request), write=True)
+        else:
+            await self._once(what, lambda c: c.add_margin(sym, _text(cents)), write=True)
+        for pos in await self.fetch_margin_positions():
+            if pos.symbol == symbol:
+                return pos.liquidation_price
+        return None
 
     async def _ensure_margin(self, symbol: str, leverage: Decimal) -> None:
         """Before an entry: the configured margin mode once per symbol, then
@@ -739,6 +851,8 @@ class CcxtExchange(Exchange):
         if coid is None and link:
             coid = self._coid_of({"clientOrderId": link})
             self._coids[(symbol, order_id)] = coid
+        if coid is None and self._algo_service:
+            coid = await self._trigger_of_fill(symbol, order_id)
         if coid is None:
             sym = self._sym(symbol)
             # Bybit: its fetch_order by exchange id wants the "last 500 orders" caveat acknowledged.
@@ -776,6 +890,21 @@ class CcxtExchange(Exchange):
             timestamp=when,
             liquidity=str(t.get("takerOrMaker") or "taker"),
         )
+
+    async def _trigger_of_fill(self, symbol: str, order_id: str) -> str | None:
+        """The client id of our trigger order whose triggered order ``order_id``
+        is (Binance: a fill names the order the algo order placed)."""
+        for coid, known in list(self._orders.items()):
+            if known.sent.symbol != symbol or known.sent.type not in TRIGGER_TYPES:
+                continue
+            if ("algo", coid) in self._resolved:
+                continue
+            raw = await self._lookup_in(symbol, coid, True)
+            if raw is not None and actual_order_id(raw) is not None:
+                self._resolved.add(("algo", coid))
+            if self._coids.get((symbol, order_id)) == coid:
+                return coid
+        return self._coids.get((symbol, order_id))
 
     def _state(self, raw: Mapping[str, Any], symbol: str, coid: str | None = None) -> OrderState:
         coid = coid or self._coid_of(raw)
@@ -861,7 +990,7 @@ class CcxtExchange(Exchange):
             return await self.fetch_order(order.symbol, coid)
         # Unseen or unconfirmed: the venue may have it already (a lost answer,
         # a restarted bot). Look before sending.
-        existing = await self._lookup(order.symbol, coid)
+        existing = await self._lookup(order.symbol, coid, order.type)
         if existing is not None:
             return self._adopt(order, sent, existing)
         if self._swap and not order.reduce_only:
@@ -889,7 +1018,7 @@ class CcxtExchange(Exchange):
     async def _submit(self, order: Order, sent: Order) -> OrderState:
         coid = order.client_order_id
         sym = self._sym(order.symbol)
-        kind, params = _ccxt_type(sent)
+        kind, params = order_params(self.profile, sent, self.settings.trigger_price, self._swap)
         params.update(self._coid_params(coid))
         if self._swap:
             if sent.reduce_only:
@@ -921,11 +1050,12 @@ class CcxtExchange(Exchange):
                     raise
                 await self._backoff(attempt, exc, "place_order")
             except InvalidOrder as exc:
-                if "Duplicate order" not in str(exc):
+                # Binance spot: "Duplicate order sent."; its Algo Service: -4116.
+                if "Duplicate order" not in str(exc) and "-4116" not in str(exc):
                     self._orders.pop(coid, None)
                     raise
                 # It went out earlier after all: report the venue's order.
-                raw_dup = await self._lookup(order.symbol, coid)
+                raw_dup = await self._lookup(order.symbol, coid, order.type)
                 if raw_dup is None:
                     self._orders.pop(coid, None)
                     raise
@@ -953,7 +1083,7 @@ class CcxtExchange(Exchange):
             exc,
         )
         try:
-            raw = await self._lookup(order.symbol, order.client_order_id)
+            raw = await self._lookup(order.symbol, order.client_order_id, order.type)
         except ExchangeFailed:
             raise exc from None
         if raw is None:
@@ -967,6 +1097,13 @@ class CcxtExchange(Exchange):
         cancel_params = self._coid_params(coid)
         if self.profile is not None and self.profile.lookup == "bybit":
             cancel_params = {"orderLinkId": cancel_params["clientOrderId"]}
+        elif self._algo_service:
+            trigger = self._is_trigger(coid)
+            if trigger is None:  # not placed by this object (a restart): ask the venue
+                found = await self._lookup(symbol, coid)
+                trigger = found is not None and trigger_kind(found) is not None
+            if trigger:  # Binance's Algo Service: cancelled there
+                cancel_params.update(lookup_params(self.profile, True, self._swap))
         attempt = 0
         while True:
             try:
@@ -1124,6 +1261,20 @@ class _PollStream(AsyncIterator[ExchangeEvent]):
 # --- conversions ----------------------------------------------------------------------------
 
 
+def _errors_by_market_type(client: Any, profile: Any, kind: str) -> None:
+    """Binance's ccxt client picks the error codes of a market type (``linear``:
+    -2021 "would immediately trigger" is InvalidOrder) by the request's host;
+    at another ``api_url`` (a proxy, the fake venues) it would find none, so
+    the table of the configured market type is merged into the common one."""
+    ccxt_type = (profile.market_types if profile is not None else {}).get(kind, kind)
+    table = client.exceptions.get(ccxt_type) if isinstance(client.exceptions, dict) else None
+    if not isinstance(table, dict):
+        return
+    for how in ("exact", "broad"):
+        if isinstance(table.get(how), dict) and isinstance(client.exceptions.get(how), dict):
+            client.exceptions[how] = {**client.exceptions[how], **table[how]}
+
+
 def _retry_after(client: Any) -> float | None:
     headers = getattr(client, "last_response_headers", None) or {}
     for key in ("Retry-After", "retry-after"):
@@ -1187,17 +1338,6 @@ def _market_data(exchange: str, symbol: str, t: Mapping[str, Any]) -> MarketData
     )
 
 
-def _ccxt_type(order: Order) -> tuple[str, dict[str, Any]]:
-    if order.type is OrderType.MARKET:
-        return "market", {}
-    if order.type is OrderType.LIMIT:
-        return "limit", {}
-    assert order.price is not None
-    if order.type is OrderType.STOP_LOSS:
-        return "market", {"stopLossPrice": _text(order.price)}
-    return "market", {"takeProfitPrice": _text(order.price)}
-
-
 def _order_of(raw: Mapping[str, Any], symbol: str, coid: str, size: Decimal) -> Order:
     """Rebuild bot4's Order from the venue's record (an order this object did not place)."""
     kind = {
@@ -1210,6 +1350,8 @@ def _order_of(raw: Mapping[str, Any], symbol: str, coid: str, size: Decimal) -> 
         "take_profit": OrderType.TAKE_PROFIT,
         "take_profit_market": OrderType.TAKE_PROFIT,
     }.get(str(raw.get("type") or "").lower(), OrderType.LIMIT)
+    # ccxt reads Binance's STOP_MARKET as "market": the kind is in the venue's fields.
+    kind = trigger_kind(raw) or kind
     trigger = raw.get("triggerPrice") or raw.get("stopPrice")
     if kind in (OrderType.STOP_LOSS, OrderType.TAKE_PROFIT):
         price: Decimal | None = _d(trigger) or None

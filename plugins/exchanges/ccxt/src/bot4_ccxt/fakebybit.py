@@ -15,7 +15,19 @@ Endpoints::
     GET  /v5/asset/coin/query-info (ccxt loads currencies with the markets),
          /v5/order/realtime, /v5/order/history, /v5/execution/list,
          /v5/account/wallet-balance, /v5/position/list
-    POST /v5/position/set-leverage, /v5/account/set-margin-mode
+    POST /v5/position/set-leverage, /v5/account/set-margin-mode,
+         /v5/position/add-margin                     (margin > 0: added to an isolated position)
+
+**Conditional orders** (``/v5/order/create`` with ``triggerPrice``,
+``triggerDirection`` 1 rise / 2 fall, ``triggerBy`` LastPrice (default) or
+MarkPrice; :mod:`bot4_ccxt.fakeconditional`) are ``Untriggered`` until a quote
+reaches the trigger, then the same order (``orderId``, ``orderLinkId``) is a
+market order in the engine; cancelled before that they are ``Deactivated``. One
+whose trigger is already reached is refused (110092 rising, 110093 falling).
+``/v5/order/realtime`` lists them only under ``orderFilter=StopOrder`` (what
+ccxt sends for ``params={"trigger": True}``), ``/v5/order/history`` under
+``StopOrder`` or with no filter (all kinds, as Bybit documents). Their
+handlers are :mod:`bot4_ccxt.fakebybitstop`.
 
 Signed requests carry ``X-BAPI-API-KEY``, ``X-BAPI-TIMESTAMP``,
 ``X-BAPI-RECV-WINDOW`` and ``X-BAPI-SIGN``, the HMAC-SHA256 of timestamp, key,
@@ -45,6 +57,7 @@ from bot4_paper.engine import PaperEngine
 from bot4.errors import OrderNotFound
 from bot4.model import ZERO, OrderState, OrderStatus, OrderType
 from bot4_ccxt.fakebinance import _ApiError, _ms, _num, _venue_symbol
+from bot4_ccxt.fakeconditional import CANCELED, WAITING, Conditional
 from bot4_ccxt.fakefutures import FakeBinanceFutures
 
 __all__ = ["BYBIT_ORDER_TYPES", "FakeBybit"]
@@ -85,6 +98,9 @@ class FakeBybit(FakeBinanceFutures):
         # account sells only what it holds (``holdings`` plus its fills).
         self.category = category
         self.spot = category == "spot"
+        from bot4_ccxt.fakebybitstop import BybitStopOrders  # it builds on this class
+
+        self.stops = BybitStopOrders(self)
 
     # --- wire format ----------------------------------------------------------------
 
@@ -153,6 +169,7 @@ class FakeBybit(FakeBinanceFutures):
             ("GET", "/v5/position/list"): self._positions_v5,
             ("POST", "/v5/position/set-leverage"): self._set_leverage_v5,
             ("POST", "/v5/account/set-margin-mode"): self._set_margin_mode_v5,
+            ("POST", "/v5/position/add-margin"): self._add_margin_v5,
         }
         key = (method, path)
         if key in public:
@@ -304,10 +321,32 @@ class FakeBybit(FakeBinanceFutures):
         if params.get("price") is not None:
             binance["price"] = str(params["price"])
         if params.get("triggerPrice") is not None:
-            raise _ApiError(200, -1102, "conditional orders are not supported by this fake venue")
+            return self.stops.create(params, binance)
         out = self._new_order(binance)
         assert isinstance(out, dict)
         return {"orderId": str(out["orderId"]), "orderLinkId": out["clientOrderId"]}
+
+    def _actual_coid(self, cond: Conditional) -> str:
+        return cond.coid  # Bybit: the triggered order is the conditional order itself
+
+    def _add_margin_v5(self, params: Mapping[str, Any]) -> object:
+        self._linear(params)
+        symbol = self._symbol(params)
+        assert symbol is not None
+        try:
+            amount = Decimal(str(params.get("margin", "")))
+        except ArithmeticError:
+            raise _ApiError(200, -1102, "margin must be a number") from None
+        if amount <= 0:
+            raise _ApiError(200, -1102, "margin: only adding (> 0) is supported by this fake")
+        try:
+            self._add_margin(symbol, amount)
+        except _ApiError as err:
+            code = {-2019: 110012, -4054: 110021}.get(err.code, 10001)
+            raise _ApiError(200, code, err.msg) from None
+        rows = self._positions_v5({"category": self.category, "symbol": params["symbol"]})
+        assert isinstance(rows, dict)
+        return rows["list"][0]
 
     def _state_of(self, params: Mapping[str, Any]) -> OrderState:
         binance = {"symbol": str(params.get("symbol", ""))}
@@ -319,6 +358,12 @@ class FakeBybit(FakeBinanceFutures):
 
     def _cancel_v5(self, params: Mapping[str, Any]) -> object:
         self._linear(params)
+        cond = self.stops.find(params)
+        if cond is not None and cond.actual is None:
+            if cond.status != WAITING:
+                raise _ApiError(200, 110001, "order not exists or too late to cancel")
+            cond.status, cond.updated = CANCELED, self.server_time()
+            return {"orderId": str(cond.order_id), "orderLinkId": cond.coid}
         binance = {"symbol": str(params.get("symbol", ""))}
         if params.get("orderLinkId"):
             binance["origClientOrderId"] = str(params["orderLinkId"])
@@ -330,6 +375,15 @@ class FakeBybit(FakeBinanceFutures):
 
     def _orders(self, params: Mapping[str, Any], *, open_only: bool) -> object:
         self._linear(params)
+        kinds = params.get("orderFilter")
+        # realtime: conditional orders only under StopOrder; history: with no filter too.
+        conditional = kinds == "StopOrder" or (kinds is None and not open_only)
+        rows = self.stops.rows(params, open_only) if conditional else []
+        if kinds != "StopOrder":
+            rows += self._plain_rows(params, open_only)
+        return {"category": self.category, "list": rows, "nextPageCursor": ""}
+
+    def _plain_rows(self, params: Mapping[str, Any], open_only: bool) -> list[dict[str, Any]]:
         if params.get("orderLinkId") or params.get("orderId"):
             try:
                 states = [self._state_of(params)]
@@ -341,16 +395,15 @@ class FakeBybit(FakeBinanceFutures):
             for coid in self._ids:
                 try:
                     states.append(self.engine.order_state(coid, symbol))
-                except OrderNotFound:  # another symbol's order
+                except OrderNotFound:  # another symbol's order, or a waiting conditional
                     continue
+        states = [s for s in states if s.order.client_order_id not in self.conditionals]
         # realtime: open orders, and (asked by id, as on a unified account) any
         # recent one; history: the closed ones.
         by_id = bool(params.get("orderLinkId") or params.get("orderId"))
         if open_only:
-            rows = [self._order_v5(s) for s in states if s.status.is_open or by_id]
-        else:
-            rows = [self._order_v5(s) for s in states if not s.status.is_open]
-        return {"category": self.category, "list": rows, "nextPageCursor": ""}
+            return [self._order_v5(s) for s in states if s.status.is_open or by_id]
+        return [self._order_v5(s) for s in states if not s.status.is_open]
 
     def _realtime(self, params: Mapping[str, Any]) -> object:
         return self._orders(params, open_only=True)

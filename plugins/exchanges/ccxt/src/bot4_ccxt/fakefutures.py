@@ -11,10 +11,15 @@ Endpoints (what ccxt's ``binanceusdm`` calls for bot4)::
 
     GET    /fapi/v1/ping, /fapi/v1/time, /fapi/v1/exchangeInfo, /fapi/v1/ticker/24hr,
            /fapi/v1/ticker/bookTicker, /fapi/v1/premiumIndex, /fapi/v1/depth
-    POST   /fapi/v1/order   MARKET, LIMIT, STOP_MARKET, TAKE_PROFIT_MARKET, reduceOnly
+    POST   /fapi/v1/order   MARKET, LIMIT, reduceOnly (conditional types: -4120, as on
+                            Binance since its conditional orders moved to the Algo Service)
     GET    /fapi/v1/order, /fapi/v1/openOrders, /fapi/v1/allOrders, /fapi/v1/userTrades
     DELETE /fapi/v1/order
-    POST   /fapi/v1/leverage, /fapi/v1/marginType
+    POST   /fapi/v1/algoOrder  STOP_MARKET, TAKE_PROFIT_MARKET (triggerPrice, workingType,
+                               reduceOnly or closePosition, clientAlgoId): bot4_ccxt.fakealgo
+    GET    /fapi/v1/algoOrder, /fapi/v1/openAlgoOrders, /fapi/v1/allAlgoOrders
+    DELETE /fapi/v1/algoOrder
+    POST   /fapi/v1/leverage, /fapi/v1/marginType, /fapi/v1/positionMargin (add margin)
     GET    /fapi/v2/account, /fapi/v3/account, /fapi/v2/balance,
            /fapi/v2/positionRisk, /fapi/v3/positionRisk, /fapi/v1/leverageBracket,
            /fapi/v1/income
@@ -35,6 +40,13 @@ with ``autoclose-`` (Binance's name for them), recorded in
 the liquidation price, and the engine does not know the funding ledger when
 it checks an order's margin: both are reconciled with the paper venue's own
 margin model later.
+
+**Conditional orders** (:mod:`bot4_ccxt.fakeconditional`) wait outside the
+engine and, triggered by a quote, place a market order in it (reduce-only if
+they were). **Add margin** (``positionMargin`` type 1) moves free balance into
+an isolated position through the engine's margin book
+(:meth:`bot4_paper.engine.PaperEngine.add_margin`), which moves its
+liquidation price; it is released when the position closes.
 """
 
 from __future__ import annotations
@@ -47,6 +59,7 @@ from typing import Any
 from bot4_paper.engine import PaperEngine
 
 from bot4.contracts import MarketInfo
+from bot4.errors import InsufficientFunds, InvalidOrder
 from bot4.margin import (
     DEFAULT_TIERS,
     MarginPositionModel,
@@ -56,6 +69,7 @@ from bot4.margin import (
 )
 from bot4.model import ZERO, MarketData, Order, OrderState, OrderType, Side
 from bot4_ccxt.fakebinance import FakeBinance, _ApiError, _ms, _num, _venue_symbol
+from bot4_ccxt.fakeconditional import REJECTED, TRIGGERED, Conditional, ConditionalBook
 
 __all__ = ["PERP_MARKETS", "FakeBinanceFutures"]
 
@@ -104,7 +118,11 @@ class FakeBinanceFutures(FakeBinance):
         self.income: list[dict[str, Any]] = []  # funding payments, Binance's income records
         self.funding_total = ZERO
         self.liquidations: list[str] = []  # client ids of the venue's closing orders
+        self.conditionals = ConditionalBook()  # stop and take-profit orders (not in the engine)
         self._funded_to: datetime | None = None
+        from bot4_ccxt.fakealgo import AlgoService  # it builds on this class
+
+        self.algo = AlgoService(self)
 
     # --- control ------------------------------------------------------------------
 
@@ -116,6 +134,7 @@ class FakeBinanceFutures(FakeBinance):
             self._fund(tick)
             super().push(tick)
             self._liquidate(tick)
+            self._fire(tick)
 
     def _mark(self, symbol: str) -> Decimal | None:
         md = self._quote(symbol)
@@ -155,7 +174,11 @@ class FakeBinanceFutures(FakeBinance):
         lev = self.leverage.get(symbol, self.default_leverage)
         mode = "cross" if self.margin_type.get(symbol, "CROSSED") == "CROSSED" else "isolated"
         model = MarginPositionModel.opened(pos.qty, pos.entry_price, lev, mode)
-        return MarginPositionModel(model.qty, model.entry, lev, mode, model.collateral, self.tiers)
+        # Collateral added to the isolated position (positionMargin) is in the engine's book.
+        added = self.engine.margin.added.get(symbol, ZERO) if mode == "isolated" else ZERO
+        return MarginPositionModel(
+            model.qty, model.entry, lev, mode, model.collateral + added, self.tiers
+        )
 
     def liquidation_price(self, symbol: str) -> Decimal | None:
         model = self.model(symbol)
@@ -196,11 +219,78 @@ class FakeBinanceFutures(FakeBinance):
             strategy="liquidation",
         )
         self.engine.place(order)
+        self._register(coid)
+        self.liquidations.append(coid)
+
+    def _register(self, coid: str) -> int:
+        """A new venue order id for ``coid`` (the venue's own orders too)."""
         order_id = len(self._ids) + 1
         self._ids[coid] = order_id
         self._coids[order_id] = coid
         self._times[coid] = _ms(self.engine.now)
-        self.liquidations.append(coid)
+        return order_id
+
+    # --- conditional orders ---------------------------------------------------------
+
+    def _actual_coid(self, cond: Conditional) -> str:
+        """The client id of the order a triggered conditional places. Binance:
+        an id of the venue's own (the algo order keeps the caller's)."""
+        return f"algo-{cond.order_id}"
+
+    def _fire(self, tick: MarketData) -> None:
+        """Trigger the conditional orders this quote reaches (module docstring)."""
+        mark = self._mark(tick.symbol)
+        if mark is None:
+            return
+        for cond in self.conditionals.due(tick.symbol, tick.last, mark):
+            cond.status = TRIGGERED
+            cond.triggered_at = cond.updated = _ms(tick.timestamp)
+            held = next((p.qty for p in self.engine.positions() if p.symbol == cond.symbol), ZERO)
+            qty = cond.qty if cond.qty is not None else abs(held)
+            if not qty:
+                cond.status, cond.reason = REJECTED, "no position to close"
+                continue
+            coid = self._actual_coid(cond)
+            order = Order(
+                client_order_id=coid,
+                symbol=cond.symbol,
+                side=cond.side,
+                type=OrderType.MARKET,
+                qty=qty,
+                reduce_only=cond.reduce_only or cond.qty is None,
+                leverage=self.leverage.get(cond.symbol, self.default_leverage),
+                strategy="conditional",
+            )
+            try:
+                self.engine.place(order)
+            except (InsufficientFunds, InvalidOrder) as exc:
+                cond.status, cond.reason = REJECTED, str(exc)
+                continue
+            cond.actual = coid
+            if coid not in self._ids:
+                self._register(coid)
+
+    def _trigger_price(self, symbol: str, watch: str) -> Decimal | None:
+        """The price a conditional order in ``symbol`` watching ``watch`` sees now."""
+        md = self._quote(symbol)
+        if md is None:
+            return None
+        return self._mark(symbol) if watch == "mark" else md.last
+
+    def _add_margin(self, symbol: str, amount: Decimal) -> None:
+        """Move ``amount`` into the isolated position in ``symbol`` (engine's margin book)."""
+        if self.margin_type.get(symbol, "CROSSED") != "ISOLATED":
+            raise _ApiError(400, -4049, "Add margin only support for isolated position.")
+        if not any(p.symbol == symbol and p.qty for p in self.engine.positions()):
+            raise _ApiError(400, -4054, "Cannot add position margin: position is 0.")
+        if not amount.is_finite() or amount <= 0:
+            raise _ApiError(400, -1102, "Mandatory parameter 'amount' was not sent or invalid.")
+        try:
+            self.engine.add_margin(symbol, amount)
+        except InsufficientFunds:
+            raise _ApiError(400, -2019, "Margin is insufficient.") from None
+        except InvalidOrder as exc:
+            raise _ApiError(400, -1102, str(exc)) from None
 
     # --- request handling ---------------------------------------------------------
 
@@ -239,6 +329,8 @@ class FakeBinanceFutures(FakeBinance):
             ("GET", "/fapi/v1/income"): self._income,
             ("POST", "/fapi/v1/leverage"): self._set_leverage,
             ("POST", "/fapi/v1/marginType"): self._set_margin_type,
+            ("POST", "/fapi/v1/positionMargin"): self._position_margin,
+            **self.algo.routes(),
         }
         key = (method, path)
         if key in public:
@@ -251,6 +343,16 @@ class FakeBinanceFutures(FakeBinance):
         raise _ApiError(404, -1000, f"no endpoint {method} {path} on this fake venue")
 
     # --- futures specifics ----------------------------------------------------------
+
+    def _new_order(self, params: Mapping[str, str]) -> object:
+        if not self.spot and params.get("type") in ("STOP_MARKET", "TAKE_PROFIT_MARKET"):
+            raise _ApiError(
+                400,
+                -4120,
+                "Order type not supported for this endpoint. Please use the Algo Order API "
+                "endpoints instead.",
+            )
+        return super()._new_order(params)
 
     def _order_extras(self, symbol: str, params: Mapping[str, str]) -> dict[str, Any]:
         if self.spot:
@@ -375,6 +477,8 @@ class FakeBinanceFutures(FakeBinance):
         wallet = self._wallet()
         upnl = bal.total - self.engine.tracker.cash
         total = bal.total + self.funding_total
+        # Margin held by positions: their initial margin and what was added to them.
+        position_margin = self.engine.tracker.margin_used() + self.engine.margin.added_total
         return {
             "asset": bal.currency,
             "walletBalance": _num(wallet),
@@ -382,8 +486,8 @@ class FakeBinanceFutures(FakeBinance):
             "marginBalance": _num(total),
             "maintMargin": _num(self._maintenance()),
             "initialMargin": _num(bal.used),
-            "positionInitialMargin": _num(self.engine.tracker.margin_used()),
-            "openOrderInitialMargin": _num(bal.used - self.engine.tracker.margin_used()),
+            "positionInitialMargin": _num(position_margin),
+            "openOrderInitialMargin": _num(bal.used - position_margin),
             "crossWalletBalance": _num(wallet),
             "crossUnPnl": _num(upnl),
             "availableBalance": _num(total - bal.used),
@@ -519,3 +623,20 @@ class FakeBinanceFutures(FakeBinance):
             raise _ApiError(400, -4048, "Margin type cannot be changed if there exists position.")
         self.margin_type[symbol] = kind
         return {"code": 200, "msg": "success"}
+
+    def _position_margin(self, params: Mapping[str, str]) -> object:
+        symbol = self._symbol(params)
+        assert symbol is not None
+        if params.get("type") != "1":
+            raise _ApiError(400, -1102, "type: only 1 (add margin) is supported by this fake venue")
+        try:
+            amount = Decimal(params.get("amount", ""))
+        except ArithmeticError:
+            raise _ApiError(400, -1102, "Mandatory parameter 'amount' was not sent.") from None
+        self._add_margin(symbol, amount)
+        return {
+            "amount": float(amount),
+            "code": 200,
+            "msg": "Successfully modify position margin.",
+            "type": 1,
+        }

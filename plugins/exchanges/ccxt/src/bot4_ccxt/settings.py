@@ -17,6 +17,7 @@ import ccxt  # type: ignore[import-untyped]  # no py.typed: its clients are Any 
 
 from bot4.errors import ConfigError
 from bot4_ccxt.perps import MARGIN_MODES
+from bot4_ccxt.triggers import TRIGGER_PRICES
 from bot4_ccxt.venues import PROFILES, VenueProfile, profile_of
 
 __all__ = ["CONFIG_KEYS", "DEFAULT_OPTIONS", "VENUE_OPTIONS", "CcxtSettings"]
@@ -47,6 +48,7 @@ CONFIG_KEYS = frozenset(
         "options",
         "type",
         "margin_mode",
+        "trigger_price",
         "allow_untested",
         "feed",  # given by bot4 run to every exchange; the venue has its own data
         "balance",  # read by bot4 run for its own book; the venue has the real one
@@ -101,6 +103,7 @@ class CcxtSettings:
     options: Mapping[str, Any] = attrs.field(factory=dict)
     market_type: str = "spot"  # "spot" or "swap" (linear perpetuals)
     margin_mode: str = "isolated"  # for swaps: "isolated" or "cross"
+    trigger_price: str = "mark"  # what a swap's stop orders watch: "mark" or "last"
     allow_untested: bool = False
 
     @property
@@ -154,6 +157,11 @@ class CcxtSettings:
             raise ConfigError(
                 f"ccxt: config field 'margin_mode': {margin_mode!r} must be isolated or cross"
             )
+        trigger_price = config.get("trigger_price", "mark")
+        if trigger_price not in TRIGGER_PRICES:
+            raise ConfigError(
+                f"ccxt: config field 'trigger_price': {trigger_price!r} must be mark or last"
+            )
         symbols = config.get("symbols", ())
         if isinstance(symbols, str):
             symbols = [symbols]
@@ -189,6 +197,7 @@ class CcxtSettings:
             options=dict(options),
             market_type=kind,
             margin_mode=margin_mode,
+            trigger_price=trigger_price,
             allow_untested=allow_untested,
         )
 

@@ -58,10 +58,14 @@ class VenueProfile:
     coid_int: bool = False  # Kraken: a 32-bit integer, always a digest
     order_margin_mode: bool = False  # OKX: every swap order names its margin mode (tdMode)
     lookup: str = "fetch_order"  # how an order is found by client id (see exchange.py)
-    # Stop and take-profit orders sent to the venue. False: the kernel holds
-    # them (binanceusdm: ccxt sends them to Binance's Algo Service, whose ids
-    # and look-ups differ from orders', not covered yet).
-    triggers: bool = True
+    # The market types whose stop and take-profit orders go to the venue (in
+    # the others the kernel holds them), and how they are sent and found
+    # (bot4_ccxt.triggers: "unified", "binance_algo", "bybit_conditional").
+    triggers: tuple[str, ...] = ("spot", "swap")
+    trigger_orders: str = "unified"
+    # How margin is added to an isolated position: "" (not supported), "ccxt"
+    # (ccxt's add_margin), "bybit" (ccxt's implicit /v5/position/add-margin).
+    margin_add: str = ""
     trades_page: int = 1000  # the most trades one fetch_my_trades page holds
     # False: the venue answers a create with ids only, the state is read back.
     create_answers_state: bool = True
@@ -90,9 +94,13 @@ PROFILES: Mapping[str, VenueProfile] = {
             36,
             "_",
             {"swap": "linear"},
-            triggers=False,
+            trigger_orders="binance_algo",
+            margin_add="ccxt",
             tested="USDⓈ-M perpetuals: the above on /fapi, reduceOnly, leverage, margin type, "
-            "positionRisk",
+            "positionRisk; STOP_MARKET and TAKE_PROFIT_MARKET on the Algo Service "
+            "(/fapi/v1/algoOrder: clientAlgoId, triggerPrice, workingType, reduceOnly; "
+            "look-up, open list and cancel by clientAlgoId; the triggered order by "
+            "actualOrderId); add margin (/fapi/v1/positionMargin type 1)",
         ),
         VenueProfile(
             "bybit",
@@ -102,12 +110,17 @@ PROFILES: Mapping[str, VenueProfile] = {
             "_",
             {"spot": "spot", "swap": "linear"},
             lookup="bybit",
-            triggers=False,
+            triggers=("swap",),
+            trigger_orders="bybit_conditional",
+            margin_add="bybit",
             trades_page=100,
             create_answers_state=False,
             tested="v5 spot and linear: place (orderLinkId, category), look-up by orderLinkId "
             "(realtime, then history), cancel, reduceOnly, set-leverage, set-margin-mode "
-            "(unified account), positions",
+            "(unified account), positions; linear conditional orders (triggerPrice, "
+            "triggerDirection, triggerBy, reduceOnly; look-up and open list with "
+            "orderFilter=StopOrder, cancel by orderLinkId); add margin "
+            "(/v5/position/add-margin)",
         ),
         VenueProfile(
             "okx",
