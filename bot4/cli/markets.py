@@ -10,31 +10,9 @@ import sys
 from decimal import Decimal
 from typing import Any
 
-import attrs
-
 _DEBUG = "on an error, show the traceback (same as bot4 --debug)"
 
 
-@attrs.frozen
-class Venue:
-    """A venue bot4 supports through the ccxt plugin, and what was tested."""
-
-    name: str
-    spot: str
-    perpetuals: str
-    tested: str
-
-
-# What this repository's tests exercise, venue by venue (all of it against the
-# local fake venue bot4_ccxt.fakebinance / fakehistory; no network in tests).
-SUPPORTED = (
-    Venue(
-        "binance",
-        spot="orders, history, markets",
-        perpetuals="history, markets (USDⓈ-M)",
-        tested="conformance kit through ccxt; data download; markets list",
-    ),
-)
 _EXCHANGE_COLUMNS = ("exchange", "spot", "perpetuals", "sandbox", "tested")
 _MARKET_COLUMNS = (
     "symbol",
@@ -100,16 +78,31 @@ def cmd_exchanges(args: argparse.Namespace) -> int:
     except ImportError:
         print("bot4: no ccxt installed (pip install bot4-plugin-ccxt)", file=sys.stderr)
         return 2
+    try:
+        # What the ccxt plugin knows of each venue, and what its tests cover:
+        # one table (bot4_ccxt.venues), also the README's.
+        from bot4_ccxt.venues import PROFILES
+    except ImportError:
+        print(
+            "bot4: the ccxt plugin is not installed (pip install bot4-plugin-ccxt)", file=sys.stderr
+        )
+        return 2
     rows: list[dict[str, Any]] = []
-    known = {v.name for v in SUPPORTED}
-    for v in SUPPORTED:
+    known = set(PROFILES)
+    for p in PROFILES.values():
+        tested = ["offline requests (every call, signed by ccxt)"]
+        if p.fake:
+            tested.append(f"conformance kit and bot4 run against a local fake ({p.fake})")
+        if p.history:
+            tested.append("data download")
         rows.append(
             {
-                "exchange": v.name,
-                "spot": v.spot,
-                "perpetuals": v.perpetuals,
-                "sandbox": _has_sandbox(v.name),
-                "tested": v.tested,
+                "exchange": p.exchange,
+                "spot": "spot" in p.types,
+                "perpetuals": "swap" in p.types,
+                "sandbox": _has_sandbox(p.exchange),
+                "tested": "; ".join(tested),
+                "requests": p.tested,
             }
         )
     if args.all:
@@ -123,6 +116,7 @@ def cmd_exchanges(args: argparse.Namespace) -> int:
                     "perpetuals": "untested",
                     "sandbox": _has_sandbox(name),
                     "tested": "",
+                    "requests": "",
                 }
             )
     if args.json:

@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 from bot4_ccxt.fakehistory import FakeHistory
+from bot4_ccxt.venues import PROFILES
 
 from bot4.cli import main
 from bot4.data.catalog import Catalog, SeriesKey, parse_time
@@ -371,8 +372,16 @@ def test_exchanges_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert lines[1].startswith("binance")
     assert main(["exchanges", "list", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc[0]["exchange"] == "binance"
+    # The plugin's venue table, the one the README's and the offline tests' is.
+    assert [v["exchange"] for v in doc] == list(PROFILES)
     assert doc[0]["sandbox"] is True
+    by_name = {v["exchange"]: v for v in doc}
+    assert (by_name["bybit"]["spot"], by_name["bybit"]["perpetuals"]) == (True, True)
+    assert (by_name["binanceusdm"]["spot"], by_name["binanceusdm"]["perpetuals"]) == (False, True)
+    for name in ("binance", "binanceusdm", "bybit"):  # traded end to end against a fake
+        assert "conformance kit" in by_name[name]["tested"], by_name[name]
+    assert "conformance kit" not in by_name["okx"]["tested"]  # offline requests only
+    assert by_name["okx"]["requests"] == PROFILES["okx"].tested
     assert main(["exchanges", "list", "--all", "--json"]) == 0
     every = json.loads(capsys.readouterr().out)
     assert len(every) > 50

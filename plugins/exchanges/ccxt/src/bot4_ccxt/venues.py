@@ -70,6 +70,10 @@ class VenueProfile:
     # False: the venue answers a create with ids only, the state is read back.
     create_answers_state: bool = True
     tested: str = ""  # what tests/test_venue_requests.py covers (for the README)
+    # The local fake venue (a bot4_ccxt module) the conformance kit and
+    # `bot4 run --exchange ccxt` are tested against end to end; "" for none.
+    fake: str = ""
+    history: bool = False  # `bot4 data download` tested against the fake (fakehistory)
 
 
 _BINANCE_CHARS = r"A-Za-z0-9_\-"  # a subset of Binance's (":", "/", "." left out)
@@ -86,6 +90,8 @@ PROFILES: Mapping[str, VenueProfile] = {
             {"spot": "spot"},
             tested="spot: markets, place (newClientOrderId), look-up and cancel by "
             "origClientOrderId, open orders, trades, balance",
+            fake="fakebinance",
+            history=True,
         ),
         VenueProfile(
             "binanceusdm",
@@ -101,6 +107,7 @@ PROFILES: Mapping[str, VenueProfile] = {
             "(/fapi/v1/algoOrder: clientAlgoId, triggerPrice, workingType, reduceOnly; "
             "look-up, open list and cancel by clientAlgoId; the triggered order by "
             "actualOrderId); add margin (/fapi/v1/positionMargin type 1)",
+            fake="fakefutures",
         ),
         VenueProfile(
             "bybit",
@@ -121,6 +128,7 @@ PROFILES: Mapping[str, VenueProfile] = {
             "triggerDirection, triggerBy, reduceOnly; look-up and open list with "
             "orderFilter=StopOrder, cancel by orderLinkId); add margin "
             "(/v5/position/add-margin)",
+            fake="fakebybit",
         ),
         VenueProfile(
             "okx",
