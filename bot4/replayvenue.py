@@ -158,6 +158,15 @@ class RecordedPrefix(Exchange):
     async def add_margin(self, symbol: str, amount: Decimal) -> Decimal | None:
         return await self.venue.add_margin(symbol, amount)
 
+    async def fetch_margin_positions(self) -> Sequence[Any]:
+        """The re-simulated venue's margin positions (bot4.margin_desk reads
+        them as the recorded session did), or none if it has no such method."""
+        fetch = getattr(self.venue, "fetch_margin_positions", None)
+        if fetch is None:
+            raise ExchangeRefused(f"{self.name} reports no margin positions")
+        rows: Sequence[Any] = await fetch()
+        return rows
+
 
 def _markets(path: Path, number: int, payload: object) -> dict[str, MarketInfo]:
     if not isinstance(payload, Mapping):
