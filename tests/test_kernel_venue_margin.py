@@ -406,3 +406,35 @@ def test_reading_a_row_never_raises_and_checks_every_figure() -> None:
         assert view is not None
         assert view.margin is None
         assert view.mark is None
+
+
+def test_the_ccxt_plugins_margin_positions_are_read_too() -> None:
+    from bot4_ccxt.perps import MarginPosition
+
+    from bot4.model import Position
+
+    held = Position("BTC-USDT-PERP", D("-0.2"), D(50000), D(5))
+    row = MarginPosition(
+        symbol="BTC-USDT-PERP",
+        qty=D("-0.2"),
+        entry_price=D(50000),
+        leverage=D(5),
+        margin_mode="isolated",
+        liquidation_price=D(59700),
+        margin=D(2000),
+        mark_price=D(50020),
+        unrealized_pnl=D(-4),
+    )
+    view = read_venue_margin(row, held, D(50010))
+    assert view is not None
+    assert view.liquidation() == D(59700)
+    assert view.margin == view.balance == D(2000)
+    assert view.mark_at(D(50010)) == D(50020)
+    assert view.funding_paid is None  # ccxt's positions do not say: the fact is 0
+    # A short's liquidation price beyond entry + balance / |qty| (60000) is moved to it.
+    far = attrs.evolve(row, liquidation_price=D(90000))
+    far_view = read_venue_margin(far, held, D(50010))
+    assert far_view is not None
+    assert far_view.liquidation() == D(60000)
+    # The venue still shows the position before the last fill: not used.
+    assert read_venue_margin(attrs.evolve(row, qty=D("-0.1")), held, D(50010)) is None
