@@ -51,7 +51,7 @@ from bot4.contracts import Capability
 from bot4.errors import ExchangeFailed, ExchangeRefused
 from bot4.margin import next_funding_time
 from bot4.model import ZERO, Order, Rejected, RiskAction, RiskActionKind
-from bot4.venue_margin import VenueMargin, read_venue_margin
+from bot4.venue_margin import MARGIN_TOPIC, VenueMargin, as_record, read_venue_margin
 
 if TYPE_CHECKING:
     from bot4.kernel import Kernel, KernelStats
@@ -142,6 +142,7 @@ class MarginDesk:
         tracker = kernel.tracker
         self.refreshes += 1
         fresh: dict[str, VenueMargin] = {}
+        error = ""
         try:
             fetch = kernel.exchange.fetch_margin_positions  # type: ignore[attr-defined]
             rows = await fetch()
@@ -166,11 +167,16 @@ class MarginDesk:
                 )
             self._failing = True
             fresh = {}
+            error = f"{type(exc).__name__}: {exc}"
         else:
             self._failing = False
         self.views.clear()
         self.views.update(fresh)
         self._plan(now_ns)
+        # Recorded, so that a replay against the recording answers the same
+        # (bot4.replayvenue); a failure as the error, which replays as one.
+        payload = {"error": error} if error else {"rows": [as_record(v) for v in fresh.values()]}
+        await kernel.bus.publish(MARGIN_TOPIC, payload, ts=now_ns)
 
     def _plan(self, now_ns: int) -> None:
         held = any(p.qty for p in self._kernel.tracker.snapshot().positions.values())

@@ -26,17 +26,33 @@ one is dropped (the formula stands in), never trusted and never a crash:
   lost its whole balance), whatever the venue says; a farther figure is
   moved to that bound, so a venue cannot make the position look safer than
   its own collateral makes it.
+
+What the desk read is published as ``exchange.margin`` (:func:`as_record`)
+so that ``bot4 replay`` of a recording made against a live venue plays the
+same figures back (:func:`from_record`, read as any venue row is).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 import attrs
 
 from bot4.model import ZERO, Position
 
-__all__ = ["VenueMargin", "read_venue_margin"]
+__all__ = [
+    "MARGIN_TOPIC",
+    "RecordedMargin",
+    "VenueMargin",
+    "as_record",
+    "from_record",
+    "read_venue_margin",
+]
+
+# Where the desk publishes what it read (a recording keeps it for replay).
+MARGIN_TOPIC = "exchange.margin"
 
 _LIMIT = Decimal(10) ** 15
 _ONE = Decimal(1)
@@ -92,6 +108,60 @@ class VenueMargin:
             return self.mark
         carried = self.mark + (mid - self.mid)
         return carried if carried > 0 else None
+
+
+@attrs.frozen
+class RecordedMargin:
+    """A view as a recording keeps it: a venue row of its own shape."""
+
+    symbol: str
+    qty: Decimal
+    liquidation_price: Decimal | None
+    margin: Decimal | None
+    balance: Decimal | None
+    maintenance_rate: Decimal | None
+    mark_price: Decimal | None
+    funding_paid: Decimal | None
+
+
+_FIELDS = ("liquidation_price", "margin", "balance", "maintenance_rate", "funding_paid")
+
+
+def as_record(view: VenueMargin) -> dict[str, Any]:
+    """A view as JSON-able text (Decimals as strings, None kept)."""
+    out: dict[str, Any] = {"symbol": view.symbol, "qty": str(view.position.qty)}
+    for name in _FIELDS:
+        value = getattr(view, name)
+        out[name] = None if value is None else str(value)
+    out["mark_price"] = None if view.mark is None else str(view.mark)
+    return out
+
+
+def from_record(raw: Mapping[str, Any]) -> RecordedMargin:
+    """:func:`as_record`'s text back as a row (ValueError when it is not one)."""
+
+    def number(name: str) -> Decimal | None:
+        value = raw.get(name)
+        if value is None:
+            return None
+        try:
+            return Decimal(str(value))
+        except InvalidOperation:
+            raise ValueError(f"{name} {value!r} is not a number") from None
+
+    qty = number("qty")
+    if qty is None or not isinstance(raw.get("symbol"), str):
+        raise ValueError("a margin record needs a symbol and a qty")
+    return RecordedMargin(
+        symbol=raw["symbol"],
+        qty=qty,
+        liquidation_price=number("liquidation_price"),
+        margin=number("margin"),
+        balance=number("balance"),
+        maintenance_rate=number("maintenance_rate"),
+        mark_price=number("mark_price"),
+        funding_paid=number("funding_paid"),
+    )
 
 
 def _number(value: object) -> Decimal | None:
@@ -152,13 +222,15 @@ def _read(row: object, position: Position, mid: Decimal | None) -> VenueMargin |
         margin = None if cross else _amount(collateral)
     else:
         margin = _amount(getattr(row, "margin", None))
-        balance = margin
+        balance = _number(row.balance) if hasattr(row, "balance") else margin
     rate: Decimal | None = None
     maintenance = _amount(getattr(row, "maintenance", None))
     if maintenance is not None and mark is not None:
         rate = maintenance / (abs(position.qty) * mark)
-        if not ZERO <= rate < _ONE:
-            rate = None
+    elif hasattr(row, "maintenance_rate"):  # a recorded view
+        rate = _number(row.maintenance_rate)
+    if rate is not None and not ZERO <= rate < _ONE:
+        rate = None
     funding = _number(getattr(row, "funding_paid", None))
     return VenueMargin(
         symbol=position.symbol,

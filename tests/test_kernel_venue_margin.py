@@ -438,3 +438,45 @@ def test_the_ccxt_plugins_margin_positions_are_read_too() -> None:
     assert far_view.liquidation() == D(60000)
     # The venue still shows the position before the last fill: not used.
     assert read_venue_margin(attrs.evolve(row, qty=D("-0.1")), held, D(50010)) is None
+
+
+def test_a_live_recording_replays_the_venues_margin_figures(tmp_path: Path) -> None:
+    """The stress example's ladder acts on the venue's liquidation prices. Its
+    recording, made as if against a live venue (played back, no paper engine),
+    replays to a match from the recorded ``exchange.margin`` answers; without
+    them the replay falls back to the formula and decides otherwise."""
+    import json
+
+    import trio
+
+    from bot4.recording import read_records
+    from bot4.replay import replay
+    from tests.conftest import REPO, run_bot4
+
+    out = tmp_path / "out"
+    config = Path("examples/stress/session.yaml")
+    env = {"BOT4_DATABASE_URL": "", "BOT4_REDIS_URL": ""}
+    result = run_bot4("run", "--config", str(config), "--out", str(out), env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    records = [r for _, r in read_records(out / "recording.jsonl.gz")]
+    header = records[0]["payload"]
+    header["config"]["exchange"] = "ccxt"
+    header["config"]["exchange_params"] = {"exchange": "binance"}
+    header["plugins"] = [
+        {**p, "name": "ccxt", "plugin": "ccxt"} if p["kind"] == "exchange" else p
+        for p in header["plugins"]
+    ]
+    answers = [r for r in records if r["topic"] == "exchange.margin"]
+    assert answers
+    assert any(row["liquidation_price"] for a in answers for row in a["payload"]["rows"])
+
+    def write(name: str, chosen: list[dict[str, Any]]) -> Path:
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in chosen))
+        return path
+
+    live = write("live.jsonl", records)
+    replayed = trio.run(replay, live)
+    assert replayed.mismatch is None, replayed.mismatch
+    without = write("without.jsonl", [r for r in records if r["topic"] != "exchange.margin"])
+    assert trio.run(replay, without).mismatch is not None
