@@ -155,7 +155,8 @@ def paper(cls: type[PaperExchange] = PaperExchange, **config: Any) -> Any:
     return cls(base._feed, base.engine)
 
 
-def close(a: float, b: Decimal | float) -> bool:
+def close(a: object, b: Decimal | float) -> bool:
+    assert isinstance(a, float)
     return math.isclose(a, float(b), rel_tol=1e-12)
 
 
@@ -275,7 +276,7 @@ def garbage(kind: str) -> Any:
                 elif kind == "infinite":
                     row = attrs.evolve(row, liquidation_price=D("Infinity"))
                 elif kind == "string":
-                    row = attrs.evolve(row, liquidation_price="45000")
+                    row = attrs.evolve(row, liquidation_price="45000")  # type: ignore[arg-type]
                 elif kind == "none":
                     row = attrs.evolve(row, liquidation_price=None)
                 out.append(row)

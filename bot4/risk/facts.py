@@ -24,6 +24,16 @@ non-zero; the default policy prefers multiplications in the conditions anyway
 A missing value has a defined stand-in, never NaN: no stop loss gives
 ``order.has_stop_loss = false`` and ``order.stop_loss = 0``; no market data
 gives ``market.available = false`` and zero prices; no position gives zeros.
+
+A held position's margin figures come from the venue when it reports them
+(:mod:`bot4.venue_margin`, kept by the kernel's margin desk): the tick
+stage's ``liquidation.price`` (and so ``liquidation.distance``), and
+``position.margin``, ``position.margin_ratio``, ``position.funding_paid`` and
+``market.mark`` in both stages (:func:`margin_facts`, built only when a rule
+reads one). Whatever the venue does not report, or reports wrongly, is the
+formula's: the isolated liquidation price at ``maintenance_margin_rate``,
+the initial margin, no funding, the mid. An order's own liquidation facts are
+of a position not yet held, so always the formula's.
 """
 
 from __future__ import annotations
