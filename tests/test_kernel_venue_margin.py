@@ -481,3 +481,31 @@ def test_a_live_recording_replays_the_venues_margin_figures(tmp_path: Path) -> N
     assert replayed.mismatch is None, replayed.mismatch
     without = write("without.jsonl", [r for r in records if r["topic"] != "exchange.margin"])
     assert trio.run(replay, without).mismatch is not None
+
+
+def test_a_venues_mark_cannot_make_the_margin_ratio_look_safer() -> None:
+    from bot4.model import Position
+    from bot4.risk.facts import MARGIN_FACTS, margin_facts
+    from bot4.venue_margin import VenueMargin
+
+    # A 1 BTC short from 50000 at 10x (margin 5000), quoted at 52000: the
+    # balance is 3000 and the maintenance 52000 x 0.5%, a ratio of 260 / 3000.
+    short = Position("BTC-USDT", D(-1), D(50000), D(10))
+    quote = MarketData("BTC-USDT", "paper", D(52000), D(52000), D(52000), D(1), T0)
+    honest = 260 / 3000
+    for mark, ratio in ((D(52000), honest), (D(1), honest), (D(53000), 265 / 2000)):
+        view = VenueMargin(
+            symbol="BTC-USDT",
+            position=short,
+            liquidation_price=None,
+            margin=None,
+            balance=None,
+            maintenance_rate=None,
+            mark=mark,
+            mid=D(52000),
+            funding_paid=None,
+        )
+        facts: dict[str, object] = {}
+        margin_facts(MARGIN_FACTS, facts, short, quote, D(52000), D("0.005"), view)
+        assert facts["market.mark"] == mark
+        assert math.isclose(float(facts["position.margin_ratio"]), ratio, rel_tol=1e-12)  # type: ignore[arg-type]

@@ -183,7 +183,8 @@ BUILTIN_FACTS: dict[str, FactSpec] = {
             NUMBER,
             _OT,
             "maintenance margin / margin balance of the open position at market.mark "
-            "(1 or more: liquidated); maintenance at the venue's rate when reported, else "
+            "(or at market.mid if that is higher; 1 or more: liquidated); maintenance at "
+            "the venue's rate when reported, else "
             "maintenance_margin_rate; balance = the venue's (isolated collateral, cross "
             f"wallet) else position.margin, plus unrealised PnL; {NO_BALANCE_MARGIN_RATIO:.0e} "
             "when that balance is not positive; 0 when flat",
@@ -623,13 +624,19 @@ def margin_facts(
             balance = venue.balance if venue is not None else None
             if balance is None:
                 balance = margin
-            if mark_price <= 0:
-                mark_price = position.entry_price
-            equity = balance + position.qty * (mark_price - position.entry_price)
-            maintenance = abs(position.qty) * mark_price * rate
-            facts["position.margin_ratio"] = (
-                maintenance / equity if equity > 0 else NO_BALANCE_MARGIN_RATIO
-            )
+            # At the mark and at the mid, the higher: a venue's mark cannot
+            # make the position look further from liquidation than its quote.
+            prices = {mark_price if mark_price > 0 else position.entry_price}
+            if market is not None and market.mid > 0:
+                prices.add(market.mid)
+            ratio = ZERO
+            for price in prices:
+                equity = balance + position.qty * (price - position.entry_price)
+                if equity <= 0:
+                    ratio = NO_BALANCE_MARGIN_RATIO
+                    break
+                ratio = max(ratio, abs(position.qty) * price * rate / equity)
+            facts["position.margin_ratio"] = ratio
 
 
 def fill_facts(
