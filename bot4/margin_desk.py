@@ -51,6 +51,7 @@ from bot4.contracts import Capability
 from bot4.errors import ExchangeFailed, ExchangeRefused
 from bot4.margin import next_funding_time
 from bot4.model import ZERO, Order, Rejected, RiskAction, RiskActionKind
+from bot4.secrets import redact
 from bot4.venue_margin import MARGIN_TOPIC, VenueMargin, as_record, read_venue_margin
 
 if TYPE_CHECKING:
@@ -142,6 +143,7 @@ class MarginDesk:
         tracker = kernel.tracker
         self.refreshes += 1
         fresh: dict[str, VenueMargin] = {}
+        seen: set[str] = set()
         error = ""
         try:
             fetch = kernel.exchange.fetch_margin_positions  # type: ignore[attr-defined]
@@ -150,6 +152,10 @@ class MarginDesk:
                 symbol = getattr(row, "symbol", None)
                 if not isinstance(symbol, str):
                     continue
+                if symbol in seen:  # two answers for one position: trust neither
+                    fresh.pop(symbol, None)
+                    continue
+                seen.add(symbol)
                 position = tracker.position(symbol)
                 if position is None or position.qty == 0:
                     continue
@@ -159,15 +165,15 @@ class MarginDesk:
                     fresh[symbol] = view
         except Exception as exc:  # a venue's failure or odd answer: the formula stands
             self.refresh_failures += 1
+            error = redact(f"{type(exc).__name__}: {exc}")
             if not self._failing:  # once until a read succeeds again
                 log.warning(
                     "could not read %s's margin positions (the formula stands in): %s",
                     kernel.exchange.name,
-                    exc,
+                    error,
                 )
             self._failing = True
             fresh = {}
-            error = f"{type(exc).__name__}: {exc}"
         else:
             self._failing = False
         self.views.clear()

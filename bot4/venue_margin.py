@@ -18,8 +18,9 @@ one is dropped (the formula stands in), never trusted and never a crash:
   negative number is no liquidation price;
 * the answer must describe the position bot4 holds: a row that reports a
   quantity other than the tracker's (a venue lagging behind a fill) is not
-  used at all, and each view remembers the very Position object it was read
-  against, so a fill (which replaces that object) retires it at once;
+  used at all, nor are two rows for one symbol (the desk trusts neither),
+  and each view remembers the very Position object it was read against, so
+  a fill (which replaces that object) retires it at once;
 * a reported liquidation price is never farther from the entry than the
   margin balance allows (:meth:`VenueMargin.liquidation`): a long cannot be
   liquidated below ``entry - balance / |qty|`` (the price at which it has

@@ -279,6 +279,8 @@ def garbage(kind: str) -> Any:
                     row = attrs.evolve(row, liquidation_price="45000")  # type: ignore[arg-type]
                 elif kind == "none":
                     row = attrs.evolve(row, liquidation_price=None)
+                elif kind == "twice":  # two answers for one position
+                    out.append(attrs.evolve(row, liquidation_price=D(40000)))
                 out.append(row)
             return out
 
@@ -299,6 +301,7 @@ def garbage(kind: str) -> Any:
         "infinite",
         "string",
         "none",
+        "twice",
     ],
 )
 async def test_a_venue_reporting_nothing_or_garbage_leaves_the_formula(
