@@ -56,9 +56,10 @@ def _policies(
             text = path.read_text()
             # Rounded: a parameter is a number as a person writes it.
             values = {**params, "maintenance_margin_rate": mmr}
+            # Fixed-point text: repr would write 1e-05, which YAML reads as a string.
             for name, value in {k: round(v, 6) for k, v in values.items()}.items():
                 text = re.sub(
-                    rf"^(\s+{name}:)\s*[0-9.]+", rf"\g<1> {value!r}", text, flags=re.MULTILINE
+                    rf"^(\s+{name}:)\s*[0-9.]+", rf"\g<1> {value:.6f}", text, flags=re.MULTILINE
                 )
             path.write_text(text)
         if extra is not None:
