@@ -277,6 +277,7 @@ class Kernel:
         await self.exchange.connect()
         try:
             self._markets = dict(await self.exchange.fetch_markets())
+            self.margin.start()
             line = await self.protection.start()
             if self.announce is not None:
                 self.announce(line)
@@ -323,6 +324,10 @@ class Kernel:
             if aclose is not None:
                 with trio.CancelScope(shield=True):
                     await aclose()
+
+    def last_tick(self, symbol: str) -> MarketData | None:
+        """The last tick of ``symbol`` the kernel took (None: none yet)."""
+        return self._last.get(symbol)
 
     @property
     def now_ns(self) -> int:
@@ -382,6 +387,10 @@ class Kernel:
             reloaded = await self._maybe_reload()
             if reloaded is not None and self.on_reload is not None:
                 await self.on_reload(reloaded)
+        due = self.margin.due_ns
+        if due is not None and now >= due:
+            # The venue's margin figures, at a bounded rate (bot4.margin_desk).
+            await self.margin.refresh(now)
         # RiskPolicy.on_tracked_tick builds no Portfolio snapshot for a tick of
         # a symbol not held (most ticks); other policies get on_market_data.
         # The same steps as _monitor, inlined: no awaits when nothing is asked.
@@ -424,6 +433,7 @@ class Kernel:
             self.tracker.apply(fill, leverage=placed.leverage, stop_loss=placed.stop_loss)
         else:
             self.tracker.apply(fill)
+        self.margin.filled(fill.symbol)
         latch = self._ladder.get(fill.symbol)
         if latch is not None:
             position = self.tracker.position(fill.symbol)

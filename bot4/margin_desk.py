@@ -19,28 +19,56 @@ out the liquidation ladder's ADD_MARGIN.
   escalates: the action becomes the next rung, REDUCE_POSITION by half
   (:data:`ESCALATED_FRACTION`, the bundled ladder's halving).
 
+* **The venue's figures** (an exchange that claims MARGIN and offers
+  ``fetch_margin_positions()``, as the paper venue and the ccxt plugin do):
+  the desk reads every held position's margin from the venue and keeps one
+  checked view per symbol (:class:`bot4.venue_margin.VenueMargin`) in
+  :attr:`MarginDesk.views`, a mapping it shares with the risk policy
+  (``RiskPolicy.venue_margins``): the liquidation price, margin, margin
+  ratio, mark and funding facts come from it (:mod:`bot4.risk.facts`). It is
+  read at a bounded rate, never per tick: on the first tick after a fill (the
+  fills of one order are read once), after ADD_MARGIN, at each funding time
+  (every 8 h from 00:00 UTC) and otherwise every :data:`REFRESH_SECONDS` of
+  event time while a position is held (event time, so a replay reads at the
+  same ticks). A fill retires its symbol's view at once (the view is of the
+  position object the fill replaced). A venue that fails, refuses or answers
+  something odd leaves no view for the symbols it did not answer well, so
+  those facts fall back to the formula, as they would with no venue at all;
+  nothing the venue says can raise here.
+
 An exchange that does not claim MARGIN is left alone: entries go as they
 are, and ADD_MARGIN is only published (for a person or a plugin to act on).
 """
 
 from __future__ import annotations
 
+import logging
+from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal
 from typing import TYPE_CHECKING
 
 from bot4.contracts import Capability
 from bot4.errors import ExchangeFailed, ExchangeRefused
+from bot4.margin import next_funding_time
 from bot4.model import ZERO, Order, Rejected, RiskAction, RiskActionKind
+from bot4.secrets import redact
+from bot4.venue_margin import MARGIN_TOPIC, VenueMargin, as_record, read_venue_margin
 
 if TYPE_CHECKING:
     from bot4.kernel import Kernel, KernelStats
 
-__all__ = ["ESCALATED_FRACTION", "LEVERAGE_RULE", "MODE_RULE", "MarginDesk"]
+__all__ = ["ESCALATED_FRACTION", "LEVERAGE_RULE", "MODE_RULE", "REFRESH_SECONDS", "MarginDesk"]
+
+log = logging.getLogger("bot4.margin")
 
 LEVERAGE_RULE = "exchange-leverage"
 MODE_RULE = "exchange-margin-mode"
 ESCALATED_FRACTION = Decimal("0.5")
 _AMOUNT_STEP = Decimal("0.00000001")
+# Event seconds between two reads of the venue's margin while a position is
+# held and nothing else (a fill, ADD_MARGIN, a funding time) asks sooner.
+REFRESH_SECONDS = 60
+_NS = 10**9
 
 
 class MarginDesk:
@@ -54,6 +82,16 @@ class MarginDesk:
         self.added = ZERO  # collateral moved into positions this session
         self.escalations = 0
         self._active: bool | None = None
+        # symbol -> the venue's checked view of the held position's margin.
+        self.views: dict[str, VenueMargin] = {}
+        self.refreshes = 0  # reads of the venue's margin positions
+        self.refresh_failures = 0
+        self.refresh_seconds = REFRESH_SECONDS
+        # Event time (ns) of the next read; None: no read planned (no
+        # position, or a venue without margin positions).
+        self.due_ns: int | None = None
+        self._reports: bool | None = None
+        self._failing = False
 
     @property
     def active(self) -> bool:
@@ -62,6 +100,99 @@ class MarginDesk:
         if self._active is None:
             self._active = Capability.MARGIN in self._kernel.exchange.capabilities
         return self._active
+
+    @property
+    def reports(self) -> bool:
+        """The exchange claims MARGIN and reports margin positions."""
+        if self._reports is None:
+            fetch = getattr(self._kernel.exchange, "fetch_margin_positions", None)
+            self._reports = self.active and callable(fetch)
+        return self._reports
+
+    def start(self) -> None:
+        """The session starts: read the venue on the first tick (a resumed
+        book may already hold positions)."""
+        if self.reports:
+            self.due_ns = 0
+
+    def filled(self, symbol: str) -> None:
+        """A fill in ``symbol``: its view is of the position the fill replaced
+        (retired now), and the venue is read on the next tick."""
+        self.views.pop(symbol, None)
+        if self.reports:
+            self.due_ns = 0
+
+    def _share(self) -> None:
+        """Hand :attr:`views` to every policy that reads venue margins: the
+        kernel's, the gate's and the shadow's (each may be replaced)."""
+        kernel = self._kernel
+        shadow = getattr(kernel, "shadow", None)
+        for policy in (
+            kernel.policy,
+            getattr(kernel.gate, "policy", None),
+            getattr(shadow, "policy", None),
+        ):
+            if getattr(policy, "venue_margins", self.views) is not self.views:
+                policy.venue_margins = self.views  # type: ignore[union-attr]
+
+    async def refresh(self, now_ns: int) -> None:
+        """Read the venue's margin positions and replace :attr:`views` (see
+        the module docstring). Never raises; plans the next read."""
+        kernel = self._kernel
+        self._share()
+        tracker = kernel.tracker
+        self.refreshes += 1
+        fresh: dict[str, VenueMargin] = {}
+        seen: set[str] = set()
+        error = ""
+        try:
+            fetch = kernel.exchange.fetch_margin_positions  # type: ignore[attr-defined]
+            rows = await fetch()
+            for row in rows:
+                symbol = getattr(row, "symbol", None)
+                if not isinstance(symbol, str):
+                    continue
+                if symbol in seen:  # two answers for one position: trust neither
+                    fresh.pop(symbol, None)
+                    continue
+                seen.add(symbol)
+                position = tracker.position(symbol)
+                if position is None or position.qty == 0:
+                    continue
+                last = kernel.last_tick(symbol)
+                view = read_venue_margin(row, position, last.mid if last is not None else None)
+                if view is not None:
+                    fresh[symbol] = view
+        except Exception as exc:  # a venue's failure or odd answer: the formula stands
+            self.refresh_failures += 1
+            error = redact(f"{type(exc).__name__}: {exc}")
+            if not self._failing:  # once until a read succeeds again
+                log.warning(
+                    "could not read %s's margin positions (the formula stands in): %s",
+                    kernel.exchange.name,
+                    error,
+                )
+            self._failing = True
+            fresh = {}
+        else:
+            self._failing = False
+        self.views.clear()
+        self.views.update(fresh)
+        self._plan(now_ns)
+        # Recorded, so that a replay against the recording answers the same
+        # (bot4.replayvenue); a failure as the error, which replays as one.
+        payload = {"error": error} if error else {"rows": [as_record(v) for v in fresh.values()]}
+        await kernel.bus.publish(MARGIN_TOPIC, payload, ts=now_ns)
+
+    def _plan(self, now_ns: int) -> None:
+        held = any(p.qty for p in self._kernel.tracker.snapshot().positions.values())
+        if not held:
+            self.due_ns = None
+            return
+        step = self.refresh_seconds * _NS
+        now = datetime.fromtimestamp(now_ns // _NS, tz=UTC)
+        funding = int(next_funding_time(now).timestamp()) * _NS
+        self.due_ns = min(now_ns + step, funding)
 
     def margin_mode(self) -> str:
         """The mode entries use (see the module docstring)."""
@@ -142,6 +273,8 @@ class MarginDesk:
             else:
                 await kernel.exchange.add_margin(symbol, amount)
                 self.added += amount
+                if self.reports:
+                    await self.refresh(kernel.now_ns)  # the liquidation price moved
                 return None
         except (ExchangeRefused, ExchangeFailed) as exc:
             why = f"{kernel.exchange.name} did not add margin: {exc}"

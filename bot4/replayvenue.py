@@ -30,6 +30,7 @@ from bot4.contracts import Capability, Exchange, ExchangeEvent, MarketInfo
 from bot4.errors import ConfigError, ExchangeFailed, ExchangeRefused, OrderNotFound
 from bot4.model import Balance, Fill, MarketData, Order, OrderState, Position
 from bot4.recording import read_records, read_stream
+from bot4.venue_margin import MARGIN_TOPIC, from_record
 
 __all__ = ["RecordedPrefix", "RecordedTicks", "ReplayVenue", "is_input", "records"]
 
@@ -157,6 +158,15 @@ class RecordedPrefix(Exchange):
 
     async def add_margin(self, symbol: str, amount: Decimal) -> Decimal | None:
         return await self.venue.add_margin(symbol, amount)
+
+    async def fetch_margin_positions(self) -> Sequence[Any]:
+        """The re-simulated venue's margin positions (bot4.margin_desk reads
+        them as the recorded session did), or none if it has no such method."""
+        fetch = getattr(self.venue, "fetch_margin_positions", None)
+        if fetch is None:
+            raise ExchangeRefused(f"{self.name} reports no margin positions")
+        rows: Sequence[Any] = await fetch()
+        return rows
 
 
 def _markets(path: Path, number: int, payload: object) -> dict[str, MarketInfo]:
@@ -347,3 +357,18 @@ class ReplayVenue(Exchange):
 
     async def add_margin(self, symbol: str, amount: Decimal) -> Decimal | None:
         return None
+
+    async def fetch_margin_positions(self) -> Sequence[Any]:
+        """What the recorded session's margin desk read at this point (its
+        ``exchange.margin`` record); a recorded failure fails again."""
+        found = self._take(MARGIN_TOPIC, lambda payload: isinstance(payload, dict))
+        if found is None:
+            raise ExchangeFailed("the recording holds no margin answer here")
+        number, record = found
+        payload = record["payload"]
+        if payload.get("error"):
+            raise ExchangeFailed(str(payload["error"]))
+        try:
+            return [from_record(row) for row in payload.get("rows") or ()]
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"{self.path}:{number}: {MARGIN_TOPIC}: {exc}") from None

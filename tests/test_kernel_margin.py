@@ -287,8 +287,11 @@ async def test_a_liquidation_on_the_venue_is_counted_and_flattens_the_book() -> 
 @pytest.mark.trio
 async def test_the_ladder_acts_before_the_venue_liquidates(tmp_path: Path) -> None:
     # The same fall with the bundled ladder: it adds margin, halves and
-    # closes on the way down, and the venue never liquidates.
-    prices = ["50000", "50000", *[str(50000 - 250 * i) for i in range(1, 30)]]
+    # closes on the way down, and the venue never liquidates. The ladder
+    # measures the venue's liquidation price, which the added margin moved
+    # (to about 42713, then about 40201 for the halved position): the close
+    # comes near 42300, so the fall goes on to 40250.
+    prices = ["50000", "50000", *[str(50000 - 250 * i) for i in range(1, 40)]]
     ex = paper(feed=ticks(prices), attached_exits="false")
     settings = tmp_path / "00-settings.yaml"
     settings.write_text(

@@ -18,12 +18,15 @@ How a band is made (:func:`compute`), and why it is safe:
   (``market.last``), a linear function of it (``position.notional``,
   ``portfolio.equity``, ``portfolio.gross_exposure``,
   ``portfolio.free_margin``), the drawdown (a function of equity), the
-  liquidation distance ``|p - liq| / p``, or a value the price does not move
-  (cash, peak, the position's quantity, entry, leverage, liquidation price).
-  Anything else (bid, ask or mid, which are not functions of the last price;
-  windows, which move with time; pack facts; booleans such as
-  ``breaker.tripped``; a compound condition) gives no band: every tick asks
-  the engine (fail safe).
+  liquidation distance (``(p - liq) / p`` for a long, ``(liq - p) / p`` for a
+  short, 0 past it), or a value the price does not move (cash, peak, the
+  position's quantity, entry, leverage, liquidation price: the formula's, or
+  the venue's as the margin desk last read it). Anything else (bid, ask, mid
+  or mark, which are not functions of the last price; the margin facts
+  ``position.margin``, ``position.margin_ratio``, ``position.funding_paid``,
+  left out rather than modelled; windows, which move with time; pack facts;
+  booleans such as ``breaker.tripped``; a compound condition) gives no band:
+  every tick asks the engine (fail safe).
 * Each of those facts is continuous in the price, so it can only leave its
   quiet range at a price where it equals a bound. Those prices are solved in
   doubles; the band runs between the nearest below and above the current
@@ -39,7 +42,9 @@ How a band is made (:func:`compute`), and why it is safe:
 
 What a band depends on, and so what ends it (:meth:`Band.holds`): the policy
 in force (a reload drops every band), the position object (a fill in the
-symbol replaces it), the breaker state, and, when a rule reads a portfolio
+symbol replaces it), the venue's margin view of it (``Band.venue``, the very
+object: every refresh of the venue's figures replaces it, and the policy
+checks it before :meth:`Band.holds`), the breaker state, and, when a rule reads a portfolio
 fact, the peak equity and either the book's equity (when the portfolio facts
 read are equity, drawdown and peak alone: an equity range) or the book's cash,
 the symbol's own mark (which must be in the band too) and every other held
@@ -68,6 +73,7 @@ from bot4.model import (
 )
 from bot4.risk.expr import QuietRange
 from bot4.risk.facts import tick_facts
+from bot4.venue_margin import VenueMargin
 
 # Relative distance kept from every solved edge: far above the error of the
 # double arithmetic that solves it (a few ulps, 2**-52 each), far below any
@@ -148,6 +154,10 @@ class Band:
     peak_max: Decimal | None = None  # ... and the highest it may reach meanwhile
     others: tuple[tuple[str, Decimal | None, Position | None], ...] = ()
     hits: int = 0  # ticks answered by the band (for the policy's back-off)
+    # The venue's view of the position's margin the facts were built with
+    # (its liquidation price replaces the formula's): the very object, which
+    # the margin desk replaces at every refresh; the caller checks it.
+    venue: VenueMargin | None = None
 
     def holds(self, book: Book, tripped: bool) -> bool:
         """The inputs the band was worked out from are unchanged (the
@@ -220,7 +230,10 @@ def _criticals(
             return []
         return [p0 + (peak * (1 - c) - equity) / qty for c in (low, high)]
     if name == "liquidation.distance":
-        # |p - liq| / p = c  <=>  p = liq / (1 - c)  or  p = liq / (1 + c)
+        # A long's (p - liq) / p = c  <=>  p = liq / (1 - c); a short's
+        # (liq - p) / p = c  <=>  p = liq / (1 + c). Both are listed (a
+        # crossing too many only narrows the band); a bound of 0 gives liq,
+        # where the distance leaves 0.
         liq = float(facts["liquidation.price"])  # type: ignore[arg-type]
         return [liq / d for c in (low, high) for d in (1 - c, 1 + c) if d != 0]
     raise ValueError(f"no band for fact {name}")  # supported() refuses it first
@@ -252,16 +265,17 @@ def compute(
     mmr: Decimal | None,
     ranges: tuple[QuietRange, ...],
     quiet: Callable[[tuple[QuietRange, ...], Mapping[str, object]], bool],
+    venue: VenueMargin | None = None,
 ) -> Band | None:
     """The band around ``tick.last``, or None when there is none (the price
     is not quiet, an edge fails its check, a fact is out of reach). The
     caller has checked :func:`supported`; ``quiet`` is the engine path's
-    own quiet test."""
+    own quiet test; ``venue`` the venue's margin view the facts use."""
     last = tick.last
     reads_book = any(r.fact in _PORTFOLIO for r in ranges)
     if portfolio.mark(symbol) != last:
         return None  # the model moves the mark and the last price together
-    facts = tick_facts(tick, position, portfolio, tripped, mmr)
+    facts = tick_facts(tick, position, portfolio, tripped, mmr, venue)
     if not quiet(ranges, facts):
         return None
     p0 = float(last)
@@ -269,7 +283,7 @@ def compute(
     peak = max(portfolio.peak_equity, ZERO)
     if reads_book and all(r.fact in _EQUITY or r.fact not in _PORTFOLIO for r in ranges):
         return _equity_band(
-            symbol, tick, position, portfolio, book, tripped, mmr, ranges, quiet, facts
+            symbol, tick, position, portfolio, book, tripped, mmr, ranges, quiet, facts, venue
         )
     low, high = _interval(ranges, facts, p0, qty, float(peak))
     # The book raises its peak whenever equity passes it. A band that reads
@@ -302,10 +316,11 @@ def compute(
             edge_book = trusted_portfolio(
                 portfolio.cash, portfolio.positions, marks, corner_peak, portfolio.activity
             )
-            if not quiet(ranges, tick_facts(edge_tick, position, edge_book, tripped, mmr)):
+            edge_facts = tick_facts(edge_tick, position, edge_book, tripped, mmr, venue)
+            if not quiet(ranges, edge_facts):
                 return None
     if not reads_book:
-        return Band(symbol, band_low, band_high, position, tripped, book="")
+        return Band(symbol, band_low, band_high, position, tripped, book="", venue=venue)
     others = tuple(
         (other, book.mark_price(other), book.position(other))
         for other in portfolio.positions
@@ -323,6 +338,7 @@ def compute(
         peak=book.peak_equity,
         peak_max=peak_max,
         others=others,
+        venue=venue,
     )
 
 
@@ -345,6 +361,7 @@ def _equity_band(
     ranges: tuple[QuietRange, ...],
     quiet: Callable[[tuple[QuietRange, ...], Mapping[str, object]], bool],
     facts: Mapping[str, object],
+    venue: VenueMargin | None = None,
 ) -> Band | None:
     """A band for a stage whose portfolio facts are equity, drawdown and peak
     alone: a price range for the symbol's own facts, and an equity range for
@@ -367,7 +384,7 @@ def _equity_band(
     # The symbol's own facts at the price edges, the book as it is.
     for edge in (band_low, band_high):
         edge_tick = _at_price(tick, edge)
-        if not quiet(ranges, tick_facts(edge_tick, position, portfolio, tripped, mmr)):
+        if not quiet(ranges, tick_facts(edge_tick, position, portfolio, tripped, mmr, venue)):
             return None
     equity_d = facts["portfolio.equity"]
     assert isinstance(equity_d, Decimal)
@@ -408,7 +425,7 @@ def _equity_band(
             edge_book = trusted_portfolio(
                 cash, portfolio.positions, portfolio.marks, corner_peak, portfolio.activity
             )
-            if not quiet(ranges, tick_facts(tick, position, edge_book, tripped, mmr)):
+            if not quiet(ranges, tick_facts(tick, position, edge_book, tripped, mmr, venue)):
                 return None
     return Band(
         symbol,
@@ -421,4 +438,5 @@ def _equity_band(
         equity_high=equity_high,
         peak=book.peak_equity,
         peak_max=peak_max,
+        venue=venue,
     )

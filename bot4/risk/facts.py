@@ -24,6 +24,16 @@ non-zero; the default policy prefers multiplications in the conditions anyway
 A missing value has a defined stand-in, never NaN: no stop loss gives
 ``order.has_stop_loss = false`` and ``order.stop_loss = 0``; no market data
 gives ``market.available = false`` and zero prices; no position gives zeros.
+
+A held position's margin figures come from the venue when it reports them
+(:mod:`bot4.venue_margin`, kept by the kernel's margin desk): the tick
+stage's ``liquidation.price`` (and so ``liquidation.distance``), and
+``position.margin``, ``position.margin_ratio``, ``position.funding_paid`` and
+``market.mark`` in both stages (:func:`margin_facts`, built only when a rule
+reads one). Whatever the venue does not report, or reports wrongly, is the
+formula's: the isolated liquidation price at ``maintenance_margin_rate``,
+the initial margin, no funding, the mid. An order's own liquidation facts are
+of a position not yet held, so always the formula's.
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ from bot4.errors import RiskError
 from bot4.model import ZERO, Fill, MarketData, Order, Portfolio, Position
 from bot4.risk.engine import number
 from bot4.risk.expr import BOOL, MAX_MAGNITUDE, NUMBER, STRING, Value
+from bot4.venue_margin import VenueMargin
 
 ORDER = "order"
 TICK = "tick"
@@ -61,6 +72,9 @@ FACT_CONTEXT = Context(prec=FACT_DIGITS, rounding=ROUND_HALF_EVEN)
 # With no equity every exposure is unbounded leverage; the engine cannot take
 # infinity, so this large finite stand-in is used (it is below MAX_MAGNITUDE).
 NO_EQUITY_LEVERAGE = 1e12
+# The margin ratio of a position whose margin balance is gone (zero or less):
+# infinite, so the same kind of large finite stand-in.
+NO_BALANCE_MARGIN_RATIO = Decimal(10**12)
 
 
 @attrs.frozen(slots=True)
@@ -157,6 +171,32 @@ BUILTIN_FACTS: dict[str, FactSpec] = {
         FactSpec("position.entry_price", NUMBER, _OT, "average entry price, 0 when flat"),
         FactSpec("position.leverage", NUMBER, _T, "leverage of the open position"),
         FactSpec(
+            "position.margin",
+            NUMBER,
+            _OT,
+            "margin held by the open position: the venue's figure when it reports one "
+            "(isolated: initial margin plus what was added), else the initial margin "
+            "|qty| x entry / leverage; 0 when flat",
+        ),
+        FactSpec(
+            "position.margin_ratio",
+            NUMBER,
+            _OT,
+            "maintenance margin / margin balance of the open position at market.mark "
+            "(or at market.mid if that is higher; 1 or more: liquidated); maintenance at "
+            "the venue's rate when reported, else "
+            "maintenance_margin_rate; balance = the venue's (isolated collateral, cross "
+            f"wallet) else position.margin, plus unrealised PnL; {NO_BALANCE_MARGIN_RATIO:.0e} "
+            "when that balance is not positive; 0 when flat",
+        ),
+        FactSpec(
+            "position.funding_paid",
+            NUMBER,
+            _OT,
+            "funding the open position paid so far (negative: received), as the venue "
+            "reports it; 0 when flat or not reported",
+        ),
+        FactSpec(
             "position.age_seconds",
             NUMBER,
             _OT,
@@ -167,19 +207,28 @@ BUILTIN_FACTS: dict[str, FactSpec] = {
         FactSpec("market.ask", NUMBER, _OT, "best ask, 0 when unknown"),
         FactSpec("market.last", NUMBER, _OT, "last trade, 0 when unknown"),
         FactSpec("market.mid", NUMBER, _OT, "(bid + ask) / 2, 0 when unknown"),
+        FactSpec(
+            "market.mark",
+            NUMBER,
+            _OT,
+            "mark price: the venue's (as last reported for the held position, carried by the "
+            "mid's move since) when reported, else market.mid; 0 when unknown",
+        ),
         FactSpec("breaker.tripped", BOOL, _ALL, "the circuit breaker is tripped"),
         FactSpec(
             "liquidation.price",
             NUMBER,
             _OT,
-            "isolated-margin liquidation price (order: of the new position at entry; "
-            "tick: of the open position)",
+            "liquidation price (order: of the new position at entry, isolated formula; "
+            "tick: of the open position, the venue's when it reports one, else the formula)",
         ),
         FactSpec(
             "liquidation.distance",
             NUMBER,
             _OT,
-            "|price - liquidation| / price (order: at entry; tick: at the last price)",
+            "(price - liquidation) / price for a long, (liquidation - price) / price for "
+            "a short, 0 at or past the liquidation price (order: at entry; tick: at the "
+            "last price)",
         ),
         FactSpec("fill.qty", NUMBER, _F, "filled quantity"),
         FactSpec("fill.price", NUMBER, _F, "fill price"),
@@ -214,7 +263,16 @@ CONTEXT_FACTS = frozenset(
 _DAY_NS = 86_400 * 10**9
 _NS = Decimal(10**9)
 
-LIQUIDATION_FACTS = frozenset({"liquidation.price", "liquidation.distance"})
+LIQUIDATION_FACTS = frozenset(
+    {"liquidation.price", "liquidation.distance", "position.margin_ratio"}
+)
+# Facts of the held position's margin account: built only for a stage whose
+# rules read one (margin_facts). position.margin_ratio needs the rules'
+# maintenance_margin_rate when the venue reports no rate, so it is one of
+# LIQUIDATION_FACTS too (a rule reading it needs the setting).
+MARGIN_FACTS = frozenset(
+    {"position.margin", "position.margin_ratio", "position.funding_paid", "market.mark"}
+)
 
 
 # --- conversion ----------------------------------------------------------------------
@@ -275,10 +333,16 @@ def liquidation_price(entry: Decimal, leverage: Decimal, mmr: Decimal, long: boo
     return entry * factor
 
 
-def _distance(price: Decimal, liq: Decimal) -> Decimal:
+def _distance(price: Decimal, liq: Decimal, long: bool) -> Decimal:
+    """How far ``price`` is from ``liq`` on the position's safe side, relative;
+    0 at or past it. Not ``|price - liq|``: a price that gapped through a
+    long's liquidation price is not safe again (and a venue's liquidation
+    price on the wrong side of the price says the position is being
+    liquidated)."""
     if price <= 0:
         raise RiskError(f"price {price} must be greater than zero for a liquidation distance")
-    return abs(price - liq) / price
+    gap = price - liq if long else liq - price
+    return gap / price if gap > 0 else ZERO
 
 
 # The last book's portfolio facts: (snapshot, arithmetic context, facts).
@@ -360,12 +424,22 @@ def order_facts(
     market: MarketData | None,
     breaker_tripped: bool,
     mmr: Decimal | None,
+    venue: VenueMargin | None = None,
+    wanted: frozenset[str] = frozenset(),
 ) -> dict[str, object]:
-    """Raw (unconverted) facts for one order, computed in :data:`FACT_CONTEXT`."""
+    """Raw (unconverted) facts for one order, computed in :data:`FACT_CONTEXT`;
+    those of :data:`MARGIN_FACTS` only when in ``wanted`` (``venue``: the
+    venue's view of the position held in the order's symbol)."""
     saved = getcontext()
     setcontext(FACT_CONTEXT)
     try:
-        return _order_facts(order, portfolio, market, breaker_tripped, mmr)
+        facts = _order_facts(order, portfolio, market, breaker_tripped, mmr)
+        if wanted:
+            held = portfolio.positions.get(order.symbol)
+            quote = market if market is not None and market.symbol == order.symbol else None
+            mark = portfolio.mark(order.symbol)
+            margin_facts(wanted, facts, held, quote, mark, mmr, venue)
+        return facts
     finally:
         setcontext(saved)
 
@@ -424,8 +498,10 @@ def _order_facts(
     if mmr is not None:
         liq = liquidation_price(entry, order.leverage, mmr, long=sign > 0)
         facts["liquidation.price"] = liq
-        # |entry - liq| / entry simplifies to |1/leverage - mmr| on both sides.
-        facts["liquidation.distance"] = abs(1 / order.leverage - mmr)
+        # (entry - liq) / entry (a long; the mirror for a short) simplifies to
+        # 1/leverage - mmr on both sides; below 0 the entry is past liquidation.
+        gap = 1 / order.leverage - mmr
+        facts["liquidation.distance"] = gap if gap > 0 else ZERO
     return facts
 
 
@@ -472,7 +548,12 @@ def tick_facts(
     portfolio: Portfolio,
     breaker_tripped: bool,
     mmr: Decimal | None,
+    venue: VenueMargin | None = None,
 ) -> dict[str, object]:
+    """Raw facts for a tick of a held symbol. ``venue`` is the venue's view of
+    the position's margin (:mod:`bot4.venue_margin`), used only when it was
+    read against this very ``position``: its liquidation price then replaces
+    the formula's."""
     facts: dict[str, object] = {
         **_portfolio(portfolio),
         "position.qty": position.qty,
@@ -483,10 +564,79 @@ def tick_facts(
         "breaker.tripped": breaker_tripped,
     }
     if mmr is not None and position.entry_price > 0:
-        liq = liquidation_price(position.entry_price, position.leverage, mmr, long=position.qty > 0)
+        long = position.qty > 0
+        reported = venue.liquidation() if venue is not None and venue.position is position else None
+        if reported is not None:
+            liq = reported
+        else:
+            liq = liquidation_price(position.entry_price, position.leverage, mmr, long=long)
         facts["liquidation.price"] = liq
-        facts["liquidation.distance"] = _distance(tick.last, liq)
+        facts["liquidation.distance"] = _distance(tick.last, liq, long)
     return facts
+
+
+def margin_facts(
+    wanted: frozenset[str],
+    facts: dict[str, object],
+    position: Position | None,
+    market: MarketData | None,
+    mark: Decimal,
+    mmr: Decimal | None,
+    venue: VenueMargin | None,
+) -> None:
+    """Add to ``facts`` those of :data:`MARGIN_FACTS` in ``wanted`` for the
+    held ``position`` (None or flat: zeros). ``market`` is the symbol's quote
+    (None: unknown), ``mark`` the book's price of the position when there is
+    no quote; ``venue`` the venue's view (used only if read against this very
+    ``position``)."""
+    if venue is not None and (position is None or venue.position is not position):
+        venue = None
+    carried = venue.mark_at(market.mid if market is not None else ZERO) if venue else None
+    mark_price: Decimal
+    if carried is not None:
+        mark_price = carried
+    elif market is not None:
+        mark_price = market.mid
+    else:
+        mark_price = mark if position is not None and position.qty else ZERO
+    if "market.mark" in wanted:
+        facts["market.mark"] = mark_price
+    held = position is not None and position.qty != 0
+    if not held:
+        for name in ("position.margin", "position.margin_ratio", "position.funding_paid"):
+            if name in wanted:
+                facts[name] = ZERO
+        return
+    assert position is not None
+    margin = venue.margin if venue is not None else None
+    if margin is None:
+        margin = position.margin()
+    if "position.margin" in wanted:
+        facts["position.margin"] = margin
+    if "position.funding_paid" in wanted:
+        paid = venue.funding_paid if venue is not None else None
+        facts["position.funding_paid"] = paid if paid is not None else ZERO
+    if "position.margin_ratio" in wanted:
+        rate = venue.maintenance_rate if venue is not None else None
+        if rate is None:
+            rate = mmr
+        if rate is not None:
+            balance = venue.balance if venue is not None else None
+            if balance is None:
+                balance = margin
+            # At the mark and at the mid, the higher: a venue's mark cannot
+            # make the position look further from liquidation than its quote.
+            prices = {mark_price if mark_price > 0 else position.entry_price}
+            if market is not None and market.mid > 0:
+                prices.add(market.mid)
+            ratio = ZERO
+            for price in prices:
+                equity = balance + position.qty * (price - position.entry_price)
+                if equity <= 0:
+                    ratio = NO_BALANCE_MARGIN_RATIO
+                    break
+                ratio = max(ratio, abs(position.qty) * price * rate / equity)
+            facts["position.margin_ratio"] = ratio
 
 
 def fill_facts(

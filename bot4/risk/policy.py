@@ -60,6 +60,7 @@ from bot4.risk.expr import MAX_MAGNITUDE, Value
 from bot4.risk.facts import (
     CONTEXT_FACTS,
     FILL,
+    MARGIN_FACTS,
     ORDER,
     STAGES,
     TICK,
@@ -68,11 +69,13 @@ from bot4.risk.facts import (
     convert_all,
     encode,
     fill_facts,
+    margin_facts,
     order_facts,
     tick_facts,
     to_fact,
 )
 from bot4.risk.windows import EVENT_KINDS, ORDERS, STOP_OUTS, EventLog
+from bot4.venue_margin import VenueMargin
 
 log = logging.getLogger("bot4.risk")
 
@@ -333,6 +336,10 @@ class RiskPolicy:
         self._bands: dict[str, bands.Band] = {}
         self._band_wait: dict[str, list[int]] = {}
         self._band_ranges: tuple[expr.QuietRange, ...] | None = None
+        # The venue's view of each held position's margin (bot4.venue_margin),
+        # kept by the kernel's margin desk (bot4.margin_desk), which shares its
+        # mapping here; empty (the formula throughout) for a policy used alone.
+        self.venue_margins: Mapping[str, VenueMargin] = {}
         self._set_horizon()
 
     @classmethod
@@ -489,8 +496,15 @@ class RiskPolicy:
         compiled = active.compiled
         plan = compiled.stages[ORDER]
         engine = active.engines.get(ORDER)
+        margin_wanted = plan.reads & MARGIN_FACTS
         facts: dict[str, object] = order_facts(
-            order, portfolio, market, self._breaker.tripped, compiled.mmr
+            order,
+            portfolio,
+            market,
+            self._breaker.tripped,
+            compiled.mmr,
+            self.venue_margins.get(order.symbol) if margin_wanted else None,
+            margin_wanted,
         )
         wanted = plan.reads & CONTEXT_FACTS
         if wanted:
@@ -814,6 +828,7 @@ class RiskPolicy:
                 inside = (
                     band.position is position
                     and band.low <= tick.last <= band.high
+                    and band.venue is self.venue_margins.get(symbol)
                     and band.holds(book, self._breaker.tripped)  # type: ignore[arg-type]  # see _new_band
                 )
             except Exception:  # a book that cannot say: ask the engine
@@ -860,6 +875,7 @@ class RiskPolicy:
                 self._active.compiled.mmr,
                 ranges,
                 _quiet,
+                self.venue_margins.get(symbol),
             )
         except Exception:  # no band (fail safe): the engine answers every tick
             band = None
@@ -894,10 +910,18 @@ class RiskPolicy:
     ) -> tuple[list[RiskAction], Explanation | None]:
         active = self._active
         position = portfolio.positions[tick.symbol]
-        facts = tick_facts(tick, position, portfolio, self._breaker.tripped, active.compiled.mmr)
-        wanted = active.compiled.stages[TICK].reads & CONTEXT_FACTS
+        mmr = active.compiled.mmr
+        venue = self.venue_margins.get(tick.symbol)
+        facts = tick_facts(tick, position, portfolio, self._breaker.tripped, mmr, venue)
+        reads = active.compiled.stages[TICK].reads
+        wanted = reads & CONTEXT_FACTS
         if wanted:
             context_facts(wanted, facts, portfolio, now_ns, tick.symbol)
+        margin_wanted = reads & MARGIN_FACTS
+        if margin_wanted:
+            margin_facts(
+                margin_wanted, facts, position, tick, portfolio.mark(tick.symbol), mmr, venue
+            )
         return self._monitor(TICK, facts, tick.symbol, now_ns, overrides, trace)
 
     def _monitor(

@@ -8,9 +8,11 @@ positions of either side and any leverage), the default rules with random
 parameters (ladder rungs, drawdown limit, maintenance margin) plus a random
 extra tick rule, and prices drawn at random, at each band edge and the
 neighbouring doubles (``math.nextafter``) on both sides of it, and at and next
-to the prices where a rule starts to fire. Fills, ticks of other held symbols
-and breaker resets are interleaved. Every tick, both give the same actions and
-the breakers agree."""
+to the prices where a rule starts to fire. Fills, ticks of other held symbols,
+breaker resets and new venue margin figures (a liquidation price the venue
+reports, replacing the formula's, as the kernel's margin desk hands them to
+the policy) are interleaved. Every tick, both give the same actions and the
+breakers agree."""
 
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from bot4.model import Fill, MarketData, RiskAction
 from bot4.portfolio import PortfolioTracker
 from bot4.risk import RiskPolicy, default_rules_path
 from bot4.risk.band import BAND_MARGIN
+from bot4.venue_margin import VenueMargin
 
 D = Decimal
 TS = datetime(2024, 1, 1, tzinfo=UTC)
@@ -53,9 +56,10 @@ def _policies(
             text = path.read_text()
             # Rounded: a parameter is a number as a person writes it.
             values = {**params, "maintenance_margin_rate": mmr}
+            # Fixed-point text: repr would write 1e-05, which YAML reads as a string.
             for name, value in {k: round(v, 6) for k, v in values.items()}.items():
                 text = re.sub(
-                    rf"^(\s+{name}:)\s*[0-9.]+", rf"\g<1> {value!r}", text, flags=re.MULTILINE
+                    rf"^(\s+{name}:)\s*[0-9.]+", rf"\g<1> {value:.6f}", text, flags=re.MULTILINE
                 )
             path.write_text(text)
         if extra is not None:
@@ -107,12 +111,36 @@ class Session:
         self.now = 0
         self.ticks = 0
         self.fills = 0
+        # The venue's margin views, shared with both policies (the margin desk's).
+        self.views: dict[str, VenueMargin] = {}
+        banded.venue_margins = reference.venue_margins = self.views
+
+    def venue(self, symbol: str, move: float, price: Decimal) -> None:
+        """The venue reports new figures for ``symbol``: a liquidation price
+        ``move`` away from the formula's (None when that is not a price)."""
+        position = self.tracker.position(symbol)
+        if position is None:
+            return
+        reach = position.entry_price * D(str(round(1 + move, 3))) / position.leverage
+        liq = position.entry_price - reach if position.qty > 0 else position.entry_price + reach
+        self.views[symbol] = VenueMargin(
+            symbol=symbol,
+            position=position,
+            liquidation_price=liq if liq > 0 else None,
+            margin=position.margin(),
+            balance=None,
+            maintenance_rate=None,
+            mark=price,
+            mid=price,
+            funding_paid=D(0),
+        )
 
     def fill(self, symbol: str, side: str, qty: Decimal, price: Decimal, leverage: Decimal) -> None:
         self.fills += 1
         self.now += 1_000_000_000
         fill = Fill(f"f{self.fills}", f"c{self.fills}", symbol, side, qty, price, D(0), TS)
         self.tracker.apply(fill, leverage=leverage)
+        self.views.pop(symbol, None)  # as the margin desk does: the view was of the old position
         snapshot = self.tracker.snapshot()
         got = self.banded.on_fill(fill, snapshot, self.now, False)
         want = self.reference.on_fill(fill, snapshot, self.now, False)
@@ -181,6 +209,11 @@ EXTRA = st.one_of(
                 "portfolio.cash",
                 "position.qty",
                 "market.mid",  # not a function of the last price: no band
+                # The margin facts are not modelled: no band.
+                "market.mark",
+                "position.margin",
+                "position.margin_ratio",
+                "position.funding_paid",
             ]
         ),
         st.sampled_from(["<", "<=", ">", ">="]),
@@ -188,7 +221,9 @@ EXTRA = st.one_of(
     ),
 )
 STEP = st.tuples(
-    st.sampled_from(["move", "move", "move", "probe", "probe", "cross", "other", "fill", "reset"]),
+    st.sampled_from(
+        ["move", "move", "move", "probe", "probe", "cross", "other", "fill", "reset", "venue"]
+    ),
     st.floats(-0.4, 0.4),
     st.integers(0, 1000),
 )
@@ -207,6 +242,10 @@ def _opening_value(fact: str, session: Session, symbol: str, price: Decimal) -> 
         "portfolio.free_margin": float(tracker.equity),
         "portfolio.cash": float(tracker.cash),
         "position.qty": float(position.qty),
+        "market.mark": float(price),
+        "position.margin": float(position.margin()),
+        "position.margin_ratio": 0.01,
+        "position.funding_paid": 1.0,
     }[fact]
 
 
@@ -292,6 +331,11 @@ def test_bands_decide_exactly_as_the_engine_on_every_tick(
                 if qty > 0:
                     session.fill(symbol, side, qty, prices[symbol], position.leverage)
                 session.tick(symbol, prices[symbol])
+            elif kind == "venue":
+                session.venue(symbol, move, prices[symbol])
+                session.tick(symbol, prices[symbol])
+                for p in session.probes(symbol):
+                    session.tick(symbol, p)
             else:  # reset
                 banded.breaker.reset()
                 reference.breaker.reset()
@@ -362,6 +406,59 @@ def test_a_tick_outside_the_band_asks_the_engine_and_acts(
     actions = _run(policy, tracker, "42000")
     assert [a.rule for a in actions] == ["liquidation-emergency-close"]
     assert counter.calls == 2
+
+
+def _view(tracker: PortfolioTracker, liq: str | None, margin: str | None = None) -> VenueMargin:
+    position = tracker.position("BTC-USDT")
+    assert position is not None
+    return VenueMargin(
+        symbol="BTC-USDT",
+        position=position,
+        liquidation_price=None if liq is None else D(liq),
+        margin=None if margin is None else D(margin),
+        balance=None,
+        maintenance_rate=None,
+        mark=None,
+        mid=None,
+        funding_paid=None,
+    )
+
+
+def test_new_venue_figures_end_the_band(
+    policy: RiskPolicy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 5x long from 50000: the formula's liquidation at 40250, a band down to
+    # 44722.2... The venue then reports 46000 (funding took collateral, say):
+    # at 50001 the distance is 8%, the add-margin rung; a band kept from
+    # before would have answered nothing.
+    tracker = _book()
+    views: dict[str, VenueMargin] = {}
+    policy.venue_margins = views
+    assert _run(policy, tracker, "50000") == []
+    assert "BTC-USDT" in policy._bands
+    counter = FactCount(monkeypatch)
+    views["BTC-USDT"] = _view(tracker, "46000")
+    actions = _run(policy, tracker, "50001", 2)
+    assert counter.calls == 1
+    assert [a.rule for a in actions] == ["liquidation-add-margin"]
+    assert actions[0].values["liquidation.price"] == 46000.0
+    # A band made with the venue's figure stands while the figure does (a
+    # margin of 12000 lets a liquidation price as far as 26000) ...
+    views["BTC-USDT"] = _view(tracker, "30000", margin="12000")
+    for now in range(3, 10):  # the band's back-off may wait a few ticks
+        assert _run(policy, tracker, "50000", now) == []
+        if "BTC-USDT" in policy._bands:
+            break
+    band = policy._bands["BTC-USDT"]
+    assert band.venue is views["BTC-USDT"]
+    assert band.low < D("33334")  # 30000 / 0.9
+    asked = counter.calls
+    assert _run(policy, tracker, "44000", 10) == []
+    assert counter.calls == asked
+    # ... and ends when it goes (the formula again: add-margin below 44722.2).
+    del views["BTC-USDT"]
+    assert [a.rule for a in _run(policy, tracker, "44000", 11)] == ["liquidation-add-margin"]
+    assert counter.calls == asked + 1
 
 
 @pytest.mark.parametrize("change", ["fill", "reload", "breaker", "cash", "other-mark"])

@@ -195,6 +195,29 @@ def test_a_short_receives_positive_funding() -> None:
     assert e.margin.funding_paid == D("-0.1")
 
 
+def test_each_open_position_reports_the_funding_it_paid_until_it_closes() -> None:
+    e = engine(margin={"*": MarketMargin(funding_rate=D("0.0001"))})
+    opened(e)
+    e.on_tick(tick("1000", at=T0 + timedelta(seconds=11)))  # 08:00:01: pays 0.1
+    state = e.margin_state("BTC-USDT")
+    assert state is not None
+    assert state.funding_paid == D("0.1")
+    # The durable venue's file keeps it.
+    again = engine(margin={"*": MarketMargin(funding_rate=D("0.0001"))})
+    again.margin.load(e.margin.dump())
+    assert again.margin.position_funding == {"BTC-USDT": D("0.1")}
+    # Closed: a new position starts from nothing (the account's total stays).
+    e.place(market("c", "sell", "1", reduce_only=True))
+    e.drain()
+    assert e.margin_state("BTC-USDT") is None
+    e.place(market("e2", "buy", "1"))
+    e.drain()
+    state = e.margin_state("BTC-USDT")
+    assert state is not None
+    assert state.funding_paid == 0
+    assert e.margin.funding_paid == D("0.1")
+
+
 def test_spot_has_no_leverage_and_sells_only_what_it_holds() -> None:
     e = engine(margin={"BTC-USDT": SPOT})
     e.on_tick(tick("1000", at=T0))

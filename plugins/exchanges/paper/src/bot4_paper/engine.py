@@ -519,8 +519,7 @@ class PaperEngine:
                 pay = funding_due(position.qty, mark, rate, FUNDING_STEP)
                 if pay:
                     self.tracker.adjust_cash(pay)
-                    margin.funding_paid -= pay
-                    margin.funding_events += 1
+                    margin.pay_funding(position.symbol, -pay)
             margin.changed(position.symbol)
         margin.next_funding = next_funding_time(times[-1])
 

@@ -36,6 +36,8 @@ For a perpetual position (one-way mode, USDT-margined, linear):
   account (:func:`bot4.margin.funding_due`), at the latest funding rate a tick
   of the symbol carried before that time (:attr:`MarginBook.rates`, from a
   ``funding_rate`` column), else the market's configured ``funding_rate``.
+  What each open position paid is kept too (``MarginState.funding_paid``,
+  the risk fact ``position.funding_paid``) and forgotten when it closes.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class MarginState:
     maintenance: Decimal
     liquidation_price: Decimal | None
     margin_ratio: Decimal | None  # maintenance / equity of the position (>= 1: liquidated)
+    funding_paid: Decimal = ZERO  # funding the open position paid so far (negative: received)
 
 
 class MarginBook:
@@ -103,6 +106,8 @@ class MarginBook:
         self.added_total = ZERO
         self.funding_paid = ZERO  # what funding took from the wallet (negative: received)
         self.funding_events = 0
+        # What each open position paid in funding (negative: received).
+        self.position_funding: dict[str, Decimal] = {}
         self.liquidations: list[str] = []  # client ids of the venue's liquidation orders
         # Isolated liquidation thresholds by symbol: (price, long) or None.
         self._threshold: dict[str, tuple[Decimal, bool] | None] = {}
@@ -133,9 +138,16 @@ class MarginBook:
         self.added_total += amount
         self._threshold.pop(symbol, None)
 
+    def pay_funding(self, symbol: str, paid: Decimal) -> None:
+        """The position in ``symbol`` paid ``paid`` of funding (negative: received)."""
+        self.funding_paid += paid
+        self.funding_events += 1
+        self.position_funding[symbol] = self.position_funding.get(symbol, ZERO) + paid
+
     def release(self, symbol: str) -> None:
         """The position closed: its added collateral is free again."""
         self.added_total -= self.added.pop(symbol, ZERO)
+        self.position_funding.pop(symbol, None)
         self._threshold.pop(symbol, None)
 
     def changed(self, symbol: str) -> None:
@@ -232,6 +244,7 @@ class MarginBook:
             maintenance=mm,
             liquidation_price=None if threshold is None else threshold[0],
             margin_ratio=mm / equity if equity > 0 else None,
+            funding_paid=self.position_funding.get(symbol, ZERO),
         )
 
     def dump(self) -> dict[str, Any]:
@@ -242,6 +255,7 @@ class MarginBook:
             "added": {k: str(v) for k, v in self.added.items()},
             "funding_paid": str(self.funding_paid),
             "funding_events": self.funding_events,
+            "position_funding": {k: str(v) for k, v in self.position_funding.items()},
             "liquidations": list(self.liquidations),
             "next_funding": None if self.next_funding is None else self.next_funding.isoformat(),
             "rates": {k: str(v) for k, v in self.rates.items()},
@@ -255,6 +269,9 @@ class MarginBook:
         self.added_total = sum(self.added.values(), ZERO)
         self.funding_paid = Decimal(raw["funding_paid"])
         self.funding_events = int(raw["funding_events"])
+        # Absent in a file written before positions kept their funding.
+        held = raw.get("position_funding") or {}
+        self.position_funding = {str(k): Decimal(v) for k, v in held.items()}
         self.liquidations = [str(c) for c in raw["liquidations"]]
         due = raw["next_funding"]
         self.next_funding = None if due is None else datetime.fromisoformat(due)
