@@ -28,7 +28,8 @@ from decimal import Decimal
 from typing import Any
 
 from bot4.journal.riskstate import RunHistory
-from bot4.report import SessionReport, Summary, ns_to_datetime
+from bot4.report import SessionReport
+from bot4.summary import Summary, ns_to_datetime
 
 __all__ = ["resumed_text", "summary_json"]
 

@@ -364,7 +364,7 @@ async def rules_diff(
     if result.changes:
         first = result.first_change_ns
         assert first is not None
-        from bot4.report import ns_to_datetime
+        from bot4.summary import ns_to_datetime
 
         result.notes.append(
             f"the decisions first differ at {ns_to_datetime(first).isoformat()}; from there the "
@@ -408,7 +408,7 @@ def as_text(result: DiffResult, limit: int = 20) -> Iterator[str]:
     if result.changes:
         yield ""
         yield f"first {min(limit, len(result.changes))} changes:"
-        from bot4.report import ns_to_datetime
+        from bot4.summary import ns_to_datetime
 
         for c in result.changes[:limit]:
             when = ns_to_datetime(c.ts_ns).isoformat()
