@@ -295,9 +295,11 @@ class Kernel:
 
     async def _events(self, symbols: Sequence[str]) -> None:
         events = self.exchange.stream(symbols)
-        # stop_requested() inlined in the loop's test (the flag is stop_reason);
-        # the second test stays a call, as the flag changes while we wait.
+        # stop_requested() inlined in both tests (the flag is stop_reason). The
+        # second reads it through another name: the flag changes while we
+        # wait, and mypy would keep self.stop_reason narrowed to None there.
         next_event = events.__anext__
+        flags = self
         try:
             while self.stop_reason is None:
                 self._waiting = True
@@ -311,7 +313,7 @@ class Kernel:
                     return
                 finally:
                     self._waiting = False
-                if self.stop_requested():
+                if flags.stop_reason is not None:
                     return  # asked to stop while waiting: do not start on this event
                 if isinstance(event, MarketData):
                     await self._tick(event)

@@ -340,6 +340,9 @@ class RiskPolicy:
         # kept by the kernel's margin desk (bot4.margin_desk), which shares its
         # mapping here; empty (the formula throughout) for a policy used alone.
         self.venue_margins: Mapping[str, VenueMargin] = {}
+        # A subclass with its own on_market_data has it called on every tick
+        # (on_tracked_tick); asked once here, not per tick.
+        self._own_monitor = type(self).on_market_data is not RiskPolicy.on_market_data
         self._set_horizon()
 
     @classmethod
@@ -816,7 +819,7 @@ class RiskPolicy:
         is answered ``[]`` at once; any other asks the engine. A subclass
         that overrides :meth:`on_market_data` has it called on every tick,
         as before."""
-        if type(self).on_market_data is not RiskPolicy.on_market_data:
+        if self._own_monitor:
             return self.on_market_data(tick, book.snapshot(), now_ns)
         symbol = tick.symbol
         position = book.position(symbol)

@@ -61,7 +61,9 @@ class CorrelationPack(RiskRules):
         self.window = window
         self.min_samples = min_samples
         self._returns: dict[str, deque[float]] = {}
-        self._last: dict[str, float] = {}
+        # Per symbol: [last price, its returns] (the deque is _returns' own):
+        # one look-up a tick, the cost of which every tick of a session pays.
+        self._last: dict[str, list[Any]] = {}
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> CorrelationPack:
@@ -83,14 +85,16 @@ class CorrelationPack(RiskRules):
 
     def on_market_data(self, tick: MarketData) -> None:
         price = float(tick.last)
-        previous = self._last.get(tick.symbol)
-        self._last[tick.symbol] = price
-        if previous is None or previous <= 0.0:
+        state = self._last.get(tick.symbol)
+        if state is None:  # the symbol's first tick: no return yet
+            series: deque[float] = deque(maxlen=self.window)
+            self._returns[tick.symbol] = series
+            self._last[tick.symbol] = [price, series]
             return
-        series = self._returns.get(tick.symbol)
-        if series is None:
-            series = self._returns[tick.symbol] = deque(maxlen=self.window)
-        series.append(price / previous - 1.0)
+        previous = state[0]
+        state[0] = price
+        if previous > 0.0:
+            state[1].append(price / previous - 1.0)
 
     def correlation(self, a: str, b: str) -> float | None:
         xs, ys = self._returns.get(a), self._returns.get(b)
