@@ -10,13 +10,25 @@ import subprocess
 import sys
 import textwrap
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from bot4.testing.decimal_guard import decimal_context_kept
+
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def decimal_context_unchanged() -> Iterator[None]:
+    """No test leaves the Decimal context changed (a later one would round
+    otherwise: see bot4.testing.decimal_guard)."""
+    with decimal_context_kept():
+        yield
+
+
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 
 

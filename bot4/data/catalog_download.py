@@ -36,6 +36,7 @@ parameter) stops at once (ExchangeRefused).
 
 from __future__ import annotations
 
+import decimal
 import functools
 import re
 import sys
@@ -191,7 +192,10 @@ class _Fetcher:
         while True:
             result.requests += 1
             try:
-                return fn()
+                # A Decimal context of its own: ccxt's precision helper changes
+                # the current one in place (see bot4_ccxt.isolate).
+                with decimal.localcontext():
+                    return fn()
             # OperationFailed: NetworkError and the venue's "unknown error,
             # try again" (Binance -1000), as the ccxt exchange plugin retries.
             except (ccxt.RateLimitExceeded, ccxt.DDoSProtection, ccxt.OperationFailed) as exc:

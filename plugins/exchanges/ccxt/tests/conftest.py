@@ -10,6 +10,8 @@ import pytest
 from bot4_ccxt.fakebinance import API_KEY, SECRET, FakeBinance
 from bot4_ccxt.harness import KEY_ENV, SECRET_ENV, SPOT_HOLDINGS
 
+from bot4.testing.decimal_guard import decimal_context_kept
+
 
 @pytest.fixture(autouse=True)
 def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -21,3 +23,12 @@ def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 def venue() -> Iterator[FakeBinance]:
     with FakeBinance(holdings=SPOT_HOLDINGS) as v:  # an account holding BTC can sell
         yield v
+
+
+@pytest.fixture(autouse=True)
+def decimal_context_unchanged() -> Iterator[None]:
+    """ccxt changes the current Decimal context in place; the plugin keeps its
+    calls in a context of their own (bot4_ccxt.isolate), so no test may leave
+    it changed."""
+    with decimal_context_kept():
+        yield

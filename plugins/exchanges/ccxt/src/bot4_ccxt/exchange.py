@@ -113,6 +113,7 @@ from bot4.model import (
 )
 from bot4.portfolio import PortfolioTracker
 from bot4.secrets import redact
+from bot4_ccxt.isolate import in_own_decimal_context
 from bot4_ccxt.perps import (
     MARGIN_MODES,
     MarginPosition,
@@ -419,7 +420,8 @@ class CcxtExchange(Exchange):
         pacer = self._pace()
         await pacer.wait()
         client = self._client
-        call = functools.partial(fn, client, *args)
+        # In a Decimal context of its own: ccxt changes the current one in place.
+        call = functools.partial(in_own_decimal_context, fn, client, *args)
         self.requests += 1
         try:
             result = await trio.to_thread.run_sync(

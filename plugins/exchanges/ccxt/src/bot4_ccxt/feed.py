@@ -45,6 +45,7 @@ import trio
 from bot4.errors import ConfigError, ExchangeUnavailable
 from bot4.feeds import DEFAULT_INTERVAL, Feed, parse_symbols
 from bot4.model import MarketData
+from bot4_ccxt.isolate import in_own_decimal_context
 
 __all__ = ["CONFIG_KEYS", "CcxtFeed"]
 
@@ -223,7 +224,9 @@ class _PollTicks(AsyncIterator[MarketData]):
 async def _in_thread(fn: Callable[[], T]) -> T:
     # ccxt's client is synchronous: a worker thread, abandoned on a cancel (a
     # stop cuts the wait at once; the request ends by its own timeout).
-    return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
+    # In a Decimal context of its own: ccxt changes the current one in place
+    # (bot4_ccxt.isolate).
+    return await trio.to_thread.run_sync(in_own_decimal_context, fn, abandon_on_cancel=True)
 
 
 def _seconds(config: Mapping[str, Any], key: str, default: float) -> float:
