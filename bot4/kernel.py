@@ -299,22 +299,36 @@ class Kernel:
         # second reads it through another name: the flag changes while we
         # wait, and mypy would keep self.stop_reason narrowed to None there.
         next_event = events.__anext__
+        # A stream may also offer poll(): the next event when it is ready
+        # without waiting, else None (bot4_paper's replay: most ticks). A
+        # plain call then takes the place of a coroutine per event; None
+        # sends the loop to the await, which waits, checkpoints or ends.
+        poll = getattr(events, "poll", None)
         flags = self
         try:
             while self.stop_reason is None:
-                self._waiting = True
-                try:
-                    event = await next_event()
-                except StopAsyncIteration:
-                    return
-                except Bot4Error as exc:  # a bad data row, a venue gone: end as a stop does
-                    self.stop_error = exc
-                    self.stop_reason = str(exc)
-                    return
-                finally:
-                    self._waiting = False
-                if flags.stop_reason is not None:
-                    return  # asked to stop while waiting: do not start on this event
+                event = None
+                if poll is not None:
+                    try:
+                        event = poll()
+                    except Bot4Error as exc:
+                        self.stop_error = exc
+                        self.stop_reason = str(exc)
+                        return
+                if event is None:
+                    self._waiting = True
+                    try:
+                        event = await next_event()
+                    except StopAsyncIteration:
+                        return
+                    except Bot4Error as exc:  # a bad data row, a venue gone: end as a stop does
+                        self.stop_error = exc
+                        self.stop_reason = str(exc)
+                        return
+                    finally:
+                        self._waiting = False
+                    if flags.stop_reason is not None:
+                        return  # asked to stop while waiting: do not start on this event
                 if isinstance(event, MarketData):
                     await self._tick(event)
                 elif isinstance(event, Fill):

@@ -303,3 +303,61 @@ async def test_close_closes_a_data_file_read_only_in_part(tmp_path: Path) -> Non
     await ex.close()
     assert _open_files(path) == []
     assert [e async for e in stream] == []
+
+
+async def _trade_through(ex: PaperExchange, use_poll: bool) -> list[str]:
+    """Read the stream as the kernel does (poll first, await when it says
+    None) or by await alone, placing a market order on every 7th tick and a
+    resting limit on every 11th: what the two readers see must be the same."""
+    await ex.connect()
+    stream: Any = ex.stream(["BTC-USDT"])
+    poll = stream.poll if use_poll else None
+    seen: list[object] = []
+    polled = 0
+    n = 0
+    while True:
+        event = poll() if poll is not None else None
+        if event is None:
+            try:
+                event = await stream.__anext__()
+            except StopAsyncIteration:
+                break
+        else:
+            polled += 1
+        seen.append(event)
+        if isinstance(event, MarketData):
+            n += 1
+            if n % 7 == 0:
+                await ex.place_order(
+                    Order(
+                        client_order_id=f"m{n}",
+                        symbol="BTC-USDT",
+                        side="buy",
+                        type="market",
+                        qty=D("0.1"),
+                    )
+                )
+            if n % 11 == 0:
+                await ex.place_order(
+                    Order(
+                        client_order_id=f"l{n}",
+                        symbol="BTC-USDT",
+                        side="sell",
+                        type="limit",
+                        qty=D("0.1"),
+                        price=event.ask + 1,
+                    )
+                )
+    await ex.close()
+    if use_poll:
+        assert polled > len(seen) // 2  # poll really took most events
+    return kinds(seen)
+
+
+@pytest.mark.trio
+async def test_poll_gives_the_events_of_the_await_in_the_same_order() -> None:
+    quotes = [(str(100 + i % 5), str(101 + i % 5), "1") for i in range(200)]
+    awaited = await _trade_through(make(ticks(*quotes)), use_poll=False)
+    polled = await _trade_through(make(ticks(*quotes)), use_poll=True)
+    assert polled == awaited
+    assert any(k.startswith("fill:l") for k in awaited)  # resting orders filled too

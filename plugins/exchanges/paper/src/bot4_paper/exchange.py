@@ -306,6 +306,44 @@ class _Stream(AsyncIterator[ExchangeEvent]):
                 # next event and needs no trip through the buffer.
                 return tick
 
+    def poll(self) -> ExchangeEvent | None:
+        """The next event, when it can be had without waiting; None when the
+        caller must ``await`` :meth:`__anext__` instead (a checkpoint is due
+        on the next tick read, or the stream has ended). The same events in
+        the same order as :meth:`__anext__` alone, read as lazily: a tick is
+        read only when the one before it has been taken, so what the consumer
+        placed on it is executed first. The kernel calls this before each
+        await: most ticks then cost a plain call, not a coroutine."""
+        buffer = self._buffer
+        if buffer:
+            return buffer.popleft()
+        engine = self._exchange.engine
+        while True:
+            if engine._outbox:
+                buffer.extend(engine.drain())
+                return buffer.popleft()
+            if self._done or self._exchange._closed or not (self._read + 1) & 31:
+                return None  # the end, or the tick read next checkpoints: __anext__ does both
+            tick = next(self._ticks, None)
+            if tick is None:
+                self._done = True
+                continue  # one last drain, then __anext__ stops
+            if not isinstance(tick, MarketData):
+                raise ConfigError(f"paper: the feed yielded {type(tick).__name__}, not MarketData")
+            if self._resume is not None and tick.timestamp <= self._resume:
+                continue
+            events = engine.on_tick(tick)
+            if events:
+                buffer.extend(events)
+            self._read += 1
+            wanted = not self._wanted or tick.symbol in self._wanted
+            if buffer:
+                if wanted:
+                    buffer.append(tick)
+                return buffer.popleft()
+            if wanted:
+                return tick
+
     async def aclose(self) -> None:
         self._done = True
 

@@ -69,6 +69,10 @@ class LiveStream(_Stream):
             if wanted:
                 return tick
 
+    def poll(self) -> ExchangeEvent | None:
+        """Only what is buffered: the next tick of a live feed is awaited."""
+        return self._buffer.popleft() if self._buffer else None
+
     async def aclose(self) -> None:
         self._done = True
         aclose = getattr(self._live, "aclose", None)
