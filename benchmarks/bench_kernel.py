@@ -131,9 +131,11 @@ def build_ticks(n: int, symbol: str = "BTC-USDT") -> list[Any]:
     its TradeTicks: last = the walk's price, bid/ask 0.05 either side. Built
     the way the loader's columnar path builds them: the columns (int64 ns,
     fixed-point prices) checked once with numpy, then trusted ticks carrying
-    their ``ts_ns`` (the anchor's ticks carry int ns too)."""
+    their ``ts_ns`` and ``last_float`` (the anchor's ticks carry int ns and a
+    fixed-point price it reads as a double without parsing text)."""
     import numpy as np
 
+    from bot4.data.columns import exact_floats
     from bot4.model import trusted_market_data
 
     t0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -156,6 +158,9 @@ def build_ticks(n: int, symbol: str = "BTC-USDT") -> list[Any]:
             repeat(volume, n),
             [t0 + step * i for i in range(n)],
             ts_ns.tolist(),
+            repeat(None, n),
+            repeat(None, n),
+            exact_floats(tenths, 1) or repeat(None, n),
         )
     )
 

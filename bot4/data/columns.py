@@ -301,6 +301,7 @@ def build_batch(
             ts_ns.tolist(),
             marks,
             rates,
+            exact_floats(last, scale),
         )
     except ArithmeticError:  # not expected of a plain numeral; the reference decides
         return None
@@ -309,3 +310,22 @@ def build_batch(
         state.prev_ns = int(ts_ns[-1])
     first = lines[0] if lines else 0
     return TickBatch(name, first, ticks, ts_ns, bid, ask, last, scale, size, sizes.decimals)
+
+
+# Doubles hold every integer below 2**53 exactly, and 10**k for k <= 22.
+_EXACT_INT = 1 << 53
+_EXACT_POWERS = 22
+
+
+def exact_floats(units: Int64s, scale: int) -> list[float] | None:
+    """``float(Decimal(u).scaleb(-scale))`` for each fixed-point ``u``: one
+    IEEE division of two exact doubles, which rounds to nearest as
+    ``float(Decimal)`` does, so the same double (tested). None when some
+    ``|u|`` or the scale is beyond exact doubles: the ticks then compute
+    their ``last_float`` on first read."""
+    if not 0 <= scale <= _EXACT_POWERS:
+        return None
+    if len(units) and int(np.abs(units).max()) >= _EXACT_INT:
+        return None
+    floats: list[float] = (units.astype(np.float64) / float(10**scale)).tolist()
+    return floats

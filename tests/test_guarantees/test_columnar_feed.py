@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot4.data import DataError, sample_path
-from bot4.data.columns import BATCH_ROWS, TickBatch, fixed_point
+from bot4.data.columns import BATCH_ROWS, TickBatch, exact_floats, fixed_point
 from bot4.data.loader import iter_batches, iter_ticks
 from bot4.model import MarketData
 
@@ -45,6 +46,7 @@ def fingerprint(tick: MarketData) -> tuple[Any, ...]:
         tick.ts_ns,
         str(tick.mark),
         str(tick.funding_rate),
+        tick.last_float.hex(),  # the loader's double of last, bit for bit
         tick,  # attrs equality too
     )
 
@@ -78,6 +80,11 @@ def test_the_sample_gives_the_same_ticks_and_every_batch_is_columnar() -> None:
     reference = list(iter_ticks(sample_path(), exchange="paper", columnar=False))
     assert len(columnar) == len(reference) == 345_600
     assert [fingerprint(t) for t in columnar] == [fingerprint(t) for t in reference]
+    # The loader filled every tick's last_float (read from the slot itself:
+    # reading the attribute of an unfilled tick would compute it) and it is
+    # float(last).
+    slot = MarketData.__dict__["last_float"]
+    assert all(slot.__get__(t) == float(t.last) for t in columnar)
     # The columns say what the ticks say.
     for batch in batches[:3] + batches[-2:]:
         assert batch.bid is not None
@@ -271,3 +278,43 @@ def test_a_batch_is_a_tickbatch_of_trusted_ticks_equal_to_validated_ones(tmp_pat
     assert tick == reference
     assert hash(tick) == hash(reference)
     assert repr(tick) == repr(reference)
+
+
+def test_exact_floats_is_float_of_the_decimal_bit_for_bit() -> None:
+    import random
+
+    import numpy as np
+
+    rng = random.Random(7)
+    limit = (1 << 53) - 1
+    units = [rng.randrange(1, limit) for _ in range(20_000)]
+    units += [1, 5, 9, limit, limit - 1, 10**15 + 1, 2**52 + 1, 123456789012345678 % limit]
+    for scale in (0, 1, 2, 3, 8, 15, 18, 22):
+        array = np.array(units, dtype=np.int64)
+        got = exact_floats(array, scale)
+        assert got is not None
+        want = [float(Decimal(u).scaleb(-scale)) for u in units]
+        assert [g.hex() for g in got] == [w.hex() for w in want], scale
+    # Beyond exact doubles: left to each tick (None), never rounded twice.
+    assert exact_floats(np.array([1 << 53], dtype=np.int64), 2) is None
+    assert exact_floats(np.array([5], dtype=np.int64), 23) is None
+    assert exact_floats(np.array([], dtype=np.int64), 2) == []
+
+
+def test_a_tick_not_from_the_loader_computes_its_float_on_first_read() -> None:
+    from datetime import UTC, datetime
+
+    tick = MarketData(
+        "BTC-USDT",
+        "x",
+        Decimal("0.1"),
+        Decimal("0.3"),
+        Decimal("0.3"),
+        Decimal(1),
+        datetime(2024, 1, 1, tzinfo=UTC),
+    )
+    slot = MarketData.__dict__["last_float"]
+    with pytest.raises(AttributeError):
+        slot.__get__(tick)
+    assert tick.last_float == 0.3
+    assert slot.__get__(tick) == 0.3

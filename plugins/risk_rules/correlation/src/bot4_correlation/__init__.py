@@ -84,7 +84,7 @@ class CorrelationPack(RiskRules):
         }
 
     def on_market_data(self, tick: MarketData) -> None:
-        price = float(tick.last)
+        price = tick.last_float  # float(tick.last), filled by the loader where it can be
         state = self._last.get(tick.symbol)
         if state is None:  # the symbol's first tick: no return yet
             series: deque[float] = deque(maxlen=self.window)
