@@ -337,6 +337,11 @@ class PortfolioTracker:
             dec = self._peak_dec = _to_decimal(self._peak, MONEY_SCALE, self._cash_exp)
         return dec
 
+    def peak_units(self) -> int:
+        """The peak equity in money units (1e-``MONEY_SCALE``), exactly
+        ``peak_equity``: for integer comparisons on every tick."""
+        return self._peak
+
     def qty(self, symbol: str) -> Decimal:
         """Signed net quantity (positive long, negative short, zero flat)."""
         book = self._books.get(symbol)
@@ -408,6 +413,10 @@ class PortfolioTracker:
                 stop_loss=book.stop_loss,
             )
         return book.cached
+
+    def holds_any(self) -> bool:
+        """Whether any position is open (no Position built)."""
+        return any(book.qty for book in self._books.values())
 
     def positions(self) -> dict[str, Position]:
         """Open positions by symbol (a fresh dict; Position objects are shared

@@ -71,7 +71,9 @@ from bot4.model import (
     trusted_market_data,
     trusted_portfolio,
 )
+from bot4.portfolio import MONEY_SCALE, PortfolioTracker
 from bot4.risk.expr import QuietRange
+from bot4.risk.facts import _portfolio_facts as portfolio_facts
 from bot4.risk.facts import tick_facts
 from bot4.venue_margin import VenueMargin
 
@@ -81,6 +83,7 @@ from bot4.venue_margin import VenueMargin
 BAND_MARGIN = 1e-9
 # The band stays within [price / BAND_SPAN, price * BAND_SPAN].
 BAND_SPAN = 1e6
+_MONEY = 10**MONEY_SCALE  # a PortfolioTracker's money unit is 1 / _MONEY
 
 # Facts the price does not move while the band stands (the position and the
 # book are checked unchanged by Band.holds).
@@ -158,6 +161,13 @@ class Band:
     # (its liquidation price replaces the formula's): the very object, which
     # the margin desk replaces at every refresh; the caller checks it.
     venue: VenueMargin | None = None
+    # An equity band over a PortfolioTracker: its equity and peak bounds in
+    # the tracker's money units, (equity low, equity high, peak, peak max),
+    # each rounded inward (ceil a low bound, floor a high one). The
+    # tracker's equity and peak are exactly integers of that unit, so
+    # ``ceil(L * 10**S) <= u`` holds exactly when ``L <= u / 10**S``: the
+    # same answers as the Decimal bounds without a Decimal per tick.
+    units: tuple[int, int, int, int] | None = None
 
     def holds(self, book: Book, tripped: bool) -> bool:
         """The inputs the band was worked out from are unchanged (the
@@ -166,6 +176,10 @@ class Band:
             return False
         if not self.book:
             return True
+        units = self.units
+        if units is not None and type(book) is PortfolioTracker:
+            equity = book.equity_units()
+            return units[2] <= book.peak_units() <= units[3] and units[0] <= equity <= units[1]
         peak = book.peak_equity
         if not self.peak <= peak <= self.peak_max:  # type: ignore[operator]
             return False
@@ -266,16 +280,20 @@ def compute(
     ranges: tuple[QuietRange, ...],
     quiet: Callable[[tuple[QuietRange, ...], Mapping[str, object]], bool],
     venue: VenueMargin | None = None,
+    facts: Mapping[str, object] | None = None,
 ) -> Band | None:
     """The band around ``tick.last``, or None when there is none (the price
     is not quiet, an edge fails its check, a fact is out of reach). The
     caller has checked :func:`supported`; ``quiet`` is the engine path's
-    own quiet test; ``venue`` the venue's margin view the facts use."""
+    own quiet test; ``venue`` the venue's margin view the facts use;
+    ``facts`` those the engine path just built from these very arguments
+    (``tick_facts`` and more), else they are built here."""
     last = tick.last
     reads_book = any(r.fact in _PORTFOLIO for r in ranges)
     if portfolio.mark(symbol) != last:
         return None  # the model moves the mark and the last price together
-    facts = tick_facts(tick, position, portfolio, tripped, mmr, venue)
+    if facts is None:
+        facts = tick_facts(tick, position, portfolio, tripped, mmr, venue)
     if not quiet(ranges, facts):
         return None
     p0 = float(last)
@@ -419,14 +437,26 @@ def _equity_band(
     # The book's facts at the equity edges and both peaks (cash moved by the
     # difference), the symbol's price as it is: each is monotone in equity
     # and in the peak, so quiet at the corners is quiet throughout.
+    # Only the portfolio facts differ from the centre's there (the others are
+    # of the tick, the position and the venue's view, all as they are), so
+    # the centre's facts with the edge book's portfolio facts over them are
+    # exactly what tick_facts would build for it.
     for edge in (equity_low, equity_high):
         cash = portfolio.cash + (edge - equity_d)
         for corner_peak in (peak, peak_max) if peak_max != peak else (peak,):
             edge_book = trusted_portfolio(
                 cash, portfolio.positions, portfolio.marks, corner_peak, portfolio.activity
             )
-            if not quiet(ranges, tick_facts(tick, position, edge_book, tripped, mmr, venue)):
+            if not quiet(ranges, {**facts, **portfolio_facts(edge_book)}):
                 return None
+    units = None
+    if type(book) is PortfolioTracker:
+        units = (
+            _units_ceil(equity_low),
+            _units_floor(equity_high),
+            book.peak_units(),
+            _units_floor(peak_max),
+        )
     return Band(
         symbol,
         band_low,
@@ -439,4 +469,19 @@ def _equity_band(
         peak=book.peak_equity,
         peak_max=peak_max,
         venue=venue,
+        units=units,
     )
+
+
+def _units_floor(value: Decimal) -> int:
+    """``floor(value * 10**MONEY_SCALE)``, exactly."""
+    num, den = value.as_integer_ratio()
+    units: int = (num * _MONEY) // den
+    return units
+
+
+def _units_ceil(value: Decimal) -> int:
+    """``ceil(value * 10**MONEY_SCALE)``, exactly."""
+    num, den = value.as_integer_ratio()
+    units: int = -((-num * _MONEY) // den)
+    return units

@@ -841,9 +841,18 @@ class RiskPolicy:
                 return []
             self._drop_band(symbol, band)
         portfolio = book.snapshot()
-        actions = self.on_market_data(tick, portfolio, now_ns)
+        # on_market_data's steps (a subclass overriding it took the branch
+        # above), keeping the facts: a new band starts from them.
+        held = portfolio.positions.get(symbol)
+        if held is None or held.qty == 0 or TICK not in self._active.engines:
+            return []
+        try:
+            facts = self._tick_facts(tick, portfolio, now_ns)
+            actions, _ = self._monitor(TICK, facts, symbol, now_ns, None, False)
+        except Exception as exc:  # monitoring blind: trip the breaker
+            return self._monitor_failed("tick", symbol, exc, now_ns)
         if not actions and self._band_ranges is not None:
-            self._new_band(symbol, tick, portfolio, book)
+            self._new_band(symbol, tick, portfolio, book, facts)
         return actions
 
     def _drop_band(self, symbol: str, band: bands.Band) -> None:
@@ -855,7 +864,14 @@ class RiskPolicy:
         wait[1] = 1 if band.hits else min(wait[1] * 2, _BAND_BACKOFF_MAX)
         wait[0] = wait[1] - 1
 
-    def _new_band(self, symbol: str, tick: MarketData, portfolio: Portfolio, book: Book) -> None:
+    def _new_band(
+        self,
+        symbol: str,
+        tick: MarketData,
+        portfolio: Portfolio,
+        book: Book,
+        facts: Mapping[str, object] | None = None,
+    ) -> None:
         wait = self._band_wait.get(symbol)
         if wait is not None and wait[0] > 0:
             wait[0] -= 1
@@ -879,6 +895,7 @@ class RiskPolicy:
                 ranges,
                 _quiet,
                 self.venue_margins.get(symbol),
+                facts,
             )
         except Exception:  # no band (fail safe): the engine answers every tick
             band = None
@@ -911,6 +928,12 @@ class RiskPolicy:
         overrides: Mapping[str, object] | None,
         trace: bool,
     ) -> tuple[list[RiskAction], Explanation | None]:
+        facts = self._tick_facts(tick, portfolio, now_ns)
+        return self._monitor(TICK, facts, tick.symbol, now_ns, overrides, trace)
+
+    def _tick_facts(self, tick: MarketData, portfolio: Portfolio, now_ns: int) -> dict[str, object]:
+        """The tick stage's facts for a held symbol, before windows, packs or
+        overrides (which _monitor adds)."""
         active = self._active
         position = portfolio.positions[tick.symbol]
         mmr = active.compiled.mmr
@@ -925,7 +948,7 @@ class RiskPolicy:
             margin_facts(
                 margin_wanted, facts, position, tick, portfolio.mark(tick.symbol), mmr, venue
             )
-        return self._monitor(TICK, facts, tick.symbol, now_ns, overrides, trace)
+        return facts
 
     def _monitor(
         self,

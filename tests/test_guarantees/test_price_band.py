@@ -535,3 +535,60 @@ def test_a_stage_that_cannot_be_analysed_has_no_band(tmp_path: Path) -> None:
         assert p._bands == {}
     finally:
         p.close()
+
+
+def test_an_equity_bands_integer_bounds_answer_as_its_decimal_bounds() -> None:
+    # Band.holds compares a PortfolioTracker's equity and peak as integers of
+    # its money unit; the Decimal bounds are the reference (units=None).
+    # Bounds at, one unit beside, and a fraction of a unit beside the book's
+    # equity and peak, negative ones included.
+    import random
+
+    import attrs
+
+    from bot4.portfolio import MONEY_SCALE
+    from bot4.risk import band as bands
+
+    rng = random.Random(11)
+    unit = D(1).scaleb(-MONEY_SCALE)
+    checked = 0
+    for _ in range(300):
+        tracker = PortfolioTracker(D(rng.randrange(1, 10**6)))
+        for k in range(rng.randrange(1, 4)):
+            qty = D(rng.randrange(1, 10**4)).scaleb(-3)
+            price = D(rng.randrange(1, 10**7)).scaleb(-2)
+            side = rng.choice(("buy", "sell"))
+            fee = D(rng.randrange(0, 10**4)).scaleb(-4)
+            tracker.apply(Fill(f"f{k}", f"c{k}", "BTC-USDT", side, qty, price, fee, TS))
+            tracker.mark("BTC-USDT", D(rng.randrange(1, 10**7)).scaleb(-2))
+        position = tracker.position("BTC-USDT")
+        if position is None:
+            continue
+        equity, peak = tracker.equity, tracker.peak_equity
+        offsets = [D(0), unit, -unit, unit / 3, -unit / 3, D(rng.randrange(-999, 999))]
+        for low_off in offsets:
+            for high_off in offsets:
+                low, high = equity + low_off, equity + high_off
+                peak_max = peak + rng.choice(offsets)
+                reference = bands.Band(
+                    "BTC-USDT",
+                    D(1),
+                    D(10**8),
+                    position,
+                    False,
+                    book="equity",
+                    equity_low=low,
+                    equity_high=high,
+                    peak=peak,
+                    peak_max=peak_max,
+                )
+                units = (
+                    bands._units_ceil(low),
+                    bands._units_floor(high),
+                    tracker.peak_units(),
+                    bands._units_floor(peak_max),
+                )
+                fast = attrs.evolve(reference, units=units)
+                assert fast.holds(tracker, False) == reference.holds(tracker, False)
+                checked += 1
+    assert checked > 5000
