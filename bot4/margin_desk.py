@@ -43,13 +43,12 @@ are, and ADD_MARGIN is only published (for a person or a plugin to act on).
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal
 from typing import TYPE_CHECKING
 
 from bot4.contracts import Capability
 from bot4.errors import ExchangeFailed, ExchangeRefused
-from bot4.margin import next_funding_time
+from bot4.margin import next_funding_ns
 from bot4.model import ZERO, Order, Rejected, RiskAction, RiskActionKind
 from bot4.secrets import redact
 from bot4.venue_margin import MARGIN_TOPIC, VenueMargin, as_record, read_venue_margin
@@ -185,14 +184,17 @@ class MarginDesk:
         await kernel.bus.publish(MARGIN_TOPIC, payload, ts=now_ns)
 
     def _plan(self, now_ns: int) -> None:
-        held = any(p.qty for p in self._kernel.tracker.snapshot().positions.values())
-        if not held:
+        tracker = self._kernel.tracker
+        holds_any = getattr(tracker, "holds_any", None)  # PortfolioTracker's, no snapshot built
+        if not (
+            holds_any()
+            if holds_any is not None
+            else any(p.qty for p in tracker.snapshot().positions.values())
+        ):
             self.due_ns = None
             return
         step = self.refresh_seconds * _NS
-        now = datetime.fromtimestamp(now_ns // _NS, tz=UTC)
-        funding = int(next_funding_time(now).timestamp()) * _NS
-        self.due_ns = min(now_ns + step, funding)
+        self.due_ns = min(now_ns + step, next_funding_ns(now_ns))
 
     def margin_mode(self) -> str:
         """The mode entries use (see the module docstring)."""

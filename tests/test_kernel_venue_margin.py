@@ -512,3 +512,33 @@ def test_a_venues_mark_cannot_make_the_margin_ratio_look_safer() -> None:
         margin_facts(MARGIN_FACTS, facts, short, quote, D(52000), D("0.005"), view)
         assert facts["market.mark"] == mark
         assert math.isclose(float(facts["position.margin_ratio"]), ratio, rel_tol=1e-12)  # type: ignore[arg-type]
+
+
+def test_the_desk_plans_reads_at_the_funding_times_of_next_funding_time() -> None:
+    # The desk plans in integer ns; the reference is the datetime function
+    # of the whole second, around the epoch, at and beside funding times.
+    import random
+
+    from bot4.margin import next_funding_ns, next_funding_time
+
+    step = 8 * 3600 * 10**9
+    rng = random.Random(3)
+    samples = [rng.randrange(-(10**18), 10**19) for _ in range(5000)]
+    for k in (-2, -1, 0, 1, 2, 19_783):
+        samples += [k * step + d for d in (-(10**9), -1, 0, 1, 10**9 - 1, 10**9)]
+    for now_ns in samples:
+        second = datetime.fromtimestamp(now_ns // 10**9, tz=UTC)
+        want = int(next_funding_time(second).timestamp()) * 10**9
+        assert next_funding_ns(now_ns) == want, now_ns
+
+
+def test_holds_any_says_whether_a_position_is_open() -> None:
+    from bot4.model import Fill
+
+    book = PortfolioTracker(Decimal(1000))
+    assert not book.holds_any()
+    when = datetime(2024, 1, 1, tzinfo=UTC)
+    book.apply(Fill("f1", "c1", "BTC-USDT", "buy", Decimal(1), Decimal(100), Decimal(0), when))
+    assert book.holds_any()
+    book.apply(Fill("f2", "c2", "BTC-USDT", "sell", Decimal(1), Decimal(101), Decimal(0), when))
+    assert not book.holds_any()
