@@ -259,3 +259,31 @@ def test_window_counts_are_those_of_the_plain_event_log() -> None:
         for spec in specs:
             for at in (now, when):
                 assert log.count(spec, symbol, at) == plain.count(spec, symbol, at)
+
+
+def test_the_pack_context_is_the_one_the_class_builds() -> None:
+    import attrs
+
+    from bot4.contracts import FactContext
+    from bot4.risk.policy import _fact_context
+
+    order = _order(Decimal(2))
+    book = Portfolio(cash=Decimal(1))
+    for market in (None, _tick()):
+        built = _fact_context(order, book, market)
+        assert type(built) is FactContext
+        assert built == FactContext(order=order, portfolio=book, market=market)
+        assert [f.name for f in attrs.fields(FactContext)] == ["order", "portfolio", "market"]
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            built.order = order  # type: ignore[misc]
+
+
+def _tick() -> Any:
+    from datetime import UTC, datetime
+
+    from bot4.model import MarketData
+
+    p = Decimal(50000)
+    return MarketData(
+        "BTC-USDT", "x", p - 1, p + 1, p, Decimal(1), datetime(2024, 1, 1, tzinfo=UTC)
+    )

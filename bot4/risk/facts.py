@@ -49,7 +49,7 @@ from typing import Any
 import attrs
 
 from bot4.errors import RiskError
-from bot4.model import ZERO, Fill, MarketData, Order, OrderType, Portfolio, Position, Side
+from bot4.model import ZERO, Fill, MarketData, Order, Portfolio, Position, Side
 from bot4.risk.engine import number
 from bot4.risk.expr import BOOL, MAX_MAGNITUDE, NUMBER, STRING, Value
 from bot4.venue_margin import VenueMargin
@@ -450,11 +450,10 @@ def order_facts(
         setcontext(saved)
 
 
-# The enums' texts and a side's sign as plain look-ups: ``Enum.value`` and
-# ``Side.sign`` are Python-level properties, read on every order.
-_SIDE_TEXT = {side: side.value for side in Side}
-_SIDE_SIGN = {side: side.sign for side in Side}
-_TYPE_TEXT = {kind: kind.value for kind in OrderType}
+# ``Enum.value`` and ``Side.sign`` are Python-level properties, and an enum
+# member hashes in Python too (so a dict keyed by members is no cheaper): an
+# order's enums are read as the member's ``_value_`` and by identity.
+_BUY = Side.BUY
 # The last (leverage, mmr) an order's liquidation figures were worked out
 # for, with them: (leverage, mmr, long factor, short factor, distance). Most
 # orders of a session ask for the same leverage (often the shared ``ONE``),
@@ -499,7 +498,7 @@ def _order_facts(
     if entry is None:
         entry = entry_price(order, market)
     side = order.side
-    sign = _SIDE_SIGN[side]
+    sign = 1 if side is _BUY else -1  # Side.sign
     qty = order.qty
     position = portfolio.positions.get(symbol)
     if position is not None:
@@ -518,7 +517,9 @@ def _order_facts(
     equity = book["portfolio.equity"]
     assert isinstance(gross, Decimal)
     assert isinstance(equity, Decimal)
-    gross_after = gross - abs(pos_qty) * mark + abs(after) * entry
+    held_notional = abs(pos_qty) * mark
+    notional_after = abs(after) * entry
+    gross_after = gross - held_notional + notional_after
     if equity > 0:
         leverage_after: object = gross_after / equity
     else:
@@ -527,11 +528,11 @@ def _order_facts(
     facts: dict[str, object] = {
         "order.symbol": symbol,
         "order.exchange": market.exchange if market is not None else "",
-        "order.type": _TYPE_TEXT[order.type],
+        "order.type": order.type._value_,
         "order.qty": qty,
         "order.price": entry,
         "order.notional": qty * entry,
-        "order.side": _SIDE_TEXT[side],
+        "order.side": side._value_,
         "order.leverage": order.leverage,
         "order.has_stop_loss": stop is not None,
         "order.stop_loss": stop if stop is not None else 0,
@@ -542,8 +543,8 @@ def _order_facts(
         "portfolio.leverage_after": leverage_after,
         "position.qty": pos_qty,
         "position.qty_along": along,
-        "position.notional": abs(pos_qty) * mark,
-        "position.notional_after": abs(after) * entry,
+        "position.notional": held_notional,
+        "position.notional_after": notional_after,
         "position.entry_price": held_entry,
     }
     if market is None:

@@ -302,6 +302,25 @@ def _checked(name: str, value: object) -> object:
 
 
 _NOTHING_UNKNOWN: frozenset[str] = frozenset()
+
+# FactContext's slots set directly: its attrs __init__ (frozen, so through
+# object.__setattr__ per field) costs more than a pack's whole answer, and it
+# has no converter or validator to skip (a test holds the two equal).
+_context_new = object.__new__
+_context_order = FactContext.__dict__["order"].__set__
+_context_portfolio = FactContext.__dict__["portfolio"].__set__
+_context_market = FactContext.__dict__["market"].__set__
+
+
+def _fact_context(order: Order, portfolio: Portfolio, market: MarketData | None) -> FactContext:
+    """``FactContext(order=order, portfolio=portfolio, market=market)``."""
+    ctx: FactContext = _context_new(FactContext)
+    _context_order(ctx, order)
+    _context_portfolio(ctx, portfolio)
+    _context_market(ctx, market)
+    return ctx
+
+
 # A string fact value -> its text in an engine message (bot4.risk.message).
 _STRING_TEXT = STRING_TEXT
 # The most ticks a symbol waits before another band is worked out after
@@ -600,7 +619,7 @@ class RiskPolicy:
                     for pack in self._packs
                 ],
             )
-        ctx = FactContext(order=order, portfolio=portfolio, market=market)
+        ctx = _fact_context(order, portfolio, market)
         failure: str | None = None
         unknown: set[str] = set()
         for pack, wanted in cache[2]:
