@@ -287,3 +287,43 @@ def _tick() -> Any:
     return MarketData(
         "BTC-USDT", "x", p - 1, p + 1, p, Decimal(1), datetime(2024, 1, 1, tzinfo=UTC)
     )
+
+
+def _plain_render(template: str, values: dict[str, Any]) -> str:
+    """bot4.risk.reasons.render as first written: one re.sub per rendering."""
+    from bot4.risk.reasons import MAX_REASON_CHARS, PLACEHOLDER
+
+    def one(match: Any) -> str:
+        name, spec = match.group(1).strip(), match.group(2) or ""
+        if name not in values:
+            return "?"
+        value = values[name]
+        if not spec:
+            return facts.describe(value)
+        try:
+            return format(value, spec)
+        except (ValueError, TypeError):
+            return facts.describe(value)
+
+    text = PLACEHOLDER.sub(one, template)
+    if len(text) > MAX_REASON_CHARS:
+        text = text[: MAX_REASON_CHARS - 1] + "\u2026"
+    return text
+
+
+def test_a_reason_renders_as_the_plain_substitution() -> None:
+    from bot4.risk.reasons import render
+
+    rng = random.Random(11)
+    names = ["a.b", " a.b ", "x", "suggested_size", "missing.fact", ""]
+    specs = ["", ":.2f", ":,.2f", ":.0%", ":>10", ":d", ":q", ":.3e", ":"]
+    literals = ["", "over ", " {", "} ", "é", "%s", "{{", "x" * 300]
+    values: dict[str, Any] = {"a.b": 1234.5678, "x": "buy", "suggested_size": Decimal("0.04")}
+    for _ in range(3000):
+        template = "".join(
+            rng.choice(literals) + "{" + rng.choice(names) + rng.choice(specs) + "}"
+            for _ in range(rng.randint(0, 5))
+        ) + rng.choice(literals)
+        chosen = {k: v for k, v in values.items() if rng.random() < 0.8}
+        chosen["a.b"] = rng.choice([1234.5678, True, "text", -0.5, 1e300, Decimal("3.5")])
+        assert render(template, chosen) == _plain_render(template, chosen), template
