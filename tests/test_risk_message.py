@@ -15,10 +15,10 @@ import pytest
 
 from bot4.errors import RiskError
 from bot4.model import Order, Portfolio, Position
-from bot4.risk import RiskPolicy, facts
+from bot4.risk import RiskPolicy, facts, windows
 from bot4.risk.expr import BOOL, MAX_MAGNITUDE, NUMBER, STRING
 from bot4.risk.message import STRING_TEXT, compile_encoder, field_text, generic_body
-from bot4.risk.windows import MAX_EVENTS, EventLog, WindowSpec
+from bot4.risk.windows import EventLog, WindowSpec
 from tests.riskkit import RULES, FixedCorrelation
 
 FIELDS = tuple((name, f',"f{i}":') for i, name in enumerate(["a.n", "b.flag", "c.text", "d.any"]))
@@ -228,8 +228,8 @@ class _PlainLog:
             times = self.times.setdefault(key, [])
             bisect.insort(times, now_ns)
             drop = bisect.bisect_right(times, now_ns - self.horizon_ns)
-            if len(times) - drop > MAX_EVENTS:
-                drop = len(times) - MAX_EVENTS
+            if len(times) - drop > windows.MAX_EVENTS:
+                drop = len(times) - windows.MAX_EVENTS
             del times[:drop]
 
     def count(self, spec: WindowSpec, symbol: str, now_ns: int) -> int:
@@ -238,7 +238,11 @@ class _PlainLog:
         return bisect.bisect_right(times, now_ns) - bisect.bisect_right(times, start)
 
 
-def test_window_counts_are_those_of_the_plain_event_log() -> None:
+@pytest.mark.parametrize("max_events", [windows.MAX_EVENTS, 40])
+def test_window_counts_are_those_of_the_plain_event_log(
+    max_events: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(windows, "MAX_EVENTS", max_events)
     rng = random.Random(3)
     log = EventLog()
     log.set_horizon(3600.0)

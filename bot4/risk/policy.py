@@ -534,7 +534,7 @@ class RiskPolicy:
         if plan.windows:
             self._window_facts(facts, plan.windows, order.symbol, now_ns)
         pack_failure: str | None = None
-        unknown: frozenset[str] = frozenset()
+        unknown = _NOTHING_UNKNOWN
         if compiled.pack_facts:
             pack_failure, unknown = self._pack_values(
                 facts, plan.reads, order, portfolio, market, overrides

@@ -131,17 +131,14 @@ class EventLog:
                 bisect.insort(times, now_ns)  # out-of-order event (replay merge)
             else:
                 times.append(now_ns)
-            # Only when there is something to drop (what _prune would find).
+            # Forget what no window can count, and the oldest past MAX_EVENTS;
+            # looked for only when there is something to drop.
             if times[0] <= cutoff or len(times) > MAX_EVENTS:
-                self._prune(times, now_ns)
-
-    def _prune(self, times: list[int], now_ns: int) -> None:
-        cutoff = now_ns - self.horizon_ns
-        drop = bisect.bisect_right(times, cutoff)
-        if len(times) - drop > MAX_EVENTS:
-            drop = len(times) - MAX_EVENTS
-        if drop:
-            del times[:drop]
+                drop = bisect.bisect_right(times, cutoff)
+                if len(times) - drop > MAX_EVENTS:
+                    drop = len(times) - MAX_EVENTS
+                if drop:
+                    del times[:drop]
 
     def count(self, spec: WindowSpec, symbol: str, now_ns: int) -> int:
         times = self._times.get((spec.count, symbol if spec.per_symbol else _ALL))
