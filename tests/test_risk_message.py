@@ -282,6 +282,26 @@ def test_the_pack_context_is_the_one_the_class_builds() -> None:
             built.order = order  # type: ignore[misc]
 
 
+def test_an_approval_is_the_one_the_class_builds() -> None:
+    import attrs
+
+    from bot4.model import Approved
+    from bot4.risk.policy import _approved
+
+    order = _order(Decimal(2))
+    built = _approved(order, ("a", "b"))
+    assert type(built) is Approved
+    assert built == Approved(order=order, rules=("a", "b"))
+    assert built.order is order
+    assert built.rules == ("a", "b")
+    assert [(f.name, f.validator, f.converter) for f in attrs.fields(Approved)] == [
+        ("order", None, None),
+        ("rules", None, None),
+    ]
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        built.rules = ()  # type: ignore[misc]
+
+
 def _tick() -> Any:
     from datetime import UTC, datetime
 

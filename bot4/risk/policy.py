@@ -303,13 +303,26 @@ def _checked(name: str, value: object) -> object:
 
 _NOTHING_UNKNOWN: frozenset[str] = frozenset()
 
-# FactContext's slots set directly: its attrs __init__ (frozen, so through
-# object.__setattr__ per field) costs more than a pack's whole answer, and it
-# has no converter or validator to skip (a test holds the two equal).
+# FactContext's and Approved's slots set directly: their attrs __init__
+# (frozen, so through object.__setattr__ per field) costs more than a pack's
+# whole answer, and neither has a converter or validator to skip (a test
+# holds each equal to the class's own).
 _context_new = object.__new__
 _context_order = FactContext.__dict__["order"].__set__
 _context_portfolio = FactContext.__dict__["portfolio"].__set__
 _context_market = FactContext.__dict__["market"].__set__
+
+
+_approved_order = Approved.__dict__["order"].__set__
+_approved_rules = Approved.__dict__["rules"].__set__
+
+
+def _approved(order: Order, rules: tuple[str, ...]) -> Approved:
+    """``Approved(order=order, rules=rules)``."""
+    decision: Approved = _context_new(Approved)
+    _approved_order(decision, order)
+    _approved_rules(decision, rules)
+    return decision
 
 
 def _fact_context(order: Order, portfolio: Portfolio, market: MarketData | None) -> FactContext:
@@ -582,7 +595,7 @@ class RiskPolicy:
         elif decider.outcome == "approve":
             if compiled.counts_orders and self.count_approvals:
                 self._events.record(ORDERS, order.symbol, now_ns)
-            decision = Approved(order=order, rules=plan.rule_names)
+            decision = _approved(order, plan.rule_names)
         else:
             decision = self._reject(decider, facts, order)
         if trace:
