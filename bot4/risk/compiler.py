@@ -56,7 +56,17 @@ from bot4.risk import expr, reasons
 from bot4.risk.engine import MAX_FIELDS
 from bot4.risk.exact import ExactCondition, ExactError, First, compile_condition, compile_first
 from bot4.risk.expr import NUMBER, ExprError, Node, Value
-from bot4.risk.facts import BUILTIN_FACTS, FILL, LIQUIDATION_FACTS, ORDER, STAGES, TICK
+from bot4.risk.facts import (
+    BUILTIN_FACTS,
+    CONTEXT_FACTS,
+    FILL,
+    LIQUIDATION_FACTS,
+    MARGIN_FACTS,
+    ORDER,
+    STAGES,
+    TICK,
+)
+from bot4.risk.message import Encoder, compile_encoder
 from bot4.risk.reasons import render
 from bot4.risk.windows import WindowSpec
 from bot4.risk.yamlsrc import YList, YMap, load_yaml
@@ -143,10 +153,19 @@ class StagePlan:
     # Orders: the rules' conditions evaluated exactly in Decimal, as one
     # function giving the index of the first that holds (bot4.risk.exact).
     exact_first: First | None = attrs.field(default=None, eq=False, repr=False)
+    # The declared type of each field's fact ("number", "bool", "string"), in
+    # ``fields`` order; empty: not known (the encoder then has no fast path).
+    kinds: tuple[str, ...] = ()
     # The engine message with a %s per field value, in ``fields`` order
     # (keys are f0, f1, ...: no other % in it), and the fields' fact names.
     layout: str = attrs.field(init=False, eq=False, repr=False)
     field_names: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
+    # The message body of a facts mapping, generated for these fields
+    # (bot4.risk.message: the same text and errors as field by field).
+    encode: Encoder = attrs.field(init=False, eq=False, repr=False)
+    # Of ``reads``: the facts built only when read (asked on every decision).
+    context_reads: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
+    margin_reads: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
 
     @layout.default
     def _layout(self) -> str:
@@ -155,6 +174,19 @@ class StagePlan:
     @field_names.default
     def _field_names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.fields)
+
+    @encode.default
+    def _encode(self) -> Encoder:
+        kinds = self.kinds if len(self.kinds) == len(self.fields) else ("",) * len(self.fields)
+        return compile_encoder(self.fields, kinds, self.layout)
+
+    @context_reads.default
+    def _context_reads(self) -> frozenset[str]:
+        return self.reads & CONTEXT_FACTS
+
+    @margin_reads.default
+    def _margin_reads(self) -> frozenset[str]:
+        return self.reads & MARGIN_FACTS
 
 
 @attrs.frozen(slots=True)
@@ -401,7 +433,8 @@ class Compiler:
                     raise _err(path, rule.line, f"more than {MAX_RULES} rules")
         rules.sort(key=lambda r: r.rank)
         stages = {
-            stage: self._plan(stage, [r for r in rules if stage in r.stages]) for stage in STAGES
+            stage: self._plan(stage, [r for r in rules if stage in r.stages], lookup)
+            for stage in STAGES
         }
         return CompiledPolicy(
             files=tuple(raw.path for raw in raws),
@@ -585,7 +618,9 @@ class Compiler:
             exact=exact,
         )
 
-    def _plan(self, stage: str, rules: list[Rule]) -> StagePlan:
+    def _plan(
+        self, stage: str, rules: list[Rule], lookup: Callable[[str], str | None]
+    ) -> StagePlan:
         used: dict[str, None] = {}
         for rule in rules:
             for fact in expr.facts_of(rule.when):
@@ -641,6 +676,7 @@ class Compiler:
             names,
             quiet,
             exact_first,
+            tuple(lookup(name) or "" for name in keys),
         )
 
 

@@ -49,7 +49,7 @@ from typing import Any
 import attrs
 
 from bot4.errors import RiskError
-from bot4.model import ZERO, Fill, MarketData, Order, Portfolio, Position
+from bot4.model import ZERO, Fill, MarketData, Order, Portfolio, Position, Side
 from bot4.risk.engine import number
 from bot4.risk.expr import BOOL, MAX_MAGNITUDE, NUMBER, STRING, Value
 from bot4.venue_margin import VenueMargin
@@ -345,8 +345,9 @@ def _distance(price: Decimal, liq: Decimal, long: bool) -> Decimal:
     return gap / price if gap > 0 else ZERO
 
 
-# The last book's portfolio facts: (snapshot, arithmetic context, facts).
-_LAST_BOOK: list[tuple[Portfolio, tuple[int, str], dict[str, object]]] = []
+# The last book's portfolio facts: (snapshot, arithmetic context, whether
+# its positions are read-only, facts).
+_LAST_BOOK: list[tuple[Portfolio, tuple[int, str], bool, dict[str, object]]] = []
 
 
 def _portfolio(p: Portfolio) -> dict[str, object]:
@@ -357,17 +358,22 @@ def _portfolio(p: Portfolio) -> dict[str, object]:
     Cached between marks: a :class:`~bot4.portfolio.PortfolioTracker`
     snapshot (read-only mappings, rebuilt whenever a mark or fill changes the
     book) gives the same facts until it is replaced, in the same Decimal
-    context. A Portfolio over plain dicts, which its owner may change, is
-    computed afresh every time. Callers only read the returned dict."""
+    context. So does a Portfolio over plain dicts while it holds no position:
+    its facts are then its cash and peak alone, attributes of a frozen
+    object (the check that it still holds none is made on every use). One
+    whose owner may change its positions is otherwise computed afresh every
+    time. Callers only read the returned dict."""
     ctx = getcontext()
     key = (ctx.prec, ctx.rounding)
     if _LAST_BOOK:
-        last, last_key, facts = _LAST_BOOK[0]
-        if last is p and last_key == key:
+        last, last_key, frozen, facts = _LAST_BOOK[0]
+        if last is p and last_key == key and (frozen or not p.positions):
             return facts
     facts = _portfolio_facts(p)
     if type(p.positions) is MappingProxyType and type(p.marks) is MappingProxyType:
-        _LAST_BOOK[:] = [(p, key, facts)]
+        _LAST_BOOK[:] = [(p, key, True, facts)]
+    elif not p.positions:
+        _LAST_BOOK[:] = [(p, key, False, facts)]
     return facts
 
 
@@ -444,6 +450,39 @@ def order_facts(
         setcontext(saved)
 
 
+# ``Enum.value`` and ``Side.sign`` are Python-level properties, and an enum
+# member hashes in Python too (so a dict keyed by members is no cheaper): an
+# order's enums are read as the member's ``_value_`` and by identity.
+_BUY = Side.BUY
+# The last (leverage, mmr) an order's liquidation figures were worked out
+# for, with them: (leverage, mmr, long factor, short factor, distance). Most
+# orders of a session ask for the same leverage (often the shared ``ONE``),
+# and the maintenance rate is the policy's own object; kept as one tuple.
+_LAST_LEVERAGE: list[tuple[Decimal, Decimal, Decimal, Decimal, Decimal]] = []
+
+
+def _leverage_terms(leverage: Decimal, mmr: Decimal) -> tuple[Decimal, Decimal, Decimal]:
+    """The factors :func:`liquidation_price` multiplies the entry by (long,
+    short) and the order's liquidation distance, in FACT_CONTEXT (the only
+    context :func:`_order_facts` runs in), by the same operations."""
+    if _LAST_LEVERAGE:
+        last = _LAST_LEVERAGE[0]
+        if last[0] is leverage and last[1] is mmr:
+            return last[2], last[3], last[4]
+    if leverage <= 0:
+        raise RiskError(f"leverage {leverage} must be greater than zero")
+    inverse = 1 / leverage
+    long_factor = 1 - inverse + mmr
+    short_factor = 1 + inverse - mmr
+    # (entry - liq) / entry (a long; the mirror for a short) simplifies to
+    # 1/leverage - mmr on both sides; below 0 the entry is past liquidation.
+    gap = inverse - mmr
+    distance = gap if gap > 0 else ZERO
+    if type(leverage) is Decimal and type(mmr) is Decimal:  # immutable: kept by identity
+        _LAST_LEVERAGE[:] = [(leverage, mmr, long_factor, short_factor, distance)]
+    return long_factor, short_factor, distance
+
+
 def _order_facts(
     order: Order,
     portfolio: Portfolio,
@@ -451,37 +490,52 @@ def _order_facts(
     breaker_tripped: bool,
     mmr: Decimal | None,
 ) -> dict[str, object]:
-    if market is not None and market.symbol != order.symbol:
+    """Run by :func:`order_facts`, in FACT_CONTEXT."""
+    symbol = order.symbol
+    if market is not None and market.symbol != symbol:
         market = None  # a quote for another symbol says nothing about this order
-    entry = entry_price(order, market)
-    sign = order.side.sign
-    position = portfolio.positions.get(order.symbol)
-    pos_qty = position.qty if position is not None else Decimal(0)
-    mark = portfolio.mark(order.symbol) if position is not None else entry
+    entry = order.price
+    if entry is None:
+        entry = entry_price(order, market)
+    side = order.side
+    sign = 1 if side is _BUY else -1  # Side.sign
+    qty = order.qty
+    position = portfolio.positions.get(symbol)
+    if position is not None:
+        pos_qty = position.qty
+        mark = portfolio.mark(symbol)
+        held_entry: Decimal | int = position.entry_price
+    else:
+        pos_qty = ZERO
+        mark = entry
+        held_entry = 0
     along = pos_qty * sign
-    after = pos_qty + sign * order.qty
-    reducing = order.reduce_only or (along < 0 and order.qty <= -along)
+    after = pos_qty + sign * qty
+    reducing = order.reduce_only or (along < 0 and qty <= -along)
     book = _portfolio(portfolio)
     gross = book["portfolio.gross_exposure"]
     equity = book["portfolio.equity"]
     assert isinstance(gross, Decimal)
     assert isinstance(equity, Decimal)
-    gross_after = gross - abs(pos_qty) * mark + abs(after) * entry
+    held_notional = abs(pos_qty) * mark
+    notional_after = abs(after) * entry
+    gross_after = gross - held_notional + notional_after
     if equity > 0:
         leverage_after: object = gross_after / equity
     else:
         leverage_after = 0 if gross_after == 0 else NO_EQUITY_LEVERAGE
+    stop = order.stop_loss
     facts: dict[str, object] = {
-        "order.symbol": order.symbol,
+        "order.symbol": symbol,
         "order.exchange": market.exchange if market is not None else "",
-        "order.type": order.type.value,
-        "order.qty": order.qty,
+        "order.type": order.type._value_,
+        "order.qty": qty,
         "order.price": entry,
-        "order.notional": order.qty * entry,
-        "order.side": order.side.value,
+        "order.notional": qty * entry,
+        "order.side": side._value_,
         "order.leverage": order.leverage,
-        "order.has_stop_loss": order.stop_loss is not None,
-        "order.stop_loss": order.stop_loss if order.stop_loss is not None else 0,
+        "order.has_stop_loss": stop is not None,
+        "order.stop_loss": stop if stop is not None else 0,
         "order.reduce_only": order.reduce_only,
         "order.reducing": reducing,
         **book,
@@ -489,19 +543,25 @@ def _order_facts(
         "portfolio.leverage_after": leverage_after,
         "position.qty": pos_qty,
         "position.qty_along": along,
-        "position.notional": abs(pos_qty) * mark,
-        "position.notional_after": abs(after) * entry,
-        "position.entry_price": position.entry_price if position is not None else 0,
-        **_market(market),
-        "breaker.tripped": breaker_tripped,
+        "position.notional": held_notional,
+        "position.notional_after": notional_after,
+        "position.entry_price": held_entry,
     }
+    if market is None:
+        facts["market.available"] = False
+        facts["market.bid"] = facts["market.ask"] = facts["market.last"] = 0
+        facts["market.mid"] = 0
+    else:
+        facts["market.available"] = True
+        facts["market.bid"] = market.bid
+        facts["market.ask"] = market.ask
+        facts["market.last"] = market.last
+        facts["market.mid"] = market.mid
+    facts["breaker.tripped"] = breaker_tripped
     if mmr is not None:
-        liq = liquidation_price(entry, order.leverage, mmr, long=sign > 0)
-        facts["liquidation.price"] = liq
-        # (entry - liq) / entry (a long; the mirror for a short) simplifies to
-        # 1/leverage - mmr on both sides; below 0 the entry is past liquidation.
-        gap = 1 / order.leverage - mmr
-        facts["liquidation.distance"] = gap if gap > 0 else ZERO
+        long_factor, short_factor, distance = _leverage_terms(order.leverage, mmr)
+        facts["liquidation.price"] = entry * (long_factor if sign > 0 else short_factor)
+        facts["liquidation.distance"] = distance
     return facts
 
 

@@ -54,7 +54,6 @@ from bot4.risk.compiler import (
     render,
 )
 from bot4.risk.engine import EngineRuleset
-from bot4.risk.engine import number as engine_number
 from bot4.risk.exact import ExactError, exact_decider, holds
 from bot4.risk.expr import MAX_MAGNITUDE, Value
 from bot4.risk.facts import (
@@ -67,13 +66,13 @@ from bot4.risk.facts import (
     context_facts,
     convert,
     convert_all,
-    encode,
     fill_facts,
     margin_facts,
     order_facts,
     tick_facts,
     to_fact,
 )
+from bot4.risk.message import STRING_TEXT, generic_body
 from bot4.risk.windows import EVENT_KINDS, ORDERS, STOP_OUTS, EventLog
 from bot4.venue_margin import VenueMargin
 
@@ -302,9 +301,41 @@ def _checked(name: str, value: object) -> object:
     return value if type(value) is Decimal else converted
 
 
-# A string fact value -> its text in an engine message (see RiskPolicy._fire).
-_STRING_TEXT: dict[str, str] = {}
-_STRING_TEXT_KEPT = 256
+_NOTHING_UNKNOWN: frozenset[str] = frozenset()
+
+# FactContext's and Approved's slots set directly: their attrs __init__
+# (frozen, so through object.__setattr__ per field) costs more than a pack's
+# whole answer, and neither has a converter or validator to skip (a test
+# holds each equal to the class's own).
+_context_new = object.__new__
+_context_order = FactContext.__dict__["order"].__set__
+_context_portfolio = FactContext.__dict__["portfolio"].__set__
+_context_market = FactContext.__dict__["market"].__set__
+
+
+_approved_order = Approved.__dict__["order"].__set__
+_approved_rules = Approved.__dict__["rules"].__set__
+
+
+def _approved(order: Order, rules: tuple[str, ...]) -> Approved:
+    """``Approved(order=order, rules=rules)``."""
+    decision: Approved = _context_new(Approved)
+    _approved_order(decision, order)
+    _approved_rules(decision, rules)
+    return decision
+
+
+def _fact_context(order: Order, portfolio: Portfolio, market: MarketData | None) -> FactContext:
+    """``FactContext(order=order, portfolio=portfolio, market=market)``."""
+    ctx: FactContext = _context_new(FactContext)
+    _context_order(ctx, order)
+    _context_portfolio(ctx, portfolio)
+    _context_market(ctx, market)
+    return ctx
+
+
+# A string fact value -> its text in an engine message (bot4.risk.message).
+_STRING_TEXT = STRING_TEXT
 # The most ticks a symbol waits before another band is worked out after
 # bands that answered nothing (see RiskPolicy._drop_band).
 _BAND_BACKOFF_MAX = 64
@@ -321,9 +352,10 @@ class RiskPolicy:
         self._paths = tuple(Path(p) for p in paths)
         self._packs = tuple(packs)
         self._failed_signature: tuple[Any, ...] | None = None
-        # (compiled policy, facts needed, [(pack, the needed facts it gives)])
+        # (compiled policy, facts needed, [(pack, [(needed fact it gives, type)])])
         self._wanted: (
-            tuple[CompiledPolicy, frozenset[str], list[tuple[RiskRules, list[str]]]] | None
+            tuple[CompiledPolicy, frozenset[str], list[tuple[RiskRules, list[tuple[str, str]]]]]
+            | None
         ) = None
         self._breaker = Breaker()
         self._events = EventLog()
@@ -499,7 +531,7 @@ class RiskPolicy:
         compiled = active.compiled
         plan = compiled.stages[ORDER]
         engine = active.engines.get(ORDER)
-        margin_wanted = plan.reads & MARGIN_FACTS
+        margin_wanted = plan.margin_reads
         facts: dict[str, object] = order_facts(
             order,
             portfolio,
@@ -509,13 +541,13 @@ class RiskPolicy:
             self.venue_margins.get(order.symbol) if margin_wanted else None,
             margin_wanted,
         )
-        wanted = plan.reads & CONTEXT_FACTS
+        wanted = plan.context_reads
         if wanted:
             context_facts(wanted, facts, portfolio, now_ns, order.symbol)
         if plan.windows:
             self._window_facts(facts, plan.windows, order.symbol, now_ns)
         pack_failure: str | None = None
-        unknown: frozenset[str] = frozenset()
+        unknown = _NOTHING_UNKNOWN
         if compiled.pack_facts:
             pack_failure, unknown = self._pack_values(
                 facts, plan.reads, order, portfolio, market, overrides
@@ -563,7 +595,7 @@ class RiskPolicy:
         elif decider.outcome == "approve":
             if compiled.counts_orders and self.count_approvals:
                 self._events.record(ORDERS, order.symbol, now_ns)
-            decision = Approved(order=order, rules=plan.rule_names)
+            decision = _approved(order, plan.rule_names)
         else:
             decision = self._reject(decider, facts, order)
         if trace:
@@ -584,19 +616,27 @@ class RiskPolicy:
         compiled = self._active.compiled
         cache = self._wanted
         if cache is None or cache[0] is not compiled or cache[1] is not needed:
-            # Which of the needed facts each pack gives: fixed for one compiled
-            # policy, so worked out once rather than on every order.
+            # Which of the needed facts each pack gives, and their declared
+            # types: fixed for one compiled policy, so worked out once rather
+            # than on every order.
             owners = compiled.pack_facts
+            kinds = compiled.pack_types
             cache = self._wanted = (
                 compiled,
                 needed,
-                [(pack, [n for n in needed if owners.get(n) == pack.name]) for pack in self._packs],
+                [
+                    (
+                        pack,
+                        [(n, kinds.get(n, "number")) for n in needed if owners.get(n) == pack.name],
+                    )
+                    for pack in self._packs
+                ],
             )
-        ctx = FactContext(order=order, portfolio=portfolio, market=market)
+        ctx = _fact_context(order, portfolio, market)
         failure: str | None = None
         unknown: set[str] = set()
         for pack, wanted in cache[2]:
-            if not wanted or (overrides and all(n in overrides for n in wanted)):
+            if not wanted or (overrides and all(n in overrides for n, _ in wanted)):
                 continue
             problem = None
             try:
@@ -606,15 +646,25 @@ class RiskPolicy:
                     f"risk pack {pack.name!r} failed to give facts: {type(exc).__name__}: {exc}"
                 )
                 values = {}
-            for name in wanted:
+            for name, kind in wanted:
                 if problem is None:
-                    kind = compiled.pack_types.get(name, "number")
+                    if kind == "number" and type(values) is dict:
+                        # The common case inline: a float (or int, Decimal)
+                        # within range, as _pack_value would take it; anything
+                        # else goes through _pack_value and its errors.
+                        raw = values.get(name)
+                        raw_type = type(raw)
+                        if raw_type is float or raw_type is Decimal or raw_type is int:
+                            number = float(raw)  # type: ignore[arg-type]
+                            if -MAX_MAGNITUDE <= number <= MAX_MAGNITUDE:  # refuses NaN
+                                facts[name] = raw if raw_type is Decimal else number
+                                continue
                     problem = self._pack_value(pack.name, name, values, facts, kind)
                 if problem is not None:
-                    unknown.update(wanted)
+                    unknown.update(n for n, _ in wanted)
                     failure = failure or problem
                     break
-        return failure, frozenset(unknown)
+        return failure, frozenset(unknown) if unknown else _NOTHING_UNKNOWN
 
     @staticmethod
     def _pack_value(
@@ -670,52 +720,9 @@ class RiskPolicy:
         if quiet is not None and not unknown and _quiet(quiet, facts):
             return []
         # Every value is validated and converted on its way into the message
-        # (encode -> to_fact): NaN, infinities and huge numbers never reach C.
+        # (bot4.risk.message): NaN, infinities and huge numbers never reach C.
         # Unknown facts are left out; a rule reading one cannot match.
-        # The values go into the plan's precompiled layout; with facts
-        # unknown their fields are left out of the message instead.
-        texts: list[str | None] = []
-        append = texts.append
-        for name in plan.field_names:
-            if unknown and name in unknown:
-                append(None)
-                continue
-            try:
-                value = facts[name]
-            except KeyError:
-                raise RiskError(f"fact {name} has no value here") from None
-            # Inline fast path of facts.encode for plain numbers and booleans.
-            kind = type(value)
-            if kind is Decimal or kind is float or kind is int:
-                number = float(value)  # type: ignore[arg-type]
-                if not -MAX_MAGNITUDE <= number <= MAX_MAGNITUDE:  # also refuses NaN
-                    raise RiskError(f"fact {name} = {value} is not a finite number within range")
-                text = repr(number)
-                if "e" in text:
-                    text = engine_number(number)
-            elif value is True:
-                text = "true"
-            elif value is False:
-                text = "false"
-            elif kind is str and value in _STRING_TEXT:
-                text = _STRING_TEXT[value]
-            else:
-                text = encode(name, value)  # validates; raises RiskError naming the fact
-                if kind is str:
-                    # String facts take a handful of values (order.side); their
-                    # JSON text (validation, json.dumps) costs more than a number's.
-                    if len(_STRING_TEXT) >= _STRING_TEXT_KEPT:
-                        _STRING_TEXT.clear()
-                    _STRING_TEXT[value] = text  # type: ignore[index]
-            append(text)
-        if unknown:
-            body = '{"_z":0.0' + "".join(
-                prefix + text
-                for (_, prefix), text in zip(plan.fields, texts, strict=True)
-                if text is not None
-            )
-        else:
-            body = plan.layout % tuple(texts)
+        body = generic_body(plan.fields, facts, unknown) if unknown else plan.encode(facts)
         keys = engine.fire(body)
         fired = []
         for key in keys:
@@ -723,7 +730,8 @@ class RiskPolicy:
             if rule is None:
                 raise RiskError(f"engine fired unknown rule {key!r}")
             fired.append(rule)
-        fired.sort(key=lambda r: r.rank)
+        if len(fired) > 1:
+            fired.sort(key=lambda r: r.rank)
         return fired
 
     def _reject(self, rule: Rule, raw: Mapping[str, object], order: Order) -> Rejected:

@@ -146,24 +146,53 @@ def check(
     return facts
 
 
+# A template split at its placeholders, once: ((literal before, name, spec),
+# ...) and the literal after the last. Templates are the rules' own, so few;
+# the bound only keeps a caller with endless templates from growing it.
+_PARTS: dict[str, tuple[tuple[tuple[str, str, str], ...], str]] = {}
+_PARTS_KEPT = 1024
+
+
+def _parts(template: str) -> tuple[tuple[tuple[str, str, str], ...], str]:
+    parts = _PARTS.get(template)
+    if parts is None:
+        pieces = []
+        end = 0
+        for match in PLACEHOLDER.finditer(template):
+            name, spec = match.group(1).strip(), match.group(2) or ""
+            pieces.append((template[end : match.start()], name, spec))
+            end = match.end()
+        parts = (tuple(pieces), template[end:])
+        if len(_PARTS) >= _PARTS_KEPT:
+            _PARTS.clear()
+        _PARTS[template] = parts
+    return parts
+
+
 def render(template: str, values: Mapping[str, Any]) -> str:
     """Fill a reason template. Names and specs were checked at compile time; a
     value that is somehow missing shows as ``?`` rather than failing the
-    decision, and the text is never longer than MAX_REASON_CHARS."""
-
-    def one(match: re.Match[str]) -> str:
-        name, spec = match.group(1).strip(), match.group(2) or ""
+    decision, and the text is never longer than MAX_REASON_CHARS. (Each
+    placeholder is replaced as ``PLACEHOLDER.sub`` would, from the template's
+    parts worked out once: a rejection renders its reason on the decision
+    path.)"""
+    pieces, tail = _parts(template)
+    out: list[str] = []
+    for literal, name, spec in pieces:
+        out.append(literal)
         if name not in values:
-            return "?"
+            out.append("?")
+            continue
         value = values[name]
         if not spec:
-            return describe(value)
+            out.append(describe(value))
+            continue
         try:
-            return format(value, spec)
+            out.append(format(value, spec))
         except (ValueError, TypeError):
-            return describe(value)
-
-    text = PLACEHOLDER.sub(one, template)
+            out.append(describe(value))
+    out.append(tail)
+    text = "".join(out)
     if len(text) > MAX_REASON_CHARS:
         text = text[: MAX_REASON_CHARS - 1] + "\u2026"
     return text

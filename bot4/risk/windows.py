@@ -47,6 +47,12 @@ class WindowSpec:
     per_symbol: bool
     path: str
     line: int
+    # The window's length in ns, as EventLog.count takes it (asked per decision).
+    nanos: int = attrs.field(init=False, eq=False, repr=False)
+
+    @nanos.default
+    def _nanos(self) -> int:
+        return int(self.seconds * 1e9)
 
     @classmethod
     def parse(cls, name: str, value: object, path: str, line: int) -> WindowSpec:
@@ -118,28 +124,27 @@ class EventLog:
         return n
 
     def _add(self, kind: str, symbol: str, now_ns: int) -> None:
+        cutoff = now_ns - self.horizon_ns
         for key in ((kind, symbol), (kind, _ALL)):
             times = self._times[key]
             if times and times[-1] > now_ns:
                 bisect.insort(times, now_ns)  # out-of-order event (replay merge)
             else:
                 times.append(now_ns)
-            self._prune(times, now_ns)
-
-    def _prune(self, times: list[int], now_ns: int) -> None:
-        cutoff = now_ns - self.horizon_ns
-        drop = bisect.bisect_right(times, cutoff)
-        if len(times) - drop > MAX_EVENTS:
-            drop = len(times) - MAX_EVENTS
-        if drop:
-            del times[:drop]
+            # Forget what no window can count, and the oldest past MAX_EVENTS;
+            # looked for only when there is something to drop.
+            if times[0] <= cutoff or len(times) > MAX_EVENTS:
+                drop = bisect.bisect_right(times, cutoff)
+                if len(times) - drop > MAX_EVENTS:
+                    drop = len(times) - MAX_EVENTS
+                if drop:
+                    del times[:drop]
 
     def count(self, spec: WindowSpec, symbol: str, now_ns: int) -> int:
         times = self._times.get((spec.count, symbol if spec.per_symbol else _ALL))
         if not times:
             return 0
-        start = now_ns - int(spec.seconds * 1e9)
-        return bisect.bisect_right(times, now_ns) - bisect.bisect_right(times, start)
+        return bisect.bisect_right(times, now_ns) - bisect.bisect_right(times, now_ns - spec.nanos)
 
     def clear(self, kind: str) -> None:
         for key in [k for k in self._times if k[0] == kind]:
