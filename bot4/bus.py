@@ -395,6 +395,7 @@ class Subscription:
         "_blocked",
         "_bus",
         "_busy",
+        "_exclude",
         "_fixed",
         "_idle",
         "_limit",
@@ -431,6 +432,7 @@ class Subscription:
         on_batch: BatchHandler | None = None,
         batch_topics: str = "market.*",
         batch_size: int = DEFAULT_BATCH_SIZE,
+        exclude: str | None = None,
     ) -> None:
         self.name = name
         self.pattern = pattern
@@ -445,6 +447,9 @@ class Subscription:
         self.last_error: Exception | None = None
         self._bus = bus
         self._fixed, self._tail = _compile_pattern(pattern)
+        # Topics matching ``exclude`` are not routed here at all: for a topic
+        # no one else wants, publishing then builds nothing.
+        self._exclude = None if exclude is None else _compile_pattern(exclude)
         # Batches: topics matching both patterns reach ``on_batch`` in an
         # EventBatch; the open batch (``_open``) is the last item of the
         # queue, not yet taken by the delivery task, and takes the next
@@ -578,8 +583,10 @@ class Bus:
         on_batch: BatchHandler | None = None,
         batch_topics: str = "market.*",
         batch_size: int = DEFAULT_BATCH_SIZE,
+        exclude: str | None = None,
     ) -> Subscription:
-        """Deliver events whose topic matches ``pattern`` to ``handler``.
+        """Deliver events whose topic matches ``pattern`` (and not
+        ``exclude``, when given) to ``handler``.
 
         Starts the subscription's delivery task in the bus nursery.  Events
         published after this call (even before the task first runs) are
@@ -612,6 +619,7 @@ class Bus:
             on_batch,
             batch_topics,
             batch_size,
+            exclude,
         )
         self._subs.append(sub)
         self._routes.clear()
@@ -623,7 +631,12 @@ class Bus:
     def _route_miss(self, topic: str) -> _Route:
         _check_topic(topic)
         segments = topic.split(".")
-        subs = tuple(s for s in self._subs if _match(s._fixed, s._tail, segments))
+        subs = tuple(
+            s
+            for s in self._subs
+            if _match(s._fixed, s._tail, segments)
+            and (s._exclude is None or not _match(*s._exclude, segments))
+        )
         batched = tuple(
             s
             for s in subs

@@ -219,3 +219,33 @@ def test_a_filter_cannot_be_combined_with_batches() -> None:
                 bus.subscribe("#", lambda e: None, on_batch=print, batch_size=0)
 
     trio.run(main)
+
+
+@pytest.mark.trio
+async def test_an_excluded_topic_is_not_routed_to_the_subscriber_and_costs_nothing() -> None:
+    """``exclude``: a "#" subscriber (the journal without market data) gets
+    every other topic, in order, and no batch or envelope for the excluded
+    ones; another subscriber of those topics still gets them."""
+    async with open_bus() as bus:
+        seen: list[str] = []
+        batches: list[EventBatch] = []
+        sub = bus.subscribe(
+            "#", lambda e: seen.append(e.topic), on_batch=batches.append, exclude="market.*"
+        )
+        for i in range(50):
+            assert bus.post("market.BTC-USDT", i, ts=i) is None
+            await bus.publish("fill.BTC-USDT", i, ts=i)
+        await bus.publish("market", 0, ts=0)  # not matched by market.*
+        await bus.drain()
+        assert batches == []
+        assert seen == ["fill.BTC-USDT"] * 50 + ["market"]
+        assert sub.delivered == 51
+        others: list[EventBatch] = []
+        bus.subscribe("market.#", lambda e: None, on_batch=others.append)
+        bus.post("market.BTC-USDT", 99, ts=99)
+        await bus.drain()
+        assert [b.payloads for b in others] == [[99]]
+        assert batches == []
+    with pytest.raises(ValueError, match="only allowed as the last segment"):
+        async with open_bus() as bus:
+            bus.subscribe("#", lambda e: None, exclude="market.#.x")

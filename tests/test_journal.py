@@ -643,3 +643,33 @@ def test_cli_migrate_and_verify_on_postgres() -> None:
 def test_pg_is_reachable_or_skipped() -> None:
     """Documents the policy: absent locally skips with the reason, on CI fails."""
     assert pg_available() == PG_URL
+
+
+@pytest.mark.parametrize("market_data", [False, True])
+def test_ticks_reach_the_journal_only_when_it_keeps_market_data(
+    tmp_path: Path, market_data: bool
+) -> None:
+    # Without market data the journal's "#" subscription excludes market.*:
+    # a tick nobody else wants is not routed to it (no batch is filled).
+    from bot4.bus import open_bus
+
+    ticks = list(itertools.islice(iter_sample(), 20))
+
+    async def main() -> tuple[int, int]:
+        journal = Journal(open_store(tmp_path / "j.sqlite", lock=True))
+        writer = JournalWriter(journal, venue=VenueKind.PAPER, market_data=market_data)
+        async with open_bus() as bus:
+            writer.attach(bus)
+            (sub,) = [s for s in bus.subscriptions if s.name == "journal"]
+            for tick in ticks:
+                bus.post(f"market.{tick.symbol}", tick, ts=tick.ts_ns)
+            await bus.publish("risk.error", {"message": "x"}, ts=1)
+            await bus.drain()
+            kept = len(writer._ticks)
+            delivered = sub.delivered
+        await journal.aclose()
+        return kept, delivered
+
+    kept, delivered = trio.run(main)
+    assert kept == (20 if market_data else 0)
+    assert delivered == (21 if market_data else 1)

@@ -208,8 +208,10 @@ class JournalWriter:
     ) -> None:
         """Subscribe to the bus, then :meth:`attach_hooks`."""
         # Ticks come as batches (bot4.bus): no envelope is built per tick for
-        # the journal, which keeps them only with ``market_data``. The other
-        # topics are chosen in the handler (a filter cannot go with batches).
+        # the journal, which keeps them only with ``market_data``; without it
+        # they are not routed here at all, so a tick no one else wants costs
+        # the bus nothing. The other topics are chosen in the handler (a
+        # filter cannot go with batches).
         bus.subscribe(
             "#",
             self._on_other,
@@ -217,6 +219,7 @@ class JournalWriter:
             policy=Backpressure.BLOCK,
             capacity=4096,
             name="journal",
+            exclude=None if self.market_data else "market.*",
         )
         self.attach_hooks(policy, tracker, clock=clock)
 
