@@ -6,8 +6,10 @@ updates) and the kernel's decisions (signals, risk verdicts, orders, risk
 actions). Every one of those is an event the bus carried, so the recorder
 keeps them all; nothing the kernel derives is republished on the bus.
 
-Format (version 2). One gzip stream (level 6: about as small as 9 at a
-fraction of the CPU) holding the line ``bot4-recording 2`` and then frames,
+Format (version 2). One gzip stream (level 1: the default session's
+recording is about a fifth larger than at level 6 for a fifth of the
+compression CPU, and still a few MB; any level reads the same) holding the
+line ``bot4-recording 2`` and then frames,
 each a kind byte, a 4-byte big-endian length and that many bytes:
 
 * ``E``: one event, the JSON object ``{topic, ts, seq, correlation_id,
@@ -87,7 +89,7 @@ __all__ = [
 # the first bytes inside the gzip stream say which format it holds.
 RECORDING = "recording.jsonl.gz"
 MAGIC = b"bot4-recording 2\n"
-COMPRESSLEVEL = 6
+COMPRESSLEVEL = 1
 # The longest line or frame a recording may hold (a header carries every rule file).
 MAX_LINE = 16 * 1024 * 1024
 # Recordings compress about 10:1; past this ratio the file is not one.
@@ -97,7 +99,6 @@ FLUSH_TICKS = 4096
 _RATIO_FLOOR = 16 * 1024 * 1024  # the ratio is checked past this many bytes
 _GZIP_MAGIC = b"\x1f\x8b"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
 _SWAP = sys.byteorder != "little"  # columns are little-endian on disk
 
 Record = tuple[int, dict[str, Any]]
@@ -106,7 +107,7 @@ Ticks = Literal["records", "models", "skip"]
 
 _SYMBOL = attrgetter("symbol")
 _EXCHANGE = attrgetter("exchange")
-_STAMP = attrgetter("timestamp")
+_TS_NS = attrgetter("ts_ns")  # the tick's own time in ns (the kernel has read it already)
 _PRICES = (attrgetter("bid"), attrgetter("ask"), attrgetter("last"), attrgetter("volume"))
 _OPTIONAL = (attrgetter("mark"), attrgetter("funding_rate"))  # None on most ticks
 
@@ -234,8 +235,12 @@ class CompactWriter:
                         sid = ids[key] = len(ids) + 1
                         declared.append([sid, *key])
                     sids[i] = sid
-        stamps = [(stamp - _EPOCH) // _US for stamp in map(_STAMP, ticks)]
-        offsets = map(sub, stamps, map(floordiv, ts, repeat(1000)))
+        # Microseconds of the tick's own time minus those of the bus time, in
+        # C: a tick's ts_ns is its timestamp in whole microseconds times 1000.
+        thousands = repeat(1000)
+        offsets = map(
+            sub, map(floordiv, map(_TS_NS, ticks), thousands), map(floordiv, ts, thousands)
+        )
         own: list[list[Any]] = []
         if cids.count(None) != n:
             prefix = self._prefix

@@ -1,0 +1,97 @@
+"""The report's mutable state per series: the open sample bucket, the open
+round trip, and how a report that follows its own book reads equity in that
+book's integer units (:class:`bot4.report.SessionReport` is the one user).
+
+They change on every tick, so they are slotted objects updated in place, not
+frozen values allocated per tick. An equity bucket of a following report
+(:class:`_UnitsBucket`) holds the book's integer money units: compared
+exactly as the Decimals they stand for, and turned into the same floats
+(:func:`_money_float`), but without building a Decimal per tick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from bot4.model import ZERO
+from bot4.portfolio import MONEY_SCALE
+from bot4.summary import EquitySample, PriceSample
+
+_MONEY_UNIT: int = 10**MONEY_SCALE  # a PortfolioTracker's equity_units() per unit of money
+
+
+def _money_float(units: int) -> float:
+    """``float(equity)`` of the Decimal a tracker's equity units stand for:
+    the same float, int / int being correctly rounded as float(Decimal) is."""
+    return units / _MONEY_UNIT
+
+
+def _units_of(value: Decimal) -> int | None:
+    """``value`` in money units when it is a whole number of them, else None."""
+    num, den = value.as_integer_ratio()
+    units, rest = divmod(num * _MONEY_UNIT, den)
+    return None if rest else units
+
+
+class _Bucket:
+    """The open bucket of one series. Mutable and slotted: it changes on every
+    tick, and allocating a fresh object per tick is what we must not do."""
+
+    __slots__ = ("drawdown", "high", "index", "last", "low", "ts")
+
+    # value: a Decimal (a price, or equity read as one), or integer money
+    # units in a _UnitsBucket.
+    def __init__(self, index: int, ts: int, value: Decimal, drawdown: Decimal = ZERO) -> None:
+        self.index = index
+        self.ts = ts
+        self.last = self.low = self.high = value
+        self.drawdown = drawdown
+
+    def add(self, ts: int, value: Decimal) -> None:
+        self.ts = ts
+        self.last = value
+        if value < self.low:
+            self.low = value
+        elif value > self.high:
+            self.high = value
+
+    def price(self) -> PriceSample:
+        return PriceSample(self.ts, float(self.last), float(self.low), float(self.high))
+
+    def equity(self, money: Callable[[Any], float] = float) -> EquitySample:
+        """The sample; ``money`` turns the bucket's equity values into floats."""
+        return EquitySample(
+            self.ts, money(self.last), money(self.low), money(self.high), float(self.drawdown)
+        )
+
+
+class _UnitsBucket(_Bucket):
+    """The open equity bucket of a report that follows its own book: equity
+    in the tracker's integer money units (compared exactly, as the Decimals
+    they stand for), and the state whose drawdown was last worked out.
+
+    The drawdown ``(peak - equity) / peak`` never rises when the peak stays
+    and equity does not fall (each Decimal step rounds monotonically), so a
+    state at the same peak with equity at or above ``checked`` cannot beat
+    ``drawdown``: the Decimal division is done only at a new low."""
+
+    __slots__ = ("checked", "checked_peak")
+
+    def __init__(self, index: int, ts: int, value: int, drawdown: Decimal) -> None:
+        super().__init__(index, ts, value, drawdown)  # type: ignore[arg-type]
+        self.checked_peak: int | None = None  # None: nothing checked yet
+        self.checked = 0
+
+
+class _Trip:
+    """The open round trip of one symbol."""
+
+    __slots__ = ("cash", "fees", "opened", "qty")
+
+    def __init__(self) -> None:
+        self.qty = ZERO  # signed net quantity
+        self.cash = ZERO  # sells minus buys since the trip opened
+        self.fees = ZERO
+        self.opened = 0
