@@ -59,7 +59,7 @@ from bot4.bus import Backpressure, Bus, Event, EventBatch, Subscription
 from bot4.kernel import KernelStats
 from bot4.model import ZERO, Fill, MarketData, Rejected, RiskAction, RiskActionKind
 from bot4.portfolio import PortfolioTracker
-from bot4.report_buckets import _Bucket, _money_float, _Trip, _units_of, _UnitsBucket
+from bot4.report_buckets import _Bucket, _money_float, _Trip, _units_of
 from bot4.summary import (
     ActionRecord,
     EquitySample,
@@ -193,17 +193,17 @@ class SessionReport:
         self._book = self.tracker.copy()
         self._money = _money_float
         bucket = self._equity_open
-        if bucket is not None and not isinstance(bucket, _UnitsBucket):
+        if bucket is not None and isinstance(bucket.last, Decimal):
             # An equity bucket opened before (read from the tracker as
             # Decimals, so whole units): the same values, in units.
-            units = [_units_of(v) for v in (bucket.last, bucket.low, bucket.high)]
+            units = [_units_of(Decimal(v)) for v in (bucket.last, bucket.low, bucket.high)]
             last, low, high = (u if u is not None else 0 for u in units)
             if None in units:
                 self._book = None  # cannot happen with a PortfolioTracker; stay exact anyway
                 self._money = float
                 return
-            unit_bucket = _UnitsBucket(bucket.index, bucket.ts, last, bucket.drawdown)
-            unit_bucket.low, unit_bucket.high = low, high  # type: ignore[assignment]
+            unit_bucket = _Bucket(bucket.index, bucket.ts, last, bucket.drawdown)
+            unit_bucket.low, unit_bucket.high = low, high
             self._equity_open = unit_bucket
 
     def handle(self, event: Event) -> None:
@@ -280,10 +280,13 @@ class SessionReport:
 
     def _handle_batch_units(self, batch: EventBatch, book: PortfolioTracker) -> None:
         """:meth:`handle_batch` for a report following its own book: each
-        tick marks it and observes it in integer units (_observe_units)."""
+        tick marks it and observes it in integer units. The common tick (same
+        equity bucket, same peak) is :meth:`_observe_units` inlined, step for
+        step; anything else goes through it."""
         bucket_ns = self._bucket_ns
         price_open, prices, last_price = self._price_open, self._prices, self._last_price
         last_float = self._last_float
+        mark, equity_units = book.mark, book.equity_units
         for i, (topic, tick, event_ts) in enumerate(
             zip(batch.topics, batch.payloads, batch.ts, strict=True)
         ):
@@ -291,7 +294,8 @@ class SessionReport:
                 self.handle(Event(topic, tick, event_ts, batch.seqs[i], batch.correlation_id_at(i)))
                 continue
             self._ticks += 1
-            if not self._open and self._first_ts is not None:
+            held = self._open
+            if not held and self._first_ts is not None:
                 # _advance without a position: time only moves forward
                 ts = event_ts if event_ts > self._last_ts else self._last_ts
                 self._last_ts = ts
@@ -299,7 +303,7 @@ class SessionReport:
                 ts = self._advance(event_ts)
             symbol, price = tick.symbol, tick.last
             last_price[symbol] = price
-            book.mark(symbol, price)
+            mark(symbol, price)
             index = ts // bucket_ns
             bucket = price_open.get(symbol)
             if bucket is None:
@@ -310,11 +314,39 @@ class SessionReport:
                 price_open[symbol] = _Bucket(index, ts, price)
             else:
                 bucket.add(ts, price)
-            if self._open:
+            if held:
                 last_float[symbol] = float(price)
             else:
                 self._floats_stale = True
-            self._observe_units(ts, book)
+            equity = self._equity_open
+            if (
+                equity is None
+                or index > equity.index
+                or book.peak_equity is not self._peak_seen
+                or self._first_equity is None
+            ):
+                self._observe_units(ts, book)
+                continue
+            # _observe_units, for a tick in the open bucket at the peak seen.
+            units = equity_units()
+            peak = self._peak_units
+            equity.ts = ts
+            equity.last = units
+            if units < equity.low:
+                equity.low = units
+            elif units > equity.high:
+                equity.high = units
+            if (peak is None or units < peak) and (
+                peak is None or peak != equity.checked_peak or units < equity.checked
+            ):
+                drawdown = self._book_state()[1]
+                if drawdown > equity.drawdown:
+                    equity.drawdown = drawdown
+                equity.checked_peak, equity.checked = peak, units
+            if held:
+                self._gross_ratio = self._gross() / _money_float(units) if units > 0 else 0.0
+            else:
+                self._gross_ratio = 0.0
 
     # -- handlers -------------------------------------------------------------
 
@@ -413,7 +445,7 @@ class SessionReport:
     def _observe_units(self, ts: int, book: PortfolioTracker) -> None:
         """:meth:`_observe_at` of :meth:`_book_state`, the same figures, with
         equity in the book's integer units: the Decimal drawdown is worked out
-        only when it may beat the bucket's (see _UnitsBucket), and a bucket's
+        only when it may beat the bucket's (see _Bucket), and a bucket's
         floats are those of the Decimals (_money_float)."""
         units = book.equity_units()
         peak_dec = book.peak_equity
@@ -431,12 +463,11 @@ class SessionReport:
             drawdown = self._book_state()[1] if below else ZERO
             if bucket is not None:
                 self._equity.append(bucket.equity(_money_float))
-            opened = self._equity_open = _UnitsBucket(index, ts, units, drawdown)
+            opened = self._equity_open = _Bucket(index, ts, units, drawdown)
             if below:
                 opened.checked_peak, opened.checked = peak, units
         else:
-            assert isinstance(bucket, _UnitsBucket)
-            bucket.add(ts, units)  # type: ignore[arg-type]
+            bucket.add(ts, units)
             if below and (peak is None or peak != bucket.checked_peak or units < bucket.checked):
                 # _book_state also keeps the worst drawdown of the run: a
                 # state skipped here cannot beat the bucket's, so not it either.

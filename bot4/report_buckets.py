@@ -4,7 +4,7 @@ book's integer units (:class:`bot4.report.SessionReport` is the one user).
 
 They change on every tick, so they are slotted objects updated in place, not
 frozen values allocated per tick. An equity bucket of a following report
-(:class:`_UnitsBucket`) holds the book's integer money units: compared
+(a :class:`_Bucket` of integers) holds the book's integer money units: compared
 exactly as the Decimals they stand for, and turned into the same floats
 (:func:`_money_float`), but without building a Decimal per tick.
 """
@@ -37,19 +37,28 @@ def _units_of(value: Decimal) -> int | None:
 
 class _Bucket:
     """The open bucket of one series. Mutable and slotted: it changes on every
-    tick, and allocating a fresh object per tick is what we must not do."""
+    tick, and allocating a fresh object per tick is what we must not do.
 
-    __slots__ = ("drawdown", "high", "index", "last", "low", "ts")
+    Its values are Decimals (prices, or equity read from a tracker), or, in
+    the equity bucket of a report that follows its own book, the book's
+    integer money units (compared exactly as the Decimals they stand for).
+    Such a bucket also keeps the state whose drawdown was last worked out:
+    the drawdown ``(peak - equity) / peak`` never rises while the peak stays
+    and equity does not fall (each Decimal step rounds monotonically), so a
+    state at ``checked_peak`` with equity at or above ``checked`` cannot beat
+    ``drawdown``, and the Decimal division is done only at a new low."""
 
-    # value: a Decimal (a price, or equity read as one), or integer money
-    # units in a _UnitsBucket.
-    def __init__(self, index: int, ts: int, value: Decimal, drawdown: Decimal = ZERO) -> None:
+    __slots__ = ("checked", "checked_peak", "drawdown", "high", "index", "last", "low", "ts")
+
+    def __init__(self, index: int, ts: int, value: Decimal | int, drawdown: Decimal = ZERO) -> None:
         self.index = index
         self.ts = ts
         self.last = self.low = self.high = value
         self.drawdown = drawdown
+        self.checked_peak: int | None = None  # None: no drawdown worked out yet
+        self.checked = 0
 
-    def add(self, ts: int, value: Decimal) -> None:
+    def add(self, ts: int, value: Decimal | int) -> None:
         self.ts = ts
         self.last = value
         if value < self.low:
@@ -65,24 +74,6 @@ class _Bucket:
         return EquitySample(
             self.ts, money(self.last), money(self.low), money(self.high), float(self.drawdown)
         )
-
-
-class _UnitsBucket(_Bucket):
-    """The open equity bucket of a report that follows its own book: equity
-    in the tracker's integer money units (compared exactly, as the Decimals
-    they stand for), and the state whose drawdown was last worked out.
-
-    The drawdown ``(peak - equity) / peak`` never rises when the peak stays
-    and equity does not fall (each Decimal step rounds monotonically), so a
-    state at the same peak with equity at or above ``checked`` cannot beat
-    ``drawdown``: the Decimal division is done only at a new low."""
-
-    __slots__ = ("checked", "checked_peak")
-
-    def __init__(self, index: int, ts: int, value: int, drawdown: Decimal) -> None:
-        super().__init__(index, ts, value, drawdown)  # type: ignore[arg-type]
-        self.checked_peak: int | None = None  # None: nothing checked yet
-        self.checked = 0
 
 
 class _Trip:

@@ -559,3 +559,38 @@ def test_a_following_report_gives_the_decimal_figures_exactly() -> None:
         assert followed.first_equity == reference.first_equity
 
     trio.run(main)
+
+
+def test_follow_after_some_events_keeps_the_open_equity_bucket_exact() -> None:
+    """follow() called once the report has read a few events from the
+    tracker turns the open equity bucket into the book's units: the samples
+    and the drawdown are those of a report that reads the tracker throughout."""
+    from bot4.bus import Event
+
+    tracker, twin = PortfolioTracker(D(1000)), PortfolioTracker(D(1000))
+    late, reference = SessionReport(tracker, sample_every_s=60), SessionReport(twin)
+    seq = 0
+
+    def both(t: float, topic: str, payload: object) -> None:
+        nonlocal seq
+        seq += 1
+        for report in (late, reference):
+            report.handle(Event(topic, payload, ns(t), seq, f"c{seq}"))
+
+    def tick(t: float, price: str) -> None:
+        p = D(price)
+        for book in (tracker, twin):
+            book.mark(BTC, p)
+        both(t, f"market.{BTC}", MarketData(BTC, "paper", p, p, p, D(1), T0))
+
+    fill = Fill("f1", "o1", BTC, "buy", D("3.3"), D("100"), D("0.07"), T0)
+    for book in (tracker, twin):
+        book.apply(fill)
+    both(1, f"fill.{BTC}", fill)
+    tick(2, "97.31")  # the open bucket holds Decimals read from the tracker
+    late.follow()
+    for t, price in [(3, "96.02"), (4, "99.99"), (5, "95.5"), (61, "101"), (62, "90.25")]:
+        tick(t, price)
+    assert late.equity_samples() == reference.equity_samples()
+    assert len(late.equity_samples()) == 2
+    assert late.max_drawdown == reference.max_drawdown > 0
