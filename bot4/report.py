@@ -29,6 +29,11 @@ still counts. The tracker updates its peak on every mark, so its peak is the
 true high-water mark. Both are read from the tracker at the same moment (when
 the event is delivered; with the kernel that is at the end of the tick that
 published it), so each drawdown figure describes one real state of the book.
+A report that follows its own book (:meth:`SessionReport.follow`, as a
+session's does) reads equity as the book's integer money units, exact and
+without a Decimal per tick, and divides in Decimal only at a new low of the
+bucket (the drawdown cannot rise otherwise): the same figures, float for
+float, at a fraction of the cost.
 
 Trades. A trade is a round trip per symbol from flat to flat. Its PnL is the
 sum of its fills' cash flows (sells minus buys) minus their fees; a fill that
@@ -53,13 +58,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 
 from bot4.bus import Backpressure, Bus, Event, EventBatch, Subscription
 from bot4.kernel import KernelStats
 from bot4.model import ZERO, Fill, MarketData, Rejected, RiskAction, RiskActionKind
 from bot4.portfolio import PortfolioTracker
-from bot4.report_buckets import _Bucket, _money_float, _Trip, _units_of
+from bot4.report_buckets import Book, _Bucket, _money_float, _Trip, _units_of
 from bot4.summary import (
     ActionRecord,
     EquitySample,
@@ -84,22 +89,6 @@ __all__ = [
 ]
 
 _NS = 1_000_000_000
-
-
-class Book(Protocol):
-    """What the report reads of :class:`bot4.portfolio.PortfolioTracker`."""
-
-    @property
-    def equity(self) -> Decimal: ...
-
-    @property
-    def peak_equity(self) -> Decimal: ...
-
-    @property
-    def starting_cash(self) -> Decimal: ...
-
-    @property
-    def fees(self) -> Decimal: ...
 
 
 class SessionReport:
@@ -527,33 +516,9 @@ class SessionReport:
         trip = self._trips.get(fill.symbol)
         if trip is None:
             trip = self._trips[fill.symbol] = _Trip()
-        sign = fill.side.sign
-        qty, price, fee = fill.qty, fill.price, fill.fee
-        if trip.qty == 0 or (trip.qty > 0) == (sign > 0):
-            if trip.qty == 0:
-                trip.opened = ts
-            trip.qty += sign * qty
-            trip.cash -= sign * qty * price
-            trip.fees += fee
-        else:
-            closing = min(qty, abs(trip.qty))
-            closing_fee = fee if closing == qty else fee * closing / qty
-            trip.qty += sign * closing
-            trip.cash -= sign * closing * price
-            trip.fees += closing_fee
-            if trip.qty == 0:
-                self._trades.append(
-                    TradeRecord(fill.symbol, trip.opened, ts, trip.cash - trip.fees)
-                )
-                rest = qty - closing
-                if rest:
-                    # A flip: the rest of the fill opens the next trip.
-                    trip.qty = sign * rest
-                    trip.cash = -sign * rest * price
-                    trip.fees = fee - closing_fee
-                    trip.opened = ts
-                else:
-                    trip.cash = trip.fees = ZERO
+        closed = trip.apply(fill, ts)
+        if closed is not None:
+            self._trades.append(closed)
         if trip.qty:
             self._open[fill.symbol] = float(trip.qty)
         else:

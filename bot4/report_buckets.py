@@ -1,6 +1,7 @@
 """The report's mutable state per series: the open sample bucket, the open
-round trip, and how a report that follows its own book reads equity in that
-book's integer units (:class:`bot4.report.SessionReport` is the one user).
+round trip (and what the report reads of a tracker, :class:`Book`), and how
+a report that follows its own book reads equity in that book's integer
+units (:class:`bot4.report.SessionReport` is the one user).
 
 They change on every tick, so they are slotted objects updated in place, not
 frozen values allocated per tick. An equity bucket of a following report
@@ -13,11 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
-from bot4.model import ZERO
+from bot4.model import ZERO, Fill
 from bot4.portfolio import MONEY_SCALE
-from bot4.summary import EquitySample, PriceSample
+from bot4.summary import EquitySample, PriceSample, TradeRecord
 
 _MONEY_UNIT: int = 10**MONEY_SCALE  # a PortfolioTracker's equity_units() per unit of money
 
@@ -76,8 +77,25 @@ class _Bucket:
         )
 
 
+class Book(Protocol):
+    """What the report reads of :class:`bot4.portfolio.PortfolioTracker`."""
+
+    @property
+    def equity(self) -> Decimal: ...
+
+    @property
+    def peak_equity(self) -> Decimal: ...
+
+    @property
+    def starting_cash(self) -> Decimal: ...
+
+    @property
+    def fees(self) -> Decimal: ...
+
+
 class _Trip:
-    """The open round trip of one symbol."""
+    """The open round trip of one symbol (see :mod:`bot4.report` for what a
+    trade is)."""
 
     __slots__ = ("cash", "fees", "opened", "qty")
 
@@ -86,3 +104,33 @@ class _Trip:
         self.cash = ZERO  # sells minus buys since the trip opened
         self.fees = ZERO
         self.opened = 0
+
+    def apply(self, fill: Fill, ts: int) -> TradeRecord | None:
+        """Take ``fill`` (at event time ``ts``); the trade it closes, if any."""
+        sign = fill.side.sign
+        qty, price, fee = fill.qty, fill.price, fill.fee
+        if self.qty == 0 or (self.qty > 0) == (sign > 0):
+            if self.qty == 0:
+                self.opened = ts
+            self.qty += sign * qty
+            self.cash -= sign * qty * price
+            self.fees += fee
+            return None
+        closing = min(qty, abs(self.qty))
+        closing_fee = fee if closing == qty else fee * closing / qty
+        self.qty += sign * closing
+        self.cash -= sign * closing * price
+        self.fees += closing_fee
+        if self.qty != 0:
+            return None
+        closed = TradeRecord(fill.symbol, self.opened, ts, self.cash - self.fees)
+        rest = qty - closing
+        if rest:
+            # A flip: the rest of the fill opens the next trip.
+            self.qty = sign * rest
+            self.cash = -sign * rest * price
+            self.fees = fee - closing_fee
+            self.opened = ts
+        else:
+            self.cash = self.fees = ZERO
+        return closed
