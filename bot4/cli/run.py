@@ -228,10 +228,10 @@ SESSION_GC_YOUNG = 50_000
 
 @contextmanager
 def _fewer_collections() -> Iterator[None]:
-    """Run the session with the young generation collected less often, and
-    what is alive before it (modules, config, plugins) frozen: never scanned
-    again, being never garbage. Both are undone after (``cmd_run`` runs in
-    the caller's process too, e.g. in tests)."""
+    """Run the session (or its replay) with the young generation collected
+    less often, and what is alive before it (modules, config, plugins)
+    frozen: never scanned again, being never garbage. Both are undone after
+    (the commands run in the caller's process too, e.g. in tests)."""
     before = gc.get_threshold()
     gc.freeze()
     gc.set_threshold(SESSION_GC_YOUNG, *before[1:])
@@ -433,7 +433,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     # A recording that cannot be replayed (unreadable, missing plugins) raises
     # Bot4Error: one line, exit 2 (bot4.cli.main). A difference exits 1.
-    result = trio.run(replay, args.recording, args.out)
+    with _fewer_collections():  # a replay runs the session again: the same loop
+        result = trio.run(replay, args.recording, args.out)
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     if result.matched:
