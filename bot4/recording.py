@@ -59,16 +59,17 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from itertools import accumulate, repeat
-from operator import attrgetter, floordiv, sub
+from operator import add, attrgetter, floordiv, sub
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, cast
 
 import attrs
 import trio
 
 from bot4 import codec
 from bot4.bus import BUS_ERROR, Backpressure, Bus, BusErrorInfo, Event, EventBatch, Subscription
+from bot4.data.columns import FileState, build_batch
 from bot4.errors import Bot4Error, ConfigError
 from bot4.model import MarketData
 
@@ -122,6 +123,10 @@ def _packed(code: str, values: Any) -> bytes:
     if _SWAP:
         column.byteswap()
     return column.tobytes()
+
+
+def _micros_time(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
 
 
 def _deltas(values: list[int]) -> Iterator[int]:
@@ -512,8 +517,45 @@ class _Block:
         if unknown:
             raise KeyError(f"undeclared symbol id {min(unknown)}")
 
+    def _checked_ticks(self) -> list[MarketData] | None:
+        """The block's ticks validated as columns, by the tick loader's own
+        path (:func:`bot4.data.columns.build_batch`: exact fixed point, every
+        check of the MarketData constructor, vectorised), or None when a cell
+        or a check is one that path leaves to the constructor: then the block
+        goes tick by tick, which names the tick. Blocks with marks or funding
+        rates, several exchanges, or a symbol with blanks around it (which the
+        loader would strip) go tick by tick too."""
+        if len(self.texts) != 4:
+            return None
+        names = {sid: self.symbols[sid] for sid in dict.fromkeys(self.sids)}
+        exchanges = {exchange for _, _, exchange in names.values()}
+        if len(exchanges) != 1 or any(s != s.strip() for _, s, _ in names.values()):
+            return None
+        symbol_of = {sid: symbol for sid, (_, symbol, _) in names.items()}
+        # The tick's own time in microseconds, parsed as the loader parses a
+        # time cell (one datetime per distinct value).
+        micros = list(map(add, map(floordiv, self.ts, repeat(1000)), self.offsets))
+        batch = build_batch(
+            str(self.path),
+            [self.number],
+            [cast(list[str], micros), *self.texts],
+            list(map(symbol_of.__getitem__, self.sids)),
+            "",
+            exchanges.pop(),
+            FileState(),
+            cast(Callable[[str], datetime], _micros_time),
+        )
+        return None if batch is None else batch.ticks
+
     def items(self, models: bool) -> Iterator[tuple[int, str, Any]]:
         path, symbols, cids, prefix = self.path, self.symbols, self.cids, self.prefix
+        if models:
+            checked = self._checked_ticks()
+            if checked is not None:
+                topic_of = {sid: symbols[sid][0] for sid in dict.fromkeys(self.sids)}
+                numbers = range(self.number, self.number + self.n)
+                yield from zip(numbers, map(topic_of.__getitem__, self.sids), checked, strict=True)
+                return
         bids, asks, lasts, volumes = self.texts[:4]
         n = self.n
         marks, rates = self.texts[4:] if len(self.texts) == 6 else ([""] * n, [""] * n)
