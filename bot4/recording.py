@@ -6,8 +6,10 @@ updates) and the kernel's decisions (signals, risk verdicts, orders, risk
 actions). Every one of those is an event the bus carried, so the recorder
 keeps them all; nothing the kernel derives is republished on the bus.
 
-Format (version 2). One gzip stream (level 6: about as small as 9 at a
-fraction of the CPU) holding the line ``bot4-recording 2`` and then frames,
+Format (version 2). One gzip stream (level 1: the default session's
+recording is about a fifth larger than at level 6 for a fifth of the
+compression CPU, and still a few MB; any level reads the same) holding the
+line ``bot4-recording 2`` and then frames,
 each a kind byte, a 4-byte big-endian length and that many bytes:
 
 * ``E``: one event, the JSON object ``{topic, ts, seq, correlation_id,
@@ -57,16 +59,17 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from itertools import accumulate, repeat
-from operator import attrgetter, floordiv, sub
+from operator import add, attrgetter, floordiv, sub
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, cast
 
 import attrs
 import trio
 
 from bot4 import codec
 from bot4.bus import BUS_ERROR, Backpressure, Bus, BusErrorInfo, Event, EventBatch, Subscription
+from bot4.data.columns import FileState, build_batch
 from bot4.errors import Bot4Error, ConfigError
 from bot4.model import MarketData
 
@@ -87,7 +90,7 @@ __all__ = [
 # the first bytes inside the gzip stream say which format it holds.
 RECORDING = "recording.jsonl.gz"
 MAGIC = b"bot4-recording 2\n"
-COMPRESSLEVEL = 6
+COMPRESSLEVEL = 1
 # The longest line or frame a recording may hold (a header carries every rule file).
 MAX_LINE = 16 * 1024 * 1024
 # Recordings compress about 10:1; past this ratio the file is not one.
@@ -97,7 +100,6 @@ FLUSH_TICKS = 4096
 _RATIO_FLOOR = 16 * 1024 * 1024  # the ratio is checked past this many bytes
 _GZIP_MAGIC = b"\x1f\x8b"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
 _SWAP = sys.byteorder != "little"  # columns are little-endian on disk
 
 Record = tuple[int, dict[str, Any]]
@@ -106,7 +108,7 @@ Ticks = Literal["records", "models", "skip"]
 
 _SYMBOL = attrgetter("symbol")
 _EXCHANGE = attrgetter("exchange")
-_STAMP = attrgetter("timestamp")
+_TS_NS = attrgetter("ts_ns")  # the tick's own time in ns (the kernel has read it already)
 _PRICES = (attrgetter("bid"), attrgetter("ask"), attrgetter("last"), attrgetter("volume"))
 _OPTIONAL = (attrgetter("mark"), attrgetter("funding_rate"))  # None on most ticks
 
@@ -121,6 +123,10 @@ def _packed(code: str, values: Any) -> bytes:
     if _SWAP:
         column.byteswap()
     return column.tobytes()
+
+
+def _micros_time(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
 
 
 def _deltas(values: list[int]) -> Iterator[int]:
@@ -234,8 +240,12 @@ class CompactWriter:
                         sid = ids[key] = len(ids) + 1
                         declared.append([sid, *key])
                     sids[i] = sid
-        stamps = [(stamp - _EPOCH) // _US for stamp in map(_STAMP, ticks)]
-        offsets = map(sub, stamps, map(floordiv, ts, repeat(1000)))
+        # Microseconds of the tick's own time minus those of the bus time, in
+        # C: a tick's ts_ns is its timestamp in whole microseconds times 1000.
+        thousands = repeat(1000)
+        offsets = map(
+            sub, map(floordiv, map(_TS_NS, ticks), thousands), map(floordiv, ts, thousands)
+        )
         own: list[list[Any]] = []
         if cids.count(None) != n:
             prefix = self._prefix
@@ -507,8 +517,45 @@ class _Block:
         if unknown:
             raise KeyError(f"undeclared symbol id {min(unknown)}")
 
+    def _checked_ticks(self) -> list[MarketData] | None:
+        """The block's ticks validated as columns, by the tick loader's own
+        path (:func:`bot4.data.columns.build_batch`: exact fixed point, every
+        check of the MarketData constructor, vectorised), or None when a cell
+        or a check is one that path leaves to the constructor: then the block
+        goes tick by tick, which names the tick. Blocks with marks or funding
+        rates, several exchanges, or a symbol with blanks around it (which the
+        loader would strip) go tick by tick too."""
+        if len(self.texts) != 4:
+            return None
+        names = {sid: self.symbols[sid] for sid in dict.fromkeys(self.sids)}
+        exchanges = {exchange for _, _, exchange in names.values()}
+        if len(exchanges) != 1 or any(s != s.strip() for _, s, _ in names.values()):
+            return None
+        symbol_of = {sid: symbol for sid, (_, symbol, _) in names.items()}
+        # The tick's own time in microseconds, parsed as the loader parses a
+        # time cell (one datetime per distinct value).
+        micros = list(map(add, map(floordiv, self.ts, repeat(1000)), self.offsets))
+        batch = build_batch(
+            str(self.path),
+            [self.number],
+            [cast(list[str], micros), *self.texts],
+            list(map(symbol_of.__getitem__, self.sids)),
+            "",
+            exchanges.pop(),
+            FileState(),
+            cast(Callable[[str], datetime], _micros_time),
+        )
+        return None if batch is None else batch.ticks
+
     def items(self, models: bool) -> Iterator[tuple[int, str, Any]]:
         path, symbols, cids, prefix = self.path, self.symbols, self.cids, self.prefix
+        if models:
+            checked = self._checked_ticks()
+            if checked is not None:
+                topic_of = {sid: symbols[sid][0] for sid in dict.fromkeys(self.sids)}
+                numbers = range(self.number, self.number + self.n)
+                yield from zip(numbers, map(topic_of.__getitem__, self.sids), checked, strict=True)
+                return
         bids, asks, lasts, volumes = self.texts[:4]
         n = self.n
         marks, rates = self.texts[4:] if len(self.texts) == 6 else ([""] * n, [""] * n)

@@ -29,6 +29,11 @@ still counts. The tracker updates its peak on every mark, so its peak is the
 true high-water mark. Both are read from the tracker at the same moment (when
 the event is delivered; with the kernel that is at the end of the tick that
 published it), so each drawdown figure describes one real state of the book.
+A report that follows its own book (:meth:`SessionReport.follow`, as a
+session's does) reads equity as the book's integer money units, exact and
+without a Decimal per tick, and divides in Decimal only at a new low of the
+bucket (the drawdown cannot rise otherwise): the same figures, float for
+float, at a fraction of the cost.
 
 Trades. A trade is a round trip per symbol from flat to flat. Its PnL is the
 sum of its fills' cash flows (sells minus buys) minus their fees; a fill that
@@ -53,12 +58,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from decimal import Decimal
-from typing import Protocol
+from typing import Any
 
 from bot4.bus import Backpressure, Bus, Event, EventBatch, Subscription
 from bot4.kernel import KernelStats
 from bot4.model import ZERO, Fill, MarketData, Rejected, RiskAction, RiskActionKind
 from bot4.portfolio import PortfolioTracker
+from bot4.report_buckets import Book, _Bucket, _money_float, _Trip, _units_of
 from bot4.summary import (
     ActionRecord,
     EquitySample,
@@ -83,63 +89,6 @@ __all__ = [
 ]
 
 _NS = 1_000_000_000
-
-
-class Book(Protocol):
-    """What the report reads of :class:`bot4.portfolio.PortfolioTracker`."""
-
-    @property
-    def equity(self) -> Decimal: ...
-
-    @property
-    def peak_equity(self) -> Decimal: ...
-
-    @property
-    def starting_cash(self) -> Decimal: ...
-
-    @property
-    def fees(self) -> Decimal: ...
-
-
-class _Bucket:
-    """The open bucket of one series. Mutable and slotted: it changes on every
-    tick, and allocating a fresh object per tick is what we must not do."""
-
-    __slots__ = ("drawdown", "high", "index", "last", "low", "ts")
-
-    def __init__(self, index: int, ts: int, value: Decimal, drawdown: Decimal = ZERO) -> None:
-        self.index = index
-        self.ts = ts
-        self.last = self.low = self.high = value
-        self.drawdown = drawdown
-
-    def add(self, ts: int, value: Decimal) -> None:
-        self.ts = ts
-        self.last = value
-        if value < self.low:
-            self.low = value
-        elif value > self.high:
-            self.high = value
-
-    def price(self) -> PriceSample:
-        return PriceSample(self.ts, float(self.last), float(self.low), float(self.high))
-
-    def equity(self) -> EquitySample:
-        return EquitySample(
-            self.ts, float(self.last), float(self.low), float(self.high), float(self.drawdown)
-        )
-
-
-class _Trip:
-    """The open round trip of one symbol."""
-
-    __slots__ = ("cash", "fees", "opened", "qty")
-
-    def __init__(self) -> None:
-        self.qty = ZERO  # signed net quantity
-        self.cash = ZERO  # sells minus buys since the trip opened
-        self.fees = ZERO
-        self.opened = 0
 
 
 class SessionReport:
@@ -186,6 +135,12 @@ class SessionReport:
         self._first_equity: Decimal | None = None  # equity at this run's first book event
         # The book as of the last event handled (see follow()); None: read the tracker.
         self._book: PortfolioTracker | None = None
+        # With a book of its own, equity is read as the book's integer units
+        # (see _observe_units): the peak last read, and it in units (None
+        # when it is not a whole number of them: then always the Decimals).
+        self._peak_seen: Decimal | None = None
+        self._peak_units: int | None = None
+        self._money: Callable[[Any], float] = float
 
         self._by_head: dict[str, Callable[[Event], None]] = {
             "market": self._on_market,
@@ -225,6 +180,20 @@ class SessionReport:
         if not isinstance(self.tracker, PortfolioTracker):
             raise TypeError("follow() needs a PortfolioTracker to copy")
         self._book = self.tracker.copy()
+        self._money = _money_float
+        bucket = self._equity_open
+        if bucket is not None and isinstance(bucket.last, Decimal):
+            # An equity bucket opened before (read from the tracker as
+            # Decimals, so whole units): the same values, in units.
+            units = [_units_of(Decimal(v)) for v in (bucket.last, bucket.low, bucket.high)]
+            last, low, high = (u if u is not None else 0 for u in units)
+            if None in units:
+                self._book = None  # cannot happen with a PortfolioTracker; stay exact anyway
+                self._money = float
+                return
+            unit_bucket = _Bucket(bucket.index, bucket.ts, last, bucket.drawdown)
+            unit_bucket.low, unit_bucket.high = low, high
+            self._equity_open = unit_bucket
 
     def handle(self, event: Event) -> None:
         """Take one event (the bus handler; also usable without a bus)."""
@@ -241,8 +210,13 @@ class SessionReport:
         moves it; a tick while a position is open re-reads it. A tick while
         flat (most of them) credits no exposure and leaves the gross ratio
         at zero, so only the clock and the buckets move."""
+        if self._book is not None:
+            self._handle_batch_units(batch, self._book)
+            return
+        # From here the report reads the tracker itself (it follows no book):
+        # its state is read once a batch, the batch being delivered after the
+        # kernel moved it (as before follow() existed).
         state: tuple[Decimal, Decimal] | None = None
-        book = self._book
         bucket_ns = self._bucket_ns
         price_open, prices, last_price = self._price_open, self._prices, self._last_price
         for i, (topic, tick, event_ts) in enumerate(
@@ -262,10 +236,6 @@ class SessionReport:
                 ts = self._advance(event_ts)
             symbol, price = tick.symbol, tick.last
             last_price[symbol] = price
-            if book is not None:
-                book.mark(symbol, price)
-                if not flat:
-                    state = None  # a held symbol's mark moved the book
             index = ts // bucket_ns
             bucket = price_open.get(symbol)
             if bucket is None:
@@ -296,6 +266,76 @@ class SessionReport:
             else:
                 self._floats_stale = True
             self._observe_at(ts, *state)
+
+    def _handle_batch_units(self, batch: EventBatch, book: PortfolioTracker) -> None:
+        """:meth:`handle_batch` for a report following its own book: each
+        tick marks it and observes it in integer units. The common tick (same
+        equity bucket, same peak) is :meth:`_observe_units` inlined, step for
+        step; anything else goes through it."""
+        bucket_ns = self._bucket_ns
+        price_open, prices, last_price = self._price_open, self._prices, self._last_price
+        last_float = self._last_float
+        mark, equity_units = book.mark, book.equity_units
+        for i, (topic, tick, event_ts) in enumerate(
+            zip(batch.topics, batch.payloads, batch.ts, strict=True)
+        ):
+            if not isinstance(tick, MarketData) or topic.partition(".")[0] != "market":
+                self.handle(Event(topic, tick, event_ts, batch.seqs[i], batch.correlation_id_at(i)))
+                continue
+            self._ticks += 1
+            held = self._open
+            if not held and self._first_ts is not None:
+                # _advance without a position: time only moves forward
+                ts = event_ts if event_ts > self._last_ts else self._last_ts
+                self._last_ts = ts
+            else:
+                ts = self._advance(event_ts)
+            symbol, price = tick.symbol, tick.last
+            last_price[symbol] = price
+            mark(symbol, price)
+            index = ts // bucket_ns
+            bucket = price_open.get(symbol)
+            if bucket is None:
+                price_open[symbol] = _Bucket(index, ts, price)
+                prices[symbol] = []
+            elif index > bucket.index:
+                prices[symbol].append(bucket.price())
+                price_open[symbol] = _Bucket(index, ts, price)
+            else:
+                bucket.add(ts, price)
+            if held:
+                last_float[symbol] = float(price)
+            else:
+                self._floats_stale = True
+            equity = self._equity_open
+            if (
+                equity is None
+                or index > equity.index
+                or book.peak_equity is not self._peak_seen
+                or self._first_equity is None
+            ):
+                self._observe_units(ts, book)
+                continue
+            # _observe_units, for a tick in the open bucket at the peak seen.
+            units = equity_units()
+            peak = self._peak_units
+            equity.ts = ts
+            equity.last = units
+            if units < equity.low:
+                equity.low = units
+            elif units > equity.high:
+                equity.high = units
+            if (peak is None or units < peak) and (
+                peak is None or peak != equity.checked_peak or units < equity.checked
+            ):
+                drawdown = self._book_state()[1]
+                if drawdown > equity.drawdown:
+                    equity.drawdown = drawdown
+                equity.checked_peak, equity.checked = peak, units
+            if held:
+                self._gross_ratio = self._gross() / _money_float(units) if units > 0 else 0.0
+            else:
+                self._gross_ratio = 0.0
 
     # -- handlers -------------------------------------------------------------
 
@@ -386,7 +426,59 @@ class SessionReport:
     def _observe_book(self, ts: int) -> None:
         """Read equity and peak from the tracker: drawdown, equity bucket,
         gross exposure. Runs for every market, fill and risk-action event."""
+        if self._book is not None:
+            self._observe_units(ts, self._book)
+            return
         self._observe_at(ts, *self._book_state())
+
+    def _observe_units(self, ts: int, book: PortfolioTracker) -> None:
+        """:meth:`_observe_at` of :meth:`_book_state`, the same figures, with
+        equity in the book's integer units: the Decimal drawdown is worked out
+        only when it may beat the bucket's (see _Bucket), and a bucket's
+        floats are those of the Decimals (_money_float)."""
+        units = book.equity_units()
+        peak_dec = book.peak_equity
+        if peak_dec is not self._peak_seen:
+            self._peak_seen = peak_dec
+            self._peak_units = _units_of(peak_dec)
+        peak = self._peak_units
+        if self._first_equity is None:
+            self._first_equity = book.equity
+        # Below the peak (or a peak not in whole units): a drawdown to weigh.
+        below = peak is None or units < peak
+        index = ts // self._bucket_ns
+        bucket = self._equity_open
+        if bucket is None or index > bucket.index:
+            drawdown = self._book_state()[1] if below else ZERO
+            if bucket is not None:
+                self._equity.append(bucket.equity(_money_float))
+            opened = self._equity_open = _Bucket(index, ts, units, drawdown)
+            if below:
+                opened.checked_peak, opened.checked = peak, units
+        else:
+            bucket.add(ts, units)
+            if below and (peak is None or peak != bucket.checked_peak or units < bucket.checked):
+                # _book_state also keeps the worst drawdown of the run: a
+                # state skipped here cannot beat the bucket's, so not it either.
+                drawdown = self._book_state()[1]
+                if drawdown > bucket.drawdown:
+                    bucket.drawdown = drawdown
+                bucket.checked_peak, bucket.checked = peak, units
+        if self._open:
+            self._gross_ratio = self._gross() / _money_float(units) if units > 0 else 0.0
+        else:
+            self._gross_ratio = 0.0
+
+    def _gross(self) -> float:
+        """Gross notional of the open positions at the last prices, as floats."""
+        if self._floats_stale:
+            self._floats_stale = False
+            for symbol, price in self._last_price.items():
+                self._last_float[symbol] = float(price)
+        gross = 0.0
+        for symbol, qty in self._open.items():
+            gross += abs(qty) * self._last_float[symbol]
+        return gross
 
     def _book_state(self) -> tuple[Decimal, Decimal]:
         """Equity and drawdown from the tracker now (the first equity and the
@@ -416,14 +508,7 @@ class SessionReport:
             if drawdown > bucket.drawdown:
                 bucket.drawdown = drawdown
         if self._open:
-            if self._floats_stale:
-                self._floats_stale = False
-                for symbol, price in self._last_price.items():
-                    self._last_float[symbol] = float(price)
-            gross = 0.0
-            for symbol, qty in self._open.items():
-                gross += abs(qty) * self._last_float[symbol]
-            self._gross_ratio = gross / float(equity) if equity > 0 else 0.0
+            self._gross_ratio = self._gross() / float(equity) if equity > 0 else 0.0
         else:
             self._gross_ratio = 0.0
 
@@ -431,33 +516,9 @@ class SessionReport:
         trip = self._trips.get(fill.symbol)
         if trip is None:
             trip = self._trips[fill.symbol] = _Trip()
-        sign = fill.side.sign
-        qty, price, fee = fill.qty, fill.price, fill.fee
-        if trip.qty == 0 or (trip.qty > 0) == (sign > 0):
-            if trip.qty == 0:
-                trip.opened = ts
-            trip.qty += sign * qty
-            trip.cash -= sign * qty * price
-            trip.fees += fee
-        else:
-            closing = min(qty, abs(trip.qty))
-            closing_fee = fee if closing == qty else fee * closing / qty
-            trip.qty += sign * closing
-            trip.cash -= sign * closing * price
-            trip.fees += closing_fee
-            if trip.qty == 0:
-                self._trades.append(
-                    TradeRecord(fill.symbol, trip.opened, ts, trip.cash - trip.fees)
-                )
-                rest = qty - closing
-                if rest:
-                    # A flip: the rest of the fill opens the next trip.
-                    trip.qty = sign * rest
-                    trip.cash = -sign * rest * price
-                    trip.fees = fee - closing_fee
-                    trip.opened = ts
-                else:
-                    trip.cash = trip.fees = ZERO
+        closed = trip.apply(fill, ts)
+        if closed is not None:
+            self._trades.append(closed)
         if trip.qty:
             self._open[fill.symbol] = float(trip.qty)
         else:
@@ -479,7 +540,7 @@ class SessionReport:
 
     def equity_samples(self) -> list[EquitySample]:
         bucket = self._equity_open
-        return [*self._equity, bucket.equity()] if bucket is not None else []
+        return [*self._equity, bucket.equity(self._money)] if bucket is not None else []
 
     @property
     def fills(self) -> Sequence[FillRecord]:

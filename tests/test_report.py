@@ -485,3 +485,112 @@ def test_follow_needs_a_tracker_to_copy() -> None:
 
     with pytest.raises(TypeError, match="PortfolioTracker"):
         SessionReport(Figures()).follow()
+
+
+def test_a_following_report_gives_the_decimal_figures_exactly() -> None:
+    """A report that follows its own book reads equity in the book's integer
+    units and works out the Decimal drawdown only at a new low of a bucket.
+    Against a report that reads every figure as Decimals from a tracker moved
+    in step (one event at a time, so it is the book as of each event), every
+    sample, the worst drawdown and the summary are equal, float for float:
+    a random walk of two symbols with long and short positions, flips, fees,
+    quantities of many decimals and peaks that move."""
+    import random
+
+    async def main() -> None:
+        rng = random.Random(13)
+        reference_book = PortfolioTracker(D(1000))
+        followed_book = PortfolioTracker(D(1000))
+        reference = SessionReport(reference_book, sample_every_s=30)
+        followed = SessionReport(followed_book, sample_every_s=30)
+        async with open_bus() as step_bus, open_bus() as lag_bus:
+            step_bus.subscribe("#", reference.handle)
+            followed.attach(lag_bus)
+            followed.follow()
+            prices = {BTC: D("100.00"), ETH: D("20.000")}
+            t, n = 0.0, 0
+            for step in range(300):
+                for _ in range(rng.randrange(1, 30)):  # a batch, behind
+                    t += rng.choice((0.3, 1.1, 7.9))
+                    symbol = rng.choice((BTC, ETH))
+                    move = D(rng.randrange(-40, 41)) / (100 if symbol == BTC else 1000)
+                    p = prices[symbol] = max(prices[symbol] + move, D("0.01"))
+                    tick = MarketData(symbol, "paper", p, p, p, D(1), T0 + timedelta(seconds=t))
+                    reference_book.mark(symbol, p)
+                    await step_bus.publish(f"market.{symbol}", tick, ts=ns(t))
+                    await step_bus.drain()
+                    followed_book.mark(symbol, p)
+                    lag_bus.post(f"market.{symbol}", tick, ts=ns(t))
+                if step % 3 == 0:
+                    n += 1
+                    symbol = rng.choice((BTC, ETH))
+                    qty = (
+                        D(rng.randrange(1, 40_000))
+                        / D(10_000_000)
+                        * (1000 if symbol == BTC else 9000)
+                    )
+                    fill = Fill(
+                        f"f{n}",
+                        f"o{n}",
+                        symbol,
+                        rng.choice(("buy", "sell")),
+                        qty,
+                        prices[symbol],
+                        D(rng.randrange(0, 997)) / D(100_000),
+                        T0 + timedelta(seconds=t),
+                    )
+                    for book, bus in ((reference_book, step_bus), (followed_book, lag_bus)):
+                        book.apply(fill)
+                        await bus.publish(f"fill.{symbol}", fill, ts=ns(t))
+                    await step_bus.drain()
+                if step % 7 == 0:
+                    await lag_bus.drain()
+            await lag_bus.drain()
+        assert followed._book is not None  # the units path was the one taken
+        a, b = followed.finish(KernelStats()), reference.finish(KernelStats())
+        assert a.as_dict() == b.as_dict()
+        assert a.ticks > 3000
+        assert a.fills == 100
+        assert followed.equity_samples() == reference.equity_samples()
+        assert len({s.drawdown for s in reference.equity_samples()}) > 50
+        for symbol in (BTC, ETH):
+            assert followed.price_samples(symbol) == reference.price_samples(symbol)
+        assert followed.max_drawdown == reference.max_drawdown > 0
+        assert followed.first_equity == reference.first_equity
+
+    trio.run(main)
+
+
+def test_follow_after_some_events_keeps_the_open_equity_bucket_exact() -> None:
+    """follow() called once the report has read a few events from the
+    tracker turns the open equity bucket into the book's units: the samples
+    and the drawdown are those of a report that reads the tracker throughout."""
+    from bot4.bus import Event
+
+    tracker, twin = PortfolioTracker(D(1000)), PortfolioTracker(D(1000))
+    late, reference = SessionReport(tracker, sample_every_s=60), SessionReport(twin)
+    seq = 0
+
+    def both(t: float, topic: str, payload: object) -> None:
+        nonlocal seq
+        seq += 1
+        for report in (late, reference):
+            report.handle(Event(topic, payload, ns(t), seq, f"c{seq}"))
+
+    def tick(t: float, price: str) -> None:
+        p = D(price)
+        for book in (tracker, twin):
+            book.mark(BTC, p)
+        both(t, f"market.{BTC}", MarketData(BTC, "paper", p, p, p, D(1), T0))
+
+    fill = Fill("f1", "o1", BTC, "buy", D("3.3"), D("100"), D("0.07"), T0)
+    for book in (tracker, twin):
+        book.apply(fill)
+    both(1, f"fill.{BTC}", fill)
+    tick(2, "97.31")  # the open bucket holds Decimals read from the tracker
+    late.follow()
+    for t, price in [(3, "96.02"), (4, "99.99"), (5, "95.5"), (61, "101"), (62, "90.25")]:
+        tick(t, price)
+    assert late.equity_samples() == reference.equity_samples()
+    assert len(late.equity_samples()) == 2
+    assert late.max_drawdown == reference.max_drawdown > 0

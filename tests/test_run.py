@@ -118,3 +118,51 @@ def test_the_session_journal_holds_every_order_intent(session: tuple[Path, str])
     assert intents.returncode == 0, intents.stderr
     placed = summary["orders_approved"]
     assert len(intents.stdout.splitlines()) == placed
+
+
+def test_the_session_runs_with_fewer_collections_and_the_process_gets_its_own_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`bot4 run` runs its session loop with the young generation collected
+    every SESSION_GC_YOUNG allocations and what was alive before frozen (the
+    collector's full passes were a tenth of the default session's CPU); the
+    caller's thresholds and frozen set are as they were after it. The same
+    for `bot4 replay`."""
+    import gc
+
+    import bot4.session
+    from bot4.cli import main
+    from bot4.cli.run import SESSION_GC_YOUNG
+
+    seen: dict[str, object] = {}
+    inner = bot4.session.run_session
+
+    async def run_session(*args: object, **kwargs: object) -> object:
+        seen["threshold"] = gc.get_threshold()
+        seen["frozen"] = gc.get_freeze_count()
+        return await inner(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bot4.session, "run_session", run_session)
+    before = gc.get_threshold()
+    assert before[0] != SESSION_GC_YOUNG
+    data = write_ticks(tmp_path / "ticks.csv", seconds=200)
+    assert main(["run", "--data", str(data), "--out", str(tmp_path / "out")]) == 0
+    assert seen["threshold"] == (SESSION_GC_YOUNG, *before[1:])
+    assert isinstance(seen["frozen"], int)
+    assert seen["frozen"] > 10_000  # the modules, config and plugins loaded so far
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
+    # `bot4 replay` runs the session again: the same collector settings.
+    import bot4.replay
+
+    replayed = bot4.replay.replay
+
+    async def replay(*args: object, **kwargs: object) -> object:
+        seen["replay threshold"] = gc.get_threshold()
+        return await replayed(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bot4.replay, "replay", replay)
+    assert main(["replay", str(tmp_path / "out" / "recording.jsonl.gz")]) == 0
+    assert seen["replay threshold"] == (SESSION_GC_YOUNG, *before[1:])
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0

@@ -332,3 +332,82 @@ def test_ticks_with_a_mark_and_a_funding_rate_read_back_exactly(tmp_path: Path) 
     frames = _frames(gzip.decompress(path.read_bytes()))
     heads = [json.loads(body.partition(b"\n")[0]) for kind, body in frames if kind == b"T"]
     assert [len(h["text"]) for h in heads] == [6, 4]
+
+
+def test_ticks_validated_as_columns_are_those_of_the_constructor(
+    recorded: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replay reads a tick block's ticks through the loader's columnar path
+    (bot4.data.columns.build_batch): exactly the ticks the MarketData
+    constructor gives tick by tick, with the same event numbers and topics."""
+    from bot4 import recording
+
+    taken: list[bool] = []
+    columns = recording._Block._checked_ticks
+
+    def counted(block: Any) -> list[MarketData] | None:
+        ticks = columns(block)
+        taken.append(ticks is not None)
+        return ticks
+
+    monkeypatch.setattr(recording._Block, "_checked_ticks", counted)
+    fast = list(read_stream(recorded, ticks="models"))
+    assert taken
+    assert all(taken)  # every block of a real session takes the columnar path
+    monkeypatch.setattr(recording._Block, "_checked_ticks", lambda block: None)
+    reference = list(read_stream(recorded, ticks="models"))
+    assert fast == reference
+    ticks = [(n, topic, t) for n, topic, t in fast if isinstance(t, MarketData)]
+    assert len(ticks) > 1000
+    assert [t.ts_ns for _, _, t in ticks] == [
+        (t.timestamp - datetime(1970, 1, 1, tzinfo=UTC)).days * 86_400 * 10**9
+        + (t.timestamp - datetime(1970, 1, 1, tzinfo=UTC)).seconds * 10**9
+        + t.timestamp.microsecond * 1000
+        for _, _, t in ticks
+    ]
+
+
+def _three(text: list[bytes], sid: int = 1) -> bytes:
+    """A block of three ticks a second apart, of symbol ``sid``."""
+    columns = (
+        sid.to_bytes(4, "little") * 3
+        + (1_709_251_200_000_000_000).to_bytes(8, "little")
+        + (10**9).to_bytes(8, "little") * 2
+        + (2).to_bytes(8, "little") * 3
+        + bytes(8 * 3)
+    )
+    return _block(3, _SYM, columns, text)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        (
+            "crossed3",
+            [b"1\n9\n1", b"2\n2\n2", b"1\n2\n1", b"1\n1\n1"],
+            ":3: .*bid must not be above",
+        ),
+        ("nan3", [b"1\n1\n1", b"2\n2\n2", b"1\n1\nNaN", b"1\n1\n1"], ":4: .*unreadable tick"),
+        ("zero3", [b"1\n0\n1", b"2\n2\n2", b"1\n1\n1", b"1\n1\n1"], ":3: .*unreadable tick"),
+        ("sign3", [b"1\n1\n1", b"2\n2\n2", b"1\n1\n1", b"1\n-1\n1"], ":3: .*unreadable tick"),
+    ],
+)
+def test_a_bad_tick_inside_a_block_is_named_and_the_ticks_before_it_come_first(
+    tmp_path: Path, name: str, text: list[bytes], message: str
+) -> None:
+    """A block the columnar path does not take goes tick by tick: the ticks
+    before the bad one are read, and the error names the bad one's event."""
+    path = _with_block(tmp_path, f"{name}.jsonl.gz", _three(text))
+    read: list[Any] = []
+    with pytest.raises(ConfigError, match=rf"{name}\.jsonl\.gz{message}"):
+        read.extend(read_stream(path, ticks="models"))
+    assert [number for number, _, _ in read] == list(range(1, int(message[1])))
+
+
+def test_a_symbol_with_blanks_is_refused_as_the_constructor_refuses_it(tmp_path: Path) -> None:
+    """The loader strips a symbol cell's blanks; a recorded symbol is taken
+    as written, so " BTC-USDT" is an unreadable tick, not BTC-USDT."""
+    block = _block(1, [[1, "market.BTC-USDT", " BTC-USDT", "data"]], _ONE, [b"1", b"2", b"1", b"1"])
+    path = _with_block(tmp_path, "blank.jsonl.gz", block)
+    with pytest.raises(ConfigError, match=r"blank\.jsonl\.gz:2: .*unreadable tick"):
+        list(read_stream(path, ticks="models"))
