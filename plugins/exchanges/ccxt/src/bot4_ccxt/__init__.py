@@ -18,14 +18,30 @@ Registered with bot4 as ``ccxt``::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bot4
 from bot4.feeds import Feed
 from bot4.hookspecs import RegisterExchange, RegisterFeed
-from bot4_ccxt.exchange import CONFIG_KEYS, CcxtExchange, CcxtSettings, map_error
+
+if TYPE_CHECKING:
+    from bot4_ccxt.exchange import CONFIG_KEYS, CcxtExchange, CcxtSettings, map_error
 
 BOT4_API = 1
+
+# bot4 loads every installed plugin to list what it registers; importing ccxt
+# takes about half a second, which a session on another venue (the default
+# paper one) should not pay. So the client module is imported on first use:
+# by the factory, or by reading one of these names (PEP 562).
+_LAZY = frozenset({"CONFIG_KEYS", "CcxtExchange", "CcxtSettings", "map_error"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from bot4_ccxt import exchange
+
+        return getattr(exchange, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "BOT4_API",
@@ -42,6 +58,8 @@ __all__ = [
 
 def create(config: Mapping[str, Any]) -> CcxtExchange:
     """Factory registered as ``ccxt``: see CcxtSettings.from_config."""
+    from bot4_ccxt.exchange import CcxtExchange
+
     return CcxtExchange.from_config(config)
 
 
