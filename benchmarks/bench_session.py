@@ -67,7 +67,7 @@ def _quick_data(folder: Path) -> Path:
 def _events(recording: Path) -> int:
     """The events a recording holds, read as a stream by bot4's own reader
     (any of its forms: columnar frames, compact lines, plain lines)."""
-    from bot4.recording import read_records
+    from bot4.recording_read import read_records
 
     return sum(1 for _ in read_records(recording))
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot4.feeds_watch import STALE_RULE
 from bot4.model import Order, Portfolio, Rejected
-from bot4.recording import read_stream
+from bot4.recording_read import read_stream
 
 if TYPE_CHECKING:
     import trio

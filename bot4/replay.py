@@ -43,7 +43,7 @@ from bot4.contracts import Capability, Exchange
 from bot4.errors import ConfigError
 from bot4.feeds_replay import recorded_stale_services
 from bot4.plugins import PluginManager
-from bot4.recording import read_stream
+from bot4.recording_read import read_stream
 from bot4.replayvenue import RecordedPrefix, RecordedTicks, ReplayVenue, records
 from bot4.session import (
     SessionConfig,

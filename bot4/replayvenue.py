@@ -29,7 +29,7 @@ from bot4 import codec, errors
 from bot4.contracts import Capability, Exchange, ExchangeEvent, MarketInfo
 from bot4.errors import ConfigError, ExchangeFailed, ExchangeRefused, OrderNotFound
 from bot4.model import Balance, Fill, MarketData, Order, OrderState, Position
-from bot4.recording import read_records, read_stream
+from bot4.recording_read import read_records, read_stream
 from bot4.venue_margin import MARGIN_TOPIC, from_record
 
 __all__ = ["RecordedPrefix", "RecordedTicks", "ReplayVenue", "is_input", "records"]

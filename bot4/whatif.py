@@ -45,7 +45,7 @@ import attrs
 
 from bot4.errors import ConfigError
 from bot4.plugins import PluginManager
-from bot4.recording import read_stream
+from bot4.recording_read import read_stream
 from bot4.replay import _RecordedRules, check_plugins, config_from_header, read_header
 from bot4.replayvenue import RecordedPrefix, RecordedTicks
 from bot4.session import run_session

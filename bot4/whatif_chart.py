@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from bot4.recording import read_stream
+from bot4.recording_read import read_stream
 from bot4.whatif import DiffResult
 
 _STYLE = {

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from bot4_ccxt.dryrun import dry_run, sine_ticks
 
-from bot4.recording import read_records
+from bot4.recording_read import read_records
 
 # (fake venue, ccxt exchange id)
 VENUES = {"binanceusdm-perp": ("usdm", "binanceusdm"), "bybit-perp": ("bybit", "bybit")}

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from bot4.cli import main
-from bot4.recording import read_records
+from bot4.recording_read import read_records
 
 ROWS = 1500  # 25 hours of one-minute candles
 

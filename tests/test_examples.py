@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bot4.recording import read_records
+from bot4.recording_read import read_records
 from tests.conftest import REPO, run_bot4
 
 EXAMPLE = REPO / "examples" / "stress"

@@ -453,7 +453,7 @@ def test_a_live_recording_replays_the_venues_margin_figures(tmp_path: Path) -> N
 
     import trio
 
-    from bot4.recording import read_records
+    from bot4.recording_read import read_records
     from bot4.replay import replay
     from tests.conftest import REPO, run_bot4
 

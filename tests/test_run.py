@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot4.recording import read_records
+from bot4.recording_read import read_records
 from tests.conftest import run_bot4, write_ticks
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)

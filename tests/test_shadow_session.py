@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from bot4.recording import read_records
+from bot4.recording_read import read_records
 from tests.conftest import PAPER_SESSION_CONFIG, REPO, run_bot4, write_ticks
 
 RULES = REPO / "rules"

@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import redis
 
-from bot4.recording import read_records
+from bot4.recording_read import read_records
 from bot4.shared.bridge import StreamReader
 from bot4.shared.connection import RedisConfig, SharedConnection
 from tests.conftest import REPO, run_bot4

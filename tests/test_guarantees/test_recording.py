@@ -26,14 +26,8 @@ from bot4 import codec
 from bot4.bus import EventRecorder, open_bus
 from bot4.errors import ConfigError
 from bot4.model import MarketData
-from bot4.recording import (
-    MAGIC,
-    RECORDING,
-    CompactWriter,
-    SessionRecorder,
-    read_records,
-    read_stream,
-)
+from bot4.recording import MAGIC, RECORDING, CompactWriter, SessionRecorder
+from bot4.recording_read import read_records, read_stream
 from tests.conftest import record_paper_session, run_bot4
 
 
@@ -340,7 +334,7 @@ def test_ticks_validated_as_columns_are_those_of_the_constructor(
     """A replay reads a tick block's ticks through the loader's columnar path
     (bot4.data.columns.build_batch): exactly the ticks the MarketData
     constructor gives tick by tick, with the same event numbers and topics."""
-    from bot4 import recording
+    from bot4 import recording_read as recording
 
     taken: list[bool] = []
     columns = recording._Block._checked_ticks

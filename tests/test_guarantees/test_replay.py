@@ -31,7 +31,7 @@ import trio
 from bot4.data import iter_ticks
 from bot4.model import MarketData
 from bot4.plugins import PluginManager
-from bot4.recording import read_records
+from bot4.recording_read import read_records
 from bot4.replay import compare, replay
 from bot4.risk import default_rules_path
 from bot4.session import SessionConfig, StrategyConfig, policy_sha256, run_session

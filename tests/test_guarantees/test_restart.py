@@ -38,7 +38,7 @@ import yaml
 from bot4.journal import open_store
 from bot4.journal.base import StoredRecord
 from bot4.model import Approved, Fill, Rejected
-from bot4.recording import read_records
+from bot4.recording_read import read_records
 from tests.conftest import REPO, T0, make_plugin_dist, run_bot4
 from tests.journalkit import PG_URL, fresh_schema
 

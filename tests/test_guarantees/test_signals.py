@@ -24,7 +24,7 @@ import trio
 
 from bot4.journal import open_store
 from bot4.journal.service import journal_service
-from bot4.recording import read_records
+from bot4.recording_read import read_records
 from bot4.session import SessionConfig, StrategyConfig, run_session
 from tests.conftest import REPO, make_plugin_dist, run_bot4, write_ticks
 

@@ -10,7 +10,7 @@ import pytest
 from bot4_ccxt.dryrun import dry_run, sine_ticks
 from bot4_ccxt.fakebinance import API_KEY, SECRET
 
-from bot4.recording import read_records
+from bot4.recording_read import read_records
 
 # (fake venue, ccxt exchange id, type, symbol, leverage)
 VENUES = {

@@ -43,6 +43,7 @@ def __getattr__(name: str) -> Any:
         return getattr(exchange, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = [
     "BOT4_API",
     "CONFIG_KEYS",
