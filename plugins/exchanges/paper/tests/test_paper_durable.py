@@ -185,3 +185,29 @@ def test_the_funding_rates_from_the_data_survive_a_restart(tmp_path: Path) -> No
     assert again.margin.funding_events == 1
     assert again.margin.funding_paid == Decimal("0.1") * TICKS[0].mid * Decimal("0.0002")
     again.close()
+
+
+def test_the_venues_clock_never_goes_back_and_survives_a_restart(tmp_path: Path) -> None:
+    # The venue's "now" is the latest tick's time (compared in integer ns);
+    # an older tick does not move it back, before or after a restart (which
+    # restores the clock of the last state written).
+    from datetime import timedelta
+
+    path = tmp_path / "paper.sqlite"
+    engine = DurableEngine(path)
+    _run(engine, TICKS[:100])
+    latest = TICKS[99].timestamp
+    assert engine.now == latest
+    engine.on_tick(attrs.evolve(TICKS[50]))  # an older tick
+    assert engine.now == latest
+    engine.close()
+    again = DurableEngine(path)
+    try:
+        restored = again.now
+        assert restored <= latest
+        again.on_tick(attrs.evolve(TICKS[0], timestamp=restored - timedelta(seconds=1)))
+        assert again.now == restored
+        again.on_tick(TICKS[100])
+        assert again.now == TICKS[100].timestamp
+    finally:
+        again.close()

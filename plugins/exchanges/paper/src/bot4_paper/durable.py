@@ -365,7 +365,7 @@ class DurableEngine(PaperEngine):
         }
         self._seq = int(meta["seq"])
         self._fill_seq = int(meta["fill_seq"])
-        self._now = datetime.fromisoformat(meta["now"]) if meta["now"] else None
+        self._set_now(datetime.fromisoformat(meta["now"]) if meta["now"] else None)
         self._last_ts = datetime.fromisoformat(meta["last_tick"]) if meta["last_tick"] else None
         self.resume_after = self._last_ts
         if "margin" in meta:  # absent in a file written before the margin account

@@ -97,7 +97,7 @@ from __future__ import annotations
 import decimal
 from collections import deque
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import attrs
@@ -133,6 +133,9 @@ __all__ = ["DEFAULT_MARKETS", "EngineEvent", "PaperEngine", "round_price", "roun
 EngineEvent = Fill | OrderState
 
 _BPS = Decimal(10000)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_NEVER = -(1 << 63)  # _now_ns before any tick: every tick is later
 # The client id suffix of the position's protective legs, by type.
 _LEG_SUFFIX = {OrderType.STOP_LOSS: ".sl", OrderType.TAKE_PROFIT: ".tp"}
 
@@ -267,6 +270,9 @@ class PaperEngine:
         self._others = 0
         self._outbox: list[EngineEvent] = []
         self._now: datetime | None = None
+        # _now in integer ns (the tick's ts_ns): an int comparison per tick
+        # instead of an aware datetime's. Set together, by _set_now.
+        self._now_ns = _NEVER
         self._seq = 0
         self._fill_seq = 0
 
@@ -283,6 +289,11 @@ class PaperEngine:
 
     def last_tick(self, symbol: str) -> MarketData | None:
         return self._last.get(symbol)
+
+    def _set_now(self, moment: datetime | None) -> None:
+        """The venue's clock, as a restored state file gives it."""
+        self._now = moment
+        self._now_ns = _NEVER if moment is None else (moment - _EPOCH) // _MICROSECOND * 1000
 
     def order_state(self, client_order_id: str, symbol: str | None = None) -> OrderState:
         live = self._orders.get(client_order_id)
@@ -369,7 +380,9 @@ class PaperEngine:
         if symbol not in self._markets and self._infer:
             self._markets[symbol] = _infer_market(tick)
         self._last[symbol] = tick
-        if self._now is None or tick.timestamp > self._now:
+        ts_ns = tick.ts_ns
+        if ts_ns > self._now_ns:
+            self._now_ns = ts_ns
             self._now = tick.timestamp
         self._avail.pop(symbol, None)  # a new touch: its full size, when asked
         if self._funded:
