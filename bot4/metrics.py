@@ -130,11 +130,12 @@ EXCHANGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 # Breaker reasons are free text: cut to this length (and bounded in number).
 REASON_LEN = 120
 
-_SUBSCRIPTIONS = (
-    ("order.#", "metrics.orders"),
-    ("fill.#", "metrics.fills"),
-    ("kernel.#", "metrics.kernel"),
-)
+# One subscription for every counted topic (orders, fills, kernel errors), so
+# they are counted in publish order: with one per topic, their delivery tasks
+# ran in either order, and a scrape between the two could show a fill before
+# the order it filled. Ticks are excluded from routing (nothing is counted of
+# them, and they are most events); the handler skips the few other topics.
+_SUBSCRIPTION = "metrics"
 
 
 class _Bounded:
@@ -415,36 +416,42 @@ class Metrics:
     # -- bus observer ----------------------------------------------------------------
 
     def attach(self, bus: Bus, *, exchange: str = "unknown", capacity: int = 8192) -> None:
-        """Subscribe to the topics counted from events. The capacity is larger
+        """Subscribe to the events counted (one subscription: see
+        ``_SUBSCRIPTION``). The capacity is larger
         than the report's and the recorder's (BLOCK, 4096), which therefore
         pace the kernel before this observer has to drop anything."""
         self.exchange = self._exchanges(exchange)
-        for pattern, name in _SUBSCRIPTIONS:
-            self.subscriptions.append(
-                bus.subscribe(
-                    pattern,
-                    self.handle,
-                    policy=Backpressure.DROP_OLDEST,
-                    capacity=capacity,
-                    name=name,
-                )
+        self.subscriptions.append(
+            bus.subscribe(
+                "#",
+                self.handle,
+                policy=Backpressure.DROP_OLDEST,
+                capacity=capacity,
+                name=_SUBSCRIPTION,
+                exclude="market.*",
             )
+        )
 
     def handle(self, event: Event) -> None:
         payload = event.payload
         topic = event.topic
-        if isinstance(payload, Fill):
-            symbol = self._symbols(payload.symbol)
-            self.fills.labels(self.exchange, symbol, payload.side.value).inc()
-            self.fill_notional.labels(self.exchange, symbol).inc(_f(payload.notional))
-        elif isinstance(payload, OrderState):
-            symbol = self._symbols(payload.order.symbol)
-            if topic == "order.placed":
-                self.orders.labels(self.exchange, symbol, payload.order.type.value).inc()
-            if payload.status is OrderStatus.CANCELED:
-                self.cancels.labels(self.exchange, symbol).inc()
-        elif topic == "kernel.error":
-            self.kernel_errors.inc()
+        if topic.startswith("fill."):
+            if isinstance(payload, Fill):
+                symbol = self._symbols(payload.symbol)
+                self.fills.labels(self.exchange, symbol, payload.side.value).inc()
+                self.fill_notional.labels(self.exchange, symbol).inc(_f(payload.notional))
+        elif topic.startswith("order."):
+            if isinstance(payload, OrderState):
+                symbol = self._symbols(payload.order.symbol)
+                if topic == "order.placed":
+                    self.orders.labels(self.exchange, symbol, payload.order.type.value).inc()
+                if payload.status is OrderStatus.CANCELED:
+                    self.cancels.labels(self.exchange, symbol).inc()
+        elif topic.startswith("kernel."):
+            if topic == "kernel.error":
+                self.kernel_errors.inc()
+        else:
+            return  # a topic nothing is counted of (the subscription takes "#")
         if self._stats is not None:
             # The decisions behind this order or fill are counted by the
             # kernel already: bring them in now, so that no scrape shows a
