@@ -262,7 +262,7 @@ class SessionReport:
                 self._gross_ratio = 0.0
                 continue
             if self._open:
-                self._last_float[symbol] = float(price)
+                self._last_float[symbol] = tick.last_float  # float(price), filled by the loader
             else:
                 self._floats_stale = True
             self._observe_at(ts, *state)
@@ -304,7 +304,7 @@ class SessionReport:
             else:
                 bucket.add(ts, price)
             if held:
-                last_float[symbol] = float(price)
+                last_float[symbol] = tick.last_float  # float(price), filled by the loader
             else:
                 self._floats_stale = True
             equity = self._equity_open
@@ -349,7 +349,7 @@ class SessionReport:
         if self._book is not None:
             self._book.mark(symbol, price)
         self._last_price[symbol] = price
-        self._last_float[symbol] = float(price)
+        self._last_float[symbol] = tick.last_float
         index = ts // self._bucket_ns
         bucket = self._price_open.get(symbol)
         if bucket is None:

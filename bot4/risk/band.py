@@ -73,8 +73,7 @@ from bot4.model import (
 )
 from bot4.portfolio import MONEY_SCALE, PortfolioTracker
 from bot4.risk.expr import QuietRange
-from bot4.risk.facts import _portfolio_facts as portfolio_facts
-from bot4.risk.facts import tick_facts
+from bot4.risk.facts import portfolio_facts, tick_facts
 from bot4.venue_margin import VenueMargin
 
 # Relative distance kept from every solved edge: far above the error of the

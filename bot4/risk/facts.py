@@ -369,7 +369,7 @@ def _portfolio(p: Portfolio) -> dict[str, object]:
         last, last_key, frozen, facts = _LAST_BOOK[0]
         if last is p and last_key == key and (frozen or not p.positions):
             return facts
-    facts = _portfolio_facts(p)
+    facts = portfolio_facts(p)
     if type(p.positions) is MappingProxyType and type(p.marks) is MappingProxyType:
         _LAST_BOOK[:] = [(p, key, True, facts)]
     elif not p.positions:
@@ -377,7 +377,9 @@ def _portfolio(p: Portfolio) -> dict[str, object]:
     return facts
 
 
-def _portfolio_facts(p: Portfolio) -> dict[str, object]:
+def portfolio_facts(p: Portfolio) -> dict[str, object]:
+    """The portfolio facts of ``p``, computed afresh (:func:`_portfolio`
+    keeps the last book's); the price band checks its edge books with it."""
     upnl = gross = margin = ZERO
     marks = p.marks
     for symbol, pos in p.positions.items():
