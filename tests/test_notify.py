@@ -75,7 +75,13 @@ def test_a_hung_receiver_changes_no_decision(baseline: dict[str, Any], tmp_path:
     config = load_config(STRESS, {"out": str(tmp_path / "out")})
     with WebhookReceiver(delay=30) as hook:  # accepts, then says nothing for 30 s
         notifier = WebhookNotifier(hook.url("/hung"), timeout=30)
-        service = NotifyService([notifier], queue=2, timeout=0.2, end_timeout=0.5)
+        # One notification per kind an hour: the stress session's second
+        # add_margin and second liquidation are held back whatever the
+        # machine's speed (a full queue alone depends on wall time: a fast
+        # session is over before the hung sender's queue fills).
+        service = NotifyService(
+            [notifier], queue=2, burst=1, every=3600, timeout=0.2, end_timeout=0.5
+        )
         result = trio.run(lambda: run_session(config, services=[service.service]))
     stats = result.stats
     assert stats.ticks == baseline["ticks"]
@@ -84,8 +90,8 @@ def test_a_hung_receiver_changes_no_decision(baseline: dict[str, Any], tmp_path:
     counts = service.counts["webhook"]
     assert counts["sent"] == 0
     assert counts["timeout"] >= 1
-    # Everything offered was sent, timed out, dropped (queue full) or held back.
-    assert counts["dropped"] + counts["rate_limited"] > 0
+    # What the rate limit refuses is counted, never queued behind the hung send.
+    assert counts["rate_limited"] >= 1
 
 
 class _Collect(Notifier):
