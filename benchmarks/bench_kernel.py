@@ -178,6 +178,10 @@ def _strategy(case: str) -> Any:
             self.lots = 0  # net position in lots, as the strategy intends it
 
         async def on_market_data(self, tick: MarketData) -> Sequence[Signal]:
+            return self.on_market_data_sync(tick)
+
+        def on_market_data_sync(self, tick: MarketData) -> Sequence[Signal]:
+            # A plain call per tick, as the anchor's on_quote_tick handler is.
             if case == "noop":
                 return ()
             self.n += 1

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -150,6 +150,31 @@ class Strategy(abc.ABC):
     async def on_fill(self, fill: Fill) -> Sequence[Signal]:
         """Signals in response to one of our fills (default: none)."""
         return ()
+
+    def on_market_data_sync(self, tick: MarketData) -> Sequence[Signal]:
+        """Optional: :meth:`on_market_data` as a plain call, for a strategy
+        that never waits on a tick. When a subclass defines it the kernel
+        calls it instead (no coroutine per tick), so both must give the same
+        signals for the same ticks: ``bot4.testing``'s ``StrategySuite``
+        checks that. Usually ``on_market_data`` returns this method's result."""
+        raise NotImplementedError
+
+
+def sync_hook(strategy: Strategy) -> Callable[[MarketData], Sequence[Signal]] | None:
+    """``strategy.on_market_data_sync`` when its class defines one, else None.
+
+    Also None when ``on_market_data`` is overridden below the class that
+    defines the hook: a subclass of a strategy that only overrides
+    ``on_market_data`` means that method, and the kernel awaits it."""
+    mro = type(strategy).__mro__
+    owner = next((k for k in mro if "on_market_data_sync" in vars(k)), Strategy)
+    if owner is Strategy:
+        return None
+    awaited = next((k for k in mro if "on_market_data" in vars(k)), Strategy)
+    if not issubclass(owner, awaited):
+        return None
+    hook: Callable[[MarketData], Sequence[Signal]] = strategy.on_market_data_sync
+    return hook
 
 
 @attrs.frozen(slots=True)

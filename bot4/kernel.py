@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from typing import TYPE_CHECKING, Any, Protocol
@@ -54,7 +54,7 @@ import attrs
 import trio
 
 from bot4.bus import Bus
-from bot4.contracts import Exchange, MarketInfo, RiskRules, Strategy
+from bot4.contracts import Exchange, MarketInfo, RiskRules, Strategy, sync_hook
 from bot4.errors import Bot4Error, ExchangeFailed, ExchangeRefused
 from bot4.gate import RiskGate
 from bot4.margin_desk import MarginDesk
@@ -84,6 +84,7 @@ if TYPE_CHECKING:
 # How often (in ticks) the kernel looks at the wall clock to decide whether to
 # poll the rule files for edits; reading the clock every tick costs more.
 _RELOAD_POLL_TICKS = 256
+_NEVER = 2**63  # a margin read never due (ns)
 _RELOAD_POLL_SECONDS = 1.0
 _RETRIES = 3
 # The liquidation ladder escalates: a rung acts once per position, and only a
@@ -246,6 +247,11 @@ class Kernel:
         # (``policy`` is a public attribute: rebound if it is replaced).
         self._tracked_of: object = None
         self._tracked: Callable[[MarketData, Tracker, int], list[RiskAction]] | None = None
+        # Each strategy's on_market_data_sync (None: it has none), bound once
+        # per strategies tuple; _sync_hooks is None unless every one has it.
+        self._hooks_of: object = None
+        self._strategy_hooks: tuple[Callable[[MarketData], Sequence[Signal]] | None, ...] = ()
+        self._sync_hooks: tuple[Callable[[MarketData], Sequence[Signal]], ...] | None = None
         self._next_id = 0
         self._open_stops: set[str] = set()  # open stop-loss orders, wherever placed
         self.protection = Protector(self)
@@ -294,6 +300,21 @@ class Kernel:
         return self.stats
 
     async def _events(self, symbols: Sequence[str]) -> None:
+        """The loop: every event of the stream, in order, until it ends or a
+        stop is asked.
+
+        A tick is handled here as plain calls when nothing in it waits (most
+        ticks: no coroutine, no method call of the kernel's own), by the same
+        steps in the same order as :meth:`_tick`. What may wait is known
+        before the tick (the pacer, kernel-held stops, the reload poll, a
+        margin read, a shadow policy, a strategy without
+        ``on_market_data_sync``: the whole tick goes to :meth:`_tick`) or
+        only on the way (a full BLOCK subscriber, a pack or the policy
+        failing, a risk action, a signal, a strategy failing: the coroutine
+        of the rest takes over at that step). The tick path's bindings are
+        locals, made again after anything awaited: only an await lets another
+        task change what they hold (the strategies, the policy after a
+        reload, the kernel-held stops, the margin desk's next read)."""
         events = self.exchange.stream(symbols)
         # stop_requested() inlined in both tests (the flag is stop_reason). The
         # second reads it through another name: the flag changes while we
@@ -305,6 +326,19 @@ class Kernel:
         # sends the loop to the await, which waits, checkpoints or ends.
         poll = getattr(events, "poll", None)
         flags = self
+        stats = self.stats
+        # The tick path's bindings (see the docstring); bound is False until
+        # they are made, and after anything awaited.
+        bound = False
+        fast = False
+        hooks: tuple[Callable[[MarketData], Sequence[Signal]], ...] = ()
+        packs: tuple[RiskRules, ...] = ()
+        tracker = self.tracker
+        post = self.bus.post
+        topics = self._market_topics
+        last = self._last
+        tracked: Callable[[MarketData, Tracker, int], list[RiskAction]] | None = None
+        due = 0
         try:
             while self.stop_reason is None:
                 event = None
@@ -316,6 +350,7 @@ class Kernel:
                         self.stop_reason = str(exc)
                         return
                 if event is None:
+                    bound = False
                     self._waiting = True
                     try:
                         event = await next_event()
@@ -329,17 +364,103 @@ class Kernel:
                         self._waiting = False
                     if flags.stop_reason is not None:
                         return  # asked to stop while waiting: do not start on this event
-                if isinstance(event, MarketData):
+                if not isinstance(event, MarketData):
+                    bound = False
+                    if isinstance(event, Fill):
+                        await self._fill(event)
+                    elif isinstance(event, OrderState):
+                        await self._order_update(event)
+                    continue
+                if not bound:
+                    bound = True
+                    fast, hooks, packs, tracked, due = self._tick_bindings()
+                    tracker = self.tracker
+                    post = self.bus.post
+                    topics = self._market_topics
+                    last = self._last
+                now = event.ts_ns
+                ticks = stats.ticks + 1
+                if not fast or not ticks % _RELOAD_POLL_TICKS or now >= due:
+                    bound = False
                     await self._tick(event)
-                elif isinstance(event, Fill):
-                    await self._fill(event)
-                elif isinstance(event, OrderState):
-                    await self._order_update(event)
+                    continue
+                # _tick_head, inlined.
+                stats.ticks = ticks
+                self._now_ns = now
+                symbol = event.symbol
+                last[symbol] = event
+                tracker.mark(symbol, event.last)
+                topic = topics.get(symbol)
+                if topic is None:
+                    topic = topics[symbol] = f"market.{symbol}"
+                rest: Coroutine[Any, Any, None] | None = None
+                waiting = post(topic, event, ts=now)
+                if waiting is not None:
+                    rest = self._tick_after_post(event, waiting)
+                else:
+                    for pack in packs:
+                        try:
+                            pack.on_market_data(event)
+                        except Exception as exc:  # reported by the rest, as _tick does
+                            rest = self._tick_packs(event, pack, exc)
+                            break
+                if rest is None:
+                    try:
+                        # fast holds only with a tracked-tick hook (_tick_bindings).
+                        actions = tracked(event, tracker, now)  # type: ignore[misc]
+                    except Exception as exc:  # a blind risk monitor: the rest decides
+                        rest = self._tick_policy_failed(event, exc)
+                    else:
+                        if actions:
+                            rest = self._tick_acted(event, actions)
+                        else:
+                            first = 0
+                            for hook in hooks:
+                                try:
+                                    signals = hook(event)
+                                except Exception as exc:  # counted and reported by the rest
+                                    rest = self._tick_strategies(event, first, exc)
+                                    break
+                                if signals:
+                                    rest = self._tick_strategies(event, first, signals)
+                                    break
+                                first += 1  # noqa: SIM113 - enumerate: an object a tick; first is read only on a signal
+                if rest is not None:
+                    bound = False
+                    await rest
         finally:
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
                 with trio.CancelScope(shield=True):
                     await aclose()
+
+    def _tick_bindings(
+        self,
+    ) -> tuple[
+        bool,
+        tuple[Callable[[MarketData], Sequence[Signal]], ...],
+        tuple[RiskRules, ...],
+        Callable[[MarketData, Tracker, int], list[RiskAction]] | None,
+        int,
+    ]:
+        """What :meth:`_events`' tick path binds: whether a tick may take it
+        at all, the strategies' synchronous hooks, the packs, the policy's
+        tracked-tick hook and the time of the margin desk's next read."""
+        hooks = self._sync_hooks if self._hooks_of is self.strategies else self._bind_strategies()
+        policy = self.policy
+        if policy is not self._tracked_of:
+            self._tracked_of = policy
+            self._tracked = getattr(policy, "on_tracked_tick", None)
+        tracked = self._tracked
+        due = self.margin.due_ns
+        fast = (
+            hooks is not None
+            and tracked is not None
+            and self._on_tick is None
+            and self.shadow is None
+            and not self.protection.levels
+        )
+        return fast, hooks or (), self.packs, tracked, _NEVER if due is None else due
 
     def last_tick(self, symbol: str) -> MarketData | None:
         """The last tick of ``symbol`` the kernel took (None: none yet)."""
@@ -365,22 +486,37 @@ class Kernel:
         elif self._waiting and self._run_scope is not None:
             self._run_scope.cancel()
 
-    async def _tick(self, tick: MarketData) -> None:
-        # The hot path: every step that cannot wait is a plain call (no
-        # coroutine, no lambda); an await is paid only where something may
-        # really wait (a full BLOCK subscriber, the pacer, a risk action, the
-        # strategies, whose hooks are async by contract).
-        stats = self.stats
-        stats.ticks += 1
+    def _bind_strategies(self) -> tuple[Callable[[MarketData], Sequence[Signal]], ...] | None:
+        """Each strategy's synchronous tick hook, bound once per strategies
+        tuple (a public attribute: rebound if it is replaced); None in
+        ``_sync_hooks`` when one of them has none."""
+        self._hooks_of = self.strategies
+        self._strategy_hooks = tuple(sync_hook(s) for s in self.strategies)
+        hooks = self._strategy_hooks
+        self._sync_hooks = None if None in hooks else hooks  # type: ignore[assignment]
+        return self._sync_hooks
+
+    def _tick_head(self, tick: MarketData) -> Awaitable[None] | None:
+        """The tick's first steps: counted, the clock, the book marked and the
+        tick published; the wait for a full BLOCK subscriber, if any."""
+        self.stats.ticks += 1
         symbol = tick.symbol
         self._now_ns = now = tick.ts_ns
         self._last[symbol] = tick
-        tracker = self.tracker
-        tracker.mark(symbol, tick.last)
+        self.tracker.mark(symbol, tick.last)
         topic = self._market_topics.get(symbol)
         if topic is None:
             topic = self._market_topics[symbol] = f"market.{symbol}"
-        waiting = self.bus.post(topic, tick, ts=now)
+        return self.bus.post(topic, tick, ts=now)
+
+    async def _tick(self, tick: MarketData) -> None:
+        # The general tick, every step awaited where it may wait (the pacer,
+        # kernel-held stops, a risk action, the strategies' async hooks);
+        # _events handles the same tick as plain calls when nothing waits.
+        waiting = self._tick_head(tick)
+        await self._tick_after_post(tick, waiting)
+
+    async def _tick_after_post(self, tick: MarketData, waiting: Awaitable[None] | None) -> None:
         if waiting is not None:
             await waiting
         if self.protection.levels:
@@ -392,14 +528,26 @@ class Kernel:
             with trio.CancelScope() as self._pacing:
                 await self._on_tick(tick)
             self._pacing = None
-        for pack in self.packs:
+        await self._tick_packs(tick)
+
+    async def _tick_packs(
+        self, tick: MarketData, failed: RiskRules | None = None, exc: Exception | None = None
+    ) -> None:
+        """The packs (after ``failed``, whose error ``exc`` is reported first),
+        the reload poll, the margin read, the policy, the strategies."""
+        packs = self.packs
+        if failed is not None and exc is not None:
+            # The pack's facts are now suspect; its next facts() call
+            # decides (and a raise there rejects the order).
+            await self._error(f"risk pack {failed.name} failed on market data", exc)
+            packs = packs[next(i for i, p in enumerate(packs) if p is failed) + 1 :]
+        for pack in packs:
             try:
                 pack.on_market_data(tick)
-            except Exception as exc:  # a plugin error must not stop the session
-                # The pack's facts are now suspect; its next facts() call
-                # decides (and a raise there rejects the order).
-                await self._error(f"risk pack {pack.name} failed on market data", exc)
-        if stats.ticks % _RELOAD_POLL_TICKS == 0:
+            except Exception as error:  # a plugin error must not stop the session
+                await self._error(f"risk pack {pack.name} failed on market data", error)
+        now = self._now_ns
+        if self.stats.ticks % _RELOAD_POLL_TICKS == 0:
             reloaded = await self._maybe_reload()
             if reloaded is not None and self.on_reload is not None:
                 await self.on_reload(reloaded)
@@ -415,28 +563,58 @@ class Kernel:
             self._tracked_of = policy
             self._tracked = getattr(policy, "on_tracked_tick", None)
         tracked = self._tracked
+        tracker = self.tracker
         try:
             if tracked is not None:
                 actions = tracked(tick, tracker, now)
             else:
                 actions = policy.on_market_data(tick, tracker.snapshot(), now)
-        except Exception as exc:  # a blind risk monitor: stop opening risk
-            await self._monitor_failed(exc)
+        except Exception as error:  # a blind risk monitor: stop opening risk
+            await self._tick_policy_failed(tick, error)
         else:
-            for action in actions:
-                await self._act(action)
-            if self.shadow is not None:
-                found = self.shadow.tick(tick, tracker, now, actions)
-                if found is not None:
-                    await self.bus.publish(SHADOW_TOPIC, found.as_dict(), ts=now)
-        for strategy in self.strategies:
-            try:
-                signals = await strategy.on_market_data(tick)
-            except Exception as exc:  # a plugin error must not stop the session
+            await self._tick_acted(tick, actions)
+
+    async def _tick_policy_failed(self, tick: MarketData, exc: Exception) -> None:
+        await self._monitor_failed(exc)
+        await self._tick_strategies(tick)
+
+    async def _tick_acted(self, tick: MarketData, actions: list[RiskAction]) -> None:
+        now = self._now_ns
+        for action in actions:
+            await self._act(action)
+        if self.shadow is not None:
+            found = self.shadow.tick(tick, self.tracker, now, actions)
+            if found is not None:
+                await self.bus.publish(SHADOW_TOPIC, found.as_dict(), ts=now)
+        await self._tick_strategies(tick)
+
+    async def _tick_strategies(
+        self,
+        tick: MarketData,
+        first: int = 0,
+        outcome: Sequence[Signal] | Exception | None = None,
+    ) -> None:
+        """The strategies from index ``first`` on; ``outcome`` is what that one
+        already returned (or raised) on this tick, from its synchronous hook."""
+        if self._hooks_of is not self.strategies:
+            self._bind_strategies()
+        strategies, hooks = self.strategies, self._strategy_hooks
+        stats = self.stats
+        for k in range(first, len(strategies)):
+            strategy = strategies[k]
+            if outcome is None or k != first:
+                hook = hooks[k]
+                try:
+                    outcome = (
+                        hook(tick) if hook is not None else await strategy.on_market_data(tick)
+                    )
+                except Exception as exc:  # a plugin error must not stop the session
+                    outcome = exc
+            if isinstance(outcome, Exception):
                 stats.strategy_errors += 1
-                await self._error(f"strategy {strategy.name} failed on {symbol}", exc)
+                await self._error(f"strategy {strategy.name} failed on {tick.symbol}", outcome)
                 continue
-            for signal in signals:
+            for signal in outcome:
                 await self._signal(signal)
 
     async def _fill(self, fill: Fill) -> None:

@@ -265,6 +265,13 @@ class $cls(Strategy):
         self._side: dict[str, Side] = {}
 
     async def on_market_data(self, tick: MarketData) -> Sequence[Signal]:
+        return self.on_market_data_sync(tick)
+
+    def on_market_data_sync(self, tick: MarketData) -> Sequence[Signal]:
+        # Nothing here waits, so the kernel may call this plain method instead
+        # of awaiting on_market_data (a coroutine less per tick). A strategy
+        # that awaits something (a model server, a file) defines only
+        # on_market_data.
         prices = self._prices.setdefault(tick.symbol, deque(maxlen=self.window))
         out: list[Signal] = []
         if len(prices) == self.window:

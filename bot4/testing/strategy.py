@@ -13,11 +13,17 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from bot4.contracts import Strategy
+from bot4.contracts import Strategy, sync_hook
 from bot4.model import Fill, MarketData, Side, Signal
 from bot4.testing.harness import ConformanceError
 
-__all__ = ["check_deterministic", "check_on_fill", "check_signals_valid", "sample_ticks"]
+__all__ = [
+    "check_deterministic",
+    "check_on_fill",
+    "check_signals_valid",
+    "check_sync_hook",
+    "sample_ticks",
+]
 
 _START = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -185,3 +191,37 @@ async def check_on_fill(factory: Callable[[], Strategy], ticks: Sequence[MarketD
             check_signal(strategy, s, tick, symbols)
         return
     raise _fail(f"{strategy.name} emitted no signal, so on_fill could not be exercised")
+
+
+async def check_sync_hook(factory: Callable[[], Strategy], ticks: Sequence[MarketData]) -> None:
+    """A strategy with ``on_market_data_sync`` gives from it what
+    ``on_market_data`` gives, tick by tick (two fresh instances: the kernel
+    calls the plain hook instead of awaiting the other). Nothing to check
+    for a strategy without one."""
+    plain = _make(factory)
+    hook = sync_hook(plain)
+    if hook is None:
+        return
+    awaited = _make(factory)
+    symbols: set[str] = set()
+    for i, tick in enumerate(ticks):
+        symbols.add(tick.symbol)
+        got = hook(tick)
+        if not isinstance(got, (list, tuple)):
+            raise _fail(
+                f"{plain.name}.on_market_data_sync returned {type(got).__name__}; return a "
+                "list or tuple of Signal (empty when there is nothing to do)"
+            )
+        want = await awaited.on_market_data(tick)
+        mine = [(s, dict(s.metadata)) for s in got]
+        theirs = [(s, dict(s.metadata)) for s in want]
+        if mine != theirs:
+            raise _fail(
+                f"{plain.name}: on tick #{i} ({tick.symbol} @ {tick.timestamp.isoformat()}) "
+                f"on_market_data_sync gave {list(got)!r} but on_market_data {list(want)!r}. "
+                "The kernel calls on_market_data_sync instead of on_market_data when a "
+                "strategy has it: both must give the same signals (let on_market_data "
+                "return on_market_data_sync(tick))"
+            )
+        for signal in got:
+            check_signal(plain, signal, tick, symbols)

@@ -124,6 +124,11 @@ class StrategySuite:
         """on_fill accepts a fill and returns a sequence of valid signals."""
         trio.run(st.check_on_fill, self._make(), self._ticks())
 
+    def test_sync_hook_matches(self) -> None:
+        """on_market_data_sync, where the strategy has it, gives what
+        on_market_data gives (the kernel calls it instead)."""
+        trio.run(st.check_sync_hook, self._make(), self._ticks())
+
 
 class RiskRulesSuite:
     """Checks for a risk-rule plugin. Set ``factory``; ``rules`` are the rule

@@ -72,7 +72,12 @@ def test_a_strategy_that_never_signals_proves_nothing() -> None:
 
 def test_correct_strategy_passes() -> None:
     make = lambda: SmaCross(fast=5, slow=20)  # noqa: E731 - a factory is all the kit needs
-    for check in (st.check_signals_valid, st.check_deterministic, st.check_on_fill):
+    for check in (
+        st.check_signals_valid,
+        st.check_deterministic,
+        st.check_on_fill,
+        st.check_sync_hook,
+    ):
         trio.run(check, make, ticks())
 
 

@@ -123,6 +123,10 @@ class SmaCross(Strategy):
         )
 
     async def on_market_data(self, tick: MarketData) -> Sequence[Signal]:
+        return self.on_market_data_sync(tick)
+
+    def on_market_data_sync(self, tick: MarketData) -> Sequence[Signal]:
+        # Nothing here waits: the kernel calls this, without a coroutine a tick.
         if self.symbols and tick.symbol not in self.symbols:
             return ()
         state = self._state.get(tick.symbol)
