@@ -58,7 +58,7 @@ from harness import RESULT_PREFIX, Conditions, run_child
 
 from bot4.data import iter_sample
 from bot4.journal import Journal, Record, RecordKind, open_store
-from bot4.journal.service import JournalService
+from bot4.journal.service import JournalService, journal_for
 from bot4.journal.writer import JournalWriter, VenueKind
 from bot4.model import Approved, Fill, Order, OrderState, OrderStatus, OrderType, Side
 from bot4.session import SessionConfig, StrategyConfig, run_session
@@ -223,7 +223,7 @@ def kernel_child(mode: str, ticks: int) -> dict[str, Any]:
                             intent_sync="full" if live else "normal",
                         )
                         venue = VenueKind.LIVE if live else VenueKind.PAPER
-                        writer = JournalWriter(Journal(store), venue=venue)
+                        writer = JournalWriter(journal_for(store, venue), venue=venue)
                         writer.attach(bus, policy, tracker=tracker, clock=lambda: kernel.now_ns)
                         kernel.journal = writer
                         kernel.risk_journal = writer

@@ -456,6 +456,75 @@ def test_write_ahead_fails_closed(backend: Backend) -> None:
         again.close()
 
 
+def test_where_the_journal_writes_from(backend: Backend) -> None:
+    """Against a paper-kind venue a SQLite journal writes on the trio thread
+    (CPU nobody waits for); against a live venue, and PostgreSQL always, in
+    a worker thread, so the loop runs on through an fsync or a round trip."""
+    import threading
+
+    from bot4.journal.service import journal_for
+
+    store = backend.open()
+    seen: list[int] = []
+    append = store.append
+
+    def spy(*args: Any, **kwargs: Any) -> int:
+        seen.append(threading.get_ident())
+        return append(*args, **kwargs)
+
+    store.append = spy  # type: ignore[method-assign]
+    try:
+        for venue in (VenueKind.PAPER, VenueKind.LIVE):
+            journal = journal_for(store, venue)
+            assert journal.inline is (backend.name == "sqlite" and venue is VenueKind.PAPER)
+            trio.run(journal.append, [Record(RecordKind.ERROR, {"message": venue.value}, 1)])
+        here = threading.get_ident()
+        inline = backend.name == "sqlite"
+        assert [ident == here for ident in seen] == [inline, False]
+    finally:
+        store.close()
+
+
+def test_the_writer_takes_the_bus_in_batches_in_publish_order(tmp_path: Path) -> None:
+    """Decisions, orders and fills reach the journal as bus batches (no
+    handler call per event), and their records keep publish order."""
+    from bot4.bus import open_bus
+    from bot4.model import Approved
+
+    store = open_store(tmp_path / "journal.sqlite", lock=True)
+    writer = JournalWriter(Journal(store, inline=True), venue=VenueKind.PAPER)
+    batches: list[int] = []
+    on_batch = writer._on_batch
+
+    def counting(batch: Any) -> Any:
+        batches.append(len(batch))
+        return on_batch(batch)
+
+    writer._on_batch = counting  # type: ignore[method-assign]
+    orders = [order(i) for i in range(1, 41)]
+
+    async def main() -> None:
+        async with open_bus() as bus:
+            writer.attach(bus)
+            for o in orders:
+                cid = o.client_order_id
+                await bus.publish("risk.approved", Approved(o, ()), ts=1, correlation_id=cid)
+                await bus.publish("order.placed", state(o, OrderStatus.NEW, "0", "P"), ts=2)
+            await bus.drain()
+            await writer.flush()
+        await writer.journal.aclose()
+
+    trio.run(main)
+    assert sum(batches) == 80
+    assert len(batches) < 80
+    again = open_store(tmp_path / "journal.sqlite")
+    try:
+        kinds = [(r.kind, r.client_order_id) for r in again.records()]
+    finally:
+        again.close()
+    assert kinds == [(kind, o.client_order_id) for o in orders for kind in ("decision", "ack")]
+
+
 # --- bad input ------------------------------------------------------------------------
 
 

@@ -67,7 +67,14 @@ from bot4.journal.writer import (
 )
 from bot4.portfolio import PortfolioTracker
 
-__all__ = ["JournalService", "JournalWriter", "VenueKind", "journal_service", "venue_kind"]
+__all__ = [
+    "JournalService",
+    "JournalWriter",
+    "VenueKind",
+    "journal_for",
+    "journal_service",
+    "venue_kind",
+]
 
 log = logging.getLogger("bot4.journal")
 
@@ -108,7 +115,7 @@ class JournalService:
             return open_store(self.target, lock=True, intent_sync=sync, schema=self.schema)
 
         store = await trio.to_thread.run_sync(opener)
-        journal = Journal(store)
+        journal = journal_for(store, venue)
         shadow = PortfolioTracker()
         spill_path = Path(ctx.out) / SPILL_FILE
         session_id = ctx.config.session_id
@@ -183,6 +190,15 @@ class JournalService:
         ctx.history = self.history
         self.writer = writer
         nursery.start_soon(writer.run, name="journal-writer")
+
+
+def journal_for(store: Store, venue: VenueKind) -> Journal:
+    """The :class:`Journal` a session writes ``store`` through against a
+    venue of kind ``venue``: its calls on the trio thread for a SQLite file
+    against a paper-kind venue (CPU work nobody waits for: the facade's
+    docstring), in a worker thread otherwise (a live venue's loop must keep
+    running through an fsync; PostgreSQL waits on the network)."""
+    return Journal(store, inline=store.backend == "sqlite" and venue is VenueKind.PAPER)
 
 
 def journal_service(config: Any, **options: Any) -> Sequence[JournalService]:

@@ -60,7 +60,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -207,15 +207,18 @@ class JournalWriter:
         clock: Callable[[], int] | None = None,
     ) -> None:
         """Subscribe to the bus, then :meth:`attach_hooks`."""
-        # Ticks come as batches (bot4.bus): no envelope is built per tick for
-        # the journal, which keeps them only with ``market_data``; without it
-        # they are not routed here at all, so a tick no one else wants costs
-        # the bus nothing. The other topics are chosen in the handler (a
-        # filter cannot go with batches).
+        # Every topic comes in batches (bot4.bus): no envelope is built and no
+        # handler is called per event for the journal, which was most of its
+        # cost on the kernel's side of the order path. Ticks are kept only
+        # with ``market_data``; without it they are not routed here at all,
+        # so a tick no one else wants costs the bus nothing. The topics kept
+        # are chosen in the handler (a filter cannot go with batches); the
+        # bus's own reports (never batched) reach _on_other, which drops them.
         bus.subscribe(
             "#",
             self._on_other,
-            on_batch=self._on_ticks,
+            on_batch=self._on_batch,
+            batch_topics="#",
             policy=Backpressure.BLOCK,
             capacity=4096,
             name="journal",
@@ -386,29 +389,38 @@ class JournalWriter:
         if len(self._pending) >= self.batch:
             self._wake.set()
 
-    async def _on_other(self, event: Event) -> None:
+    def _on_other(self, event: Event) -> Awaitable[None] | None:
         if event.topic.startswith(_TOPICS):
-            await self._on_event(event)
+            self._take(event.topic, event.payload, event.ts, event.correlation_id)
+            return self._backpressure()
+        return None
 
-    def _on_ticks(self, batch: EventBatch) -> None:
-        if not self.market_data:
-            return
-        for payload in batch.payloads:
-            if isinstance(payload, MarketData):
-                self._ticks.append(payload)
-        if len(self._ticks) >= self.batch:
-            self._wake.set()
+    def _on_batch(self, batch: EventBatch) -> Awaitable[None] | None:
+        """A batch of events, in publish order: the records they make.
+        Synchronous unless the queue is past its bound (then the bus waits,
+        BLOCK, for the flush this returns)."""
+        take = self._take
+        ids = batch.correlation_ids
+        for i, topic in enumerate(batch.topics):
+            cid = ids[i]
+            take(
+                topic,
+                batch.payloads[i],
+                batch.ts[i],
+                batch.correlation_id_at(i) if cid is None else cid,
+            )
+        return self._backpressure()
 
-    async def _on_event(self, event: Event) -> None:
-        topic, payload, ts = event.topic, event.payload, event.ts
+    def _take(self, topic: str, payload: Any, ts: int, cid: str) -> None:
+        """The records of one event (none for a topic the journal does not keep)."""
         if topic.startswith("market."):
-            if isinstance(payload, MarketData):
+            if self.market_data and isinstance(payload, MarketData):
                 self._ticks.append(payload)
                 if len(self._ticks) >= self.batch:
                     self._wake.set()
             return
         if topic in ("risk.approved", "risk.rejected") and isinstance(payload, Approved | Rejected):
-            self.enqueue(Record.decision(payload, ts, event.correlation_id))
+            self.enqueue(Record.decision(payload, ts, cid))
         elif topic == "risk.action" and isinstance(payload, RiskAction):
             self.enqueue(Record.action(payload, ts))
             if payload.kind is _Kind.TRIP_BREAKER and not self._trips_hooked:
@@ -430,11 +442,17 @@ class JournalWriter:
         elif topic == PROTECTION_TOPIC and isinstance(payload, dict):
             symbol = str(payload.get("symbol"))
             self.enqueue(Record(RecordKind.PROTECTION, payload, ts, symbol=symbol))
+
+    def _backpressure(self) -> Awaitable[None] | None:
         if len(self._pending) >= 8 * self.batch:
-            try:
-                await self.flush()  # backpressure: the bus (BLOCK) waits for us
-            except JournalError as exc:  # kept (spilled); the timer retries
-                self._failed(exc, "flush")
+            return self._flush_behind()
+        return None
+
+    async def _flush_behind(self) -> None:
+        try:
+            await self.flush()  # backpressure: the bus (BLOCK) waits for us
+        except JournalError as exc:  # kept (spilled); the timer retries
+            self._failed(exc, "flush")
 
     # -- group commit ---------------------------------------------------------------
 
