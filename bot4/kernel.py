@@ -13,6 +13,10 @@ Every step is also published on the event bus (``market.<SYMBOL>``,
 ``order.placed``, ``order.update``, ``fill.<SYMBOL>``, ``kernel.error``) for the
 observers: recorder, journal, metrics, dashboards. Observers never decide.
 
+The loop over the stream and the tick path live in :mod:`bot4.kernel_loop`
+(a tick that asks nothing is plain calls, no coroutine); fills, order
+updates, signals, orders and risk actions here.
+
 Fail closed: no order reaches the exchange without an Approved from the gate;
 a strategy that raises is reported and skipped; a risk component that raises
 or hangs rejects the order.
@@ -45,7 +49,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from typing import TYPE_CHECKING, Any, Protocol
@@ -54,9 +58,10 @@ import attrs
 import trio
 
 from bot4.bus import Bus
-from bot4.contracts import Exchange, MarketInfo, RiskRules, Strategy, sync_hook
+from bot4.contracts import Exchange, MarketInfo, RiskRules, Strategy
 from bot4.errors import Bot4Error, ExchangeFailed, ExchangeRefused
 from bot4.gate import RiskGate
+from bot4.kernel_loop import SHADOW_TOPIC, EventLoop
 from bot4.margin_desk import MarginDesk
 from bot4.model import (
     ZERO,
@@ -83,8 +88,6 @@ if TYPE_CHECKING:
 
 # How often (in ticks) the kernel looks at the wall clock to decide whether to
 # poll the rule files for edits; reading the clock every tick costs more.
-_RELOAD_POLL_TICKS = 256
-_NEVER = 2**63  # a margin read never due (ns)
 _RELOAD_POLL_SECONDS = 1.0
 _RETRIES = 3
 # The liquidation ladder escalates: a rung acts once per position, and only a
@@ -95,9 +98,6 @@ _LADDER = {
     RiskActionKind.REDUCE_POSITION: 2,
     RiskActionKind.EMERGENCY_CLOSE: 3,
 }
-# Where a shadow policy's disagreements are published (not ``risk.*``: they
-# are observations, not decisions; a replay compares decisions only).
-SHADOW_TOPIC = "shadow.disagreement"
 # The risk-state key of a symbol's ladder latch ({"rung": n, "side": "buy"}).
 LADDER_KEY = "ladder."
 
@@ -243,15 +243,8 @@ class Kernel:
         self._last: dict[str, MarketData] = {}
         # Topic strings bound once per symbol: no f-string per tick.
         self._market_topics: dict[str, str] = {}
-        # The policy's tracked-tick hook, looked up once per policy object
-        # (``policy`` is a public attribute: rebound if it is replaced).
-        self._tracked_of: object = None
-        self._tracked: Callable[[MarketData, Tracker, int], list[RiskAction]] | None = None
-        # Each strategy's on_market_data_sync (None: it has none), bound once
-        # per strategies tuple; _sync_hooks is None unless every one has it.
-        self._hooks_of: object = None
-        self._strategy_hooks: tuple[Callable[[MarketData], Sequence[Signal]] | None, ...] = ()
-        self._sync_hooks: tuple[Callable[[MarketData], Sequence[Signal]], ...] | None = None
+        # The event loop and the tick path (bot4.kernel_loop).
+        self._loop = EventLoop(self)
         self._next_id = 0
         self._open_stops: set[str] = set()  # open stop-loss orders, wherever placed
         self.protection = Protector(self)
@@ -291,176 +284,13 @@ class Kernel:
             markets = {symbol: attrs.asdict(info) for symbol, info in self._markets.items()}
             await self.bus.publish("exchange.markets", markets, ts=0)
             with trio.CancelScope() as self._run_scope:
-                await self._events(symbols)
+                await self._loop.run(symbols)
         finally:
             self._run_scope = None
             self.margin.settle(self.stats)
             with trio.CancelScope(shield=True):
                 await self.exchange.close()
         return self.stats
-
-    async def _events(self, symbols: Sequence[str]) -> None:
-        """The loop: every event of the stream, in order, until it ends or a
-        stop is asked.
-
-        A tick is handled here as plain calls when nothing in it waits (most
-        ticks: no coroutine, no method call of the kernel's own), by the same
-        steps in the same order as :meth:`_tick`. What may wait is known
-        before the tick (the pacer, kernel-held stops, the reload poll, a
-        margin read, a shadow policy, a strategy without
-        ``on_market_data_sync``: the whole tick goes to :meth:`_tick`) or
-        only on the way (a full BLOCK subscriber, a pack or the policy
-        failing, a risk action, a signal, a strategy failing: the coroutine
-        of the rest takes over at that step). The tick path's bindings are
-        locals, made again after anything awaited: only an await lets another
-        task change what they hold (the strategies, the policy after a
-        reload, the kernel-held stops, the margin desk's next read)."""
-        events = self.exchange.stream(symbols)
-        # stop_requested() inlined in both tests (the flag is stop_reason). The
-        # second reads it through another name: the flag changes while we
-        # wait, and mypy would keep self.stop_reason narrowed to None there.
-        next_event = events.__anext__
-        # A stream may also offer poll(): the next event when it is ready
-        # without waiting, else None (bot4_paper's replay: most ticks). A
-        # plain call then takes the place of a coroutine per event; None
-        # sends the loop to the await, which waits, checkpoints or ends.
-        poll = getattr(events, "poll", None)
-        flags = self
-        stats = self.stats
-        # The tick path's bindings (see the docstring); bound is False until
-        # they are made, and after anything awaited.
-        bound = False
-        fast = False
-        hooks: tuple[Callable[[MarketData], Sequence[Signal]], ...] = ()
-        packs: tuple[RiskRules, ...] = ()
-        tracker = self.tracker
-        post = self.bus.post
-        topics = self._market_topics
-        last = self._last
-        tracked: Callable[[MarketData, Tracker, int], list[RiskAction]] | None = None
-        due = 0
-        try:
-            while self.stop_reason is None:
-                event = None
-                if poll is not None:
-                    try:
-                        event = poll()
-                    except Bot4Error as exc:
-                        self.stop_error = exc
-                        self.stop_reason = str(exc)
-                        return
-                if event is None:
-                    bound = False
-                    self._waiting = True
-                    try:
-                        event = await next_event()
-                    except StopAsyncIteration:
-                        return
-                    except Bot4Error as exc:  # a bad data row, a venue gone: end as a stop does
-                        self.stop_error = exc
-                        self.stop_reason = str(exc)
-                        return
-                    finally:
-                        self._waiting = False
-                    if flags.stop_reason is not None:
-                        return  # asked to stop while waiting: do not start on this event
-                if not isinstance(event, MarketData):
-                    bound = False
-                    if isinstance(event, Fill):
-                        await self._fill(event)
-                    elif isinstance(event, OrderState):
-                        await self._order_update(event)
-                    continue
-                if not bound:
-                    bound = True
-                    fast, hooks, packs, tracked, due = self._tick_bindings()
-                    tracker = self.tracker
-                    post = self.bus.post
-                    topics = self._market_topics
-                    last = self._last
-                now = event.ts_ns
-                ticks = stats.ticks + 1
-                if not fast or not ticks % _RELOAD_POLL_TICKS or now >= due:
-                    bound = False
-                    await self._tick(event)
-                    continue
-                # _tick_head, inlined.
-                stats.ticks = ticks
-                self._now_ns = now
-                symbol = event.symbol
-                last[symbol] = event
-                tracker.mark(symbol, event.last)
-                topic = topics.get(symbol)
-                if topic is None:
-                    topic = topics[symbol] = f"market.{symbol}"
-                rest: Coroutine[Any, Any, None] | None = None
-                waiting = post(topic, event, ts=now)
-                if waiting is not None:
-                    rest = self._tick_after_post(event, waiting)
-                else:
-                    for pack in packs:
-                        try:
-                            pack.on_market_data(event)
-                        except Exception as exc:  # reported by the rest, as _tick does
-                            rest = self._tick_packs(event, pack, exc)
-                            break
-                if rest is None:
-                    try:
-                        # fast holds only with a tracked-tick hook (_tick_bindings).
-                        actions = tracked(event, tracker, now)  # type: ignore[misc]
-                    except Exception as exc:  # a blind risk monitor: the rest decides
-                        rest = self._tick_policy_failed(event, exc)
-                    else:
-                        if actions:
-                            rest = self._tick_acted(event, actions)
-                        else:
-                            first = 0
-                            for hook in hooks:
-                                try:
-                                    signals = hook(event)
-                                except Exception as exc:  # counted and reported by the rest
-                                    rest = self._tick_strategies(event, first, exc)
-                                    break
-                                if signals:
-                                    rest = self._tick_strategies(event, first, signals)
-                                    break
-                                first += 1  # noqa: SIM113 - enumerate: an object a tick; first is read only on a signal
-                if rest is not None:
-                    bound = False
-                    await rest
-        finally:
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                with trio.CancelScope(shield=True):
-                    await aclose()
-
-    def _tick_bindings(
-        self,
-    ) -> tuple[
-        bool,
-        tuple[Callable[[MarketData], Sequence[Signal]], ...],
-        tuple[RiskRules, ...],
-        Callable[[MarketData, Tracker, int], list[RiskAction]] | None,
-        int,
-    ]:
-        """What :meth:`_events`' tick path binds: whether a tick may take it
-        at all, the strategies' synchronous hooks, the packs, the policy's
-        tracked-tick hook and the time of the margin desk's next read."""
-        hooks = self._sync_hooks if self._hooks_of is self.strategies else self._bind_strategies()
-        policy = self.policy
-        if policy is not self._tracked_of:
-            self._tracked_of = policy
-            self._tracked = getattr(policy, "on_tracked_tick", None)
-        tracked = self._tracked
-        due = self.margin.due_ns
-        fast = (
-            hooks is not None
-            and tracked is not None
-            and self._on_tick is None
-            and self.shadow is None
-            and not self.protection.levels
-        )
-        return fast, hooks or (), self.packs, tracked, _NEVER if due is None else due
 
     def last_tick(self, symbol: str) -> MarketData | None:
         """The last tick of ``symbol`` the kernel took (None: none yet)."""
@@ -485,137 +315,6 @@ class Kernel:
             self._pacing.cancel()
         elif self._waiting and self._run_scope is not None:
             self._run_scope.cancel()
-
-    def _bind_strategies(self) -> tuple[Callable[[MarketData], Sequence[Signal]], ...] | None:
-        """Each strategy's synchronous tick hook, bound once per strategies
-        tuple (a public attribute: rebound if it is replaced); None in
-        ``_sync_hooks`` when one of them has none."""
-        self._hooks_of = self.strategies
-        self._strategy_hooks = tuple(sync_hook(s) for s in self.strategies)
-        hooks = self._strategy_hooks
-        self._sync_hooks = None if None in hooks else hooks  # type: ignore[assignment]
-        return self._sync_hooks
-
-    def _tick_head(self, tick: MarketData) -> Awaitable[None] | None:
-        """The tick's first steps: counted, the clock, the book marked and the
-        tick published; the wait for a full BLOCK subscriber, if any."""
-        self.stats.ticks += 1
-        symbol = tick.symbol
-        self._now_ns = now = tick.ts_ns
-        self._last[symbol] = tick
-        self.tracker.mark(symbol, tick.last)
-        topic = self._market_topics.get(symbol)
-        if topic is None:
-            topic = self._market_topics[symbol] = f"market.{symbol}"
-        return self.bus.post(topic, tick, ts=now)
-
-    async def _tick(self, tick: MarketData) -> None:
-        # The general tick, every step awaited where it may wait (the pacer,
-        # kernel-held stops, a risk action, the strategies' async hooks);
-        # _events handles the same tick as plain calls when nothing waits.
-        waiting = self._tick_head(tick)
-        await self._tick_after_post(tick, waiting)
-
-    async def _tick_after_post(self, tick: MarketData, waiting: Awaitable[None] | None) -> None:
-        if waiting is not None:
-            await waiting
-        if self.protection.levels:
-            await self.protection.on_tick(tick)  # kernel-held stops, before anything else
-        if self._on_tick is not None:
-            # Progress display, real-time pacing. A stop cuts the pacer's wait
-            # short and the tick is still handled whole: a recording never
-            # ends in the middle of a tick, and a stopped session replays.
-            with trio.CancelScope() as self._pacing:
-                await self._on_tick(tick)
-            self._pacing = None
-        await self._tick_packs(tick)
-
-    async def _tick_packs(
-        self, tick: MarketData, failed: RiskRules | None = None, exc: Exception | None = None
-    ) -> None:
-        """The packs (after ``failed``, whose error ``exc`` is reported first),
-        the reload poll, the margin read, the policy, the strategies."""
-        packs = self.packs
-        if failed is not None and exc is not None:
-            # The pack's facts are now suspect; its next facts() call
-            # decides (and a raise there rejects the order).
-            await self._error(f"risk pack {failed.name} failed on market data", exc)
-            packs = packs[next(i for i, p in enumerate(packs) if p is failed) + 1 :]
-        for pack in packs:
-            try:
-                pack.on_market_data(tick)
-            except Exception as error:  # a plugin error must not stop the session
-                await self._error(f"risk pack {pack.name} failed on market data", error)
-        now = self._now_ns
-        if self.stats.ticks % _RELOAD_POLL_TICKS == 0:
-            reloaded = await self._maybe_reload()
-            if reloaded is not None and self.on_reload is not None:
-                await self.on_reload(reloaded)
-        due = self.margin.due_ns
-        if due is not None and now >= due:
-            # The venue's margin figures, at a bounded rate (bot4.margin_desk).
-            await self.margin.refresh(now)
-        # RiskPolicy.on_tracked_tick builds no Portfolio snapshot for a tick of
-        # a symbol not held (most ticks); other policies get on_market_data.
-        # The same steps as _monitor, inlined: no awaits when nothing is asked.
-        policy = self.policy
-        if policy is not self._tracked_of:
-            self._tracked_of = policy
-            self._tracked = getattr(policy, "on_tracked_tick", None)
-        tracked = self._tracked
-        tracker = self.tracker
-        try:
-            if tracked is not None:
-                actions = tracked(tick, tracker, now)
-            else:
-                actions = policy.on_market_data(tick, tracker.snapshot(), now)
-        except Exception as error:  # a blind risk monitor: stop opening risk
-            await self._tick_policy_failed(tick, error)
-        else:
-            await self._tick_acted(tick, actions)
-
-    async def _tick_policy_failed(self, tick: MarketData, exc: Exception) -> None:
-        await self._monitor_failed(exc)
-        await self._tick_strategies(tick)
-
-    async def _tick_acted(self, tick: MarketData, actions: list[RiskAction]) -> None:
-        now = self._now_ns
-        for action in actions:
-            await self._act(action)
-        if self.shadow is not None:
-            found = self.shadow.tick(tick, self.tracker, now, actions)
-            if found is not None:
-                await self.bus.publish(SHADOW_TOPIC, found.as_dict(), ts=now)
-        await self._tick_strategies(tick)
-
-    async def _tick_strategies(
-        self,
-        tick: MarketData,
-        first: int = 0,
-        outcome: Sequence[Signal] | Exception | None = None,
-    ) -> None:
-        """The strategies from index ``first`` on; ``outcome`` is what that one
-        already returned (or raised) on this tick, from its synchronous hook."""
-        if self._hooks_of is not self.strategies:
-            self._bind_strategies()
-        strategies, hooks = self.strategies, self._strategy_hooks
-        stats = self.stats
-        for k in range(first, len(strategies)):
-            strategy = strategies[k]
-            if outcome is None or k != first:
-                hook = hooks[k]
-                try:
-                    outcome = (
-                        hook(tick) if hook is not None else await strategy.on_market_data(tick)
-                    )
-                except Exception as exc:  # a plugin error must not stop the session
-                    outcome = exc
-            if isinstance(outcome, Exception):
-                stats.strategy_errors += 1
-                await self._error(f"strategy {strategy.name} failed on {tick.symbol}", outcome)
-                continue
-            for signal in outcome:
-                await self._signal(signal)
 
     async def _fill(self, fill: Fill) -> None:
         self.stats.fills += 1
