@@ -123,3 +123,16 @@ def test_a_body_decodes_to_its_payload() -> None:
     rng = random.Random(3)
     for payload in _payloads(rng, 1)[:10]:
         assert codec.decode(json.loads(body_of(payload))) == payload
+
+
+def test_every_member_of_the_models_enums_is_its_generic_text() -> None:
+    import enum
+
+    from bot4 import model
+
+    enums = [v for v in vars(model).values() if isinstance(v, type) and issubclass(v, enum.Enum)]
+    assert len(enums) >= 4
+    for cls in enums:
+        for member in cls:
+            assert body_of(member) == generic_body(member), member
+            assert body_of([member, {"k": member}]) == generic_body([member, {"k": member}])
