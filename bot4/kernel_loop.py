@@ -50,6 +50,12 @@ _NEVER = 2**63  # a margin read never due (ns)
 SHADOW_TOPIC = "shadow.disagreement"
 
 
+def _unwatched(tick: MarketData, book: Tracker, now_ns: int) -> list[RiskAction]:
+    """The tracked-tick hook bound for a policy without one (the tick path is
+    then not taken: the general path asks the policy's on_market_data)."""
+    return []
+
+
 class EventLoop:
     """The loop of one :class:`~bot4.kernel.Kernel`'s run (see the module)."""
 
@@ -91,7 +97,7 @@ class EventLoop:
         post = kernel.bus.post
         topics = kernel._market_topics
         last = kernel._last
-        tracked: Callable[[MarketData, Tracker, int], list[RiskAction]] | None = None
+        tracked: Callable[[MarketData, Tracker, int], list[RiskAction]] = _unwatched
         due = 0
         try:
             while kernel.stop_reason is None:
@@ -138,7 +144,7 @@ class EventLoop:
                     bound = False
                     await self.tick(event)
                     continue
-                # _tick_head, inlined.
+                # _head, inlined.
                 stats.ticks = ticks
                 kernel._now_ns = now
                 symbol = event.symbol
@@ -155,13 +161,12 @@ class EventLoop:
                     for pack in packs:
                         try:
                             pack.on_market_data(event)
-                        except Exception as exc:  # reported by the rest, as _tick does
+                        except Exception as exc:  # reported by the rest, as tick() does
                             rest = self._packs(event, pack, exc)
                             break
                 if rest is None:
                     try:
-                        # fast holds only with a tracked-tick hook (_tick_bindings).
-                        actions = tracked(event, tracker, now)  # type: ignore[misc]
+                        actions = tracked(event, tracker, now)
                     except Exception as exc:  # a blind risk monitor: the rest decides
                         rest = self._policy_failed(event, exc)
                     else:
@@ -194,10 +199,10 @@ class EventLoop:
         bool,
         tuple[Callable[[MarketData], Sequence[Signal]], ...],
         tuple[RiskRules, ...],
-        Callable[[MarketData, Tracker, int], list[RiskAction]] | None,
+        Callable[[MarketData, Tracker, int], list[RiskAction]],
         int,
     ]:
-        """What :meth:`run`' tick path binds: whether a tick may take it
+        """What the tick path of :meth:`run` binds: whether a tick may take it
         at all, the strategies' synchronous hooks, the packs, the policy's
         tracked-tick hook and the time of the margin desk's next read."""
         kernel = self.kernel
@@ -215,7 +220,13 @@ class EventLoop:
             and kernel.shadow is None
             and not kernel.protection.levels
         )
-        return fast, hooks or (), kernel.packs, tracked, _NEVER if due is None else due
+        return (
+            fast,
+            hooks or (),
+            kernel.packs,
+            _unwatched if tracked is None else tracked,  # fast is False then: never called
+            _NEVER if due is None else due,
+        )
 
     def _bind_strategies(self) -> tuple[Callable[[MarketData], Sequence[Signal]], ...] | None:
         """Each strategy's synchronous tick hook, bound once per strategies
@@ -225,7 +236,8 @@ class EventLoop:
         self._hooks_of = kernel.strategies
         self._strategy_hooks = tuple(sync_hook(s) for s in kernel.strategies)
         hooks = self._strategy_hooks
-        self._sync_hooks = None if None in hooks else hooks  # type: ignore[assignment]
+        plain = tuple(hook for hook in hooks if hook is not None)
+        self._sync_hooks = plain if len(plain) == len(hooks) else None
         return self._sync_hooks
 
     def _head(self, tick: MarketData) -> Awaitable[None] | None:
