@@ -407,3 +407,111 @@ def test_a_file_that_is_not_gzip_is_one_line(
     code, _, err = _run(capsys, "data", "import", str(junk), "--catalog", str(tmp_path / "c"))
     assert code == 2
     assert err.startswith(f"bot4: {junk}:1: unreadable: Not a gzipped file")
+
+
+def _reference_ticks(table: pa.Table, spread_bps: int) -> list[Any]:
+    """The candle rule, tick by tick through MarketData's validators."""
+    from datetime import UTC, datetime
+
+    from bot4.model import MarketData
+
+    def dec(x: float) -> Decimal:
+        d = Decimal(repr(x))
+        return d.quantize(Decimal(1)) if d == d.to_integral_value() else d
+
+    half = Decimal(spread_bps) / Decimal(20000)
+    out = []
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    rows = table.to_pylist()
+    for row in rows:
+        ms = int(row["time"].timestamp() * 1000)
+        o, h, lo, c = row["open"], row["high"], row["low"], row["close"]
+        for k, x in enumerate((o, lo, h, c) if c >= o else (o, h, lo, c)):
+            p = dec(x)
+            out.append(
+                MarketData(
+                    symbol="BTC-USDT",
+                    exchange="data",
+                    bid=p - p * half if half else p,
+                    ask=p + p * half if half else p,
+                    last=p,
+                    volume=dec(row["volume"]) / 4,
+                    timestamp=epoch + timedelta(microseconds=ms * 1000 + k * MINUTE * 250),
+                )
+            )
+    return out
+
+
+@pytest.mark.parametrize("spread_bps", [0, 25, 15_000])
+def test_catalog_ticks_are_what_the_validators_build(
+    tmp_path: Path, spread_bps: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The catalog's ticks are built without MarketData's validators for a
+    batch checked whole (finite prices above zero, sizes not negative, the
+    first tick validated): equal, tick for tick, to the validated ones, with
+    the same nanoseconds and the stored double as ``last_float``."""
+    rng = np.random.default_rng(7)
+    n = 3_000
+    digits = rng.integers(0, 6, n)
+    base = np.array([round(x, int(d)) for x, d in zip(rng.uniform(0.5, 70_000, n), digits)])
+    base[::7] = np.round(base[::7])  # whole numbers: "50000", not "50000.0"
+    base[5] = 0.1 + 0.2  # a double with a long repr
+    wiggle = np.round(rng.uniform(0, 3, (4, n)), 2)
+    table = pa.table(
+        {
+            "time": pa.array(T0 + MINUTE * np.arange(n, dtype=np.int64)).cast(
+                pa.timestamp("ms", tz="UTC")
+            ),
+            "open": base,
+            "high": base + wiggle[0] + wiggle[1],
+            "low": np.maximum(base - wiggle[2], 0.01),
+            "close": base + wiggle[3] - 1.5,
+            "volume": np.where(np.arange(n) % 11 == 0, 0.0, np.round(rng.uniform(0, 9, n), 3)),
+        }
+    )
+    table = table.set_column(4, "close", pa.array(np.maximum(table["close"].to_numpy(), 0.01)))
+    cat = Catalog(tmp_path)
+    cat.write(KEY, table)
+    spec = parse_spec("catalog:binance/BTC-USDT/1m")
+    from bot4.model import MarketData
+
+    validated = []
+    check = MarketData.__attrs_post_init__
+
+    def counting(self: MarketData) -> None:
+        validated.append(1)
+        check(self)
+
+    monkeypatch.setattr(MarketData, "__attrs_post_init__", counting)
+    ticks = list(iter_catalog_ticks(cat, spec, spread_bps=spread_bps))
+    batches = len(list(cat.batches(KEY)))
+    # One validated tick a batch; every tick past 10,000 bps of spread.
+    assert len(validated) == (batches if spread_bps <= 10_000 else 4 * n)
+    monkeypatch.undo()
+    want = _reference_ticks(table, spread_bps)
+    assert len(ticks) == len(want) == 4 * n
+    for got, ref in zip(ticks, want, strict=True):
+        assert got == ref
+        assert repr(got) == repr(ref)
+        assert str(got.last) == str(ref.last)
+        assert str(got.bid) == str(ref.bid)
+        assert got.ts_ns == ref.ts_ns
+        assert got.last_float == float(ref.last)
+
+
+def test_a_stored_price_the_validators_refuse_is_refused_as_before(tmp_path: Path) -> None:
+    """A day file with a price no tick may have (written past the import's
+    checks) is not taken on trust: the tick is built by MarketData, which
+    refuses it as it did."""
+    from bot4.errors import Bot4Error
+
+    cat = Catalog(tmp_path)
+    table = candles([T0, T0 + MINUTE, T0 + 2 * MINUTE])
+    cat.write(KEY, table)
+    (day,) = list(tmp_path.rglob("*.parquet"))
+    bad = pq.read_table(day)
+    low = bad["low"].to_numpy().copy()
+    low[2] = -5.0
+    pq.write_table(bad.set_column(bad.schema.get_field_index("low"), "low", pa.array(low)), day)
+    with pytest.raises(Bot4Error, match="bid"):
+        list(iter_catalog_ticks(Catalog(tmp_path), parse_spec("catalog:binance/BTC-USDT/1m")))

@@ -44,7 +44,7 @@ import pyarrow as pa
 
 from bot4.data.catalog import Catalog, SeriesKey, market_type_of, parse_time
 from bot4.errors import ConfigError
-from bot4.model import MarketData
+from bot4.model import MarketData, trusted_market_data
 
 __all__ = [
     "PREFIX",
@@ -182,17 +182,27 @@ def _series_ticks(
     catalog: Catalog, key: SeriesKey, spec: CatalogSpec, exchange: str, half: Decimal
 ) -> Iterator[MarketData]:
     symbol = key.symbol
+    # The trusted construction (see _sound) needs a spread that keeps every
+    # bid above zero; beyond 10,000 bps each tick is validated.
+    spread_ok = half <= _HALF_MAX
     if key.trades:
         for batch in catalog.batches(key, spec.start, spec.end):
             times = batch.column("time").cast(pa.int64()).to_pylist()
+            make = _tick
+            if spread_ok and _sound(batch, ("price",), "amount"):
+                make = _trusted_tick
+            first = True
             for ms, price, amount in zip(
                 times,
                 batch.column("price").to_pylist(),
                 batch.column("amount").to_pylist(),
                 strict=True,
             ):
-                p = _price(price)
-                yield _tick(symbol, exchange, p, half, _price(amount), ms * 1000)
+                # The first tick of a batch is always validated: it checks the
+                # symbol, the exchange name and the time for the batch.
+                build = _tick if first else make
+                first = False
+                yield build(symbol, exchange, _price(price), half, _price(amount), ms * 1000, price)
         return
     step_ms = key.step_ms
     assert step_ms is not None
@@ -200,16 +210,56 @@ def _series_ticks(
     for batch in catalog.batches(key, spec.start, spec.end):
         times = batch.column("time").cast(pa.int64()).to_pylist()
         columns = [batch.column(n).to_pylist() for n in ("open", "high", "low", "close", "volume")]
+        make = _tick
+        if spread_ok and _sound(batch, ("open", "high", "low", "close"), "volume"):
+            make = _trusted_tick
+        build = _tick  # the first tick of a batch is validated (see above)
+        # Prices repeat within a candle series (open = close before, round
+        # numbers): each distinct float becomes its Decimal once per batch.
+        decimals: dict[float, Decimal] = {}
         for ms, o, h, lo, c, v in zip(times, *columns, strict=True):
             path = (o, lo, h, c) if c >= o else (o, h, lo, c)
             size = _price(v) / 4
             base_us = ms * 1000
             for k, price in enumerate(path):
-                yield _tick(symbol, exchange, _price(price), half, size, base_us + k * quarter_us)
+                number = decimals.get(price)
+                if number is None:
+                    number = decimals[price] = _price(price)
+                yield build(symbol, exchange, number, half, size, base_us + k * quarter_us, price)
+                build = make
+
+
+# At most 10,000 bps of spread (half of it each side): a bid is then at least
+# half the price, so above zero whatever the rounding.
+_HALF_MAX = Decimal("0.5")
+
+
+def _sound(batch: pa.RecordBatch, prices: Sequence[str], size: str) -> bool:
+    """Every price of the batch finite and above zero, every size finite and
+    not negative, no cell missing: what MarketData's validators would check
+    of each tick made from it (the spread is checked by the caller). Any
+    other batch is built tick by tick through the validators, which name
+    what is wrong as before."""
+    for name in (*prices, size):
+        column = batch.column(name)
+        if column.null_count:
+            return False
+        values = column.to_numpy()
+        if values.dtype.kind != "f" or not np.isfinite(values).all():
+            return False
+        if not ((values > 0) if name != size else (values >= 0)).all():
+            return False
+    return True
 
 
 def _tick(
-    symbol: str, exchange: str, price: Decimal, half: Decimal, size: Decimal, micros: int
+    symbol: str,
+    exchange: str,
+    price: Decimal,
+    half: Decimal,
+    size: Decimal,
+    micros: int,
+    price_float: float | None = None,
 ) -> MarketData:
     return MarketData(
         symbol=symbol,
@@ -219,6 +269,33 @@ def _tick(
         last=price,
         volume=size,
         timestamp=_EPOCH + timedelta(microseconds=micros),
+    )
+
+
+def _trusted_tick(
+    symbol: str,
+    exchange: str,
+    price: Decimal,
+    half: Decimal,
+    size: Decimal,
+    micros: int,
+    price_float: float | None = None,
+) -> MarketData:
+    """:func:`_tick` without its validators, for a batch :func:`_sound` has
+    checked and whose first tick went through them (the symbol, the
+    exchange, the time): equal to what ``_tick`` builds. ``price_float`` is
+    the stored double the Decimal was read from, which is ``float(price)``
+    exactly (``Decimal(repr(x))`` reads back as ``x``)."""
+    return trusted_market_data(
+        symbol,
+        exchange,
+        price - price * half if half else price,
+        price + price * half if half else price,
+        price,
+        size,
+        _EPOCH + timedelta(microseconds=micros),
+        micros * 1000,
+        last_float=price_float,
     )
 
 
