@@ -453,7 +453,8 @@ def test_catalog_ticks_are_what_the_validators_build(
     rng = np.random.default_rng(7)
     n = 3_000
     digits = rng.integers(0, 6, n)
-    base = np.array([round(x, int(d)) for x, d in zip(rng.uniform(0.5, 70_000, n), digits)])
+    prices = rng.uniform(0.5, 70_000, n)
+    base = np.array([round(x, int(d)) for x, d in zip(prices, digits, strict=True)])
     base[::7] = np.round(base[::7])  # whole numbers: "50000", not "50000.0"
     base[5] = 0.1 + 0.2  # a double with a long repr
     wiggle = np.round(rng.uniform(0, 3, (4, n)), 2)
