@@ -344,7 +344,9 @@ class EventLoop:
         outcome: Sequence[Signal] | Exception | None = None,
     ) -> None:
         """The strategies from index ``first`` on; ``outcome`` is what that one
-        already returned (or raised) on this tick, from its synchronous hook."""
+        already returned (or raised) on this tick, from its synchronous hook.
+        An empty answer, None included, is no signal (as on the tick path); an
+        answer that is not a sequence is the strategy's error, reported."""
         kernel = self.kernel
         if self._hooks_of is not kernel.strategies:
             self._bind_strategies()
@@ -352,17 +354,22 @@ class EventLoop:
         stats = kernel.stats
         for k in range(first, len(strategies)):
             strategy = strategies[k]
-            if outcome is None or k != first:
+            answer: Any = outcome if k == first else None
+            if answer is None:
                 hook = hooks[k]
                 try:
-                    outcome = (
-                        hook(tick) if hook is not None else await strategy.on_market_data(tick)
-                    )
+                    answer = hook(tick) if hook is not None else await strategy.on_market_data(tick)
                 except Exception as exc:  # a plugin error must not stop the session
-                    outcome = exc
-            if isinstance(outcome, Exception):
-                stats.strategy_errors += 1
-                await kernel._error(f"strategy {strategy.name} failed on {tick.symbol}", outcome)
+                    answer = exc
+            if not answer:
                 continue
-            for signal in outcome:
+            if not isinstance(answer, Exception) and not isinstance(answer, list | tuple):
+                answer = TypeError(
+                    f"returned {type(answer).__name__}, not a list or tuple of Signal"
+                )
+            if isinstance(answer, Exception):
+                stats.strategy_errors += 1
+                await kernel._error(f"strategy {strategy.name} failed on {tick.symbol}", answer)
+                continue
+            for signal in answer:
                 await kernel._signal(signal)

@@ -172,3 +172,34 @@ def test_the_kit_catches_a_sync_hook_that_differs() -> None:
     with pytest.raises(ConformanceError, match=r"on_market_data_sync gave \[\] but"):
         trio.run(st.check_sync_hook, lambda: DropsSignals(fast=5, slow=20), st.sample_ticks(400))
     trio.run(st.check_sync_hook, lambda: SmaCross(fast=5, slow=20), st.sample_ticks(400))
+
+
+class Careless(CountingSync):
+    """Answers None on quiet ticks and a bare Signal (not a sequence) once."""
+
+    def _next(self) -> Any:
+        self.seen += 1
+        if self.seen == 300:
+            return signal()
+        return list(self.plan.get(self.seen, ())) or None
+
+
+class CarelessAwaited(Counting):
+    """The same answers, from on_market_data only (awaited on every tick)."""
+
+    _next = Careless._next
+
+
+@pytest.mark.parametrize("cls", [Careless, CarelessAwaited])
+def test_none_is_no_signal_and_a_bare_signal_is_the_strategys_error(cls: type[Counting]) -> None:
+    strategy = cls({3: [signal()]}, frozenset())
+    kernel, events = trio.run(_run, strategy, [])
+    # None on 598 ticks (the reload poll's ticks 256 and 512 among them): no error.
+    errors = [p for t, p in events if t == "kernel.error"]
+    assert errors == [
+        "strategy scripted failed on BTC-USDT: TypeError: returned Signal, not a list or "
+        "tuple of Signal"
+    ]
+    assert kernel.stats.strategy_errors == 1
+    assert kernel.stats.ticks == 600
+    assert kernel.stats.approved == 1
