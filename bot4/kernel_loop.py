@@ -363,10 +363,17 @@ class EventLoop:
                     answer = exc
             if not answer:
                 continue
-            if not isinstance(answer, Exception) and not isinstance(answer, list | tuple):
-                answer = TypeError(
-                    f"returned {type(answer).__name__}, not a list or tuple of Signal"
-                )
+            if not isinstance(answer, Exception):
+                if not isinstance(answer, list | tuple):
+                    answer = TypeError(
+                        f"returned {type(answer).__name__}, not a list or tuple of Signal"
+                    )
+                else:
+                    odd = next((x for x in answer if not isinstance(x, Signal)), answer)
+                    if odd is not answer:
+                        answer = TypeError(
+                            f"returned {type(odd).__name__} among its signals, not a Signal"
+                        )
             if isinstance(answer, Exception):
                 stats.strategy_errors += 1
                 await kernel._error(f"strategy {strategy.name} failed on {tick.symbol}", answer)

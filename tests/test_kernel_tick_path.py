@@ -175,12 +175,15 @@ def test_the_kit_catches_a_sync_hook_that_differs() -> None:
 
 
 class Careless(CountingSync):
-    """Answers None on quiet ticks and a bare Signal (not a sequence) once."""
+    """Answers None on quiet ticks, a bare Signal (not a sequence) once and
+    a list holding None once."""
 
     def _next(self) -> Any:
         self.seen += 1
         if self.seen == 300:
             return signal()
+        if self.seen == 400:
+            return [signal(), None]
         return list(self.plan.get(self.seen, ())) or None
 
 
@@ -198,8 +201,10 @@ def test_none_is_no_signal_and_a_bare_signal_is_the_strategys_error(cls: type[Co
     errors = [p for t, p in events if t == "kernel.error"]
     assert errors == [
         "strategy scripted failed on BTC-USDT: TypeError: returned Signal, not a list or "
-        "tuple of Signal"
+        "tuple of Signal",
+        "strategy scripted failed on BTC-USDT: TypeError: returned NoneType among its "
+        "signals, not a Signal",
     ]
-    assert kernel.stats.strategy_errors == 1
+    assert kernel.stats.strategy_errors == 2
     assert kernel.stats.ticks == 600
     assert kernel.stats.approved == 1
