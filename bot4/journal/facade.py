@@ -38,7 +38,8 @@ T = TypeVar("T")
 
 class Journal:
     """A :class:`Store` for trio code: each call runs in a worker thread, one
-    at a time, in call order. Cancellation waits for the call in flight (a
+    at a time, in call order (on the trio thread with ``inline``: the
+    module's docstring). Cancellation waits for the call in flight (a
     half-sent transaction is never abandoned)."""
 
     def __init__(self, store: Store, *, inline: bool = False) -> None:
