@@ -20,8 +20,11 @@ Three measurements:
   first ticks of the bundled sample, with no journal, then with the journal
   service on SQLite and on PostgreSQL, each with intents committed
   ``full`` (fsync / synchronous_commit on before place_order) and ``normal``
-  (survives a crash of the bot, not of the machine). Reported: orders per
-  second of wall time (approved orders / wall) and the ratio to no journal.
+  (survives a crash of the bot, not of the machine). Three rounds,
+  interleaved (off, then each backend and sync, then again); reported: the
+  medians of wall time (the session as ``run_session`` times it, start-up
+  and the last flush included: orders per second and the ratio to no
+  journal) and of the process's CPU time (every thread) with its ratio.
 * ``path``: the journal's share alone, per order as the kernel produces it: a
   write-ahead intent (a durable commit that waits), then the decision, ack,
   two order updates, the fill and the position record queued for group
@@ -90,7 +93,9 @@ def _targets(tmp: Path, schema: str | None) -> list[tuple[str, str, str | None]]
     return out
 
 
-def _session(ticks: list[Any], tmp: Path, service: JournalService | None) -> tuple[int, float]:
+def _session(
+    ticks: list[Any], tmp: Path, service: JournalService | None
+) -> tuple[int, float, float]:
     config = SessionConfig(
         strategies=(
             StrategyConfig(
@@ -110,8 +115,10 @@ def _session(ticks: list[Any], tmp: Path, service: JournalService | None) -> tup
         journal="off",
     )
     services = [] if service is None else [service]
+    gc.collect()
+    cpu = time.process_time()
     result = trio.run(lambda: run_session(config, feed=iter(ticks), services=services))
-    return result.stats.approved, result.wall_seconds
+    return result.stats.approved, result.wall_seconds, time.process_time() - cpu
 
 
 def _records(i: int, ts: int) -> tuple[Order, list[Record]]:
@@ -306,49 +313,63 @@ def run(quick: bool = False, rounds: int | None = None) -> list[dict[str, Any]]:
     return [*rows, {"case": "conditions", "line": conditions.line()}]
 
 
-def run_session_cases(quick: bool = False) -> list[dict[str, Any]]:
+def run_session_cases(quick: bool = False, rounds: int = 3) -> list[dict[str, Any]]:
+    """The ``session`` case, ``rounds`` times interleaved (off, then each
+    backend and sync, then again), medians of wall and CPU time; then the
+    ``path`` case once per backend and sync."""
     n_ticks = 20_000 if quick else 60_000
     n_path = 300 if quick else 2_000
+    rounds = 1 if quick else rounds
     ticks = list(itertools.islice(iter_sample(), n_ticks))
     rows: list[dict[str, Any]] = []
     counter = itertools.count()
     with tempfile.TemporaryDirectory(prefix="bot4-bench-journal-") as tmp_name:
         tmp = Path(tmp_name)
-        orders, wall = _session(ticks, tmp / "off", None)
-        base = orders / wall
-        rows.append(
-            {
-                "case": "session",
-                "backend": "off",
-                "sync": "-",
-                "orders": orders,
-                "seconds": round(wall, 3),
-                "orders_per_s": round(base, 1),
-                "ratio": 1.0,
-            }
-        )
         for schema in _pg_schema():
-            for backend, target, sch in _targets(tmp, schema):
-                for sync in ("full", "normal"):
-                    t = target.format(n=next(counter))
-                    if backend == "postgres":
-                        open_store(t, schema=sch, migrate=True).close()
-                    service = JournalService(t, schema=sch, intent_sync=sync)
-                    orders, wall = _session(ticks, tmp / f"s{next(counter)}", service)
-                    rate = orders / wall
-                    rows.append(
-                        {
-                            "case": "session",
-                            "backend": backend,
-                            "sync": sync,
-                            "orders": orders,
-                            "seconds": round(wall, 3),
-                            "orders_per_s": round(rate, 1),
-                            "ratio": round(rate / base, 3),
-                        }
-                    )
-                    if backend == "postgres":
-                        _drop_tables(sch)
+            configs = [("off", "", None, "-")] + [
+                (backend, target, sch, sync)
+                for backend, target, sch in _targets(tmp, schema)
+                for sync in ("full", "normal")
+            ]
+            runs: dict[tuple[str, str], list[tuple[int, float, float]]] = {}
+            # One session first, not counted: imports, compiled rules and
+            # classes are then warm for every configuration alike.
+            _session(ticks, tmp / "warm-up", None)
+            for _ in range(rounds):
+                for backend, target, sch, sync in configs:
+                    service = None
+                    if backend != "off":
+                        t = target.format(n=next(counter))
+                        if backend == "postgres":
+                            _drop_tables(sch)
+                            open_store(t, schema=sch, migrate=True).close()
+                        service = JournalService(t, schema=sch, intent_sync=sync)
+                    done = _session(ticks, tmp / f"s{next(counter)}", service)
+                    runs.setdefault((backend, sync), []).append(done)
+            base_wall = statistics.median(w for _, w, _ in runs[("off", "-")])
+            base_cpu = statistics.median(c for _, _, c in runs[("off", "-")])
+            for backend, _, _, sync in configs:
+                done_runs = runs[(backend, sync)]
+                orders = done_runs[0][0]
+                wall = statistics.median(w for _, w, _ in done_runs)
+                cpu = statistics.median(c for _, _, c in done_runs)
+                rows.append(
+                    {
+                        "case": "session",
+                        "backend": backend,
+                        "sync": sync,
+                        "orders": orders,
+                        "seconds": round(wall, 3),
+                        "cpu_seconds": round(cpu, 3),
+                        "orders_per_s": round(orders / wall, 1),
+                        # Orders are the same in every run: the ratio of the
+                        # rates is that of the medians' times.
+                        "ratio": round(base_wall / wall, 3),
+                        "cpu_ratio": round(base_cpu / cpu, 3),
+                    }
+                )
+            if schema is not None:
+                _drop_tables(schema)
             for backend, target, sch in _targets(tmp, schema):
                 for sync in ("full", "normal"):
                     t = target.format(n=next(counter))
@@ -386,15 +407,20 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def _format_rest(rows: list[dict[str, Any]]) -> str:
     lines = [
+        "session: medians of interleaved rounds, wall time (the session as run_session times "
+        "it: start-up and the last flush included) and CPU time of the process",
         f"{'case':<8} {'backend':<9} {'sync':<7} {'orders':>7} {'seconds':>8} "
-        f"{'orders/s':>10} {'vs off':>7} {'us/order':>9}"
+        f"{'orders/s':>10} {'vs off':>7} {'CPU s':>7} {'CPU vs off':>10} {'us/order':>9}",
     ]
     for r in rows:
         ratio = f"{r['ratio']:.2f}x" if "ratio" in r else ""
+        cpu = f"{r['cpu_seconds']:.3f}" if "cpu_seconds" in r else ""
+        cpu_ratio = f"{r['cpu_ratio']:.2f}x" if "cpu_ratio" in r else ""
         us = f"{r['us_per_order']:.0f}" if "us_per_order" in r else ""
         lines.append(
             f"{r['case']:<8} {r['backend']:<9} {r['sync']:<7} {r['orders']:>7} "
-            f"{r['seconds']:>8.3f} {r['orders_per_s']:>10.1f} {ratio:>7} {us:>9}"
+            f"{r['seconds']:>8.3f} {r['orders_per_s']:>10.1f} {ratio:>7} {cpu:>7} "
+            f"{cpu_ratio:>10} {us:>9}"
         )
     return "\n".join(lines)
 
