@@ -139,7 +139,15 @@ class Exchange(abc.ABC):
 class Strategy(abc.ABC):
     """Turns market data into signals. It never places orders: the kernel sends
     every signal through the risk policy first. It must be deterministic given
-    the same events (replay depends on it)."""
+    the same events (replay depends on it).
+
+    A strategy that never waits on a tick may also define
+    ``on_market_data_sync(self, tick) -> Sequence[Signal]``, the same answer
+    as a plain call: the kernel then calls it instead of awaiting
+    :meth:`on_market_data` (no coroutine per tick), so both must give the
+    same signals for the same ticks (``bot4.testing``'s ``StrategySuite``
+    checks it; usually ``on_market_data`` returns its result). Found on the
+    class, as a stream's optional ``poll()`` is: :func:`sync_hook`."""
 
     name: str
 
@@ -151,30 +159,23 @@ class Strategy(abc.ABC):
         """Signals in response to one of our fills (default: none)."""
         return ()
 
-    def on_market_data_sync(self, tick: MarketData) -> Sequence[Signal]:
-        """Optional: :meth:`on_market_data` as a plain call, for a strategy
-        that never waits on a tick. When a subclass defines it the kernel
-        calls it instead (no coroutine per tick), so both must give the same
-        signals for the same ticks: ``bot4.testing``'s ``StrategySuite``
-        checks that. Usually ``on_market_data`` returns this method's result."""
-        raise NotImplementedError
-
 
 def sync_hook(strategy: Strategy) -> Callable[[MarketData], Sequence[Signal]] | None:
-    """``strategy.on_market_data_sync`` when its class defines one, else None.
+    """The strategy's optional ``on_market_data_sync(tick)`` (see
+    :class:`Strategy`) when its class defines one, else None.
 
     Also None when ``on_market_data`` is overridden below the class that
     defines the hook: a subclass of a strategy that only overrides
     ``on_market_data`` means that method, and the kernel awaits it."""
     mro = type(strategy).__mro__
-    owner = next((k for k in mro if "on_market_data_sync" in vars(k)), Strategy)
-    if owner is Strategy:
+    owner = next((k for k in mro if "on_market_data_sync" in vars(k)), None)
+    if owner is None:
         return None
     awaited = next((k for k in mro if "on_market_data" in vars(k)), Strategy)
     if not issubclass(owner, awaited):
         return None
-    hook: Callable[[MarketData], Sequence[Signal]] = strategy.on_market_data_sync
-    return hook
+    hook = getattr(strategy, "on_market_data_sync", None)
+    return hook if callable(hook) else None
 
 
 @attrs.frozen(slots=True)

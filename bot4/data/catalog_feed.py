@@ -261,6 +261,8 @@ def _tick(
     micros: int,
     price_float: float | None = None,
 ) -> MarketData:
+    # The signature is _trusted_tick's (either builds a batch's ticks);
+    # price_float is for that one: a validated tick computes its own.
     return MarketData(
         symbol=symbol,
         exchange=exchange,
