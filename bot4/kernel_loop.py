@@ -207,11 +207,7 @@ class EventLoop:
         tracked-tick hook and the time of the margin desk's next read."""
         kernel = self.kernel
         hooks = self._sync_hooks if self._hooks_of is kernel.strategies else self._bind_strategies()
-        policy = kernel.policy
-        if policy is not self._tracked_of:
-            self._tracked_of = policy
-            self._tracked = getattr(policy, "on_tracked_tick", None)
-        tracked = self._tracked
+        tracked = self._tracked_hook()
         due = kernel.margin.due_ns
         fast = (
             hooks is not None
@@ -227,6 +223,15 @@ class EventLoop:
             _unwatched if tracked is None else tracked,  # fast is False then: never called
             _NEVER if due is None else due,
         )
+
+    def _tracked_hook(self) -> Callable[[MarketData, Tracker, int], list[RiskAction]] | None:
+        """The policy's ``on_tracked_tick``, looked up again only when the
+        kernel's policy is another object (a public attribute)."""
+        policy = self.kernel.policy
+        if policy is not self._tracked_of:
+            self._tracked_of = policy
+            self._tracked = getattr(policy, "on_tracked_tick", None)
+        return self._tracked
 
     def _bind_strategies(self) -> tuple[Callable[[MarketData], Sequence[Signal]], ...] | None:
         """Each strategy's synchronous tick hook, bound once per strategies
@@ -257,7 +262,7 @@ class EventLoop:
     async def tick(self, tick: MarketData) -> None:
         # The general tick, every step awaited where it may wait (the pacer,
         # kernel-held stops, a risk action, the strategies' async hooks);
-        # _events handles the same tick as plain calls when nothing waits.
+        # run() handles the same tick as plain calls when nothing waits.
         waiting = self._head(tick)
         await self._after_post(tick, waiting)
 
@@ -306,10 +311,7 @@ class EventLoop:
         # a symbol not held (most ticks); other policies get on_market_data.
         # The same steps as _monitor, inlined: no awaits when nothing is asked.
         policy = kernel.policy
-        if policy is not self._tracked_of:
-            self._tracked_of = policy
-            self._tracked = getattr(policy, "on_tracked_tick", None)
-        tracked = self._tracked
+        tracked = self._tracked_hook()
         tracker = kernel.tracker
         try:
             if tracked is not None:

@@ -399,16 +399,9 @@ class JournalWriter:
         """A batch of events, in publish order: the records they make.
         Synchronous unless the queue is past its bound (then the bus waits,
         BLOCK, for the flush this returns)."""
-        take = self._take
-        ids = batch.correlation_ids
+        take, payloads, stamps = self._take, batch.payloads, batch.ts
         for i, topic in enumerate(batch.topics):
-            cid = ids[i]
-            take(
-                topic,
-                batch.payloads[i],
-                batch.ts[i],
-                batch.correlation_id_at(i) if cid is None else cid,
-            )
+            take(topic, payloads[i], stamps[i], batch.correlation_id_at(i))
         return self._backpressure()
 
     def _take(self, topic: str, payload: Any, ts: int, cid: str) -> None:
