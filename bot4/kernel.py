@@ -15,7 +15,9 @@ observers: recorder, journal, metrics, dashboards. Observers never decide.
 
 The loop over the stream and the tick path live in :mod:`bot4.kernel_loop`
 (a tick that asks nothing is plain calls, no coroutine); fills, order
-updates, signals, orders and risk actions here.
+updates, signals, orders and risk actions here. What the kernel needs of
+its collaborators (policy, book, journal hooks) and the counters it keeps
+(:class:`~bot4.kernel_types.KernelStats`) are in :mod:`bot4.kernel_types`.
 
 Fail closed: no order reaches the exchange without an Approved from the gate;
 a strategy that raises is reported and skipped; a risk component that raises
@@ -48,11 +50,10 @@ ends normally (summary, journal, recording) and reports it.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -62,6 +63,7 @@ from bot4.contracts import Exchange, MarketInfo, RiskRules, Strategy
 from bot4.errors import Bot4Error, ExchangeFailed, ExchangeRefused
 from bot4.gate import RiskGate
 from bot4.kernel_loop import SHADOW_TOPIC, EventLoop
+from bot4.kernel_types import KernelStats, Policy, RiskJournal, Tracker, WriteAhead
 from bot4.margin_desk import MarginDesk
 from bot4.model import (
     ZERO,
@@ -73,7 +75,6 @@ from bot4.model import (
     OrderState,
     OrderType,
     Portfolio,
-    Position,
     Rejected,
     RiskAction,
     RiskActionKind,
@@ -100,89 +101,6 @@ _LADDER = {
 }
 # The risk-state key of a symbol's ladder latch ({"rung": n, "side": "buy"}).
 LADDER_KEY = "ladder."
-
-
-class Policy(Protocol):
-    """What the kernel needs of :class:`bot4.risk.RiskPolicy` besides the gate."""
-
-    def on_market_data(
-        self, tick: MarketData, portfolio: Portfolio, now_ns: int
-    ) -> list[RiskAction]: ...
-
-    def on_fill(
-        self, fill: Fill, portfolio: Portfolio, now_ns: int, stop_out: bool
-    ) -> list[RiskAction]: ...
-
-    def reload_if_changed(self) -> object | None: ...
-
-
-class WriteAhead(Protocol):
-    """The journal's pre-trade hook (:mod:`bot4.journal.writer`), awaited with
-    each order before ``place_order``; if it raises, the order is rejected
-    (rule ``journal``) and never sent. What returning means depends on the
-    venue's kind, which the session sets explicitly from the exchange
-    (``bot4.journal.writer.venue_kind``):
-
-    * live (the venue's orders outlive the process): the intent is committed,
-      durably, before it returns, so a crash between the two is recovered by
-      client order id, never by placing again;
-    * paper (the in-memory paper and replay venues, which die with the
-      process): the intent is queued and rides the journal's next batch; a
-      crash may lose it, with the venue's own memory of the order.
-
-    Everything else the journal keeps, it takes from the bus."""
-
-    async def write_ahead(self, order: Order) -> None: ...
-
-
-class RiskJournal(Protocol):
-    """Where the kernel keeps risk state that must survive a restart
-    (:mod:`bot4.journal.riskstate`): ``note`` queues the new value of a key,
-    ``checkpoint`` commits everything queued, durably, before the kernel
-    takes its next step (after a breaker trip, a stop-out, a ladder rung)."""
-
-    def note(self, key: str, value: Any, ts_ns: int, symbol: str | None = None) -> None: ...
-
-    async def checkpoint(self) -> None: ...
-
-
-class Tracker(Protocol):
-    """What the kernel needs of :class:`bot4.portfolio.PortfolioTracker`."""
-
-    def apply(
-        self, fill: Fill, *, leverage: Decimal | None = None, stop_loss: Decimal | None = None
-    ) -> Any: ...
-
-    def mark(self, symbol: str, price: Decimal) -> None: ...
-
-    def snapshot(self) -> Portfolio: ...
-
-    def position(self, symbol: str) -> Position | None: ...
-
-
-@attrs.define
-class KernelStats:
-    """Counters for the session summary and metrics."""
-
-    ticks: int = 0
-    signals: int = 0
-    approved: int = 0
-    rejected: int = 0
-    resized: int = 0
-    fills: int = 0
-    exchange_refusals: int = 0
-    strategy_errors: int = 0
-    breaker_trips: int = 0
-    reloads: int = 0
-    reload_failures: int = 0
-    protection: str = ""  # the protection mode (bot4.protection.ProtectionMode)
-    protection_failures: int = 0  # protective orders or closes that failed
-    liquidations: int = 0  # fills the exchange marked as liquidations (liquidity "liquidation")
-    margin_added: Decimal = ZERO  # collateral ADD_MARGIN moved into positions
-    margin_escalations: int = 0  # ADD_MARGIN rungs that became the next rung
-    funding_paid: Decimal = ZERO  # what funding took from the account (the venue's figure)
-    rejections_by_rule: Counter[str] = attrs.field(factory=Counter)
-    actions: Counter[str] = attrs.field(factory=Counter)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -37,7 +37,8 @@ from bot4.errors import Bot4Error
 from bot4.model import Fill, MarketData, OrderState, RiskAction, Signal
 
 if TYPE_CHECKING:
-    from bot4.kernel import Kernel, Tracker
+    from bot4.kernel import Kernel
+    from bot4.kernel_types import Tracker
 
 __all__ = ["RELOAD_POLL_TICKS", "SHADOW_TOPIC", "EventLoop"]
 

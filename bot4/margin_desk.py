@@ -54,7 +54,8 @@ from bot4.secrets import redact
 from bot4.venue_margin import MARGIN_TOPIC, VenueMargin, as_record, read_venue_margin
 
 if TYPE_CHECKING:
-    from bot4.kernel import Kernel, KernelStats
+    from bot4.kernel import Kernel
+    from bot4.kernel_types import KernelStats
 
 __all__ = ["ESCALATED_FRACTION", "LEVERAGE_RULE", "MODE_RULE", "REFRESH_SECONDS", "MarginDesk"]
 

@@ -31,7 +31,7 @@ the trio thread: :meth:`Metrics.observe_journal_write` (one durable write),
 and :meth:`Metrics.observe_exchange_retry`.
 
 Counts the kernel keeps itself (decisions by rule, risk actions, breaker
-trips, ticks) are taken from :class:`~bot4.kernel.KernelStats` as deltas, at
+trips, ticks) are taken from :class:`~bot4.kernel_types.KernelStats` as deltas, at
 each sample and on every order and fill event, so they are exact even when the
 bus drops events for this observer, and never lag the fills they led to.
 
@@ -92,7 +92,7 @@ from prometheus_client.metrics_core import Metric
 import bot4
 from bot4.bus import Backpressure, Bus, Event, Subscription
 from bot4.exchange_metrics import METHODS, OUTCOMES, InstrumentedExchange
-from bot4.kernel import KernelStats
+from bot4.kernel_types import KernelStats
 from bot4.metrics_server import DEFAULT_ADDR, MetricsServer
 from bot4.model import Fill, OrderState, OrderStatus, RiskActionKind
 from bot4.secrets import redact

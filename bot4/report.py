@@ -61,7 +61,7 @@ from decimal import Decimal
 from typing import Any
 
 from bot4.bus import Backpressure, Bus, Event, EventBatch, Subscription
-from bot4.kernel import KernelStats
+from bot4.kernel_types import KernelStats
 from bot4.model import ZERO, Fill, MarketData, Rejected, RiskAction, RiskActionKind
 from bot4.portfolio import PortfolioTracker
 from bot4.report_buckets import Book, _Bucket, _money_float, _Trip, _units_of

@@ -32,7 +32,8 @@ from bot4.bus import Bus, open_bus
 from bot4.contracts import Exchange, RiskRules, Strategy
 from bot4.errors import Bot4Error, ConfigError, RuleFileError
 from bot4.gate import RiskGate
-from bot4.kernel import Kernel, KernelStats
+from bot4.kernel import Kernel
+from bot4.kernel_types import KernelStats
 from bot4.model import MarketData
 from bot4.plugins import PluginManager
 from bot4.portfolio import PortfolioTracker

@@ -22,7 +22,7 @@ from bot4.errors import (
     RateLimited,
 )
 from bot4.exchange_metrics import InstrumentedExchange, outcome_of
-from bot4.kernel import KernelStats
+from bot4.kernel_types import KernelStats
 from bot4.metrics import Metrics
 from bot4.portfolio import PortfolioTracker
 from bot4.risk.breaker import Breaker as CircuitBreaker

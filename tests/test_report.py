@@ -12,7 +12,7 @@ import trio
 
 from bot4.bus import Bus, EventBatch, open_bus
 from bot4.journal.riskstate import RunHistory
-from bot4.kernel import KernelStats
+from bot4.kernel_types import KernelStats
 from bot4.model import (
     Approved,
     Fill,
