@@ -6,7 +6,8 @@ Modules, one job each:
 * :mod:`bot4.risk.sources`  — finding and reading rule files (never skipping one)
 * :mod:`bot4.risk.yamlsrc`  — YAML with line numbers (every error says file:line)
 * :mod:`bot4.risk.expr`     — the condition language and its vetted translation
-* :mod:`bot4.risk.facts`    — the facts rules can name, built from bot4's types
+* :mod:`bot4.risk.fact_names` — the facts rules can name: kind, stages, meaning
+* :mod:`bot4.risk.facts`    — those facts built from bot4's types, converted for the engine
 * :mod:`bot4.risk.windows`  — event-time counters for temporal rules
 * :mod:`bot4.risk.reasons`  — reason templates, bounded at compile time and when rendered
 * :mod:`bot4.risk.compiler` — rule files -> compiled policy (the file format)

@@ -3,7 +3,7 @@
 A policy author's first question is "what can I write?". The answer has three
 sources, and the catalogue lists all of them with one row per fact:
 
-* **bot4's own facts** (:data:`bot4.risk.facts.BUILTIN_FACTS`): name, type,
+* **bot4's own facts** (:data:`bot4.risk.fact_names.BUILTIN_FACTS`): name, type,
   the stages it exists in, its unit (:data:`UNITS`) and what it means;
 * **windows** the policy's own files declare (``windows:`` in a rule file;
   each becomes ``window.<name>``, a count over event time);
@@ -24,7 +24,7 @@ import attrs
 
 from bot4.contracts import RiskRules
 from bot4.risk.expr import NUMBER
-from bot4.risk.facts import BUILTIN_FACTS, STAGES
+from bot4.risk.fact_names import BUILTIN_FACTS, STAGES
 from bot4.risk.windows import WindowSpec
 
 # Units of bot4's facts ("" for yes/no and text facts). A fact added to

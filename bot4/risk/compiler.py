@@ -56,7 +56,7 @@ from bot4.risk import expr, reasons
 from bot4.risk.engine import MAX_FIELDS
 from bot4.risk.exact import ExactCondition, ExactError, First, compile_condition, compile_first
 from bot4.risk.expr import NUMBER, ExprError, Node, Value
-from bot4.risk.facts import (
+from bot4.risk.fact_names import (
     BUILTIN_FACTS,
     CONTEXT_FACTS,
     FILL,

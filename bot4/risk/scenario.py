@@ -43,7 +43,7 @@ import attrs
 from bot4.errors import ModelError, RuleFileError
 from bot4.model import Activity, Approved, Fill, MarketData, Order, Portfolio, Position, Rejected
 from bot4.risk.expr import FACT_NAME
-from bot4.risk.facts import FILL, ORDER, STAGES, TICK
+from bot4.risk.fact_names import FILL, ORDER, STAGES, TICK
 from bot4.risk.policy import Explanation, RiskPolicy
 from bot4.risk.yamlsrc import YList, YMap, load_yaml
 from bot4.suggest import did_you_mean
@@ -392,7 +392,7 @@ def run_scenario(policy: RiskPolicy, scenario: Scenario) -> Explanation:
 
 
 def _builtin_names() -> set[str]:
-    from bot4.risk.facts import BUILTIN_FACTS
+    from bot4.risk.fact_names import BUILTIN_FACTS
 
     return set(BUILTIN_FACTS)
 

@@ -48,7 +48,7 @@ from bot4.model import (
     Rejected,
     RiskAction,
 )
-from bot4.risk.facts import FILL, ORDER, TICK
+from bot4.risk.fact_names import FILL, ORDER, TICK
 from bot4.risk.policy import FAIL_CLOSED, Book, Explanation, RiskPolicy
 
 APPROVED_TO_REJECTED = "approved->rejected"
