@@ -11,6 +11,7 @@ Modules, one job each:
 * :mod:`bot4.risk.windows`  — event-time counters for temporal rules
 * :mod:`bot4.risk.reasons`  — reason templates, bounded at compile time and when rendered
 * :mod:`bot4.risk.compiler` — rule files -> compiled policy (the file format)
+* :mod:`bot4.risk.compiled` — what a compile produces: rules, stage plans, the policy
 * :mod:`bot4.risk.engine`   — a guarded, thread-free handle on durable-rules
 * :mod:`bot4.risk.breaker`  — the circuit breaker
 * :mod:`bot4.risk.policy`   — :class:`RiskPolicy`, what the kernel calls

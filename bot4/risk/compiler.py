@@ -53,20 +53,18 @@ import attrs
 from bot4.errors import RuleFileError
 from bot4.model import RiskActionKind
 from bot4.risk import expr, reasons
+from bot4.risk.compiled import CompiledPolicy, Rule, StagePlan
 from bot4.risk.engine import MAX_FIELDS
-from bot4.risk.exact import ExactCondition, ExactError, First, compile_condition, compile_first
+from bot4.risk.exact import ExactError, compile_condition, compile_first
 from bot4.risk.expr import NUMBER, ExprError, Node, Value
 from bot4.risk.fact_names import (
     BUILTIN_FACTS,
-    CONTEXT_FACTS,
     FILL,
     LIQUIDATION_FACTS,
-    MARGIN_FACTS,
     ORDER,
     STAGES,
     TICK,
 )
-from bot4.risk.message import Encoder, compile_encoder
 from bot4.risk.reasons import render
 from bot4.risk.windows import WindowSpec
 from bot4.risk.yamlsrc import YList, YMap, load_yaml
@@ -103,112 +101,6 @@ _SETTINGS = {"maintenance_margin_rate"}
 RESERVED_ROOTS = frozenset(
     {"order", "portfolio", "position", "market", "breaker", "liquidation", "fill", "window", "time"}
 )
-
-
-@attrs.frozen(slots=True)
-class Rule:
-    name: str
-    description: str
-    path: str
-    line: int
-    stages: frozenset[str]
-    rank: tuple[int, int, int]
-    when: Node
-    when_source: str
-    outcome: str  # "approve" | "reject" | "action"
-    reason: str
-    suggested: Node | None
-    action: RiskActionKind | None
-    fraction: Decimal
-    params: Mapping[str, Value]
-    facts: tuple[str, ...]  # named by the condition, the reason and the suggestion
-    # The condition evaluated exactly in Decimal, which confirms every
-    # decision and action: see bot4.risk.exact.
-    exact: ExactCondition | None = attrs.field(default=None, eq=False, repr=False)
-
-    @property
-    def where(self) -> str:
-        return f"{self.path}:{self.line}"
-
-
-@attrs.frozen(slots=True)
-class StagePlan:
-    """What the engine holds for one stage: its rules, ranked, and the short
-    field key of every fact those conditions read."""
-
-    stage: str
-    rules: tuple[Rule, ...]
-    keys: Mapping[str, str]  # fact name -> message field
-    by_key: Mapping[str, Rule]  # ruleset rule name -> rule
-    definition: Mapping[str, Any]  # the durable-rules ruleset
-    fields: tuple[tuple[str, str], ...]  # (fact name, its JSON key text), message order
-    reads: frozenset[str]  # every fact a rule here reads (conditions, reasons, sizes)
-    windows: tuple[str, ...]  # window facts among them
-    rule_names: tuple[str, ...]
-    # When every rule of the stage is ``fact op constant`` (the liquidation
-    # ladder, drawdown, stop-outs): per fact, the values for which no rule
-    # fires, so the policy can skip the engine when nothing fires. None when
-    # any rule is more than that.
-    quiet: tuple[expr.QuietRange, ...] | None = None
-    # Orders: the rules' conditions evaluated exactly in Decimal, as one
-    # function giving the index of the first that holds (bot4.risk.exact).
-    exact_first: First | None = attrs.field(default=None, eq=False, repr=False)
-    # The declared type of each field's fact ("number", "bool", "string"), in
-    # ``fields`` order; empty: not known (the encoder then has no fast path).
-    kinds: tuple[str, ...] = ()
-    # The engine message with a %s per field value, in ``fields`` order
-    # (keys are f0, f1, ...: no other % in it), and the fields' fact names.
-    layout: str = attrs.field(init=False, eq=False, repr=False)
-    field_names: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
-    # The message body of a facts mapping, generated for these fields
-    # (bot4.risk.message: the same text and errors as field by field).
-    encode: Encoder = attrs.field(init=False, eq=False, repr=False)
-    # Of ``reads``: the facts built only when read (asked on every decision).
-    context_reads: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
-    margin_reads: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
-
-    @layout.default
-    def _layout(self) -> str:
-        return '{"_z":0.0' + "".join(prefix + "%s" for _, prefix in self.fields)
-
-    @field_names.default
-    def _field_names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.fields)
-
-    @encode.default
-    def _encode(self) -> Encoder:
-        kinds = self.kinds if len(self.kinds) == len(self.fields) else ("",) * len(self.fields)
-        return compile_encoder(self.fields, kinds, self.layout)
-
-    @context_reads.default
-    def _context_reads(self) -> frozenset[str]:
-        return self.reads & CONTEXT_FACTS
-
-    @margin_reads.default
-    def _margin_reads(self) -> frozenset[str]:
-        return self.reads & MARGIN_FACTS
-
-
-@attrs.frozen(slots=True)
-class CompiledPolicy:
-    files: tuple[str, ...]
-    rules: tuple[Rule, ...]
-    stages: Mapping[str, StagePlan]
-    windows: Mapping[str, WindowSpec]
-    mmr: Decimal | None
-    pack_facts: Mapping[str, str]  # fact -> pack name
-    # fact -> "number" | "bool" | "string", as the pack declares (default number)
-    pack_types: Mapping[str, str] = attrs.field(factory=dict)
-
-    # Whether a window counts approved orders (asked on every approval).
-    counts_orders: bool = attrs.field(init=False)
-
-    @counts_orders.default
-    def _counts_orders(self) -> bool:
-        return any(spec.count == "orders" for spec in self.windows.values())
-
-    def facts_used(self, stage: str) -> frozenset[str]:
-        return frozenset(self.stages[stage].keys)
 
 
 @attrs.frozen(slots=True)

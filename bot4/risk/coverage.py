@@ -28,7 +28,7 @@ from typing import Any
 import attrs
 
 from bot4.risk import expr
-from bot4.risk.compiler import CompiledPolicy, Rule
+from bot4.risk.compiled import CompiledPolicy, Rule
 from bot4.risk.policy import Explanation
 
 

@@ -9,7 +9,7 @@ fact. NaN, infinities and huge numbers never reach the C engine.
 
 :func:`field_text` is the one definition of a fact's text. It takes any
 value and is what a stage falls back to. :func:`compile_encoder` builds, per
-:class:`~bot4.risk.compiler.StagePlan`, one Python function that reads the
+:class:`~bot4.risk.compiled.StagePlan`, one Python function that reads the
 plan's fields in message order with the type each is declared as (a number,
 a yes/no, a string) tested first, and puts the texts into the plan's
 precompiled layout: no per-field loop, no list of texts. Any value not of
