@@ -21,7 +21,7 @@ from typing import Any
 from bot4.errors import ExchangeRefused
 from bot4.margin import DEFAULT_TIERS, liquidation_price, next_funding_time
 from bot4.model import OrderStatus, OrderType, Side
-from bot4.testing.exchange import CheckSkipped, Kit, fail
+from bot4.testing.exchange_kit import CheckSkipped, Kit, fail
 
 __all__ = ["MARGIN_CHECKS"]
 
