@@ -14,8 +14,14 @@ import pytest
 # The submodules, not the package: the package is already imported (this
 # module lives in it), and pytest warns about registering an imported module.
 pytest.register_assert_rewrite(
+    "bot4.testing.connection_checks",
     "bot4.testing.exchange",
+    "bot4.testing.exchange_kit",
+    "bot4.testing.exit_and_leverage_checks",
     "bot4.testing.harness",
+    "bot4.testing.margin_checks",
+    "bot4.testing.market_and_error_checks",
+    "bot4.testing.order_checks",
     "bot4.testing.risk_rules",
     "bot4.testing.stateful",
     "bot4.testing.strategy",
