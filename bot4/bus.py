@@ -1,5 +1,17 @@
 """In-process event bus for bot4, built on trio.
 
+This module holds :class:`Bus` (subscribing, routing, numbering, publishing)
+and :func:`open_bus`, and re-exports the names of the modules it is built
+from, so ``from bot4.bus import ...`` stays the one import for all of them:
+
+* :mod:`bot4.bus_events`: the values and errors (``Event``, ``EventBatch``,
+  ``BusErrorInfo``, ``Backpressure``, the handler types, the exceptions);
+* :mod:`bot4.bus_topics`: topic and pattern validation and matching;
+* :mod:`bot4.bus_delivery`: ``Subscription``, and ``BusDelivery``, the
+  subscriber side ``Bus`` inherits (queueing, backpressure, delivery tasks,
+  ``drain`` and ``close``);
+* :mod:`bot4.bus_recording`: ``EventRecorder`` and ``replay``.
+
 Design
 ------
 * **Topics** are dot-separated strings (``market.BTC-USDT``, ``order.new``).
@@ -97,23 +109,39 @@ raise :class:`TypeError`).
 
 from __future__ import annotations
 
-import enum
-import functools
-import json
-import re
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from os import PathLike
-from types import TracebackType
-from typing import Any, TextIO
+from typing import Any
 
-import attrs
 import trio
 
-from bot4.errors import Bot4Error
+from bot4.bus_delivery import DEFAULT_BATCH_SIZE, BusDelivery, Subscription, _Route
+from bot4.bus_events import (
+    BUS_ERROR,
+    Backpressure,
+    BatchHandler,
+    BusClosed,
+    BusError,
+    BusErrorInfo,
+    Event,
+    EventBatch,
+    Filter,
+    Handler,
+    SubscriberFailed,
+    WouldBlock,
+    _make_event,
+    _new,
+    _set_cid,
+    _set_payload,
+    _set_seq,
+    _set_topic,
+    _set_ts,
+)
+from bot4.bus_recording import EventRecorder, replay
+from bot4.bus_topics import _check_topic, _match, topic_matches
 
 __all__ = [
     "BUS_ERROR",
@@ -136,396 +164,23 @@ __all__ = [
     "topic_matches",
 ]
 
-BUS_ERROR = "bus.error"
-"""Topic on which the bus reports handler exceptions and FAIL overflows."""
-
 ROUTE_CACHE_SIZE = 65_536
 """Topics cached before the route cache is cleared (bounds its memory)."""
 
 DEFAULT_CAPACITY = 1024
 
-DEFAULT_BATCH_SIZE = 4096
-"""Events a batch takes at most before the next one starts a new batch."""
 
-
-# ---------------------------------------------------------------- exceptions
-
-
-class BusError(Bot4Error):
-    """Base class of every error raised by the event bus (a Bot4Error)."""
-
-
-class WouldBlock(BusError, trio.WouldBlock):
-    """``publish_nowait`` found a full ``BLOCK`` subscriber.
-
-    The event was delivered to nobody; retry with ``await publish(...)``.
-    """
-
-    def __init__(self, subscriber: str, topic: str) -> None:
-        super().__init__(
-            f"subscriber {subscriber!r} (BLOCK) is full; publish_nowait({topic!r}) would block"
-        )
-        self.subscriber = subscriber
-        self.topic = topic
-
-
-class SubscriberFailed(BusError):
-    """A ``FAIL`` subscription's queue overflowed, so it was closed."""
-
-    def __init__(self, subscriber: str, topic: str, capacity: int) -> None:
-        super().__init__(
-            f"subscriber {subscriber!r} (FAIL) overflowed its capacity of "
-            f"{capacity} on topic {topic!r} and was closed"
-        )
-        self.subscriber = subscriber
-        self.topic = topic
-        self.capacity = capacity
-
-
-class BusClosed(BusError):
-    """The bus was closed: no more publishing or subscribing."""
-
-
-# ------------------------------------------------------------------- values
-
-
-@attrs.frozen(slots=True)
-class Event:
-    """The envelope every subscriber receives.
-
-    ``ts`` is the event time in integer nanoseconds since the epoch (UTC);
-    ``seq`` increases strictly per bus; ``correlation_id`` ties together
-    every event caused by the same original event.  The payload type depends
-    on the topic, which the bus cannot know, hence ``Any``.
-    """
-
-    topic: str
-    payload: Any
-    ts: int
-    seq: int
-    correlation_id: str
-
-
-# Building an Event is the largest per-event cost of publishing: attrs' frozen
-# __init__ stores each field through object.__setattr__, which looks the slot
-# up by name every time (~450 ns for five fields).  The publish paths fill the
-# slots through their descriptors instead (~250 ns): same object, still
-# frozen afterwards (the test suite checks it equals the attrs-built one).
-_new = object.__new__
-_set_topic = Event.__dict__["topic"].__set__
-_set_payload = Event.__dict__["payload"].__set__
-_set_ts = Event.__dict__["ts"].__set__
-_set_seq = Event.__dict__["seq"].__set__
-_set_cid = Event.__dict__["correlation_id"].__set__
-
-
-def _make_event(topic: str, payload: Any, ts: int, seq: int, correlation_id: str) -> Event:
-    event: Event = _new(Event)
-    _set_topic(event, topic)
-    _set_payload(event, payload)
-    _set_ts(event, ts)
-    _set_seq(event, seq)
-    _set_cid(event, correlation_id)
-    return event
-
-
-class EventBatch:
-    """Consecutive batched events for one subscriber, delivered as one item.
-
-    Columns, one entry per event in publish order: ``topics``, ``payloads``,
-    ``ts`` and ``seqs``; ``correlation_ids`` holds the id given to the
-    publish, or None for the bus's own (``prefix`` + seq, see
-    :meth:`correlation_id`), so a batch builds no id string per event.
-    ``topic``, ``seq`` and ``correlation_id`` describe the first event (what
-    a ``bus.error`` report about the batch names).  A handler must not keep
-    the batch past its call expecting it to stay the same: it is the bus's
-    until delivered, then the handler's.
-    """
-
-    __slots__ = ("correlation_ids", "payloads", "prefix", "seqs", "topics", "ts")
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.topics: list[str] = []
-        self.payloads: list[Any] = []
-        self.ts: list[int] = []
-        self.seqs: list[int] = []
-        self.correlation_ids: list[str | None] = []
-
-    def __len__(self) -> int:
-        return len(self.seqs)
-
-    def __repr__(self) -> str:
-        return f"<EventBatch {len(self)} events from seq {self.seq}>"
-
-    def correlation_id_at(self, index: int) -> str:
-        """The correlation id of event ``index`` (the bus's own if none given)."""
-        cid = self.correlation_ids[index]
-        return f"{self.prefix}{self.seqs[index]}" if cid is None else cid
-
-    def events(self) -> Iterator[Event]:
-        """The batch as the envelopes a per-event subscriber gets (equal ones)."""
-        prefix = self.prefix
-        for topic, payload, ts, seq, cid in zip(
-            self.topics, self.payloads, self.ts, self.seqs, self.correlation_ids, strict=True
-        ):
-            yield _make_event(topic, payload, ts, seq, f"{prefix}{seq}" if cid is None else cid)
-
-    @property
-    def topic(self) -> str:
-        return self.topics[0]
-
-    @property
-    def seq(self) -> int:
-        return self.seqs[0]
-
-    @property
-    def correlation_id(self) -> str:
-        return self.correlation_id_at(0)
-
-
-def _count(item: Event | EventBatch) -> int:
-    """Events in a queued item (a batch holds several)."""
-    return len(item) if isinstance(item, EventBatch) else 1
-
-
-@attrs.frozen(slots=True)
-class BusErrorInfo:
-    """Payload of ``bus.error`` events.
-
-    ``subscriber`` is the failing subscription's name, ``topic`` and
-    ``event_seq`` identify the event it failed on, ``error_type`` and
-    ``message`` describe the exception (its class name and ``str``).
-    """
-
-    subscriber: str
-    topic: str
-    event_seq: int
-    error_type: str
-    message: str
-
-
-class Backpressure(enum.Enum):
-    """What publishing does when a subscriber's queue is full."""
-
-    BLOCK = "block"
-    DROP_OLDEST = "drop_oldest"
-    FAIL = "fail"
-
-
-Handler = Callable[[Event], Awaitable[None] | None]
-"""An ``async def`` or plain function taking an Event; returns None."""
-
-BatchHandler = Callable[[EventBatch], Awaitable[None] | None]
-"""An ``async def`` or plain function taking an EventBatch; returns None."""
-
-Filter = Callable[[Event], bool]
-"""Subscriber-side predicate; events for which it is false are not queued."""
-
-
-# ----------------------------------------------------------------- matching
-
-_SEGMENT = r"[^\s.*#]+"
-_TOPIC_RE = re.compile(rf"{_SEGMENT}(?:\.{_SEGMENT})*")
-_PATTERN_SEGMENT_RE = re.compile(rf"{_SEGMENT}|\*|#")
-
-
-def _check_topic(topic: str) -> None:
-    if not isinstance(topic, str):
-        raise TypeError(f"invalid topic {topic!r}: not a string")
-    if _TOPIC_RE.fullmatch(topic) is None:
-        raise ValueError(
-            f"invalid topic {topic!r}: expected non-empty dot-separated "
-            "segments without whitespace, '*' or '#'"
-        )
-
-
-def _compile_pattern(pattern: str) -> tuple[tuple[str, ...], bool]:
-    """Split a pattern into (fixed segments, ends with '#')."""
-    if not isinstance(pattern, str):
-        raise TypeError(f"invalid pattern {pattern!r}: not a string")
-    segments = pattern.split(".")
-    for i, seg in enumerate(segments):
-        if _PATTERN_SEGMENT_RE.fullmatch(seg) is None:
-            raise ValueError(
-                f"invalid pattern {pattern!r}: segment {seg!r} must be "
-                "non-empty, without whitespace, and '*'/'#' must fill a "
-                "whole segment"
-            )
-        if seg == "#" and i != len(segments) - 1:
-            raise ValueError(
-                f"invalid pattern {pattern!r}: '#' is only allowed as the last segment"
-            )
-    if segments[-1] == "#":
-        return tuple(segments[:-1]), True
-    return tuple(segments), False
-
-
-def _match(fixed: tuple[str, ...], tail: bool, segments: list[str]) -> bool:
-    if len(segments) != len(fixed) and not (tail and len(segments) >= len(fixed)):
-        return False
-    return all(want == "*" or want == got for want, got in zip(fixed, segments, strict=False))
-
-
-def topic_matches(pattern: str, topic: str) -> bool:
-    """Whether ``topic`` matches ``pattern``; both are validated."""
-    fixed, tail = _compile_pattern(pattern)
-    _check_topic(topic)
-    return _match(fixed, tail, topic.split("."))
-
-
-# ------------------------------------------------------------- subscription
-
-
-class Subscription:
-    """One subscriber: its queue, policy, counters and delivery task.
-
-    Counters: ``delivered`` (handler returned normally), ``failed`` (handler
-    or filter raised), ``dropped`` (events lost to backpressure); a batch
-    counts as its events in ``delivered`` and ``dropped``, as one in
-    ``failed``.  ``closed``
-    turns true on ``unsubscribe()``, on a FAIL overflow (then ``error`` holds
-    the :class:`SubscriberFailed`) and when the bus closes.
-    """
-
-    __slots__ = (
-        "_batch_fixed",
-        "_batch_size",
-        "_batch_tail",
-        "_blocked",
-        "_bus",
-        "_busy",
-        "_exclude",
-        "_fixed",
-        "_idle",
-        "_limit",
-        "_open",
-        "_queue",
-        "_room",
-        "_tail",
-        "_task",
-        "_waiter",
-        "batch_topics",
-        "capacity",
-        "delivered",
-        "dropped",
-        "error",
-        "failed",
-        "filter",
-        "handler",
-        "last_error",
-        "name",
-        "on_batch",
-        "pattern",
-        "policy",
-    )
-
-    def __init__(
-        self,
-        bus: Bus,
-        pattern: str,
-        handler: Handler,
-        filter: Filter | None,
-        policy: Backpressure,
-        capacity: int,
-        name: str,
-        on_batch: BatchHandler | None = None,
-        batch_topics: str = "market.*",
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        exclude: str | None = None,
-    ) -> None:
-        self.name = name
-        self.pattern = pattern
-        self.handler = handler
-        self.filter = filter
-        self.policy = policy
-        self.capacity = capacity
-        self.delivered = 0
-        self.dropped = 0
-        self.failed = 0
-        self.error: SubscriberFailed | None = None
-        self.last_error: Exception | None = None
-        self._bus = bus
-        self._fixed, self._tail = _compile_pattern(pattern)
-        # Topics matching ``exclude`` are not routed here at all: for a topic
-        # no one else wants, publishing then builds nothing.
-        self._exclude = None if exclude is None else _compile_pattern(exclude)
-        # Batches: topics matching both patterns reach ``on_batch`` in an
-        # EventBatch; the open batch (``_open``) is the last item of the
-        # queue, not yet taken by the delivery task, and takes the next
-        # batched event without a queue slot or an envelope.
-        self.on_batch = on_batch
-        self.batch_topics = batch_topics
-        self._batch_fixed, self._batch_tail = _compile_pattern(batch_topics)
-        self._batch_size = batch_size
-        self._open: EventBatch | None = None
-        self._queue: deque[Event | EventBatch] = deque()
-        # Room left is `_limit - len(queue)`; closing sets _limit to 0 so a
-        # stale route tuple can never enqueue into a dead subscription, at no
-        # cost on the fast path (the overflow branch checks `closed`).
-        self._limit = capacity
-        # Busy = queue non-empty or handler running; feeds Bus.drain().
-        self._busy = False
-        self._waiter: trio.lowlevel.Task | None = None
-        self._task: trio.lowlevel.Task | None = None
-        self._room = trio.lowlevel.ParkingLot()  # publishers waiting (BLOCK)
-        # Count of those publishers: an int test per delivered event is much
-        # cheaper than ParkingLot.__bool__ (a Python-level call).
-        self._blocked = 0
-        self._idle = trio.lowlevel.ParkingLot()  # Subscription.drain() callers
-
-    @property
-    def closed(self) -> bool:
-        """True once the subscription no longer receives events."""
-        return self._limit == 0
-
-    @property
-    def queued(self) -> int:
-        """Items waiting in this subscription's queue (a batch is one)."""
-        return len(self._queue)
-
-    def unsubscribe(self) -> None:
-        """Stop receiving events; queued events are discarded.  Idempotent.
-
-        A handler call already in progress is allowed to finish.
-        """
-        self._bus._close_subscription(self)
-
-    async def drain(self) -> None:
-        """Wait until this subscription's queue is empty and its handler idle.
-
-        Raises :class:`SubscriberFailed` if a FAIL overflow closed it.
-        """
-        await trio.lowlevel.checkpoint()
-        while self._busy:
-            await self._idle.park()
-        if self.error is not None:
-            raise self.error
-
-    def __repr__(self) -> str:
-        return (
-            f"<Subscription {self.name!r} pattern={self.pattern!r} "
-            f"policy={self.policy.name} delivered={self.delivered} "
-            f"dropped={self.dropped} failed={self.failed} closed={self.closed}>"
-        )
-
-
-# Cached route: (the subscriptions taking the topic as events, the BLOCK ones
-# among all, the subscriptions taking it in batches).  publish_nowait checks
-# the second tuple, which is usually empty; the third is usually empty too
-# except on market topics.
-_Route = tuple[tuple[Subscription, ...], tuple[Subscription, ...], tuple[Subscription, ...]]
-
-
-# ---------------------------------------------------------------------- bus
-
-
-class Bus:
+# The publish paths stay in this module and read _make_event and _match as its
+# globals: tests patch bot4.bus._make_event and bot4.bus._match to count the
+# envelopes built and the topics matched.
+class Bus(BusDelivery):
     """The event bus.  Create it with :func:`open_bus`.
 
     ``Bus(nursery, clock=...)`` works with a nursery you own; call
     :meth:`close` (after :meth:`drain` if you want queued events delivered)
-    before that nursery exits.
+    before that nursery exits.  Subscribing, routing and publishing are
+    here; queueing, delivery, ``drain`` and ``close`` are inherited from
+    :class:`bot4.bus_delivery.BusDelivery`.
     """
 
     def __init__(
@@ -746,74 +401,6 @@ class Bus:
             return None
         return self._dispatch_now(subs, self._next_event(topic, payload, correlation_id, ts))
 
-    async def _then_dispatch(
-        self, first: Awaitable[None], subs: tuple[Subscription, ...], event: Event
-    ) -> None:
-        await first
-        rest = self._dispatch_now(subs, event)
-        if rest is not None:
-            await rest
-
-    def _batch_now(
-        self,
-        subs: tuple[Subscription, ...],
-        topic: str,
-        payload: Any,
-        ts: int,
-        seq: int,
-        correlation_id: str | None,
-    ) -> Awaitable[None] | None:
-        """Add one event to each batch subscriber's open batch, or queue a
-        new batch holding it; like :meth:`_dispatch_now`, returns a coroutine
-        only when a full ``BLOCK`` subscriber must be waited for."""
-        for sub in subs:
-            batch = sub._open
-            if batch is not None:  # the common case: the open batch takes it
-                batch.topics.append(topic)
-                batch.payloads.append(payload)
-                batch.ts.append(ts)
-                batch.seqs.append(seq)
-                batch.correlation_ids.append(correlation_id)
-                if len(batch.seqs) >= sub._batch_size:
-                    sub._open = None  # full: the next event starts another
-                continue
-            batch = EventBatch(self._cid_prefix)
-            batch.topics.append(topic)
-            batch.payloads.append(payload)
-            batch.ts.append(ts)
-            batch.seqs.append(seq)
-            batch.correlation_ids.append(correlation_id)
-            queue = sub._queue
-            if len(queue) < sub._limit:
-                queue.append(batch)
-                if sub._batch_size > 1:
-                    sub._open = batch
-                if not sub._busy:
-                    self._mark_busy(sub)
-            elif not self._overflow(sub, batch):
-                return self._batch_blocked(
-                    subs, subs.index(sub), batch, topic, payload, ts, seq, correlation_id
-                )
-        return None
-
-    async def _batch_blocked(
-        self,
-        subs: tuple[Subscription, ...],
-        index: int,
-        batch: EventBatch,
-        topic: str,
-        payload: Any,
-        ts: int,
-        seq: int,
-        correlation_id: str | None,
-    ) -> None:
-        sub = subs[index]
-        while not self._overflow(sub, batch):
-            await self._wait_for_room(sub, batch)
-        rest = self._batch_now(subs[index + 1 :], topic, payload, ts, seq, correlation_id)
-        if rest is not None:
-            await rest
-
     async def reply(
         self, to: Event, topic: str, payload: Any = None, *, ts: int | None = None
     ) -> Event:
@@ -850,52 +437,6 @@ class Bus:
         if route[2]:
             await self._dispatch_batched(route[2], event)
         await self._dispatch(route[0], event)
-
-    async def _dispatch_batched(self, subs: tuple[Subscription, ...], event: Event) -> None:
-        rest = self._batch_now(
-            subs, event.topic, event.payload, event.ts, event.seq, event.correlation_id
-        )
-        if rest is not None:
-            await rest
-
-    async def _dispatch(self, subs: tuple[Subscription, ...], event: Event) -> None:
-        rest = self._dispatch_now(subs, event)
-        if rest is not None:
-            await rest
-
-    def _dispatch_now(self, subs: tuple[Subscription, ...], event: Event) -> Awaitable[None] | None:
-        """Route ``event`` to ``subs`` in order without waiting.
-
-        Returns None when every subscriber took it (or dropped it by its
-        policy), else a coroutine that waits for the first full ``BLOCK``
-        subscriber and then routes to the remaining ones: the caller awaits
-        it, so a synchronous caller pays for a coroutine only when it must
-        really wait.
-        """
-        for sub in subs:
-            if sub.filter is not None and not self._accepts(sub, event):
-                continue
-            queue = sub._queue
-            if len(queue) < sub._limit:
-                queue.append(event)
-                sub._open = None  # a batch never takes events queued after this one
-                if not sub._busy:
-                    self._mark_busy(sub)
-            elif not self._overflow(sub, event):
-                return self._dispatch_blocked(subs, subs.index(sub), event)
-        if self._pending:
-            self._flush_errors()
-        return None
-
-    async def _dispatch_blocked(
-        self, subs: tuple[Subscription, ...], index: int, event: Event
-    ) -> None:
-        sub = subs[index]
-        while not self._overflow(sub, event):
-            await self._wait_for_room(sub, event)
-        rest = self._dispatch_now(subs[index + 1 :], event)
-        if rest is not None:
-            await rest
 
     def publish_nowait(
         self,
@@ -1017,89 +558,7 @@ class Bus:
             self._flush_errors()
         return count
 
-    # -- slow paths of publishing
-
-    def _accepts(self, sub: Subscription, event: Event) -> bool:
-        assert sub.filter is not None
-        try:
-            return bool(sub.filter(event))
-        except Exception as exc:
-            # A broken filter is the subscriber's fault: report it like a
-            # handler error and do not deliver.
-            sub.failed += 1
-            sub.last_error = exc
-            self._queue_error(sub, event, exc)
-            return False
-
-    def _overflow(self, sub: Subscription, event: Event | EventBatch) -> bool:
-        """Handle an event (or a new batch) for a subscriber without room.
-
-        Returns False only if the publisher has to wait (BLOCK, still full).
-        """
-        if sub._limit == 0:  # closed meanwhile: it no longer gets events
-            return True
-        queue = sub._queue
-        if len(queue) < sub._limit:  # room appeared while we waited
-            self._enqueue(sub, event)
-            return True
-        if sub.policy is Backpressure.DROP_OLDEST:
-            sub.dropped += _count(queue.popleft())
-            self._enqueue(sub, event)
-            return True
-        if sub.policy is Backpressure.FAIL:
-            error = SubscriberFailed(sub.name, event.topic, sub.capacity)
-            sub.error = error
-            sub.dropped += sum(map(_count, queue)) + _count(event)
-            self._close_subscription(sub)
-            self._queue_error(sub, event, error)
-            return True
-        return False
-
-    def _enqueue(self, sub: Subscription, item: Event | EventBatch) -> None:
-        sub._queue.append(item)
-        # A new batch is open for more events; anything else closes the one
-        # before it, so batched events never overtake it.
-        sub._open = item if isinstance(item, EventBatch) and sub._batch_size > 1 else None
-        if not sub._busy:
-            self._mark_busy(sub)
-
-    async def _wait_for_room(self, sub: Subscription, event: Event | EventBatch) -> None:
-        if trio.lowlevel.current_task() is sub._task:
-            raise BusError(
-                f"handler of {sub.name!r} published {event.topic!r} into its own "
-                "full BLOCK queue; this would deadlock"
-            )
-        if self._pending:  # never hold error events across a yield
-            self._flush_errors()
-        sub._blocked += 1
-        try:
-            await sub._room.park()
-        finally:
-            sub._blocked -= 1
-
-    def _mark_busy(self, sub: Subscription) -> None:
-        sub._busy = True
-        self._busy += 1
-        task = sub._waiter
-        if task is not None:
-            sub._waiter = None
-            trio.lowlevel.reschedule(task)
-
     # -- errors
-
-    def _queue_error(
-        self, sub: Subscription, event: Event | EventBatch, exc: BaseException
-    ) -> None:
-        if event.topic == BUS_ERROR:
-            return  # errors about error events would loop; kept on `sub` only
-        info = BusErrorInfo(
-            subscriber=sub.name,
-            topic=event.topic,
-            event_seq=event.seq,
-            error_type=type(exc).__name__,
-            message=str(exc),
-        )
-        self._pending.append((info, event.correlation_id))
 
     def _flush_errors(self) -> None:
         """Publish queued ``bus.error`` events without ever waiting."""
@@ -1122,116 +581,6 @@ class Bus:
                 # Errors raised here concern a bus.error event, so
                 # _queue_error adds nothing and this loop terminates.
                 self._overflow(sub, event)
-
-    # -- delivery
-
-    async def _deliver(self, sub: Subscription) -> None:
-        """Delivery task: run ``sub``'s handler on its queue, in order."""
-        me = trio.lowlevel.current_task()
-        sub._task = me
-        self._delivery_tasks.add(me)
-        queue = sub._queue
-        handler = sub.handler
-        on_batch = sub.on_batch
-        try:
-            while True:
-                if not queue:
-                    if sub._limit == 0:
-                        return
-                    self._set_idle(sub)
-                    await self._park(sub)
-                    continue
-                # Handle at most the events queued now, then yield if more
-                # arrived: bounds how long this task can hog the scheduler.
-                for _ in range(len(queue)):
-                    if not queue:
-                        break  # unsubscribed by the handler
-                    event = queue.popleft()
-                    if sub._blocked:
-                        sub._room.unpark()
-                    try:
-                        if isinstance(event, EventBatch):
-                            if event is sub._open:
-                                sub._open = None  # taken: it must not grow any more
-                            assert on_batch is not None
-                            result = on_batch(event)
-                            count = len(event)
-                        else:
-                            result = handler(event)
-                            count = 1
-                        if result is not None:
-                            await result
-                    except Exception as exc:
-                        sub.failed += 1
-                        sub.last_error = exc
-                        self._queue_error(sub, event, exc)
-                        if self._pending:
-                            self._flush_errors()
-                    else:
-                        sub.delivered += count
-                if queue:
-                    await trio.lowlevel.checkpoint()
-        finally:
-            self._delivery_tasks.discard(me)
-            self._set_idle(sub)
-
-    def _set_idle(self, sub: Subscription) -> None:
-        if sub._busy:
-            sub._busy = False
-            self._busy -= 1
-            if self._busy == 0 and self._idle:
-                self._idle.unpark_all()
-        if sub._idle:
-            sub._idle.unpark_all()
-
-    async def _park(self, sub: Subscription) -> None:
-        # Hand-rolled single-waiter park: cheaper than a ParkingLot on the
-        # per-batch wakeup path, and only ever one task waits here.
-        sub._waiter = trio.lowlevel.current_task()
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            sub._waiter = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
-
-    # -- draining and closing
-
-    async def drain(self) -> None:
-        """Wait until every queue is empty and every handler is idle.
-
-        Events published by handlers meanwhile are waited for too.  Must not
-        be called from a handler (it would wait for itself): raises BusError.
-        """
-        if trio.lowlevel.current_task() in self._delivery_tasks:
-            raise BusError("drain() called from a bus handler would wait for itself")
-        await trio.lowlevel.checkpoint()
-        while self._busy:
-            await self._idle.park()
-
-    def _close_subscription(self, sub: Subscription) -> None:
-        if sub._limit == 0:
-            return
-        sub._limit = 0
-        sub._open = None
-        sub._queue.clear()
-        self._subs.remove(sub)
-        self._routes.clear()
-        sub._room.unpark_all()  # blocked publishers skip it from now on
-        task = sub._waiter
-        if task is not None:  # parked delivery task: let it exit
-            sub._waiter = None
-            trio.lowlevel.reschedule(task)
-
-    def close(self) -> None:
-        """Close the bus and every subscription; queued events are discarded.
-
-        Delivery tasks finish their current handler call and exit.
-        Idempotent.
-        """
-        self._closed = True
-        for sub in list(self._subs):
-            self._close_subscription(sub)
 
 
 @asynccontextmanager
@@ -1264,156 +613,3 @@ async def open_bus(*, clock: Callable[[], int] = time.time_ns) -> AsyncIterator[
             raise inner
         finally:
             inner.__context__ = context
-
-
-# -------------------------------------------------------------------- replay
-
-
-def _identity_encode(payload: Any) -> Any:
-    return payload
-
-
-def _identity_decode(topic: str, data: Any) -> Any:
-    return data
-
-
-class EventRecorder:
-    """Stream every event matching ``pattern`` (default all) to JSON lines.
-
-    Use as ``async with EventRecorder(bus, path, encode=...) as rec:``.
-    Each line holds topic, ts, seq, correlation id and ``encode(payload)``
-    (``bus.error`` payloads are encoded by the recorder itself).  Lines are
-    written as events arrive, so memory use does not grow with the run.
-    The subscription uses ``BLOCK`` so nothing is lost: a slow disk paces
-    the publishers.  Leaving the block writes every event queued so far,
-    then unsubscribes and closes the file.
-    """
-
-    def __init__(
-        self,
-        bus: Bus,
-        path: str | PathLike[str],
-        *,
-        encode: Callable[[Any], Any] = _identity_encode,
-        pattern: str = "#",
-        capacity: int = 4096,
-        name: str = "recorder",
-    ) -> None:
-        self._bus = bus
-        self._path = path
-        self._encode = encode
-        self._pattern = pattern
-        self._capacity = capacity
-        self._name = name
-        self._file: TextIO | None = None
-        self._sub: Subscription | None = None
-        self.recorded = 0
-
-    @property
-    def subscription(self) -> Subscription:
-        """The recorder's subscription (for its counters)."""
-        if self._sub is None:
-            raise BusError(f"recorder {self._name!r} is not recording")
-        return self._sub
-
-    def _write(self, event: Event) -> None:
-        assert self._file is not None
-        if event.topic == BUS_ERROR and isinstance(event.payload, BusErrorInfo):
-            data = attrs.asdict(event.payload)
-        else:
-            data = self._encode(event.payload)
-        line = json.dumps(
-            {
-                "topic": event.topic,
-                "ts": event.ts,
-                "seq": event.seq,
-                "correlation_id": event.correlation_id,
-                "payload": data,
-            },
-            separators=(",", ":"),
-        )
-        self._file.write(line + "\n")
-        self.recorded += 1
-
-    async def __aenter__(self) -> EventRecorder:
-        # Opening may touch the disk: do it in a thread.  Writes, however,
-        # are synchronous and buffered: a few µs per line, far cheaper than a
-        # thread hop per event; the OS absorbs the disk latency.
-        self._file = await trio.to_thread.run_sync(
-            functools.partial(open, self._path, "w", encoding="utf-8")
-        )
-        self._sub = self._bus.subscribe(
-            self._pattern,
-            self._write,
-            policy=Backpressure.BLOCK,
-            capacity=self._capacity,
-            name=self._name,
-        )
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        assert self._sub is not None
-        assert self._file is not None
-        try:
-            if exc_type is None:
-                await self._sub.drain()
-        finally:
-            self._sub.unsubscribe()
-            self._file.close()
-
-
-def _json_lines(path: str | PathLike[str]) -> Iterable[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not a JSON line: {exc}") from exc
-            if not isinstance(record, dict):
-                # A bad file is a value problem, not a caller's type error.
-                raise ValueError(  # noqa: TRY004
-                    f"{path}:{number}: expected a JSON object"
-                )
-            yield record
-
-
-async def replay(
-    path: str | PathLike[str],
-    bus: Bus,
-    *,
-    decode: Callable[[str, Any], Any] = _identity_decode,
-    pattern: str = "#",
-    drain_each: bool = True,
-) -> int:
-    """Publish the events recorded in ``path`` again; return how many.
-
-    Same order, topics, ts, seq and correlation ids; payloads come from
-    ``decode(topic, data)`` (``bus.error`` payloads are rebuilt as
-    :class:`BusErrorInfo`).  Only events matching ``pattern`` are replayed:
-    to feed a pipeline, replay its inputs (``pattern="market.#"``) and let it
-    regenerate the rest.  With ``drain_each`` the bus is drained after each
-    event, so every event is fully processed before the next, which makes
-    the run independent of scheduling.  The bus must not have published
-    beyond the first replayed seq.  The file is read as a stream.
-    """
-    fixed, tail = _compile_pattern(pattern)
-    count = 0
-    for record in _json_lines(path):
-        topic = record["topic"]
-        if not _match(fixed, tail, topic.split(".")):
-            continue
-        data = record["payload"]
-        payload = BusErrorInfo(**data) if topic == BUS_ERROR else decode(topic, data)
-        event = Event(topic, payload, record["ts"], record["seq"], record["correlation_id"])
-        await bus.publish_event(event)
-        count += 1
-        if drain_each:
-            await bus.drain()
-    return count
