@@ -90,21 +90,33 @@ grow with the resting orders either: they are indexed by trigger price
 (:mod:`bot4_paper.triggers`) and a tick matches only those it can execute. A
 tick of a symbol with no resting order and no position only records the tick
 (the mark, the size left at the touch, are taken when something needs them).
+
+Where it is: this module holds the engine's state, its queries and commands,
+the tick handler and the matching (``on_tick``, ``place``, ``_match``, the
+hottest code of the venue). Its other parts are mixins of
+:class:`PaperEngine`, so their methods are the engine's own, called and
+overridden as such, and none imports this module:
+
+* :mod:`bot4_paper.order_checks`: validation and funds checks of an order,
+  and the order margin matching and ``balance()`` share;
+* :mod:`bot4_paper.exit_legs`: the position's protective legs and its other
+  reduce-only orders, kept after every fill;
+* :mod:`bot4_paper.margin_and_liquidation`: the margin commands, funding and
+  liquidation (on the margin account of :mod:`bot4_paper.margin_book`);
+* :mod:`bot4_paper.order_record` (the engine's record of an order, the events
+  it emits) and :mod:`bot4_paper.market_rules` (default markets, rounding),
+  re-exported here.
 """
 
 from __future__ import annotations
 
-import decimal
 from collections import deque
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-import attrs
-
 from bot4.contracts import MarketInfo
-from bot4.errors import InsufficientFunds, InvalidOrder, OrderNotFound
-from bot4.margin import funding_due, funding_times, next_funding_time
+from bot4.errors import InvalidOrder, OrderNotFound
 from bot4.model import (
     ZERO,
     Balance,
@@ -118,90 +130,24 @@ from bot4.model import (
     Side,
 )
 from bot4.portfolio import PortfolioTracker
-from bot4_paper.margin_book import (
-    CROSS,
-    FUNDING_STEP,
-    MODES,
-    MarginBook,
-    MarginState,
-    MarketMargin,
-)
+from bot4_paper.exit_legs import _LEG_SUFFIX, ExitLegs
+from bot4_paper.margin_and_liquidation import MarginAndLiquidation
+from bot4_paper.margin_book import MarginBook, MarketMargin
+from bot4_paper.market_rules import DEFAULT_MARKETS, _infer_market, round_price, round_qty
+from bot4_paper.order_checks import OrderChecks
+from bot4_paper.order_record import EngineEvent
+from bot4_paper.order_record import _Live as _Live  # re-exported: durable imports it from here
 from bot4_paper.triggers import TriggerIndex
 
 __all__ = ["DEFAULT_MARKETS", "EngineEvent", "PaperEngine", "round_price", "round_qty"]
-
-EngineEvent = Fill | OrderState
 
 _BPS = Decimal(10000)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _NEVER = -(1 << 63)  # _now_ns before any tick: every tick is later
-# The client id suffix of the position's protective legs, by type.
-_LEG_SUFFIX = {OrderType.STOP_LOSS: ".sl", OrderType.TAKE_PROFIT: ".tp"}
-
-DEFAULT_MARKETS: Mapping[str, MarketInfo] = {
-    "BTC-USDT": MarketInfo("BTC-USDT", Decimal("0.01"), Decimal("0.0001"), Decimal("0.0001")),
-    "ETH-USDT": MarketInfo("ETH-USDT", Decimal("0.01"), Decimal("0.001"), Decimal("0.001")),
-}
 
 
-_ORDER_FIELDS = tuple(a.name for a in attrs.fields(Order))
-_new = object.__new__
-_set = object.__setattr__
-
-
-def _changed(order: Order, changes: Mapping[str, Decimal | None]) -> Order:
-    """``attrs.evolve(order, **changes)`` without running the validators
-    again, for changes the engine has validated itself (a quantity rounded
-    down and checked positive, a price rounded and checked positive, a leg
-    resized to a position): on the order path, where evolve was a third of
-    the cost of keeping a position's stop."""
-    out: Order = _new(Order)
-    for name in _ORDER_FIELDS:
-        _set(out, name, changes[name] if name in changes else getattr(order, name))
-    return out
-
-
-def round_qty(qty: Decimal, increment: Decimal) -> Decimal:
-    """Round a quantity DOWN to a multiple of ``increment``."""
-    return (qty / increment).to_integral_value(decimal.ROUND_DOWN) * increment
-
-
-def round_price(price: Decimal, increment: Decimal) -> Decimal:
-    """Round a price HALF-EVEN to a multiple of ``increment``."""
-    return (price / increment).to_integral_value(decimal.ROUND_HALF_EVEN) * increment
-
-
-@attrs.define(slots=True, eq=False)
-class _Live:
-    """Mutable engine record of one order."""
-
-    order: Order  # rounded; what the engine executes
-    placed: Order  # as the caller sent it; idempotency compares against this
-    seq: int
-    exchange_order_id: str
-    status: OrderStatus = OrderStatus.NEW
-    filled: Decimal = ZERO
-    notional: Decimal = ZERO
-    triggered: bool = False
-    reason: str = ""
-
-    @property
-    def remaining(self) -> Decimal:
-        return self.order.qty - self.filled
-
-    def state(self) -> OrderState:
-        return OrderState(
-            order=self.order,
-            status=self.status,
-            filled_qty=self.filled,
-            avg_price=self.notional / self.filled if self.filled else None,
-            exchange_order_id=self.exchange_order_id,
-            reason=self.reason,
-        )
-
-
-class PaperEngine:
+class PaperEngine(OrderChecks, ExitLegs, MarginAndLiquidation):
     """Orders, matching and the account of one simulated venue."""
 
     def __init__(
@@ -415,361 +361,6 @@ class PaperEngine:
             return []  # the common tick: nothing to execute, nothing pending
         return self.drain()
 
-    # --- margin -------------------------------------------------------------------
-
-    def set_leverage(self, symbol: str, leverage: Decimal) -> Decimal:
-        """Use ``leverage`` for ``symbol`` from now on; returns it. Refused
-        (InvalidOrder) for an unknown symbol, above the venue's or the first
-        tier's maximum, other than 1 on spot, or a change while a position or
-        an open order in the symbol holds another leverage."""
-        market = self._markets.get(symbol)
-        if market is None:
-            raise InvalidOrder(f"unknown symbol {symbol!r}; markets: {sorted(self._markets)}")
-        if not leverage.is_finite() or leverage <= 0:
-            raise InvalidOrder(f"leverage {leverage} must be a positive number")
-        spec = self.margin.of(symbol)
-        if spec.spot:
-            if leverage != 1:
-                raise InvalidOrder(f"{symbol} is spot: no leverage ({leverage} asked)")
-            return leverage
-        cap = min(self.max_leverage, self.margin.max_leverage(symbol))
-        if leverage > cap:
-            raise InvalidOrder(f"leverage {leverage} above {symbol}'s maximum {cap}")
-        position = self.tracker.position(symbol)
-        if position is not None and position.leverage != leverage:
-            raise InvalidOrder(
-                f"{symbol} has a position at leverage {position.leverage}: close it first"
-            )
-        self.margin.leverage[symbol] = leverage
-        return leverage
-
-    def set_margin_mode(self, symbol: str, mode: str) -> None:
-        if symbol not in self._markets:
-            raise InvalidOrder(f"unknown symbol {symbol!r}; markets: {sorted(self._markets)}")
-        if mode not in MODES:
-            raise InvalidOrder(f"margin mode {mode!r}: use one of {', '.join(MODES)}")
-        if self.margin.of(symbol).spot:
-            raise InvalidOrder(f"{symbol} is spot: it has no margin mode")
-        if self.margin.mode_of(symbol) == mode:
-            return
-        if self.tracker.holds(symbol):
-            raise InvalidOrder(f"{symbol} has a position: close it before changing margin mode")
-        self.margin.mode[symbol] = mode
-        self.margin.changed(symbol)
-
-    def add_margin(self, symbol: str, amount: Decimal) -> Decimal | None:
-        """Move ``amount`` of free balance into the isolated position in
-        ``symbol``; returns its new liquidation price (None: cannot be
-        liquidated). InsufficientFunds above the free balance."""
-        position = self.tracker.position(symbol)
-        if position is None or self.margin.of(symbol).spot:
-            raise InvalidOrder(f"no {symbol} position to add margin to")
-        if self.margin.mode_of(symbol) == CROSS:
-            raise InvalidOrder(f"{symbol} is cross margin: its margin is the whole wallet")
-        if not amount.is_finite() or amount <= 0:
-            raise InvalidOrder(f"add_margin needs a positive amount, not {amount}")
-        free = self.balance().free
-        if amount > free:
-            raise InsufficientFunds(
-                f"add_margin {amount} {self.currency} to {symbol}: free is {free}"
-            )
-        self.margin.add(symbol, amount)
-        threshold = self.margin.threshold(position)
-        return None if threshold is None else threshold[0]
-
-    def margin_state(self, symbol: str) -> MarginState | None:
-        """The margin of the position in ``symbol`` (None when flat or spot)."""
-        position = self.tracker.position(symbol)
-        if position is None or self.margin.of(symbol).spot:
-            return None
-        mark = self.tracker.mark_price(symbol) or position.entry_price
-        return self.margin.state(position, mark, self._wallet(symbol))
-
-    def _wallet(self, symbol: str) -> Decimal | None:
-        if self.margin.mode_of(symbol) != CROSS:
-            return None
-        marks = {
-            p.symbol: self.tracker.mark_price(p.symbol) or p.entry_price for p in self.positions()
-        }
-        return self.margin.cross_wallet(symbol, self.tracker.cash, self.positions(), marks)
-
-    def _check_holdings(self, order: Order) -> None:
-        if order.reduce_only:
-            return
-        held = max(ZERO, self.tracker.qty(order.symbol))
-        selling = sum(
-            (
-                o.remaining
-                for o in self._open.get(order.symbol, {}).values()
-                if o.order.side is Side.SELL and not o.order.reduce_only
-            ),
-            ZERO,
-        )
-        if order.qty + selling > held:
-            raise InsufficientFunds(
-                f"{order.symbol} is spot: selling {order.qty} (plus {selling} in open sells) "
-                f"but holding {held}"
-            )
-
-    def _fund(self, now: datetime) -> None:
-        """Pay funding for every funding time passed since the last tick, at
-        each position's mark then (the mark of its last tick)."""
-        margin = self.margin
-        due = margin.next_funding
-        if due is None:
-            margin.next_funding = next_funding_time(now)
-            return
-        if now < due:
-            return
-        times = [due, *funding_times(due, now)]
-        for position in self.positions():
-            spec = margin.of(position.symbol)
-            rate = margin.rates.get(position.symbol, spec.funding_rate)
-            if spec.spot or not rate:
-                continue
-            mark = self.tracker.mark_price(position.symbol) or position.entry_price
-            for _when in times:
-                pay = funding_due(position.qty, mark, rate, FUNDING_STEP)
-                if pay:
-                    self.tracker.adjust_cash(pay)
-                    margin.pay_funding(position.symbol, -pay)
-            margin.changed(position.symbol)
-        margin.next_funding = next_funding_time(times[-1])
-
-    def _watch(self, tick: MarketData, mark: Decimal) -> None:
-        """Liquidate the tick's isolated perpetual position if its mark
-        reached the liquidation price; for a cross position, check the
-        cross account."""
-        symbol = tick.symbol
-        margin = self.margin
-        cached = margin.cached(symbol)
-        threshold: tuple[Decimal, bool] | None
-        if cached is False or cached is True:
-            if margin.of(symbol).spot:
-                return
-            if margin.mode.get(symbol) == CROSS:
-                self._watch_cross(tick.timestamp)
-                return
-            position = self.tracker.position(symbol)
-            if position is None:
-                return
-            threshold = margin.threshold(position)
-        else:
-            threshold = cached
-        if threshold is None:
-            return
-        price, long = threshold
-        if (mark > price) if long else (mark < price):
-            return
-        self._liquidate(symbol, price, long, tick.timestamp)
-
-    def _watch_cross(self, when: datetime) -> None:
-        """Liquidate cross positions while the cross margin balance is at or
-        below their maintenance margin: largest loss first, each at its mark
-        (see the module docstring)."""
-        margin = self.margin
-        tracker = self.tracker
-        positions = self.positions()
-        marks = {p.symbol: tracker.mark_price(p.symbol) or p.entry_price for p in positions}
-        balance, maintenance, cross = margin.cross_account(tracker.cash, positions, marks)
-        if balance > maintenance:
-            return
-        cross.sort(key=lambda p: (p.unrealized_pnl(marks[p.symbol]), p.symbol))
-        for position in cross:
-            symbol = position.symbol
-            mark = marks[symbol]
-            self._liquidate(symbol, mark, position.qty > 0, when)
-            positions = self.positions()
-            balance, maintenance, left = margin.cross_account(tracker.cash, positions, marks)
-            if not left or balance > maintenance:
-                return
-
-    def _liquidate(self, symbol: str, price: Decimal, long: bool, when: datetime) -> None:
-        position = self.tracker.position(symbol)
-        assert position is not None
-        market = self._markets[symbol]
-        rounding = decimal.ROUND_FLOOR if long else decimal.ROUND_CEILING
-        fill_price = (price / market.price_increment).to_integral_value(
-            rounding
-        ) * market.price_increment
-        if fill_price <= 0:
-            fill_price = market.price_increment
-        qty = abs(position.qty)
-        margin = self.margin
-        coid = f"liq-{len(margin.liquidations) + 1}"
-        order = Order(
-            client_order_id=coid,
-            symbol=symbol,
-            side=Side.SELL if long else Side.BUY,
-            type=OrderType.MARKET,
-            qty=qty,
-            leverage=position.leverage,
-            reduce_only=True,
-            strategy="liquidation",
-        )
-        self._seq += 1
-        live = _Live(order=order, placed=order, seq=self._seq, exchange_order_id=f"P{self._seq}")
-        self._orders[coid] = live
-        self._fill_seq += 1
-        fill = Fill(
-            fill_id=f"paper-{self._fill_seq}",
-            client_order_id=coid,
-            symbol=symbol,
-            side=order.side,
-            qty=qty,
-            price=fill_price,
-            fee=qty * fill_price * self.liquidation_fee,
-            timestamp=when,
-            liquidity="liquidation",
-        )
-        self.tracker.apply(fill)
-        self._fills.append(fill)
-        margin.release(symbol)
-        margin.liquidations.append(coid)
-        live.filled = qty
-        live.notional = qty * fill_price
-        live.status = OrderStatus.FILLED
-        live.reason = "liquidation"
-        self._closed.append(coid)
-        self._outbox.append(fill)
-        self._outbox.append(live.state())
-        if self._legs.get(symbol):
-            self._keep_legs(symbol, None)
-        if self._others:
-            self._cancel_stale_exits(symbol)
-
-    # --- validation ---------------------------------------------------------------
-
-    def _validate(self, order: Order) -> Order:
-        market = self._markets.get(order.symbol)
-        if market is None:
-            raise InvalidOrder(f"unknown symbol {order.symbol!r}; markets: {sorted(self._markets)}")
-        if order.leverage > self.max_leverage:
-            raise InvalidOrder(f"leverage {order.leverage} above the maximum {self.max_leverage}")
-        spec = self.margin.of(order.symbol)
-        if spec.spot and order.leverage != 1:
-            raise InvalidOrder(f"{order.symbol} is spot: no leverage (order has {order.leverage})")
-        fixed = self.margin.leverage.get(order.symbol)
-        if fixed is not None and order.leverage != fixed and not order.reduce_only:
-            raise InvalidOrder(
-                f"order leverage {order.leverage} differs from {order.symbol}'s leverage "
-                f"{fixed} (set_leverage)"
-            )
-        qty = round_qty(order.qty, market.qty_increment)
-        if qty <= 0 or qty < market.min_qty:
-            raise InvalidOrder(
-                f"quantity {order.qty} of {order.symbol} is below the minimum {market.min_qty} "
-                f"(after rounding down to {market.qty_increment})"
-            )
-        changes: dict[str, Decimal | None] = {"qty": qty}
-        for field in ("price", "stop_loss", "take_profit"):
-            value: Decimal | None = getattr(order, field)
-            if value is not None:
-                rounded = round_price(value, market.price_increment)
-                if rounded <= 0:
-                    raise InvalidOrder(
-                        f"{field} {value} rounds to zero at {market.price_increment}"
-                    )
-                changes[field] = rounded
-        out = _changed(order, changes)
-        self._check_sides(out)
-        return out
-
-    def _check_sides(self, order: Order) -> None:
-        tick = self._last.get(order.symbol)
-        buy = order.side is Side.BUY
-        if tick is not None and order.price is not None:
-            if order.type is OrderType.STOP_LOSS and (
-                order.price <= tick.ask if buy else order.price >= tick.bid
-            ):
-                where = f"above the ask {tick.ask}" if buy else f"below the bid {tick.bid}"
-                raise InvalidOrder(
-                    f"{order.side.value} stop at {order.price} would trigger at once: "
-                    f"it must be {where}"
-                )
-            if order.type is OrderType.TAKE_PROFIT and (
-                order.price >= tick.ask if buy else order.price <= tick.bid
-            ):
-                where = f"below the ask {tick.ask}" if buy else f"above the bid {tick.bid}"
-                raise InvalidOrder(
-                    f"{order.side.value} take-profit at {order.price} would trigger at once: "
-                    f"it must be {where}"
-                )
-        if order.stop_loss is None and order.take_profit is None:
-            return
-        if order.type in (OrderType.LIMIT, OrderType.STOP_LOSS, OrderType.TAKE_PROFIT):
-            ref = order.price
-        else:
-            ref = None if tick is None else (tick.ask if buy else tick.bid)
-        if ref is None:
-            return
-        sign = 1 if buy else -1
-        if order.stop_loss is not None and (order.stop_loss - ref) * sign >= 0:
-            raise InvalidOrder(
-                f"stop_loss {order.stop_loss} must be {'below' if buy else 'above'} "
-                f"the entry {ref} of a {order.side.value}"
-            )
-        if order.take_profit is not None and (order.take_profit - ref) * sign <= 0:
-            raise InvalidOrder(
-                f"take_profit {order.take_profit} must be {'above' if buy else 'below'} "
-                f"the entry {ref} of a {order.side.value}"
-            )
-
-    def _reference_price(self, order: Order) -> Decimal | None:
-        if order.price is not None:
-            return order.price
-        tick = self._last.get(order.symbol)
-        if tick is None:
-            return None
-        return self._taker_price(order.side, tick, self._markets[order.symbol])
-
-    def _opening_qty(self, order: Order, qty: Decimal) -> Decimal:
-        """The part of ``qty`` that would open or grow a position now."""
-        if order.reduce_only:
-            return ZERO
-        held = self.tracker.qty(order.symbol)
-        reducible = max(ZERO, -held * order.side.sign)
-        return max(ZERO, qty - reducible)
-
-    def _order_margin(self, live: _Live) -> Decimal:
-        price = self._reference_price(live.order)
-        if price is None:
-            return ZERO
-        return self._opening_qty(live.order, live.remaining) * price / live.order.leverage
-
-    def _reserved(self, exclude: _Live | None = None) -> Decimal:
-        return sum(
-            (
-                self._order_margin(o)
-                for book in self._open.values()
-                for o in book.values()
-                if o is not exclude
-            ),
-            ZERO,
-        )
-
-    def _check_funds(self, order: Order) -> None:
-        if order.type is OrderType.MARKET and order.symbol not in self._last:
-            raise InvalidOrder(
-                f"no market data for {order.symbol} yet: a market order needs a price"
-            )
-        price = self._reference_price(order)
-        assert price is not None  # only market orders lack a price, checked above
-        if order.side is Side.SELL and self.margin.of(order.symbol).spot:
-            self._check_holdings(order)
-            return
-        opening = self._opening_qty(order, order.qty)
-        if not opening:
-            return
-        need = opening * price / order.leverage + opening * price * self.taker_fee
-        free = self.balance().free
-        if need > free:
-            raise InsufficientFunds(
-                f"order {order.client_order_id!r} needs {need} {self.currency} of margin "
-                f"({opening} {order.symbol} at {price} / leverage {order.leverage} plus fee), "
-                f"free is {free}"
-            )
-
     # --- matching -------------------------------------------------------------------
 
     def _accept(self, order: Order, *, placed: Order) -> _Live:
@@ -807,11 +398,6 @@ class PaperEngine:
         tick = self._last.get(live.order.symbol)
         if tick is not None and live.order.type in (OrderType.MARKET, OrderType.LIMIT):
             self._match(live, tick, when, resting=False)
-
-    def _taker_price(self, side: Side, tick: MarketData, market: MarketInfo) -> Decimal:
-        if side is Side.BUY:
-            return round_price(tick.ask * (1 + self.slippage), market.price_increment)
-        return round_price(tick.bid * (1 - self.slippage), market.price_increment)
 
     def _match(self, live: _Live, tick: MarketData, when: datetime, *, resting: bool) -> None:
         order = live.order
@@ -942,93 +528,6 @@ class PaperEngine:
         if self._others:
             self._cancel_stale_exits(order.symbol)
 
-    def _keep_legs(self, symbol: str, entry: _Live | None) -> None:
-        """After a fill in ``symbol``: its one stop and take profit cover the
-        whole position, at the levels of ``entry`` (an order with levels that
-        opened or grew it) when given, else where they are."""
-        qty = self.tracker.qty(symbol)
-        size = abs(qty)
-        exit_side = Side.SELL if qty > 0 else Side.BUY
-        legs = self._legs.setdefault(symbol, {})
-        for suffix, kind in (("sl", OrderType.STOP_LOSS), ("tp", OrderType.TAKE_PROFIT)):
-            leg = legs.get(kind)
-            if leg is not None and (size == 0 or leg.order.side is not exit_side):
-                reason = "position closed" if size == 0 else "position flipped"
-                self._close(leg, OrderStatus.CANCELED, reason)
-                self._outbox.append(leg.state())
-                leg = None
-            level = None
-            if entry is not None and size:
-                level = entry.order.stop_loss if suffix == "sl" else entry.order.take_profit
-            if leg is None:
-                if level is None or entry is None:
-                    continue
-                parent = entry.order
-                order = Order(
-                    client_order_id=f"{parent.client_order_id}.{suffix}",
-                    symbol=symbol,
-                    side=exit_side,
-                    type=kind,
-                    qty=size,
-                    price=level,
-                    leverage=parent.leverage,
-                    reduce_only=True,
-                    strategy=parent.strategy,
-                    correlation_id=parent.correlation_id,
-                )
-                leg = self._accept(order, placed=order)
-                legs[kind] = leg
-                self._outbox.append(leg.state())
-                continue
-            want = leg.filled + size
-            price = leg.order.price if level is None else level
-            if leg.order.qty == want and leg.order.price == price:
-                continue
-            index = self._triggers[symbol]
-            index.remove(leg)  # out of the price list it rests in, before it moves
-            leg.order = _changed(leg.order, {"qty": want, "price": price})
-            leg.placed = leg.order
-            index.add(leg)
-            self._outbox.append(leg.state())
-
-    def _cancel_stale_exits(self, symbol: str) -> None:
-        """Cancel reduce-only orders (other than the position's own legs, see
-        :meth:`_keep_legs`) that can no longer reduce the position.
-
-        All of them when it is flat; those on the position's own side after a
-        flip; and, per exit type (stop loss, take profit, other), the oldest
-        ones beyond what the position can absorb.
-        """
-        qty = self.tracker.qty(symbol)
-        book = self._open.get(symbol, {})
-        legs = self._legs.get(symbol, {})
-        mine = {id(leg) for leg in legs.values()}
-        covered: dict[OrderType, Decimal] = {}
-        # Newest first: the most recent exits reflect the latest signal's levels.
-        for live in sorted(book.values(), key=lambda o: o.seq, reverse=True):
-            if not live.order.reduce_only or id(live) in mine:
-                continue
-            side = live.order.side
-            if qty == 0 or (qty > 0 and side is Side.BUY) or (qty < 0 and side is Side.SELL):
-                reason = "position closed" if qty == 0 else "position flipped"
-            else:
-                kind = live.order.type
-                room = abs(qty) - covered.get(kind, ZERO)
-                if live.remaining <= room:
-                    covered[kind] = covered.get(kind, ZERO) + live.remaining
-                    continue
-                if room > 0:
-                    # Shrink to what the position can absorb (a flip's exit
-                    # covers the new position, not the whole flipping fill).
-                    live.order = attrs.evolve(live.order, qty=live.filled + room)
-                    live.placed = live.order
-                    covered[kind] = abs(qty)
-                    self._outbox.append(live.state())
-                    continue
-                reason = "position smaller than its exits"
-            self._close(live, OrderStatus.CANCELED, reason)
-            self._outbox.append(live.state())
-
     def _close(self, live: _Live, status: OrderStatus, reason: str) -> None:
         live.status = status
         live.reason = reason
@@ -1047,13 +546,3 @@ class PaperEngine:
         self._closed.append(live.order.client_order_id)
         while len(self._closed) > self._history:
             self._orders.pop(self._closed.popleft(), None)
-
-
-def _infer_market(tick: MarketData) -> MarketInfo:
-    """Trading rules for a symbol not configured: price increment from the
-    quote's decimals (at least 0.01, at most 1e-8), qty increment 1e-6."""
-    exponents = [int(p.as_tuple().exponent) for p in (tick.bid, tick.ask, tick.last)]
-    exp = max(-8, min([-2, *exponents]))
-    step = Decimal(1).scaleb(exp)
-    quote = tick.symbol.split("-")[1]
-    return MarketInfo(tick.symbol, step, Decimal("0.000001"), Decimal("0.000001"), quote)
