@@ -14,6 +14,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -85,6 +86,31 @@ class OwnPostgres:
     def stop(self) -> None:
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
 
+    def _processes(self) -> list[int]:
+        """The postmaster and every process it started (from /proc)."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        found = [postmaster]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # ended meanwhile
+            if int(fields[1]) == postmaster:  # the parent's pid
+                found.append(int(stat.parent.name))
+        return found
+
+    def pause(self) -> None:
+        """Stop every process of the server (SIGSTOP): connections stay open
+        and the kernel keeps accepting on its port, but nothing answers, as
+        with a server whose disk hangs or a host gone quiet."""
+        for pid in self._processes():
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in self._processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
 
 def own_postgres() -> Iterator[OwnPostgres]:
     """A started server (stopped and removed after)."""
@@ -109,6 +135,8 @@ def own_postgres() -> Iterator[OwnPostgres]:
         server.start()
         yield server
     finally:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            server.resume()  # a test that paused it and failed: stop it running
         with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
             server.stop()  # raises when not running (the test stopped it)
         shutil.rmtree(folder, ignore_errors=True)

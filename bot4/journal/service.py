@@ -53,7 +53,7 @@ import attrs
 import trio
 
 from bot4.journal import open_store, resolve_target
-from bot4.journal.facade import Journal
+from bot4.journal.facade import CALL_TIMEOUT, Journal
 from bot4.journal.records import Record, RecordKind
 from bot4.journal.recovery import RecoveryReport, recover
 from bot4.journal.riskstate import RunHistory
@@ -91,8 +91,10 @@ class JournalService:
         intent_sync: str | None = None,
         market_data: bool = False,
         schema: str | None = None,
+        timeout: float | None = CALL_TIMEOUT,
     ) -> None:
         self.target = target
+        self.timeout = timeout  # seconds a write may take before orders are refused
         self.batch = batch
         self.interval = interval
         self.intent_sync = intent_sync
@@ -115,7 +117,7 @@ class JournalService:
             return open_store(self.target, lock=True, intent_sync=sync, schema=self.schema)
 
         store = await trio.to_thread.run_sync(opener)
-        journal = journal_for(store, venue)
+        journal = journal_for(store, venue, timeout=self.timeout)
         shadow = PortfolioTracker()
         spill_path = Path(ctx.out) / SPILL_FILE
         session_id = ctx.config.session_id
@@ -192,13 +194,15 @@ class JournalService:
         nursery.start_soon(writer.run, name="journal-writer")
 
 
-def journal_for(store: Store, venue: VenueKind) -> Journal:
+def journal_for(store: Store, venue: VenueKind, *, timeout: float | None = CALL_TIMEOUT) -> Journal:
     """The :class:`Journal` a session writes ``store`` through against a
     venue of kind ``venue``: its calls on the trio thread for a SQLite file
     against a paper-kind venue (CPU work nobody waits for: the facade's
     docstring), in a worker thread otherwise (a live venue's loop must keep
-    running through an fsync; PostgreSQL waits on the network)."""
-    return Journal(store, inline=store.backend == "sqlite" and venue is VenueKind.PAPER)
+    running through an fsync; PostgreSQL waits on the network), each write
+    waited for ``timeout`` seconds at most."""
+    inline = store.backend == "sqlite" and venue is VenueKind.PAPER
+    return Journal(store, inline=inline, timeout=timeout)
 
 
 def journal_service(config: Any, **options: Any) -> Sequence[JournalService]:

@@ -8,6 +8,10 @@ step, and a restart loop is seen.
   refusals among them, risk action, acknowledgement, update, fill and its
   position, protective level), each exactly once, in one unbroken checksum
   chain.
+* A server that does not answer (every process of it stopped with SIGSTOP:
+  connections open, nothing answers): no write holds the kernel longer than
+  the journal's timeout; orders are refused meanwhile and the ticks go on;
+  once it answers, the journal holds every record, each once.
 * Outage until the end: the session stops with the server still down; its
   records wait in ``journal-spill.jsonl``; the next start writes them, once,
   before its own; the same spill replayed again (a crash between the write
@@ -22,6 +26,8 @@ import logging
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,7 +76,7 @@ def _kind_of(event: Event) -> str | None:
 
 
 def _session(
-    out: Path, url: str, *, on_tick: Any = None, ticks: int = TICKS
+    out: Path, url: str, *, on_tick: Any = None, ticks: int = TICKS, timeout: float | None = None
 ) -> tuple[Counter[str], int, Kernel, JournalService]:
     venue = LiveVenue.from_config(
         {"feed": list(itertools.islice(iter_sample(), ticks)), "balance": "10000"}
@@ -92,7 +98,11 @@ def _session(
         kernel.bus.subscribe("#", count, capacity=100_000, name="test-count")
 
     seen = itertools.count(1)
-    service = JournalService(url, interval=0.05)
+    service = (
+        JournalService(url, interval=0.05)
+        if timeout is None
+        else JournalService(url, interval=0.05, timeout=timeout)
+    )
 
     async def tick(_: MarketData) -> None:
         if on_tick is not None:
@@ -172,6 +182,68 @@ def test_a_mid_session_outage_loses_no_record(
     assert service.writer.errors > 0
     messages = [r.getMessage() for r in caplog.records]
     assert sum("records are kept in" in m for m in messages) == 1  # one line per outage
+    assert any("is back after" in m for m in messages)
+
+
+HUNG_TIMEOUT = 1.0  # the journal's bound on a write, for this test
+
+
+def test_a_server_that_does_not_answer_never_holds_the_session(
+    server: OwnPostgres, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Without the bound the first write-ahead after the pause waits for as
+    # long as the server hangs, and the kernel with it: no tick, no stop, no
+    # risk rule. The watchdog resumes the server after 30 s whatever happens,
+    # so that such a regression fails here instead of hanging the suite.
+    state = {"paused_at": 0.0, "resumed": False, "by_watchdog": False}
+    gaps: list[float] = []
+    last = [0.0]
+
+    def watchdog() -> None:
+        time.sleep(30)
+        if state["paused_at"] and not state["resumed"]:
+            state["by_watchdog"] = True
+            server.resume()
+
+    def on_tick(n: int, refused: int, service: JournalService) -> None:
+        now = time.monotonic()
+        if state["paused_at"] and not state["resumed"]:
+            gaps.append(now - last[0])
+        last[0] = now
+        if n == DOWN_AT and not state["paused_at"]:
+            server.pause()
+            state["paused_at"] = now
+            threading.Thread(target=watchdog, daemon=True).start()
+        elif state["paused_at"] and not state["resumed"] and refused >= 3:
+            server.resume()  # three orders refused while it hung: enough
+            state["resumed"] = True
+
+    with caplog.at_level(logging.WARNING, logger="bot4.journal"):
+        published, refused, kernel, service = _session(
+            tmp_path / "out", server.url, on_tick=on_tick, timeout=HUNG_TIMEOUT
+        )
+    assert not state["by_watchdog"], "the session stood still while the server hung"
+    assert state["resumed"]
+    assert refused >= 3
+    assert kernel.stats.ticks == TICKS
+    # The longest any tick waited while the server hung: one write's bound
+    # (the write-ahead given up on), plus room for a loaded machine.
+    assert max(gaps) < HUNG_TIMEOUT + 2.0, max(gaps)
+    assert service.writer is not None
+    assert service.writer.journal.abandoned >= 1
+    kinds, rules, chain_ok, keys = _journal(server.url)
+    for kind, n in published.items():
+        assert kinds[kind] == n, (kind, kinds[kind], n)
+    assert kinds["position"] == published["fill"]
+    assert rules["journal"] == refused
+    assert len(set(keys)) == len(
+        keys
+    )  # the write given up on, committed later, is not written twice
+    assert chain_ok
+    assert not (tmp_path / "out" / SPILL_FILE).exists()
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("records are kept in" in m for m in messages) == 1  # one line per outage
+    assert any("does not answer" in m for m in messages)
     assert any("is back after" in m for m in messages)
 
 
