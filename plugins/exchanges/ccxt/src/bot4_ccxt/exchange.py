@@ -100,10 +100,8 @@ from bot4.errors import (
 from bot4.model import Order, OrderState, OrderStatus, OrderType
 from bot4_ccxt.account import CcxtAccount, _Known
 from bot4_ccxt.capabilities import _CAPS
-from bot4_ccxt.conversions import _market_data as _market_data  # re-exported: bot4_ccxt.feed
 from bot4_ccxt.conversions import _order_of, _round_down, _round_half_even, _text
 from bot4_ccxt.errors import ClockSkew, map_error
-from bot4_ccxt.pacing import _retry_after as _retry_after  # re-exported: bot4_ccxt.feed
 from bot4_ccxt.perps import MARGIN_MODES
 from bot4_ccxt.poll_stream import _PollStream
 from bot4_ccxt.settings import CONFIG_KEYS, CcxtSettings

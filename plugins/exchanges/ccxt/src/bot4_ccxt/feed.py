@@ -144,7 +144,7 @@ class CcxtFeed(Feed):
 
     def poll(self) -> list[MarketData]:
         """One poll, in the calling (worker) thread: the symbols' quotes now."""
-        from bot4_ccxt.exchange import _market_data  # the exchange's own conversion
+        from bot4_ccxt.conversions import _market_data  # the exchange's own conversion
 
         client = self.client
         by_ccxt = {c: s for s, c in self._to_ccxt.items()}
@@ -207,7 +207,7 @@ class _PollTicks(AsyncIterator[MarketData]):
 
     def _failed(self, exc: Exception) -> None:
         from bot4.secrets import redact
-        from bot4_ccxt.exchange import _retry_after
+        from bot4_ccxt.pacing import _retry_after
 
         feed = self._feed
         wait = _retry_after(feed.client)
