@@ -44,11 +44,6 @@ def _round_half_even(price: Decimal, step: Decimal) -> Decimal:
     return (price / step).to_integral_value(rounding="ROUND_HALF_EVEN") * step
 
 
-def _text(value: Decimal) -> str:
-    out = format(value, "f")
-    return out.rstrip("0").rstrip(".") if "." in out else out
-
-
 def _id_key(value: object) -> tuple[int, str]:
     text = str(value or "")
     return (int(text), "") if text.isdigit() else (0, text)

@@ -100,12 +100,12 @@ from bot4.errors import (
 from bot4.model import Order, OrderState, OrderStatus, OrderType
 from bot4_ccxt.account import CcxtAccount, _Known
 from bot4_ccxt.capabilities import _CAPS
-from bot4_ccxt.conversions import _order_of, _round_down, _round_half_even, _text
+from bot4_ccxt.conversions import _order_of, _round_down, _round_half_even
 from bot4_ccxt.errors import ClockSkew, map_error
 from bot4_ccxt.perps import MARGIN_MODES
 from bot4_ccxt.poll_stream import _PollStream
 from bot4_ccxt.settings import CONFIG_KEYS, CcxtSettings
-from bot4_ccxt.triggers import lookup_params, order_params, trigger_kind
+from bot4_ccxt.triggers import _text, lookup_params, order_params, trigger_kind
 
 __all__ = ["CONFIG_KEYS", "CcxtExchange", "CcxtSettings", "map_error"]
 
