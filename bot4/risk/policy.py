@@ -12,50 +12,46 @@ emergency close goes through even when the breaker is tripped or a rate limit
 is hit; entry rules (size, stop loss, liquidation distance) make no sense for
 an order that only shrinks exposure. This lives in ``rules/00-exits.yaml``,
 not in code, so a person can see and change it.
+
+This module holds the class and the order of its steps (facts, windows, pack
+facts, the engine, the exact confirmation, the verdict or the risk actions);
+its parts, re-exported here where other code imports them from this module:
+
+* :mod:`bot4.risk.build`       — files and packs compiled into the policy in force
+* :mod:`bot4.risk.reload`      — hot reload: polling the files, :class:`ReloadOutcome`
+* :mod:`bot4.risk.pack_facts`  — the packs' facts, checked when built, asked per order
+* :mod:`bot4.risk.firing`      — which rules fire: the engine, quiet ranges, exactness
+* :mod:`bot4.risk.verdicts`    — the Approved or Rejected an order gets, ``FAIL_CLOSED``
+* :mod:`bot4.risk.held_bands`  — held symbols' price bands (on_tracked_tick), ``Book``
+* :mod:`bot4.risk.explanation` — :class:`Explanation`, the trace ``rules eval`` shows
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from decimal import ROUND_CEILING, ROUND_DOWN, Decimal
+from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol
 
-import attrs
-
-from bot4.contracts import FactContext, RiskRules
+from bot4.contracts import RiskRules
 from bot4.errors import RiskError, RuleFileError
 from bot4.model import (
-    Approved,
     Decision,
     Fill,
     MarketData,
     Order,
     Portfolio,
-    Position,
     Rejected,
     RiskAction,
     RiskActionKind,
 )
 from bot4.risk import band as bands
-from bot4.risk import expr, sources
 from bot4.risk.breaker import Breaker
-from bot4.risk.compiler import (
-    RESERVED_ROOTS,
-    SEVERITY,
-    CompiledPolicy,
-    Compiler,
-    Rule,
-    StagePlan,
-    describe_error,
-    read_file,
-    render,
-)
-from bot4.risk.engine import EngineRuleset
-from bot4.risk.exact import ExactError, exact_decider, holds
-from bot4.risk.expr import MAX_MAGNITUDE, Value
+from bot4.risk.build import ActivePolicy, build
+from bot4.risk.compiler import SEVERITY, CompiledPolicy, Rule, describe_error, render
+from bot4.risk.exact import ExactError, exact_decider
+from bot4.risk.explanation import Explanation, TraceEntry, explanation_of
+from bot4.risk.expr import QuietRange
 from bot4.risk.facts import (
     CONTEXT_FACTS,
     FILL,
@@ -65,233 +61,31 @@ from bot4.risk.facts import (
     TICK,
     context_facts,
     convert,
-    convert_all,
     fill_facts,
     margin_facts,
     order_facts,
     tick_facts,
     to_fact,
 )
-from bot4.risk.message import STRING_TEXT, generic_body
+from bot4.risk.firing import exactly_fired, fire_rules, is_quiet
+from bot4.risk.held_bands import Book, HeldBands
+from bot4.risk.message import STRING_TEXT
+from bot4.risk.pack_facts import NOTHING_UNKNOWN, PackFacts, decided_without
+from bot4.risk.pack_facts import fact_context as _fact_context  # noqa: F401  (tests read it here)
+from bot4.risk.reload import ReloadOutcome, RuleFileWatch
+from bot4.risk.verdicts import FAIL_CLOSED, rejection
+from bot4.risk.verdicts import approved as _approved
 from bot4.risk.windows import EVENT_KINDS, ORDERS, STOP_OUTS, EventLog
 from bot4.venue_margin import VenueMargin
 
+__all__ = ["FAIL_CLOSED", "Book", "Explanation", "ReloadOutcome", "RiskPolicy", "TraceEntry"]
+
 log = logging.getLogger("bot4.risk")
 
-FAIL_CLOSED = "fail-closed"
-SIZE_QUANTUM = Decimal("0.00000001")
-
-
-class Book(Protocol):
-    """What :meth:`RiskPolicy.on_tracked_tick` reads of a
-    :class:`~bot4.portfolio.PortfolioTracker`."""
-
-    def position(self, symbol: str) -> Position | None: ...
-
-    def snapshot(self) -> Portfolio: ...
-
-
-@attrs.frozen(slots=True)
-class ReloadOutcome:
-    """What a reload did. ``error`` is set when the new files were refused
-    (the previous policy stays in force)."""
-
-    reloaded: bool
-    files: tuple[str, ...]
-    error: RuleFileError | None = None
-    rules: int = 0  # of the policy now in force, when reloaded
-    digest: str = ""  # sha256 of the policy now in force, when reloaded
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def message(self) -> str:
-        """One line for a person: what is in force now."""
-        if self.error is not None:
-            return f"rule reload refused, keeping the previous policy: {self.error}"
-        return f"policy reloaded: {self.rules} rules, sha256 {self.digest[:16]}"
-
-
-@attrs.frozen(slots=True)
-class TraceEntry:
-    rule: str
-    where: str
-    outcome: str
-    fired: bool
-    decided: bool
-    condition: str
-    values: Mapping[str, Value]
-
-
-@attrs.frozen(slots=True)
-class Explanation:
-    """Everything ``bot4 rules eval`` prints: the outcome, the rule that
-    decided, every rule evaluated (fired or not) and all facts."""
-
-    stage: str
-    decision: Decision | None
-    actions: tuple[RiskAction, ...]
-    decided_by: str | None
-    trace: tuple[TraceEntry, ...]
-    facts: Mapping[str, Value]
-
-
-# --- rule sources ------------------------------------------------------------------------
-# Finding and reading the files is bot4.risk.sources: an entry that is not a
-# readable rule file is an error naming it, never skipped.
-
-
-def _pack_facts(packs: Sequence[RiskRules]) -> dict[str, str]:
-    owners: dict[str, str] = {}
-    for pack in packs:
-        try:
-            names = pack.fact_names()
-        except Exception as exc:
-            raise RuleFileError(
-                f"risk pack {pack.name!r}", None, f"fact_names() failed: {exc}"
-            ) from None
-        for name in names:
-            where = f"risk pack {pack.name!r}"
-            if not isinstance(name, str) or not expr.FACT_NAME.match(name):
-                raise RuleFileError(
-                    where,
-                    None,
-                    f"fact name {name!r} is not lower-case dotted (e.g. correlation.max)",
-                )
-            if name.split(".", 1)[0] in RESERVED_ROOTS:
-                raise RuleFileError(
-                    where, None, f"fact {name!r} is in a namespace bot4 fills itself"
-                )
-            if name in owners:
-                raise RuleFileError(
-                    where, None, f"fact {name!r} is also provided by risk pack {owners[name]!r}"
-                )
-            owners[name] = pack.name
-    return owners
-
-
-_KINDS = ("number", "bool", "string")
-
-
-def _pack_types(packs: Sequence[RiskRules], owners: Mapping[str, str]) -> dict[str, str]:
-    """The type each pack declares for its facts (``RiskRules.fact_types``)."""
-    kinds: dict[str, str] = {}
-    for pack in packs:
-        where = f"risk pack {pack.name!r}"
-        declare = getattr(pack, "fact_types", None)
-        try:
-            declared = declare() if declare is not None else {}
-        except Exception as exc:
-            raise RuleFileError(where, None, f"fact_types() failed: {exc}") from None
-        if not isinstance(declared, Mapping):
-            raise RuleFileError(where, None, "fact_types() must return a mapping")
-        for name, kind in declared.items():
-            if owners.get(name) != pack.name:
-                raise RuleFileError(
-                    where, None, f"fact_types() names {name!r}, which is not one of its facts"
-                )
-            if kind not in _KINDS:
-                raise RuleFileError(
-                    where, None, f"fact {name!r}: type {kind!r} is not one of {', '.join(_KINDS)}"
-                )
-            kinds[name] = kind
-    return kinds
-
-
-@attrs.frozen(slots=True)
-class _Active:
-    """One loaded policy: compiled rules, live engines, and what it was built from."""
-
-    compiled: CompiledPolicy
-    engines: Mapping[str, EngineRuleset]
-    signature: tuple[Any, ...]
-    digest: str
-
-    def close(self) -> None:
-        for engine in self.engines.values():
-            engine.close()
-
-
-def _build(paths: Sequence[Path], packs: Sequence[RiskRules]) -> _Active:
-    """Compile a policy. Whatever the files hold, the only exception is a
-    RuleFileError (the compiler turns its own surprises into ``file:line``
-    ones; this is the net under it), so a hot reload can keep the last good
-    policy."""
-    try:
-        return _build_unguarded(paths, packs)
-    except RuleFileError:
-        raise
-    except Exception as exc:  # MemoryError, RecursionError, a bug: never a traceback
-        where = ", ".join(str(p) for p in paths) or "<policy>"
-        message = f"cannot compile the policy: {describe_error(exc)}"
-        raise RuleFileError(where, None, message) from None
-
-
-def _build_unguarded(paths: Sequence[Path], packs: Sequence[RiskRules]) -> _Active:
-    signature = sources.fingerprint(paths, packs)
-    files = sources.rule_files(paths, packs)
-    raws = []
-    digest = hashlib.sha256()
-    for f in files:
-        raw, text = read_file(f)
-        raws.append(raw)
-        digest.update(str(f).encode() + b"\0" + text.encode() + b"\0")
-    owners = _pack_facts(packs)
-    compiled = Compiler(owners, _pack_types(packs, owners)).compile(raws)
-    engines: dict[str, EngineRuleset] = {}
-    try:
-        for stage, plan in compiled.stages.items():
-            if plan.rules:
-                engines[stage] = EngineRuleset(stage, plan.definition)
-    except Exception as exc:
-        for engine in engines.values():
-            engine.close()
-        raise RuleFileError(
-            ", ".join(compiled.files), None, f"the engine refused the compiled rules: {exc}"
-        ) from None
-    return _Active(compiled, engines, signature, digest.hexdigest())
-
-
-def _quiet(ranges: tuple[expr.QuietRange, ...], facts: Mapping[str, object]) -> bool:
-    """True when no rule of a guarded stage can fire: every rule is ``fact op
-    constant`` and each fact is inside the range where none holds. The engine
-    is then skipped (on the ticks of a held symbol the common case is a ladder
-    far from any rung). Each value is converted as :meth:`RiskPolicy._fire`
-    would send it, the ranges lie within the range _fire accepts, and the
-    stage's fields are exactly the ranges' facts, so the answer is the
-    engine's. Anything else gives False: the engine path then decides, and
-    refuses a bad value with its error."""
-    for r in ranges:
-        value = facts.get(r.fact)
-        kind = type(value)
-        if kind is not Decimal and kind is not float and kind is not int:
-            return False
-        number = float(value)  # type: ignore[arg-type]
-        if not (r.above(number, r.low) and r.below(number, r.high)):
-            return False
-    return True
-
-
-def _exactly_fired(plan: StagePlan, fired: list[Rule], facts: Mapping[str, object]) -> list[Rule]:
-    """For a trace: the rules whose condition holds exactly (as the decision
-    was made); a rule that cannot be evaluated exactly keeps the engine's answer."""
-    out = []
-    for rule in plan.rules:
-        try:
-            held = holds(rule.exact, facts)
-        except ExactError:
-            held = rule in fired
-        if held:
-            out.append(rule)
-    return out
-
-
-def _step_below(qty: Decimal) -> Decimal:
-    """The largest multiple of SIZE_QUANTUM strictly below ``qty`` (0 if none)."""
-    steps = (qty / SIZE_QUANTUM).to_integral_value(rounding=ROUND_CEILING) - 1
-    return steps * SIZE_QUANTUM if steps > 0 else Decimal(0)
+# Named here too for the tests that read them from this module: the builders of
+# a pack's FactContext and of an approval (_fact_context, _approved, each held
+# equal to its class's own) and the texts of string facts in engine messages.
+_STRING_TEXT = STRING_TEXT
 
 
 def _checked(name: str, value: object) -> object:
@@ -301,73 +95,37 @@ def _checked(name: str, value: object) -> object:
     return value if type(value) is Decimal else converted
 
 
-_NOTHING_UNKNOWN: frozenset[str] = frozenset()
-
-# FactContext's and Approved's slots set directly: their attrs __init__
-# (frozen, so through object.__setattr__ per field) costs more than a pack's
-# whole answer, and neither has a converter or validator to skip (a test
-# holds each equal to the class's own).
-_context_new = object.__new__
-_context_order = FactContext.__dict__["order"].__set__
-_context_portfolio = FactContext.__dict__["portfolio"].__set__
-_context_market = FactContext.__dict__["market"].__set__
-
-
-_approved_order = Approved.__dict__["order"].__set__
-_approved_rules = Approved.__dict__["rules"].__set__
-
-
-def _approved(order: Order, rules: tuple[str, ...]) -> Approved:
-    """``Approved(order=order, rules=rules)``."""
-    decision: Approved = _context_new(Approved)
-    _approved_order(decision, order)
-    _approved_rules(decision, rules)
-    return decision
-
-
-def _fact_context(order: Order, portfolio: Portfolio, market: MarketData | None) -> FactContext:
-    """``FactContext(order=order, portfolio=portfolio, market=market)``."""
-    ctx: FactContext = _context_new(FactContext)
-    _context_order(ctx, order)
-    _context_portfolio(ctx, portfolio)
-    _context_market(ctx, market)
-    return ctx
-
-
-# A string fact value -> its text in an engine message (bot4.risk.message).
-_STRING_TEXT = STRING_TEXT
-# The most ticks a symbol waits before another band is worked out after
-# bands that answered nothing (see RiskPolicy._drop_band).
-_BAND_BACKOFF_MAX = 64
-
-
 # --- the policy -----------------------------------------------------------------------------
 
 
 class RiskPolicy:
     """The loaded risk policy. Construct with :meth:`load`."""
 
-    def __init__(self, active: _Active, paths: Sequence[Path], packs: Sequence[RiskRules]) -> None:
+    def __init__(
+        self, active: ActivePolicy, paths: Sequence[Path], packs: Sequence[RiskRules]
+    ) -> None:
         self._active = active
         self._paths = tuple(Path(p) for p in paths)
         self._packs = tuple(packs)
-        self._failed_signature: tuple[Any, ...] | None = None
-        # (compiled policy, facts needed, [(pack, [(needed fact it gives, type)])])
-        self._wanted: (
-            tuple[CompiledPolicy, frozenset[str], list[tuple[RiskRules, list[tuple[str, str]]]]]
-            | None
-        ) = None
+        self._rule_files = RuleFileWatch(self._paths, self._packs)
+        # The packs asked for their facts on the order path: a collaborator's
+        # bound method, so the call costs one attribute, as a method would.
+        self._pack_values = PackFacts(self._packs).values
         self._breaker = Breaker()
         self._events = EventLog()
         # Whether an approval counts in the order windows. A shadow policy
         # (bot4.risk.shadow) counts the live policy's approvals instead.
         self.count_approvals = True
         self._breaker.on_reset(lambda: self._events.clear(STOP_OUTS))
-        # Price bands of held symbols (bot4.risk.band): symbol -> band, and
-        # symbol -> [ticks to wait before working out another, back-off].
-        self._bands: dict[str, bands.Band] = {}
-        self._band_wait: dict[str, list[int]] = {}
-        self._band_ranges: tuple[expr.QuietRange, ...] | None = None
+        # Price bands of held symbols (bot4.risk.held_bands): on_tracked_tick
+        # reads the very dict and calls the bound methods (as _pack_values).
+        self._held_bands = HeldBands(self._breaker)
+        self._bands: dict[str, bands.Band] = self._held_bands.bands
+        self._drop_band = self._held_bands.drop
+        self._new_band = self._held_bands.make
+        # The tick stage's quiet ranges when it can have bands, else None
+        # (whether on_tracked_tick makes any).
+        self._band_ranges: tuple[QuietRange, ...] | None = None
         # The venue's view of each held position's margin (bot4.venue_margin),
         # kept by the kernel's margin desk (bot4.margin_desk), which shares its
         # mapping here; empty (the formula throughout) for a policy used alone.
@@ -381,12 +139,12 @@ class RiskPolicy:
     def load(cls, paths: Sequence[Path], packs: Sequence[RiskRules] = ()) -> RiskPolicy:
         """Compile rule files (files, or directories: every ``*.yaml`` directly
         inside, sorted) plus each pack's ``rule_files()``. Raises RuleFileError."""
-        return cls(_build(paths, packs), paths, packs)
+        return cls(build(paths, packs), paths, packs)
 
     def spawn(self) -> RiskPolicy:
         """A new policy from the same files, with its own breaker, counters and
         engine sessions (used to run scenarios side by side)."""
-        return RiskPolicy(_build(self._paths, self._packs), self._paths, self._packs)
+        return RiskPolicy(build(self._paths, self._packs), self._paths, self._packs)
 
     def close(self) -> None:
         self._active.close()
@@ -394,15 +152,14 @@ class RiskPolicy:
     def _set_horizon(self) -> None:
         for spec in self._active.compiled.windows.values():
             self._events.set_horizon(spec.seconds)
-        # A new policy: no band of the old one stands.
-        self._bands.clear()
-        self._band_wait.clear()
         plan = self._active.compiled.stages[TICK]
         self._band_ranges = (
             plan.quiet
             if TICK in self._active.engines and bands.supported(plan.quiet, plan.windows)
             else None
         )
+        # A new policy: no band of the old one stands.
+        self._held_bands.reset(self._band_ranges, self._active.compiled.mmr)
 
     # --- properties ---
 
@@ -434,7 +191,7 @@ class RiskPolicy:
     @property
     def summary(self) -> str:
         """``N rules, sha256 <first 16 hex digits>``, as reloads report it."""
-        return f"{len(self.rule_names)} rules, sha256 {self.digest[:16]}"
+        return self._active.summary
 
     # --- hot reload ---
 
@@ -446,48 +203,17 @@ class RiskPolicy:
         state. A reload that took is logged with its rule count and digest, so
         a person sees that an edit took."""
         try:
-            return self._reload()
+            return self._rule_files.poll(self._active, self._install)
         except Exception as exc:  # a net: a reload must never take the session down
             error = RuleFileError("<policy>", None, f"reload failed: {describe_error(exc)}")
             log.error("rule reload refused, keeping the previous policy: %s", error)  # noqa: TRY400
             return ReloadOutcome(reloaded=False, files=self.files, error=error)
 
-    def _reload(self) -> ReloadOutcome | None:
-        signature = sources.fingerprint(self._paths, self._packs)
-        if signature == self._active.signature or signature == self._failed_signature:
-            return None
-        try:
-            fresh = _build(self._paths, self._packs)
-        except RuleFileError as exc:
-            self._failed_signature = signature
-            # A refused file is an expected outcome, not a crash: no traceback.
-            log.error("rule reload refused, keeping the previous policy: %s", exc)  # noqa: TRY400
-            return ReloadOutcome(reloaded=False, files=self.files, error=exc)
-        recovered = self._failed_signature is not None
-        self._failed_signature = None
-        if fresh.digest == self._active.digest:
-            fresh.close()
-            self._active = attrs.evolve(self._active, signature=signature)
-            self._set_horizon()  # the same rules, but start the bands afresh
-            if recovered:
-                log.warning(
-                    "rule files readable again; the policy in force is unchanged: %s",
-                    self.summary,
-                )
-            return None
-        old, self._active = self._active, fresh
-        old.close()
+    def _install(self, active: ActivePolicy) -> None:
+        """Put a policy a reload built in force (the files' watch closes the one
+        it replaces); its windows' horizon and bands start from it."""
+        self._active = active
         self._set_horizon()
-        outcome = ReloadOutcome(
-            reloaded=True,
-            files=fresh.compiled.files,
-            rules=len(self.rule_names),
-            digest=self.digest,
-        )
-        # A warning, not info: a changed policy in a live session is what the
-        # person running it must see (bot4 run shows warnings and errors).
-        log.warning("%s (%s)", outcome.message, ", ".join(outcome.files))
-        return outcome
 
     # --- orders ---
 
@@ -547,18 +273,18 @@ class RiskPolicy:
         if plan.windows:
             self._window_facts(facts, plan.windows, order.symbol, now_ns)
         pack_failure: str | None = None
-        unknown = _NOTHING_UNKNOWN
+        unknown = NOTHING_UNKNOWN
         if compiled.pack_facts:
             pack_failure, unknown = self._pack_values(
-                facts, plan.reads, order, portfolio, market, overrides
+                compiled, facts, plan.reads, order, portfolio, market, overrides
             )
         if overrides:
             for name, value in overrides.items():
                 facts[name] = _checked(name, value)
         if engine is None:
             raise RiskError("the policy has no rules for orders: no verdict")
-        fired = self._fire(engine, plan, facts, unknown)
-        if pack_failure is not None and not self._decided_without(plan, fired, unknown):
+        fired = fire_rules(engine, plan, facts, unknown)
+        if pack_failure is not None and not decided_without(plan, fired, unknown):
             log.error("order rejected, fail closed: %s", pack_failure)
             return Rejected(rule=FAIL_CLOSED, reason=pack_failure, order=order), None
         explanation = None
@@ -582,7 +308,7 @@ class RiskPolicy:
                     engine_decider.name,
                 )
         if trace:
-            fired = _exactly_fired(plan, fired, facts)
+            fired = exactly_fired(plan, fired, facts)
         decision: Decision
         if decider is None:
             decision = Rejected(
@@ -597,204 +323,14 @@ class RiskPolicy:
                 self._events.record(ORDERS, order.symbol, now_ns)
             decision = _approved(order, plan.rule_names)
         else:
-            decision = self._reject(decider, facts, order)
+            decision = rejection(decider, facts, order)
         if trace:
-            explanation = self._explain(ORDER, plan, fired, decider, facts, decision, ())
+            explanation = explanation_of(ORDER, plan, fired, decider, facts, decision, ())
         return decision, explanation
 
-    def _pack_values(
-        self,
-        facts: dict[str, object],
-        needed: frozenset[str],
-        order: Order,
-        portfolio: Portfolio,
-        market: MarketData | None,
-        overrides: Mapping[str, object] | None,
-    ) -> tuple[str | None, frozenset[str]]:
-        """Ask each pack for the facts the rules read. Returns the first
-        failure (naming the pack) and the facts left unknown by failures."""
-        compiled = self._active.compiled
-        cache = self._wanted
-        if cache is None or cache[0] is not compiled or cache[1] is not needed:
-            # Which of the needed facts each pack gives, and their declared
-            # types: fixed for one compiled policy, so worked out once rather
-            # than on every order.
-            owners = compiled.pack_facts
-            kinds = compiled.pack_types
-            cache = self._wanted = (
-                compiled,
-                needed,
-                [
-                    (
-                        pack,
-                        [(n, kinds.get(n, "number")) for n in needed if owners.get(n) == pack.name],
-                    )
-                    for pack in self._packs
-                ],
-            )
-        ctx = _fact_context(order, portfolio, market)
-        failure: str | None = None
-        unknown: set[str] = set()
-        for pack, wanted in cache[2]:
-            if not wanted or (overrides and all(n in overrides for n, _ in wanted)):
-                continue
-            problem = None
-            try:
-                values = pack.facts(ctx)
-            except Exception as exc:  # third-party code on the trading path
-                problem = (
-                    f"risk pack {pack.name!r} failed to give facts: {type(exc).__name__}: {exc}"
-                )
-                values = {}
-            for name, kind in wanted:
-                if problem is None:
-                    if kind == "number" and type(values) is dict:
-                        # The common case inline: a float (or int, Decimal)
-                        # within range, as _pack_value would take it; anything
-                        # else goes through _pack_value and its errors.
-                        raw = values.get(name)
-                        raw_type = type(raw)
-                        if raw_type is float or raw_type is Decimal or raw_type is int:
-                            number = float(raw)  # type: ignore[arg-type]
-                            if -MAX_MAGNITUDE <= number <= MAX_MAGNITUDE:  # refuses NaN
-                                facts[name] = raw if raw_type is Decimal else number
-                                continue
-                    problem = self._pack_value(pack.name, name, values, facts, kind)
-                if problem is not None:
-                    unknown.update(n for n, _ in wanted)
-                    failure = failure or problem
-                    break
-        return failure, frozenset(unknown) if unknown else _NOTHING_UNKNOWN
-
-    @staticmethod
-    def _pack_value(
-        pack: str, name: str, values: object, facts: dict[str, object], kind: str = "number"
-    ) -> str | None:
-        if not isinstance(values, Mapping) or name not in values:
-            return f"risk pack {pack!r} did not give fact {name}"
-        try:
-            value = to_fact(name, values[name])
-        except RiskError as exc:
-            return f"risk pack {pack!r}: {exc}"
-        if kind == "bool" or kind == "string":
-            # A declared yes/no or text fact: exactly that type, else the order is refused.
-            if not isinstance(value, bool if kind == "bool" else str) or (
-                kind == "string" and isinstance(value, bool)
-            ):
-                return f"risk pack {pack!r}: fact {name} must be a {kind}, got {values[name]!r}"
-            facts[name] = value
-            return None
-        if not isinstance(value, float):
-            return f"risk pack {pack!r}: fact {name} must be a number"
-        # A Decimal is kept as given (checked finite and in range above): the
-        # exact confirmation of the decision compares it, not its double.
-        raw = values[name]
-        facts[name] = raw if type(raw) is Decimal else value
-        return None
-
-    @staticmethod
-    def _decided_without(plan: StagePlan, fired: list[Rule], unknown: frozenset[str]) -> bool:
-        """With some pack facts unknown, a decision still stands when neither
-        the deciding rule nor any rule ranked before it reads them: those
-        rules' outcome did not depend on the missing facts. This is what lets
-        an exit (``order.reducing``, ranked first) through while a pack is
-        broken; every other order is rejected naming the pack."""
-        if not fired:
-            return False
-        decider = fired[0]
-        for rule in plan.rules:
-            if rule.rank > decider.rank:
-                return True
-            if unknown.intersection(expr.facts_of(rule.when)):
-                return False
-        return True
-
-    def _fire(
-        self,
-        engine: EngineRuleset,
-        plan: StagePlan,
-        facts: Mapping[str, object],
-        unknown: frozenset[str] = frozenset(),
-    ) -> list[Rule]:
-        quiet = plan.quiet
-        if quiet is not None and not unknown and _quiet(quiet, facts):
-            return []
-        # Every value is validated and converted on its way into the message
-        # (bot4.risk.message): NaN, infinities and huge numbers never reach C.
-        # Unknown facts are left out; a rule reading one cannot match.
-        body = generic_body(plan.fields, facts, unknown) if unknown else plan.encode(facts)
-        keys = engine.fire(body)
-        fired = []
-        for key in keys:
-            rule = plan.by_key.get(key)
-            if rule is None:
-                raise RiskError(f"engine fired unknown rule {key!r}")
-            fired.append(rule)
-        if len(fired) > 1:
-            fired.sort(key=lambda r: r.rank)
-        return fired
-
-    def _reject(self, rule: Rule, raw: Mapping[str, object], order: Order) -> Rejected:
-        facts = convert(raw, rule.facts)
-        values: dict[str, Any] = dict(facts)
-        suggested = Decimal(0)
-        if rule.suggested is not None:
-            value = expr.evaluate(rule.suggested, facts)
-            if isinstance(value, float) and value > 0:
-                size = Decimal(repr(value))
-                if size >= order.qty:
-                    # Near a limit the doubles can say the rejected size itself
-                    # fits; the suggestion stays strictly below it (one step of
-                    # SIZE_QUANTUM), so a size-cut retry never resubmits the same
-                    # order.
-                    suggested = _step_below(order.qty)
-                else:
-                    # Round down so the suggestion passes the limit it came from
-                    # (and stays below the rejected size).
-                    suggested = size.quantize(SIZE_QUANTUM, rounding=ROUND_DOWN)
-                # 0.04000000 reads as 0.04; never as 4E-2 or 1E+2.
-                suggested = (
-                    suggested.normalize()
-                    if suggested != suggested.to_integral()
-                    else suggested.quantize(Decimal(1))
-                )
-        reason = render(rule.reason, {**rule.params, **facts, "suggested_size": suggested})
-        return Rejected(
-            rule=rule.name, reason=reason, suggested_size=suggested, values=values, order=order
-        )
-
-    def _explain(
-        self,
-        stage: str,
-        plan: StagePlan,
-        fired: list[Rule],
-        decider: Rule | None,
-        raw: Mapping[str, object],
-        decision: Decision | None,
-        actions: tuple[RiskAction, ...],
-    ) -> Explanation:
-        facts = convert_all(raw)
-        fired_names = {r.name for r in fired}
-        entries = tuple(
-            TraceEntry(
-                rule=r.name,
-                where=r.where,
-                outcome=r.action.value if r.action is not None else r.outcome,
-                fired=r.name in fired_names,
-                decided=decider is not None and r.name == decider.name,
-                condition=r.when_source,
-                values={n: facts[n] for n in r.facts if n in facts},
-            )
-            for r in plan.rules
-        )
-        return Explanation(
-            stage=stage,
-            decision=decision,
-            actions=actions,
-            decided_by=decider.name if decider is not None else None,
-            trace=entries,
-            facts=dict(facts),
-        )
+    # The rules the engine fires for a stage's facts (bot4.risk.firing), also
+    # as a method for code holding a policy (the tests).
+    _fire = staticmethod(fire_rules)
 
     # --- monitoring ---
 
@@ -840,7 +376,7 @@ class RiskPolicy:
                     band.position is position
                     and band.low <= tick.last <= band.high
                     and band.venue is self.venue_margins.get(symbol)
-                    and band.holds(book, self._breaker.tripped)  # type: ignore[arg-type]  # see _new_band
+                    and band.holds(book, self._breaker.tripped)  # type: ignore[arg-type]  # see HeldBands.make
                 )
             except Exception:  # a book that cannot say: ask the engine
                 inside = False
@@ -860,59 +396,8 @@ class RiskPolicy:
         except Exception as exc:  # monitoring blind: trip the breaker
             return self._monitor_failed("tick", symbol, exc, now_ns)
         if not actions and self._band_ranges is not None:
-            self._new_band(symbol, tick, portfolio, book, facts)
+            self._new_band(symbol, tick, portfolio, book, facts, self.venue_margins)
         return actions
-
-    def _drop_band(self, symbol: str, band: bands.Band) -> None:
-        del self._bands[symbol]
-        wait = self._band_wait.setdefault(symbol, [0, 1])
-        # A band that answered no tick was work for nothing (the price keeps
-        # leaving it, or the book keeps changing under it): wait longer
-        # before the next one. The answers are the engine's either way.
-        wait[1] = 1 if band.hits else min(wait[1] * 2, _BAND_BACKOFF_MAX)
-        wait[0] = wait[1] - 1
-
-    def _new_band(
-        self,
-        symbol: str,
-        tick: MarketData,
-        portfolio: Portfolio,
-        book: Book,
-        facts: Mapping[str, object] | None = None,
-    ) -> None:
-        wait = self._band_wait.get(symbol)
-        if wait is not None and wait[0] > 0:
-            wait[0] -= 1
-            return
-        ranges = self._band_ranges
-        position = portfolio.positions.get(symbol)
-        if ranges is None or position is None:
-            return
-        try:
-            band = bands.compute(
-                symbol,
-                tick,
-                position,
-                portfolio,
-                # A Book without cash, peak_equity or mark_price raises in
-                # compute (caught below: no band), so a band only exists for
-                # a book that has them, and holds() may read them.
-                book,  # type: ignore[arg-type]
-                self._breaker.tripped,
-                self._active.compiled.mmr,
-                ranges,
-                _quiet,
-                self.venue_margins.get(symbol),
-                facts,
-            )
-        except Exception:  # no band (fail safe): the engine answers every tick
-            band = None
-        if band is None:
-            wait = self._band_wait.setdefault(symbol, [0, 1])
-            wait[1] = min(wait[1] * 2, _BAND_BACKOFF_MAX)
-            wait[0] = wait[1] - 1
-            return
-        self._bands[symbol] = band
 
     def _monitor_failed(
         self, stage: str, symbol: str, exc: BaseException, now_ns: int
@@ -976,10 +461,10 @@ class RiskPolicy:
                 facts[name] = to_fact(name, value)
         engine = active.engines.get(stage)
         fired: list[Rule] = []
-        if engine is not None and not (plan.quiet is not None and _quiet(plan.quiet, facts)):
+        if engine is not None and not (plan.quiet is not None and is_quiet(plan.quiet, facts)):
             # Near a rung the doubles can miss it (a distance of 0.0999...9
             # is sent as 0.1): the actions are the rules that hold exactly.
-            fired = _exactly_fired(plan, self._fire(engine, plan, facts), facts)
+            fired = exactly_fired(plan, fire_rules(engine, plan, facts), facts)
         actions: list[RiskAction] = []
         worst: RiskAction | None = None
         for rule in fired:
@@ -1016,7 +501,7 @@ class RiskPolicy:
             decider = None
             if worst is not None:
                 decider = next(r for r in fired if r.name == worst.rule)
-            explanation = self._explain(stage, plan, fired, decider, facts, None, tuple(actions))
+            explanation = explanation_of(stage, plan, fired, decider, facts, None, tuple(actions))
         return actions, explanation
 
     def on_fill(
@@ -1024,11 +509,7 @@ class RiskPolicy:
     ) -> list[RiskAction]:
         """Count stop-outs (event time) and run the ``fill`` rules, e.g.
         "M stop-outs within a window trips the breaker"."""
-        # A fill moves cash and a position: a band tied to the book's cash and
-        # positions ends; one on the equity or the symbol alone checks what
-        # a fill changes (the equity, its own position) on every tick.
-        for symbol in [s for s, b in self._bands.items() if b.book == "book"]:
-            del self._bands[symbol]
+        self._held_bands.fill_seen()  # a band tied to the book's cash ends
         try:
             actions, _ = self._fill(fill, portfolio, now_ns, stop_out, None, trace=False)
         except Exception as exc:  # monitoring blind: trip the breaker
