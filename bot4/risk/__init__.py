@@ -5,7 +5,10 @@ Modules, one job each:
 
 * :mod:`bot4.risk.sources`  — finding and reading rule files (never skipping one)
 * :mod:`bot4.risk.yamlsrc`  — YAML with line numbers (every error says file:line)
-* :mod:`bot4.risk.expr`     — the condition language and its vetted translation
+* :mod:`bot4.risk.expr`     — the condition language: parsing, and the one import for it
+* :mod:`bot4.risk.expr_tree` — its tree, bounds and kinds, evaluated in Python
+* :mod:`bot4.risk.expr_durable` — its vetted translation to durable-rules
+* :mod:`bot4.risk.expr_quiet` — guards and the quiet ranges where none holds
 * :mod:`bot4.risk.fact_names` — the facts rules can name: kind, stages, meaning
 * :mod:`bot4.risk.facts`    — those facts built from bot4's types, converted for the engine
 * :mod:`bot4.risk.windows`  — event-time counters for temporal rules
