@@ -14,6 +14,18 @@ Accounting model (perpetual-style, quote currency)::
 Positions are margined, not bought, so opening one does not move cash; only
 realised PnL and fees do.
 
+This module holds the tracker's arithmetic (netting, marking, valuing, the
+peak) and re-exports the public scales, so ``from bot4.portfolio import ...``
+stays the one import. It is built from three modules that import only
+:mod:`bot4.model`:
+
+* :mod:`bot4.portfolio_units`: the scales and the fixed-point conversions
+  in and out (:func:`~bot4.portfolio_units._to_decimal` and the rest),
+  imported here by name so the hot methods call them as module globals;
+* :mod:`bot4.portfolio_book`: ``_Book``, the mutable record of one symbol;
+* :mod:`bot4.portfolio_activity`: ``ActivityLedger``, the tracker's base
+  class keeping the daily facts (``activity``) from the fills.
+
 Fixed point inside, Decimal at the edges. Every figure is a Python ``int``
 counting a fixed unit (the scale), so a mark costs a few integer operations
 and no Decimal arithmetic:
@@ -27,7 +39,7 @@ and ``qty * price`` is an exact product in money units. Unrealised PnL and
 equity are maintained incrementally: a mark of a held symbol moves the total
 by ``qty * (new - old)``, O(1) whatever the number of positions; a mark of a
 symbol not held only records the Decimal (for the snapshot's ``marks``).
-Figures leave as exact Decimals (:func:`_to_decimal`) with as many decimals
+Figures leave as exact Decimals (``_to_decimal``) with as many decimals
 as the inputs' significant ones, so ``snapshot()`` and the properties equal
 what the former all-Decimal tracker gave, to the last digit (only trailing
 zeros an input carried, ``0.0100``, are not repeated in the output).
@@ -65,179 +77,37 @@ from __future__ import annotations
 
 import decimal
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from types import MappingProxyType
 
-from bot4.model import (
-    ONE,
-    ZERO,
-    Activity,
-    Fill,
-    MarketData,
-    Portfolio,
-    Position,
-    to_decimal,
-    trusted_portfolio,
+from bot4.model import ZERO, Fill, MarketData, Portfolio, Position, trusted_portfolio
+from bot4.portfolio_activity import ActivityLedger
+from bot4.portfolio_book import _Book
+from bot4.portfolio_units import (
+    _M,
+    _P,
+    _Q,
+    _SHARE_EXP,
+    _SHARE_UNIT,
+    MONEY_SCALE,
+    PRICE_SCALE,
+    QTY_SCALE,
+    _exp,
+    _money,
+    _price_bounds,
+    _round_half_even,
+    _to_decimal,
+    _units,
+    _units_exp,
 )
 
 __all__ = ["MONEY_SCALE", "PRICE_SCALE", "QTY_SCALE", "PortfolioTracker"]
 
-QTY_SCALE = 18  # decimals of a quantity unit
-PRICE_SCALE = 12  # decimals of a price unit
-MONEY_SCALE = QTY_SCALE + PRICE_SCALE  # qty units * price units = money units
-_Q = 10**QTY_SCALE
-_P = 10**PRICE_SCALE
-_M = 10**MONEY_SCALE
-# The cost share leaving with a partial close is rounded half-even to 1e-12
-# of the quote (as the Decimal tracker did), in money units.
-_SHARE_UNIT = 10 ** (MONEY_SCALE - 12)
-_SHARE_EXP = -12
-
 # Entry price (cost / qty) is the one figure computed in Decimal: 34 digits.
 _CTX = decimal.Context(prec=34, rounding=decimal.ROUND_HALF_EVEN)
-# The day's realised PnL adds money figures of at most 30 decimals: at 100
-# digits the sum is exact for any amount below 10**70.
-_DAY_CTX = decimal.Context(prec=100, rounding=decimal.ROUND_HALF_EVEN)
-_DAY_NS = 86_400 * 10**9
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 
 
-def _fill_ns(fill: Fill) -> int:
-    """The fill's event time in ns since the epoch (exact integer arithmetic)."""
-    return (fill.timestamp - _EPOCH) // _MICROSECOND * 1000
-
-
-# Conversions in and out are exact: enough digits for any scaled figure.
-_EXACT = decimal.Context(prec=200, rounding=decimal.ROUND_FLOOR, traps=[decimal.Inexact])
-
-
-def _money(value: object, name: str) -> Decimal:
-    dec = to_decimal(value)
-    if not isinstance(dec, Decimal) or not dec.is_finite():
-        raise ValueError(f"{name} must be a finite decimal number, not {value!r}")
-    return dec
-
-
-# Decimals of a fraction whose reduced denominator is the key (2^a 5^b).
-_DECIMALS: dict[int, int] = {1: 0}
-
-
-def _decimals(den: int) -> int:
-    known = _DECIMALS.get(den)
-    if known is None:
-        known, power = 0, 1
-        while power % den:
-            known += 1
-            power *= 10
-        if len(_DECIMALS) < 4096:  # the denominators a session sees are few
-            _DECIMALS[den] = known
-    return known
-
-
-def _exp(value: Decimal) -> int:
-    """The exponent hint of ``value``: minus its decimals (trailing zeros of
-    the Decimal's own exponent are not kept; output keeps the value exact)."""
-    return -_decimals(value.as_integer_ratio()[1])
-
-
-def _units(value: Decimal, scale: int, *, up: bool) -> int:
-    """``value`` in units of 1e-``scale``, exact when it fits, else rounded
-    up (``up``) or down."""
-    power: int = 10**scale
-    num, den = value.as_integer_ratio()
-    whole, rest = divmod(num * power, den)  # floor
-    return whole + 1 if rest and up else whole
-
-
-def _units_exp(value: Decimal, power: int, *, up: bool) -> tuple[int, int, bool]:
-    """(units of 1/``power``, exponent hint, exact) of ``value``, in one
-    conversion: floor, or ceiling when ``up``."""
-    num, den = value.as_integer_ratio()
-    whole, rest = divmod(num * power, den)
-    return (whole + 1 if rest and up else whole), -_decimals(den), not rest
-
-
-def _price_bounds(value: Decimal) -> tuple[int, int]:
-    """A price as (floor, ceiling) in price units; equal when exact."""
-    # as_integer_ratio and int division: about half the cost of scaleb + int.
-    num, den = value.as_integer_ratio()
-    low, rest = divmod(num * _P, den)  # floor
-    return low, low + 1 if rest else low
-
-
-def _to_decimal(units: int, scale: int, exp: int = 0) -> Decimal:
-    """An exact Decimal of ``units`` * 1e-``scale`` with at least ``-exp``
-    decimals (the exponent the Decimal arithmetic of the inputs would give;
-    more decimals when the value needs them). Zero is plain ``0``."""
-    if not units:
-        return ZERO
-    if exp < -scale:
-        exp = -scale
-    drop = scale + exp  # trailing digits that may go
-    if drop > 0:
-        step = 10**drop
-        if units % step == 0:
-            return Decimal(units // step).scaleb(exp, _EXACT)
-        while drop > 0 and units % 10 == 0:
-            units //= 10
-            drop -= 1
-            scale -= 1
-    return Decimal(units).scaleb(-scale, _EXACT)
-
-
-def _round_half_even(num: int, den: int) -> int:
-    """num / den (den > 0) rounded half-even to an integer."""
-    q, r = divmod(num, den)
-    twice = 2 * r
-    if twice > den or (twice == den and q % 2):
-        q += 1
-    return q
-
-
-class _Book:
-    """Mutable state of one symbol in fixed point; the frozen Position is
-    built from it lazily."""
-
-    __slots__ = (
-        "cached",
-        "cost",
-        "cost_exp",
-        "lev_den",
-        "lev_num",
-        "leverage",
-        "margin",
-        "mark_dec",
-        "mark_hi",
-        "mark_lo",
-        "qty",
-        "qty_exp",
-        "realized",
-        "realized_exp",
-        "stop_loss",
-        "upnl",
-    )
-
-    def __init__(self) -> None:
-        self.qty = 0  # quantity units, signed
-        self.qty_exp = 0  # the exponent of the Decimal quantity (for output)
-        self.cost = 0  # money units, signed: positive for a long
-        self.cost_exp = 0
-        self.realized = 0  # money units
-        self.realized_exp = 0
-        self.leverage = ONE
-        self.lev_num, self.lev_den = 1, 1  # leverage as a fraction
-        self.margin = 0  # money units: ceil(|cost| / leverage)
-        self.mark_dec: Decimal | None = None  # the mark the two bounds are of
-        self.mark_lo = 0  # price units
-        self.mark_hi = 0
-        self.upnl = 0  # money units: qty * mark - cost, in the tracker's total
-        self.stop_loss: Decimal | None = None
-        self.cached: Position | None = None
-
-
-class PortfolioTracker:
+class PortfolioTracker(ActivityLedger):
     """Applies fills and marks; answers with exact Decimal figures.
 
     Typical use::
@@ -249,20 +119,16 @@ class PortfolioTracker:
     """
 
     __slots__ = (
-        "_activity",
         "_books",
         "_cash",
         "_cash_dec",
         "_cash_exp",
-        "_day",
-        "_day_realized",
         "_equity_dec",
         "_fees",
         "_fees_exp",
         "_margin",
         "_marks",
         "_on_peak",
-        "_opened",
         "_peak",
         "_peak_alert",
         "_peak_dec",
@@ -271,7 +137,6 @@ class PortfolioTracker:
         "_realized_exp",
         "_snapshot",
         "_starting_cash",
-        "_streak",
         "_upnl",
     )
 
@@ -301,12 +166,7 @@ class PortfolioTracker:
         # The snapshot's positions, kept until a fill or a stop changes one:
         # a mark builds a new snapshot but not the positions mapping.
         self._positions_view: MappingProxyType[str, Position] | None = None
-        # The daily facts (bot4.model.Activity), from the fills' own times.
-        self._day = -1
-        self._day_realized = ZERO
-        self._streak = 0
-        self._opened: dict[str, int] = {}
-        self._activity: Activity | None = None
+        super().__init__()  # the daily facts (ActivityLedger)
 
     # --- figures ----------------------------------------------------------------
 
@@ -544,33 +404,6 @@ class PortfolioTracker:
         self._touch()
         return realized_dec
 
-    def _note_activity(
-        self, fill: Fill, symbol: str, realized: Decimal, fresh: bool, *, flat: bool
-    ) -> None:
-        ts = _fill_ns(fill)
-        day = ts // _DAY_NS
-        if day != self._day:
-            self._day, self._day_realized = day, ZERO
-        self._day_realized = _DAY_CTX.add(self._day_realized, _DAY_CTX.subtract(realized, fill.fee))
-        if realized < 0:
-            self._streak += 1
-        elif realized > 0:
-            self._streak = 0
-        if flat:
-            self._opened.pop(symbol, None)
-        elif fresh:
-            self._opened[symbol] = ts
-        self._activity = None
-
-    @property
-    def activity(self) -> Activity:
-        """The daily facts' figures (see :class:`bot4.model.Activity`)."""
-        if self._activity is None:
-            self._activity = Activity(
-                self._day, self._day_realized, self._streak, MappingProxyType(dict(self._opened))
-            )
-        return self._activity
-
     def copy(self) -> PortfolioTracker:
         """An independent tracker in the same state (books, marks, cash,
         peak, the day's activity), without the peak watcher: the session
@@ -587,7 +420,7 @@ class PortfolioTracker:
                 setattr(copy, name, getattr(book, name))
         twin._books = books
         twin._marks = dict(self._marks)
-        twin._opened = dict(self._opened)
+        self._copy_activity_to(twin)
         twin._on_peak = None
         twin._snapshot = None
         twin._positions_view = None
