@@ -25,7 +25,7 @@ from bot4.recording_read import read_stream
 if TYPE_CHECKING:
     import trio
 
-    from bot4.session import SessionContext, SessionService
+    from bot4.session_services import SessionContext, SessionService
 
 __all__ = ["RecordedStaleCheck", "recorded_stale_services"]
 

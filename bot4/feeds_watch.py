@@ -50,7 +50,7 @@ from bot4.model import MarketData, Order, Portfolio, Rejected
 from bot4.secrets import redact
 
 if TYPE_CHECKING:
-    from bot4.session import SessionContext, SessionService
+    from bot4.session_services import SessionContext, SessionService
 
 __all__ = ["STALE_RULE", "FeedWatch", "StaleFeedCheck", "stop_after"]
 

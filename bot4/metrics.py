@@ -98,7 +98,7 @@ from bot4.model import Fill, OrderState, OrderStatus, RiskActionKind
 from bot4.secrets import redact
 
 if TYPE_CHECKING:
-    from bot4.session import SessionContext
+    from bot4.session_services import SessionContext
 
 __all__ = ["DEFAULT_ADDR", "Metrics", "MetricsServer"]
 

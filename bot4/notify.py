@@ -55,7 +55,8 @@ from bot4.model import RiskAction, RiskActionKind
 from bot4.secrets import redact
 
 if TYPE_CHECKING:
-    from bot4.session import SessionConfig, SessionContext, SessionService
+    from bot4.session_config import SessionConfig
+    from bot4.session_services import SessionContext, SessionService
 
 __all__ = [
     "EVENTS",

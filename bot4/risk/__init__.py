@@ -15,7 +15,7 @@ Modules, one job each, from the rule files up to what the kernel calls
 * :mod:`bot4.risk.engine`   — a guarded, thread-free handle on durable-rules
 * :mod:`bot4.risk.facts`    — the facts built from bot4's types, converted for the engine
 * :mod:`bot4.risk.reasons`  — reason templates, bounded at compile time and when rendered
-* :mod:`bot4.risk.exact`    — conditions evaluated exactly in Decimal (every decision's confirmation)
+* :mod:`bot4.risk.exact`    — conditions evaluated exactly in Decimal (confirming every decision)
 * :mod:`bot4.risk.message`  — the engine message of an evaluation, generated per stage
 * :mod:`bot4.risk.compiled` — what a compile produces: rules, stage plans, the policy
 * :mod:`bot4.risk.compiler` — rule files -> compiled policy (the file format)

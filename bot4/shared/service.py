@@ -54,7 +54,8 @@ from bot4.model import (
     RiskAction,
     RiskActionKind,
 )
-from bot4.session import SessionConfig, SessionContext, SessionService
+from bot4.session_config import SessionConfig
+from bot4.session_services import SessionContext, SessionService
 from bot4.shared.breaker import BreakerListener, SharedBreaker, trio_forwarder
 from bot4.shared.bridge import DEFAULT_MAXLEN, DEFAULT_PATTERNS, StreamBridge
 from bot4.shared.budget import DEFAULT_LEASE, BudgetLimits, SharedBudget, SharedBudgetCheck
