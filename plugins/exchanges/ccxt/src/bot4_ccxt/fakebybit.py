@@ -56,9 +56,10 @@ from bot4_paper.engine import PaperEngine
 
 from bot4.errors import OrderNotFound
 from bot4.model import ZERO, OrderState, OrderStatus, OrderType
-from bot4_ccxt.fakebinance import _ApiError, _ms, _num, _venue_symbol
 from bot4_ccxt.fakeconditional import CANCELED, WAITING, Conditional
 from bot4_ccxt.fakefutures import FakeBinanceFutures
+from bot4_ccxt.fakeserver import _ApiError
+from bot4_ccxt.fakewire import _ms, _num, _venue_symbol
 
 __all__ = ["BYBIT_ORDER_TYPES", "FakeBybit"]
 

@@ -68,8 +68,10 @@ from bot4.margin import (
     funding_times,
 )
 from bot4.model import ZERO, MarketData, Order, OrderState, OrderType, Side
-from bot4_ccxt.fakebinance import FakeBinance, _ApiError, _ms, _num, _venue_symbol
+from bot4_ccxt.fakebinance import FakeBinance
 from bot4_ccxt.fakeconditional import REJECTED, TRIGGERED, Conditional, ConditionalBook
+from bot4_ccxt.fakeserver import _ApiError
+from bot4_ccxt.fakewire import _ms, _num, _venue_symbol
 
 __all__ = ["PERP_MARKETS", "FakeBinanceFutures"]
 
