@@ -81,7 +81,6 @@ import hmac
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from urllib.parse import parse_qsl
 
@@ -366,10 +365,6 @@ def main(argv: list[str] | None = None) -> int:
 def _chain(head: list[MarketData], rest: Iterator[MarketData]) -> Iterator[MarketData]:
     yield from head
     yield from rest
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 if __name__ == "__main__":
